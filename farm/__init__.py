@@ -1,0 +1,1 @@
+"""The psyduck farm: a coordinator, its scheduler, and the hosts it drives."""

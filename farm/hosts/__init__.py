@@ -1,0 +1,60 @@
+"""Host kinds and the ``--psyduck-hosts`` / farm.toml host syntax.
+
+``local:N`` — N worker processes here.  Further kinds (``docker:N``,
+``ssh://user@host[:port]``) register a builder in :data:`HOST_KINDS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from farm.hosts.base import Host
+from farm.hosts.local import Launcher, LocalHost
+
+
+class HostSpecError(ValueError):
+    """A host specification that cannot be understood; the text says how to write it."""
+
+
+def _count(value: str, spec: str) -> int:
+    if not value:
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise HostSpecError(f"{spec!r}: the slot count must be a positive integer")
+    return int(value)
+
+
+def _local(spec: str, options: dict[str, Any]) -> Host:
+    _, _, count = spec.partition(":")
+    return LocalHost(_count(count, spec), launcher=options.get("launcher"))
+
+
+#: kind → builder(spec, options).  Options carry what a caller can supply,
+#: e.g. ``launcher`` for local hosts of the embedded farm.
+HOST_KINDS: dict[str, Callable[[str, dict[str, Any]], Host]] = {"local": _local}
+
+
+def host_kind(spec: str) -> str:
+    return spec.split("://", 1)[0] if "://" in spec else spec.split(":", 1)[0]
+
+
+def parse_hosts(text: str, *, launcher: Launcher | None = None) -> list[Host]:
+    """Build hosts from a comma-separated list such as ``local:4``."""
+    hosts = []
+    for spec in (s.strip() for s in text.split(",")):
+        if not spec:
+            continue
+        builder = HOST_KINDS.get(host_kind(spec))
+        if builder is None:
+            kinds = ", ".join(sorted(HOST_KINDS))
+            raise HostSpecError(f"{spec!r}: unknown host kind (known: {kinds})")
+        hosts.append(builder(spec, {"launcher": launcher}))
+    if not hosts:
+        raise HostSpecError("no hosts given")
+    names = [h.name for h in hosts]
+    for i, host in enumerate(hosts):
+        if names.count(host.name) > 1:
+            host.name = f"{host.name}-{i}"
+    return hosts

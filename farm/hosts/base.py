@@ -1,0 +1,116 @@
+"""What the coordinator needs from a host, and what it gets back from a worker.
+
+A :class:`Host` offers ``slots`` places to run one worker each and starts
+workers for a run; a :class:`WorkerConnection` is the coordinator's end of one
+running worker: a message channel plus the means to kill it and learn how it
+ended.  Local processes, local Docker containers and Docker engines over SSH
+all implement these two small interfaces, so the coordinator treats them alike.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from farm.manifest import RunManifest
+
+OutputHandler = Callable[[bytes], None]
+
+#: Bytes of a worker's own output (stderr, stray prints) kept for crash messages.
+OUTPUT_TAIL_BYTES = 8192
+
+
+class HostError(RuntimeError):
+    """The host itself failed (unreachable, engine down); its work belongs elsewhere."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a host needs to know about a run to start its workers."""
+
+    run_id: str
+    manifest: RunManifest
+    workers: int  # total slots on the farm, for PYTEST_XDIST_WORKER_COUNT
+    pokedex_urls: tuple[str, ...] = ()
+    pokedex_token: str | None = None
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a worker ended."""
+
+    status: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+    memory_limit: int | None = None
+    host_lost: bool = False
+    detail: str = ""
+
+
+@dataclass
+class OutputTail:
+    """The last bytes a worker wrote outside the channel (crash traces, faulthandler dumps)."""
+
+    limit: int = OUTPUT_TAIL_BYTES
+    data: bytearray = field(default_factory=bytearray)
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+
+class WorkerConnection(abc.ABC):
+    """The coordinator's end of one worker."""
+
+    @abc.abstractmethod
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def recv(self) -> dict[str, Any] | None:
+        """The next message, or None once the worker's channel is closed."""
+
+    @abc.abstractmethod
+    async def kill(self) -> None:
+        """Stop the worker now; idempotent."""
+
+    @abc.abstractmethod
+    async def wait(self) -> ExitInfo:
+        """Wait for the worker to be gone and release everything it held."""
+
+    @abc.abstractmethod
+    def output(self) -> str:
+        """The tail of the worker's own output."""
+
+
+class Host(abc.ABC):
+    """A place with ``slots`` worker places."""
+
+    name: str
+    slots: int
+    labels: Mapping[str, str]
+    #: Whether one worker may run several shards of a run in a row.  Hosts that
+    #: promise a fresh container per shard say False.
+    reuse_workers: bool = True
+    #: Smallest shard worth sending, in estimated seconds, to amortize per-shard cost.
+    min_shard_seconds: float = 0.0
+
+    async def start(self) -> None:
+        """Connect and check the host; raise HostError if it cannot serve."""
+
+    @abc.abstractmethod
+    async def spawn(
+        self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
+    ) -> WorkerConnection:
+        """Start a worker for *run* in *slot*; raise HostError if the host failed."""
+
+    async def close(self) -> None:
+        """Release connections; workers are already gone."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "slots": self.slots, "labels": dict(self.labels)}

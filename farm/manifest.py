@@ -1,0 +1,168 @@
+"""The run manifest: what a client asks the farm to run, and its validation.
+
+A manifest names tests by opaque ids (pytest node ids, but the farm never
+interprets them), groups them (tests of one group share expensive fixtures, so
+the scheduler keeps them together when it can), gives each an expected
+duration, and says how to start a worker.  :func:`parse_manifest` turns an
+untrusted decoded message into frozen dataclasses or raises
+:class:`ManifestError` naming the first offending field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from farm.protocol import ProtocolError
+
+#: Upper bound on tests in one run; well above any real suite multiplied by
+#: its transformations, low enough that a bogus manifest cannot exhaust memory.
+MAX_TESTS = 2_000_000
+MAX_ID_LENGTH = 4096
+
+
+class ManifestError(ProtocolError):
+    """The manifest is malformed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One test to run.  ``requires`` must match a host's labels exactly."""
+
+    id: str
+    group: str
+    estimate: float = 0.0
+    timeout: float | None = None
+    requires: Mapping[str, str] = field(default_factory=dict)
+    cpus: float | None = None
+    memory: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How a host starts a worker: ``python -m <argv…>`` in *cwd* with *env* added."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    tests: tuple[TestSpec, ...]
+    worker: WorkerSpec
+    name: str = ""
+    image: str | None = None
+    snapshot: str | None = None
+    network: bool = False
+
+
+def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
+    """The message a client sends to create a run."""
+    return {
+        "t": "run",
+        "name": manifest.name,
+        "image": manifest.image,
+        "snapshot": manifest.snapshot,
+        "network": manifest.network,
+        "worker": {
+            "argv": list(manifest.worker.argv),
+            "cwd": manifest.worker.cwd,
+            "env": dict(manifest.worker.env),
+        },
+        "tests": [
+            {k: (dict(v) if k == "requires" else v) for k, v in asdict(t).items()}
+            for t in manifest.tests
+        ],
+    }
+
+
+def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise ManifestError(f"{where}: missing field {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ManifestError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _optional(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if data.get(key) is None:
+        return None
+    return _require(data, key, kind, where)
+
+
+def _string_map(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ManifestError(f"{where}: must be a map of strings to strings")
+    return dict(value)
+
+
+def _non_negative(value: float | None, where: str) -> float | None:
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise ManifestError(f"{where}: must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _parse_test(data: Any, index: int) -> TestSpec:
+    where = f"tests[{index}]"
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: must be a map")
+    test_id = _require(data, "id", str, where)
+    if not test_id or len(test_id) > MAX_ID_LENGTH:
+        raise ManifestError(f"{where}: id must be 1..{MAX_ID_LENGTH} characters")
+    group = _require(data, "group", str, where)
+    estimate = _non_negative(_optional(data, "estimate", (int, float), where) or 0.0, where)
+    timeout = _non_negative(_optional(data, "timeout", (int, float), where), f"{where}.timeout")
+    cpus = _non_negative(_optional(data, "cpus", (int, float), where), f"{where}.cpus")
+    memory = _optional(data, "memory", int, where)
+    if memory is not None and memory <= 0:
+        raise ManifestError(f"{where}.memory: must be a positive number of bytes")
+    return TestSpec(
+        id=test_id,
+        group=group,
+        estimate=float(estimate or 0.0),
+        timeout=None if timeout is None or timeout == 0 else float(timeout),
+        requires=_string_map(data.get("requires"), f"{where}.requires"),
+        cpus=None if cpus is None else float(cpus),
+        memory=memory,
+    )
+
+
+def parse_manifest(data: Any) -> RunManifest:
+    """Validate a decoded ``run`` message and build the manifest."""
+    if not isinstance(data, dict):
+        raise ManifestError("manifest must be a map")
+    raw_tests = _require(data, "tests", list, "manifest")
+    if not raw_tests:
+        raise ManifestError("manifest: 'tests' is empty; there is nothing to run")
+    if len(raw_tests) > MAX_TESTS:
+        raise ManifestError(f"manifest: {len(raw_tests)} tests exceed the limit of {MAX_TESTS}")
+    tests = tuple(_parse_test(t, i) for i, t in enumerate(raw_tests))
+    seen: set[str] = set()
+    for test in tests:
+        if test.id in seen:
+            raise ManifestError(f"manifest: test id {test.id!r} appears twice")
+        seen.add(test.id)
+    worker = _require(data, "worker", dict, "manifest")
+    argv = _require(worker, "argv", list, "worker")
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise ManifestError("worker: 'argv' must be a non-empty list of strings")
+    return RunManifest(
+        tests=tests,
+        worker=WorkerSpec(
+            argv=tuple(argv),
+            cwd=_require(worker, "cwd", str, "worker"),
+            env=_string_map(worker.get("env"), "worker.env"),
+        ),
+        name=_optional(data, "name", str, "manifest") or "",
+        image=_optional(data, "image", str, "manifest"),
+        snapshot=_optional(data, "snapshot", str, "manifest"),
+        network=bool(_optional(data, "network", bool, "manifest")),
+    )

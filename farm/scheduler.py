@@ -1,0 +1,350 @@
+"""The farm's scheduler: a pure data structure deciding which tests run where.
+
+No asyncio and no I/O live here, so the coordinator drives it from its event
+loop and a simulation (or a hypothesis state machine) can drive it just the
+same.  The coordinator tells it about slots (one place where one worker runs at
+a time), runs, finished tests and lost work; it answers "what should this idle
+slot run next?".
+
+Two decisions are separate and swappable:
+
+* a :class:`ShardingPolicy` turns one run's tests into *units* (future shards)
+  ordered by dispatch priority — the default, :class:`LongestFirst`, keeps each
+  group (a test module) together unless splitting it pays, and hands out the
+  longest units first so the run ends close to ``max(longest, total / slots)``;
+* the fairness rule across runs, in :meth:`Scheduler.next_shard`: an idle slot
+  goes to the run holding the fewest slots, so one huge run cannot starve a
+  small one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from farm.manifest import TestSpec
+
+#: Estimate for a test nobody has timed yet, when no test of its run has history either.
+DEFAULT_ESTIMATE = 0.01
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Tests of one run sent together to one slot, in the order they must run."""
+
+    id: int
+    run: str
+    tests: tuple[TestSpec, ...]
+    retry: bool = False
+
+    @property
+    def estimate(self) -> float:
+        return sum(t.estimate for t in self.tests)
+
+
+@dataclass
+class _Unit:
+    tests: list[TestSpec]
+    requires: Mapping[str, str]
+    retry: bool = False
+    avoid_host: str | None = None
+
+    @property
+    def estimate(self) -> float:
+        return sum(t.estimate for t in self.tests)
+
+
+class ShardingPolicy(Protocol):
+    """Splits one run's tests into units, first-to-dispatch first."""
+
+    def units(self, tests: Sequence[TestSpec], slots: int, min_seconds: float) -> list[list[TestSpec]]:
+        """Return lists of tests; every test appears in exactly one list, in manifest order."""
+        ...
+
+
+def _requires_key(test: TestSpec) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(test.requires.items()))
+
+
+class LongestFirst:
+    """Group-preserving longest-processing-time-first sharding.
+
+    A unit is a contiguous run of tests of one group (or of several small
+    groups merged, when a shard has a fixed cost worth amortizing).  The target
+    unit size is a quarter of a slot's fair share of the work: large enough
+    that a module's fixtures are set up few times, small enough that the tail
+    of the run balances.  Units are sorted longest first.
+    """
+
+    name = "longest-first"
+
+    def units(self, tests: Sequence[TestSpec], slots: int, min_seconds: float) -> list[list[TestSpec]]:
+        total = sum(t.estimate for t in tests)
+        target = max(min_seconds, total / (max(slots, 1) * 4))
+        units: list[list[TestSpec]] = []
+        merging: dict[tuple[tuple[str, str], ...], list[TestSpec]] = {}
+        for _, group_iter in itertools.groupby(tests, key=lambda t: (t.group, _requires_key(t))):
+            group = list(group_iter)
+            key = _requires_key(group[0])
+            if sum(t.estimate for t in group) >= target:
+                units.extend(_split(group, target))
+                continue
+            bucket = merging.setdefault(key, [])
+            bucket.extend(group)
+            if sum(t.estimate for t in bucket) >= target:
+                units.append(bucket)
+                del merging[key]
+        units.extend(bucket for bucket in merging.values() if bucket)
+        units.sort(key=lambda unit: -sum(t.estimate for t in unit))
+        return units
+
+
+class PerGroup:
+    """One unit per group (module), like pytest-xdist's ``--dist loadscope``."""
+
+    name = "per-group"
+
+    def units(self, tests: Sequence[TestSpec], slots: int, min_seconds: float) -> list[list[TestSpec]]:
+        return [list(g) for _, g in itertools.groupby(tests, key=lambda t: (t.group, _requires_key(t)))]
+
+
+class PerTest:
+    """One unit per test in manifest order, like pytest-xdist's ``--dist load`` at its finest."""
+
+    name = "per-test"
+
+    def units(self, tests: Sequence[TestSpec], slots: int, min_seconds: float) -> list[list[TestSpec]]:
+        return [[t] for t in tests]
+
+
+POLICIES: dict[str, type[ShardingPolicy]] = {
+    p.name: p for p in (LongestFirst, PerGroup, PerTest)  # type: ignore[misc]
+}
+
+
+def _split(group: list[TestSpec], target: float) -> list[list[TestSpec]]:
+    """Cut *group* into contiguous pieces of about *target* seconds each."""
+    pieces: list[list[TestSpec]] = [[]]
+    acc = 0.0
+    for test in group:
+        if pieces[-1] and acc + test.estimate > target:
+            pieces.append([])
+            acc = 0.0
+        pieces[-1].append(test)
+        acc += test.estimate
+    return pieces
+
+
+def fill_estimates(tests: Sequence[TestSpec]) -> list[TestSpec]:
+    """Give tests without history (estimate 0) the median of those with one."""
+    known = [t.estimate for t in tests if t.estimate > 0]
+    median = statistics.median(known) if known else DEFAULT_ESTIMATE
+    return [t if t.estimate > 0 else _with_estimate(t, median) for t in tests]
+
+
+def _with_estimate(test: TestSpec, estimate: float) -> TestSpec:
+    return TestSpec(
+        id=test.id,
+        group=test.group,
+        estimate=estimate,
+        timeout=test.timeout,
+        requires=test.requires,
+        cpus=test.cpus,
+        memory=test.memory,
+    )
+
+
+@dataclass
+class _Slot:
+    id: str
+    host: str
+    labels: Mapping[str, str]
+    run: str | None = None  # the run whose shard it holds, if any
+
+
+@dataclass
+class _Run:
+    id: str
+    seq: int
+    total: int
+    queue: list[_Unit] = field(default_factory=list)
+    finished: set[str] = field(default_factory=set)
+    attempts: dict[str, int] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+def _placeable(requires: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Every required dimension is among the host's values (a label may list several, comma-separated)."""
+    return all(v in labels.get(k, "").split(",") for k, v in requires.items())
+
+
+class Scheduler:
+    """Which shard each idle slot runs next, across all runs on the farm."""
+
+    def __init__(
+        self,
+        policy: ShardingPolicy | None = None,
+        *,
+        min_shard_seconds: float = 0.0,
+        max_retries: int = 1,
+    ) -> None:
+        self.policy = policy or LongestFirst()
+        self.min_shard_seconds = min_shard_seconds
+        self.max_retries = max_retries
+        self._slots: dict[str, _Slot] = {}
+        self._runs: dict[str, _Run] = {}
+        self._seq = itertools.count()
+        self._shard_ids = itertools.count(1)
+
+    # -- slots -----------------------------------------------------------------
+    def add_slot(self, slot_id: str, host: str, labels: Mapping[str, str] | None = None) -> None:
+        self._slots[slot_id] = _Slot(slot_id, host, dict(labels or {}))
+
+    def remove_slot(self, slot_id: str) -> None:
+        self._slots.pop(slot_id, None)
+
+    def release(self, slot_id: str) -> None:
+        """The slot finished (or gave up) its shard and holds no run any more."""
+        if slot_id in self._slots:
+            self._slots[slot_id].run = None
+
+    @property
+    def slots(self) -> list[str]:
+        return list(self._slots)
+
+    # -- runs ------------------------------------------------------------------
+    def add_run(self, run_id: str, tests: Sequence[TestSpec]) -> list[TestSpec]:
+        """Queue a run.  Returns the tests no current slot could ever run (the run is not queued then)."""
+        unplaceable = [t for t in tests if not self._any_slot_fits(t.requires)]
+        if unplaceable:
+            return unplaceable
+        tests = fill_estimates(tests)
+        run = _Run(run_id, next(self._seq), total=len(tests))
+        for unit_tests in self.policy.units(tests, len(self._slots), self.min_shard_seconds):
+            run.queue.append(_Unit(unit_tests, unit_tests[0].requires))
+        self._runs[run_id] = run
+        return []
+
+    def _any_slot_fits(self, requires: Mapping[str, str]) -> bool:
+        return any(_placeable(requires, s.labels) for s in self._slots.values())
+
+    def next_shard(self, slot_id: str) -> Shard | None:
+        """Pick work for an idle slot: the neediest run's longest unit that fits the slot."""
+        slot = self._slots[slot_id]
+        previous, slot.run = slot.run, None
+        held = self._slots_held()
+        best: tuple[tuple[int, int, int], _Run, int] | None = None
+        for run in self._runs.values():
+            if run.cancelled:
+                continue
+            index = next(
+                (
+                    i
+                    for i, unit in enumerate(run.queue)
+                    if _placeable(unit.requires, slot.labels)
+                    and (unit.avoid_host != slot.host or not self._other_host_fits(unit, slot))
+                ),
+                None,
+            )
+            if index is None:
+                continue
+            # Fewest held slots first; a warm worker of the same run breaks ties; then age.
+            rank = (held.get(run.id, 0), 0 if run.id == previous else 1, run.seq)
+            if best is None or rank < best[0]:
+                best = (rank, run, index)
+        if best is None:
+            return None
+        _, run, index = best
+        unit = run.queue.pop(index)
+        slot.run = run.id
+        return Shard(next(self._shard_ids), run.id, tuple(unit.tests), retry=unit.retry)
+
+    def _other_host_fits(self, unit: _Unit, slot: _Slot) -> bool:
+        return any(
+            s.host != slot.host and _placeable(unit.requires, s.labels)
+            for s in self._slots.values()
+        )
+
+    def _slots_held(self) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for slot in self._slots.values():
+            if slot.run is not None:
+                held[slot.run] = held.get(slot.run, 0) + 1
+        return held
+
+    def finished(self, run_id: str, test_id: str) -> None:
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.finished.add(test_id)
+
+    def requeue(
+        self,
+        run_id: str,
+        tests: Iterable[TestSpec],
+        *,
+        interrupted: TestSpec | None = None,
+        lost_host: str | None = None,
+    ) -> bool:
+        """Put back work a lost slot never finished.
+
+        *tests* never started and go back to the front of the queue.  The
+        *interrupted* test was running when its host was lost: it is retried
+        once, elsewhere if any other host fits.  Returns False when the
+        interrupted test has used up its retries and must be reported failed.
+        """
+        run = self._runs.get(run_id)
+        if run is None or run.cancelled:
+            return True
+        pending = [t for t in tests if t.id not in run.finished]
+        if pending:
+            run.queue.insert(0, _Unit(pending, pending[0].requires))
+        if interrupted is None or interrupted.id in run.finished:
+            return True
+        attempts = run.attempts.get(interrupted.id, 0)
+        if attempts >= self.max_retries:
+            return False
+        run.attempts[interrupted.id] = attempts + 1
+        run.queue.insert(
+            0, _Unit([interrupted], interrupted.requires, retry=True, avoid_host=lost_host)
+        )
+        return True
+
+    def cancel(self, run_id: str) -> None:
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.cancelled = True
+            run.queue.clear()
+
+    def forget(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+        for slot in self._slots.values():
+            if slot.run == run_id:
+                slot.run = None
+
+    def is_done(self, run_id: str) -> bool:
+        run = self._runs.get(run_id)
+        return run is None or run.cancelled or len(run.finished) >= run.total
+
+    def has_work(self, run_id: str) -> bool:
+        run = self._runs.get(run_id)
+        return run is not None and bool(run.queue)
+
+    def unplaceable(self, run_id: str) -> list[TestSpec]:
+        """Queued tests that no remaining slot can run (e.g. after quarantine)."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return []
+        stuck = [u for u in run.queue if not self._any_slot_fits(u.requires)]
+        if stuck:
+            run.queue = [u for u in run.queue if self._any_slot_fits(u.requires)]
+        return [t for u in stuck for t in u.tests]
+
+    def queued(self, run_id: str) -> int:
+        run = self._runs.get(run_id)
+        return 0 if run is None else sum(len(u.tests) for u in run.queue)
+
+    def runs(self) -> list[str]:
+        return list(self._runs)

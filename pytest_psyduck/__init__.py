@@ -1,0 +1,1 @@
+"""psyduck: run a pytest suite on a container farm and bring the results home."""

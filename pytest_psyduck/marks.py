@@ -1,0 +1,69 @@
+"""The ``@pytest.mark.psyduck(...)`` mark: per-test hints for the farm.
+
+``timeout`` (seconds), ``cpus`` (a float), ``memory`` (bytes or a size such as
+``"512M"``/``"2G"``) travel in the run manifest; the closest mark wins, so a
+test's own mark overrides its class's and module's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+MARK = "psyduck"
+MARK_HELP = (
+    "psyduck(timeout=SECONDS, cpus=N, memory='512M', transformations=[...], exclude=[...], "
+    "reason='...'): hints for running this test on a psyduck farm"
+)
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a size like ``512M``, ``2G``, ``1.5GiB`` (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"a size must be positive, got {value}")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use bytes or e.g. '512M', '2G')")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"a size must be positive, got {value!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class Hints:
+    timeout: float | None = None
+    cpus: float | None = None
+    memory: int | None = None
+
+
+def _closest(item: pytest.Item, key: str) -> Any:
+    for mark in item.iter_markers(MARK):
+        if key in mark.kwargs:
+            return mark.kwargs[key]
+    return None
+
+
+def hints_for(item: pytest.Item, default_timeout: float | None) -> Hints:
+    """The item's farm hints; a malformed mark is a usage error naming the test."""
+    try:
+        timeout = _closest(item, "timeout")
+        cpus = _closest(item, "cpus")
+        memory = _closest(item, "memory")
+        return Hints(
+            timeout=float(timeout) if timeout is not None else default_timeout,
+            cpus=float(cpus) if cpus is not None else None,
+            memory=parse_size(memory) if memory is not None else None,
+        )
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"{item.nodeid}: bad @pytest.mark.psyduck argument: {exc}") from exc

@@ -1,0 +1,69 @@
+"""psyduck's pytest entry point (``-p psyduck``): options, the mark, and wiring.
+
+Without ``--psyduck`` nothing here changes pytest's behaviour.  With it, the
+:class:`~pytest_psyduck.session.DistributedSession` takes over the run loop.
+Inside a worker (the ``psyduck-worker`` plugin is registered) the controller
+never activates, even though the worker sees the user's ``--psyduck`` argument.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_psyduck.marks import MARK_HELP
+from pytest_psyduck.worker import WORKER_PLUGIN_NAME
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("psyduck", "run the suite on a psyduck farm")
+    group.addoption(
+        "--psyduck",
+        action="store_true",
+        default=False,
+        help="run the collected tests on a psyduck farm (the embedded one unless --psyduck-farm)",
+    )
+    group.addoption(
+        "--psyduck-farm",
+        metavar="URL",
+        default=None,
+        help="coordinator URL of a remote farm (env PSYDUCK_FARM); token from PSYDUCK_TOKEN "
+        "or --psyduck-token-file",
+    )
+    group.addoption("--psyduck-token-file", metavar="PATH", default=None, help="file holding the farm token")
+    group.addoption(
+        "--psyduck-hosts",
+        metavar="SPEC",
+        default=None,
+        help="hosts of the embedded farm, comma-separated: local:N (default local:<cpus>)",
+    )
+    group.addoption(
+        "--psyduck-spawn",
+        choices=("fork", "exec"),
+        default=None,
+        help="how the embedded farm starts local workers: fork the collected session "
+        "(default, fastest) or exec a fresh interpreter (what remote farms do)",
+    )
+    group.addoption(
+        "--psyduck-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="kill and fail a test that runs longer (default: no timeout)",
+    )
+    group.addoption("--psyduck-image", metavar="IMAGE", default=None, help="test image for docker/ssh hosts")
+    parser.addini("psyduck_hosts", "default --psyduck-hosts", default="")
+    parser.addini("psyduck_timeout", "default --psyduck-timeout in seconds", default="")
+    parser.addini("psyduck_image", "default --psyduck-image", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARK_HELP)
+    if not config.getoption("psyduck") or config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME):
+        return
+    if getattr(config.option, "usepdb", False) or getattr(config.option, "trace", False):
+        raise pytest.UsageError("--pdb and --trace cannot be used with --psyduck: tests run on workers")
+    if getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("--psyduck and pytest-xdist's -n cannot be combined")
+    from pytest_psyduck.session import DistributedSession
+
+    config.pluginmanager.register(DistributedSession(config), "psyduck-session")

@@ -1,0 +1,105 @@
+"""Replaying farm events into the user's pytest session through its own hooks.
+
+Each finished test goes through ``pytest_runtest_protocol`` in this process —
+so plugins that wrap the protocol (VS Code's ``vscode_pytest`` records each
+item's path there) see every item — and this plugin's first-in-line
+implementation logs the remote reports with ``pytest_runtest_logstart``,
+``pytest_runtest_logreport`` and ``pytest_runtest_logfinish`` instead of
+running the test.  The terminal, ``--junitxml``, the last-failed cache and IDE
+reporters therefore see each result exactly once, as from plain pytest.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
+
+
+def crash_report(item: pytest.Item, message: str) -> pytest.TestReport:
+    """A failed call report for a test whose worker died or that timed out."""
+    return pytest.TestReport(
+        nodeid=item.nodeid,
+        location=item.location,
+        keywords={name: 1 for name in item.keywords},
+        outcome="failed",
+        longrepr=message,
+        when="call",
+        sections=[],
+        duration=0.0,
+        user_properties=list(item.user_properties),
+    )
+
+
+class Replayer:
+    """Registered as ``psyduck-replay`` in the user's process while a run streams."""
+
+    def __init__(self, session: pytest.Session, history: DurationHistory) -> None:
+        self.session = session
+        self.config = session.config
+        self.history = history
+        self.items = {item.nodeid: item for item in session.items}
+        self._pending: dict[str, list[pytest.TestReport]] = {}
+        self._notices: dict[str, list[str]] = {}
+        self.finished = 0
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event["t"]
+        if kind == "result":
+            item = self.items[event["id"]]
+            reports = payload_to_reports(self.config, event["payload"])
+            self.history.record(item.nodeid, sum(r.duration for r in reports))
+            self._replay(item, reports)
+        elif kind == "crashed":
+            item = self.items[event["id"]]
+            self._replay(item, [crash_report(item, event["message"])])
+        elif kind == "warning":
+            data = event["data"]
+            self.config.hook.pytest_warning_recorded.call_historic(
+                kwargs={
+                    "warning_message": warning_from_wire(data),
+                    "when": data["when"],
+                    "nodeid": data["nodeid"],
+                    "location": None,
+                }
+            )
+        elif kind == "output":
+            if self.config.option.capture == "no":
+                sys.stdout.write(event["data"].decode("utf-8", "replace"))
+                sys.stdout.flush()
+        elif kind == "notice":
+            self._notice(event)
+        elif kind == "done" and event["status"] == "cancelled" and not self.session.shouldfail:
+            self.session.shouldstop = self.session.shouldstop or f"psyduck: {event['reason']}"
+
+    def _notice(self, event: dict[str, Any]) -> None:
+        message = f"psyduck: {event['message']}"
+        if event.get("id"):
+            self._notices.setdefault(event["id"], []).append(event["message"])
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(message, yellow=True)
+
+    def _replay(self, item: pytest.Item, reports: list[pytest.TestReport]) -> None:
+        for note in self._notices.pop(item.nodeid, []):
+            for report in reports:
+                report.user_properties.append(("psyduck", note))
+        self._pending[item.nodeid] = reports
+        item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
+        self.finished += 1
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        reports = self._pending.pop(item.nodeid, None)
+        if reports is None:
+            return None
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        for report in reports:
+            ihook.pytest_runtest_logreport(report=report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True

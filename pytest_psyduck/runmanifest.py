@@ -1,0 +1,62 @@
+"""Turning the collected items into the farm's run manifest.
+
+The manifest carries node ids (the farm treats them as opaque), the module
+each test belongs to (so the scheduler keeps a module's fixtures on one
+worker), the recorded duration, the test's mark hints, and the command that
+starts a worker: the user's own pytest arguments, so a worker collects
+exactly what the user's process collected.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+
+import pytest
+
+from farm.manifest import RunManifest, TestSpec, WorkerSpec
+from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.marks import hints_for
+
+WORKER_MODULE = "pytest_psyduck.workermain"
+
+
+def group_of(item: pytest.Item) -> str:
+    """Tests of one module share module- and class-scoped fixtures."""
+    return item.nodeid.split("::", 1)[0]
+
+
+def test_spec(item: pytest.Item, history: DurationHistory, default_timeout: float | None) -> TestSpec:
+    hints = hints_for(item, default_timeout)
+    return TestSpec(
+        id=item.nodeid,
+        group=group_of(item),
+        estimate=history.estimate(item.nodeid),
+        timeout=hints.timeout,
+        requires=dict(getattr(item, "psyduck_requires", None) or {}),
+        cpus=hints.cpus,
+        memory=hints.memory,
+    )
+
+
+def build_manifest(
+    items: list[pytest.Item], config: pytest.Config, history: DurationHistory
+) -> RunManifest:
+    default_timeout = config.getoption("psyduck_timeout") or _ini_timeout(config)
+    return RunManifest(
+        tests=tuple(test_spec(item, history, default_timeout) for item in items),
+        worker=WorkerSpec(
+            argv=(WORKER_MODULE, *config.invocation_params.args),
+            cwd=str(config.invocation_params.dir),
+        ),
+        name=f"{getpass.getuser()}@{socket.gethostname()}:{config.rootpath.name}",
+        image=config.getoption("psyduck_image") or config.getini("psyduck_image") or None,
+    )
+
+
+def _ini_timeout(config: pytest.Config) -> float | None:
+    value = config.getini("psyduck_timeout")
+    try:
+        return float(value) if value else None
+    except ValueError as exc:
+        raise pytest.UsageError(f"psyduck_timeout = {value!r} is not a number of seconds") from exc

@@ -1,0 +1,192 @@
+"""The code that runs inside a worker's pytest: take shards, run items, stream reports.
+
+A worker is an ordinary pytest session (started fresh by :mod:`workermain`, or
+forked from the user's process after collection by :mod:`forking`) driven over
+a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
+
+* worker → host: ``ready``; ``started`` {id}; ``result`` {id, payload,
+  duration}; ``warning`` {data}; ``missing`` {id, message}; ``idle`` (wants more
+  work); ``timeout`` {id, stack, timeout} just before it kills itself; ``done``.
+* host → worker: ``run`` {tests: [{id, timeout}]}; ``drain`` (no more work:
+  finish and exit).
+
+The last test received is held back until more work or ``drain`` arrives, so
+that it runs with the right ``nextitem`` and module/session fixtures are torn
+down exactly when plain pytest would tear them down.
+
+Reports are produced without calling ``pytest_runtest_logreport`` here: every
+report is logged once, in the user's process, which is what keeps junitxml,
+the cache, IDE plugins and the terminal seeing each result exactly once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+import pytest
+from _pytest.runner import runtestprotocol
+
+from pytest_psyduck.channel import Channel, ChannelClosed
+from pytest_psyduck.serialize import reports_to_payload, warning_to_wire
+
+#: Exit status a worker uses when it kills itself over a test timeout.
+TIMEOUT_EXIT_STATUS = 86
+
+WORKER_PLUGIN_NAME = "psyduck-worker"
+
+
+
+class Watchdog:
+    """Kills the worker when the current test outlives its timeout, after sending its stack."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._main = threading.main_thread().ident
+        self._cond = threading.Condition()
+        self._current: tuple[str, float, float] | None = None
+        thread = threading.Thread(target=self._watch, name="psyduck-watchdog", daemon=True)
+        thread.start()
+
+    def arm(self, test_id: str, timeout: float | None) -> None:
+        with self._cond:
+            self._current = None if not timeout else (test_id, timeout, time.monotonic() + timeout)
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        self.arm("", None)
+
+    def _watch(self) -> None:
+        with self._cond:
+            while True:
+                if self._current is None:
+                    self._cond.wait()
+                    continue
+                test_id, timeout, deadline = self._current
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                frame = sys._current_frames().get(self._main)  # type: ignore[arg-type]
+                stack = "".join(traceback.format_stack(frame)) if frame else ""
+                try:
+                    self._channel.send({"t": "timeout", "id": test_id, "stack": stack, "timeout": timeout})
+                finally:
+                    os._exit(TIMEOUT_EXIT_STATUS)
+
+
+class WorkerPlugin:
+    """Registered in a worker's pytest under the name ``psyduck-worker``."""
+
+    __name__ = WORKER_PLUGIN_NAME
+
+    def __init__(self, channel: Channel, workerinput: dict[str, Any]) -> None:
+        self.channel = channel
+        self.workerinput = workerinput
+        self.items: dict[str, pytest.Item] = {}
+        self._current_id = ""
+
+    # -- configuration ------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_cmdline_main(self, config: pytest.Config) -> None:
+        # Set before any pytest_configure: pytest's junitxml, cacheprovider and
+        # stepwise stay passive under this attribute (the pytest-xdist worker
+        # contract), so a worker never writes the user's junit file or cache.
+        config.workerinput = self.workerinput  # type: ignore[attr-defined]
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        silence_reporting(config)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]):
+        # Remember every item before -k/-m/--lf deselect: the coordinator names
+        # exactly what to run, and selection already happened in the user's process.
+        self.items = {item.nodeid: item for item in items}
+        return (yield)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        serve(session, self)
+        return True
+
+    # -- per test ----------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+        started = time.perf_counter()
+        reports = runtestprotocol(item, log=False, nextitem=nextitem)
+        self.channel.send(
+            {
+                "t": "result",
+                "id": item.nodeid,
+                "payload": reports_to_payload(item.config, reports),
+                "duration": time.perf_counter() - started,
+            }
+        )
+        return True
+
+    def pytest_warning_recorded(self, warning_message, when: str, nodeid: str, location) -> None:
+        if when == "runtest":
+            self.channel.send({"t": "warning", "data": warning_to_wire(warning_message, when, nodeid)})
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this worker when its host process dies, so none is left behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def silence_reporting(config: pytest.Config) -> None:
+    """Unregister the terminal reporter: results are shown by the user's process only."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        config.pluginmanager.unregister(reporter)
+
+
+def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
+    """Run shards from the channel until told to drain."""
+    channel = plugin.channel
+    items = plugin.items or {item.nodeid: item for item in session.items}
+    watchdog = Watchdog(channel)
+    channel.send({"t": "ready", "pid": os.getpid(), "collected": len(items)})
+    queue: deque[dict[str, Any]] = deque()
+
+    def run_one(test: dict[str, Any], next_test: dict[str, Any] | None) -> None:
+        item = items.get(test["id"])
+        if item is None:
+            channel.send(
+                {"t": "missing", "id": test["id"], "message": "the worker did not collect this test"}
+            )
+            return
+        nextitem = items.get(next_test["id"]) if next_test else None
+        channel.send({"t": "started", "id": test["id"]})
+        watchdog.arm(test["id"], test.get("timeout"))
+        try:
+            item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        finally:
+            watchdog.disarm()
+
+    while True:
+        try:
+            message = channel.recv()
+        except ChannelClosed:
+            return
+        if message["t"] == "run":
+            queue.extend(message["tests"])
+            while len(queue) > 1:
+                run_one(queue.popleft(), queue[0])
+            channel.send({"t": "idle"})
+        elif message["t"] == "drain":
+            while queue:
+                run_one(queue.popleft(), queue[0] if queue else None)
+            channel.send({"t": "done"})
+            return
