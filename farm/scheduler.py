@@ -29,6 +29,8 @@ from farm.manifest import TestSpec
 
 #: Estimate for a test nobody has timed yet, when no test of its run has history either.
 DEFAULT_ESTIMATE = 0.01
+#: Groups shorter than this are never split: their fixtures cost more than the balance gains.
+SPLIT_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class LongestFirst:
         for _, group_iter in itertools.groupby(tests, key=lambda t: (t.group, _requires_key(t))):
             group = list(group_iter)
             key = _requires_key(group[0])
-            if sum(t.estimate for t in group) >= target:
+            if sum(t.estimate for t in group) >= max(target, SPLIT_FLOOR):
                 units.extend(_split(group, target))
                 continue
             bucket = merging.setdefault(key, [])

@@ -61,15 +61,23 @@ class ForkLauncher:
         asyncio.events._set_running_loop(None)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        config = self.session.config
+        # The parent's capture files are shared with every sibling through
+        # fork; each worker needs its own, and fds 1 and 2 on its output pipe.
+        capman = config.pluginmanager.get_plugin("capturemanager")
+        if capman is not None:
+            capman.stop_global_capturing()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
         os.dup2(output_fd, 1)
         os.dup2(output_fd, 2)
+        if capman is not None:
+            capman.start_global_capturing()
+            capman.suspend_global_capture()
         # A fd of its own: pytest's capture re-points 1 and 2 during each test.
         faulthandler.enable(file=output_fd, all_threads=True)
         os.environ.update(env)
-        config = self.session.config
         workerinput = {
             "workerid": worker_id,
             "workercount": run.workers,

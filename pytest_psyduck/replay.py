@@ -7,16 +7,23 @@ implementation logs the remote reports with ``pytest_runtest_logstart``,
 ``pytest_runtest_logreport`` and ``pytest_runtest_logfinish`` instead of
 running the test.  The terminal, ``--junitxml``, the last-failed cache and IDE
 reporters therefore see each result exactly once, as from plain pytest.
+
+Workers run several modules at once, but pytest shows one module at a time.
+Results of other modules are held back until the module on display is
+complete, so each module's progress line reads as it would without psyduck.
+With ``-x``/``--maxfail`` nothing is held back: stopping promptly comes first.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
 
 from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.runmanifest import group_of
 from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
 
 
@@ -43,9 +50,13 @@ class Replayer:
         self.config = session.config
         self.history = history
         self.items = {item.nodeid: item for item in session.items}
+        self._index = {item.nodeid: i for i, item in enumerate(session.items)}
         self._pending: dict[str, list[pytest.TestReport]] = {}
         self._notices: dict[str, list[str]] = {}
-        self.finished = 0
+        self._contiguous = not self.config.option.maxfail
+        self._remaining = Counter(group_of(item) for item in session.items)
+        self._held: dict[str, list[tuple[pytest.Item, list[pytest.TestReport]]]] = defaultdict(list)
+        self._showing: str | None = None
 
     def handle(self, event: dict[str, Any]) -> None:
         kind = event["t"]
@@ -53,10 +64,10 @@ class Replayer:
             item = self.items[event["id"]]
             reports = payload_to_reports(self.config, event["payload"])
             self.history.record(item.nodeid, sum(r.duration for r in reports))
-            self._replay(item, reports)
+            self._deliver(item, reports)
         elif kind == "crashed":
             item = self.items[event["id"]]
-            self._replay(item, [crash_report(item, event["message"])])
+            self._deliver(item, [crash_report(item, event["message"])])
         elif kind == "warning":
             data = event["data"]
             self.config.hook.pytest_warning_recorded.call_historic(
@@ -73,8 +84,32 @@ class Replayer:
                 sys.stdout.flush()
         elif kind == "notice":
             self._notice(event)
-        elif kind == "done" and event["status"] == "cancelled" and not self.session.shouldfail:
-            self.session.shouldstop = self.session.shouldstop or f"psyduck: {event['reason']}"
+        elif kind == "done":
+            self.flush()
+            if event["status"] == "cancelled" and not self.session.shouldfail:
+                self.session.shouldstop = self.session.shouldstop or f"psyduck: {event['reason']}"
+
+    def _deliver(self, item: pytest.Item, reports: list[pytest.TestReport]) -> None:
+        module = group_of(item)
+        if self._contiguous and self._showing not in (None, module):
+            self._held[module].append((item, reports))
+            return
+        self._showing = module
+        self._replay(item, reports)
+        while self._showing is not None and not self._remaining[self._showing]:
+            self._showing = None
+            if self._held:
+                self._showing = min(self._held, key=lambda m: self._index[self._held[m][0][0].nodeid])
+                self._replay_held(self._showing)
+
+    def _replay_held(self, module: str) -> None:
+        for item, reports in sorted(self._held.pop(module), key=lambda p: self._index[p[0].nodeid]):
+            self._replay(item, reports)
+
+    def flush(self) -> None:
+        """Replay everything still held back (the run ended or was cancelled)."""
+        for module in sorted(self._held, key=lambda m: self._index[self._held[m][0][0].nodeid]):
+            self._replay_held(module)
 
     def _notice(self, event: dict[str, Any]) -> None:
         message = f"psyduck: {event['message']}"
@@ -90,7 +125,7 @@ class Replayer:
                 report.user_properties.append(("psyduck", note))
         self._pending[item.nodeid] = reports
         item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
-        self.finished += 1
+        self._remaining[group_of(item)] -= 1
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
