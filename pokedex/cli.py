@@ -1,0 +1,135 @@
+"""The ``pokedex`` command: run a node, or talk to a cluster.
+
+    pokedex serve --data DIR --listen HOST:PORT [--peers URL,URL...] [--replicas R]
+                  [--token-file F] [--auth-reads] [--repair-interval S]
+    pokedex put FILE                     -> prints the digest
+    pokedex get DIGEST -o FILE
+    pokedex push-tree DIR                -> prints the tree digest
+    pokedex pull-tree DIGEST DIR [--cache DIR] [--swarm HOST]
+    pokedex status                       -> JSON: nodes, bytes, blobs, replication health
+    pokedex repair
+
+Client commands find the cluster with ``--url`` (repeatable or comma-separated) or
+``$POKEDEX_URL``, and the token with ``--token-file`` or ``$POKEDEX_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .client import PokedexError, SyncClient
+from .server import start_node
+
+
+def _token(path: str | None) -> str | None:
+    if path:
+        return Path(path).read_text().strip() or None
+    return os.environ.get("POKEDEX_TOKEN") or None
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"want HOST:PORT, not {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    host, port = args.listen
+    peers = [p for item in args.peers for p in item.split(",") if p.strip()]
+    node = await start_node(
+        args.data,
+        host,
+        port,
+        peers=peers,
+        replicas=args.replicas,
+        token=_token(args.token_file),
+        auth_reads=args.auth_reads,
+        repair_interval=args.repair_interval or None,
+        advertise=args.advertise,
+    )
+    print(f"pokedex listening on {node.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await node.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pokedex", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run one node")
+    s.add_argument("--data", required=True, help="data directory")
+    s.add_argument("--listen", type=_host_port, default=("127.0.0.1", 7480), help="HOST:PORT")
+    s.add_argument("--peers", action="append", default=[], help="other nodes' URLs")
+    s.add_argument("--replicas", type=int, default=2)
+    s.add_argument("--token-file")
+    s.add_argument("--auth-reads", action="store_true", help="reads need the token too")
+    s.add_argument("--repair-interval", type=float, default=300.0, help="seconds; 0 = off")
+    s.add_argument("--advertise", help="URL peers know this node by")
+
+    def client_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--url", action="append", default=[], help="node URL(s)")
+        c.add_argument("--token-file")
+        return c
+
+    client_cmd("put", "store a file, print its digest").add_argument("file")
+    g = client_cmd("get", "fetch a blob into a file")
+    g.add_argument("digest")
+    g.add_argument("-o", "--output", required=True)
+    client_cmd("push-tree", "store a directory, print its digest").add_argument("dir")
+    t = client_cmd("pull-tree", "materialize a stored directory")
+    t.add_argument("digest")
+    t.add_argument("dir")
+    t.add_argument("--cache", default=os.path.expanduser("~/.cache/pokedex"))
+    t.add_argument("--swarm", metavar="HOST", help="fetch from peers too, serving on HOST")
+    client_cmd("status", "cluster health as JSON")
+    client_cmd("repair", "run a repair pass on the given nodes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.command == "serve":
+        asyncio.run(_serve(args))
+        return 0
+    urls = [u for item in args.url for u in item.split(",")] or os.environ.get(
+        "POKEDEX_URL", ""
+    ).split(",")
+    if not any(u.strip() for u in urls):
+        print("pokedex: give --url or set POKEDEX_URL", file=sys.stderr)
+        return 2
+    try:
+        with SyncClient(urls, _token(args.token_file)) as c:
+            if args.command == "put":
+                print(c.put_file(args.file))
+            elif args.command == "get":
+                c.get_file(args.digest, args.output)
+            elif args.command == "push-tree":
+                print(c.push_tree(args.dir))
+            elif args.command == "pull-tree":
+                c.pull_tree(args.digest, args.dir, args.cache, swarm_peer=args.swarm)
+            elif args.command == "status":
+                print(json.dumps(c.status(), indent=2))
+            elif args.command == "repair":
+                print(json.dumps(c.repair(), indent=2))
+    except (PokedexError, ValueError, OSError) as e:
+        print(f"pokedex: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""HTTP-facing pure helpers shared by the blob API and the registry face.
+
+Error replies, the token check and request-body parsing live here, free of any server
+state, so they can be tested directly and so handlers stay thin.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from . import digest as dg
+
+MAX_MISSING = 10_000  # digests per /missing request
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ApiError(Exception):
+    """A client error with an HTTP status, a machine-readable code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+
+def error_body(path: str, code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    """The JSON error document: the OCI spec shape under ``/v2``, a flat one elsewhere."""
+    if path.startswith("/v2"):
+        return {"errors": [{"code": code, "message": message, "detail": detail}]}
+    body: dict[str, Any] = {"error": code, "message": message}
+    if detail is not None:
+        body["detail"] = detail
+    return body
+
+
+def error_response(path: str, err: ApiError) -> web.Response:
+    headers = {}
+    if err.status == 401:
+        headers["WWW-Authenticate"] = (
+            'Basic realm="pokedex"' if path.startswith("/v2") else 'Bearer realm="pokedex"'
+        )
+    return web.json_response(
+        error_body(path, err.code, err.message, err.detail), status=err.status, headers=headers
+    )
+
+
+def needs_auth(method: str, path: str, auth_reads: bool) -> bool:
+    """Whether a request must carry the token (only asked when a token is configured).
+
+    Writes always do. Reads do with ``auth_reads``, and ``GET /v2/`` always does: Docker
+    decides from that ping whether (and how) to send the credentials of ``docker login``,
+    so answering it anonymously would make authenticated pushes impossible.
+    """
+    if method not in READ_METHODS:
+        return True
+    if path in ("/v2", "/v2/"):
+        return True
+    return auth_reads
+
+
+def authorized(header: str | None, token: str) -> bool:
+    """``Bearer <token>``, or ``Basic`` with the token as password (any user): docker login."""
+    if not header:
+        return False
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode()
+        except ValueError:
+            return False
+        value = decoded.partition(":")[2]
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.encode(), token.encode())
+
+
+def decode_body(content_type: str, body: bytes) -> Any:
+    """JSON or msgpack request body; ApiError(400) if it is neither."""
+    try:
+        if content_type in MSGPACK_TYPES:
+            return msgpack.unpackb(body, raw=False, strict_map_key=True)
+        return json.loads(body)
+    except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as e:
+        raise ApiError(400, "BAD_BODY", f"body is not valid JSON/msgpack: {e}") from None
+
+
+def encode_body(content_type: str, value: Any) -> web.Response:
+    """Reply in the encoding the request used."""
+    if content_type in MSGPACK_TYPES:
+        return web.Response(body=msgpack.packb(value), content_type="application/msgpack")
+    return web.json_response(value)
+
+
+def parse_digest_list(value: Any) -> list[str]:
+    """``{"digests": [...]}`` or a bare list, every item a valid digest, at most MAX_MISSING."""
+    if isinstance(value, dict):
+        value = value.get("digests")
+    if not isinstance(value, list):
+        raise ApiError(400, "BAD_BODY", 'want {"digests": ["sha256:...", ...]}')
+    if len(value) > MAX_MISSING:
+        raise ApiError(413, "TOO_MANY", f"at most {MAX_MISSING} digests per request")
+    for item in value:
+        if not dg.is_digest(item):
+            raise ApiError(400, "DIGEST_INVALID", f"not a digest: {str(item)[:100]!r}")
+    return value
+
+
+_UNSET = object()
+
+
+def parse_ref_update(value: Any) -> tuple[str | None, bool, str | None]:
+    """``{"digest": d|null, "expected": d|null}`` → (new value, check?, expected value).
+
+    ``expected`` absent: unconditional set. ``expected: null``: only if the ref is unset.
+    ``digest: null`` deletes the ref.
+    """
+    if not isinstance(value, dict) or "digest" not in value:
+        raise ApiError(400, "BAD_BODY", 'want {"digest": "sha256:...", "expected": ...}')
+    new = value["digest"]
+    if new is not None and not dg.is_digest(new):
+        raise ApiError(400, "DIGEST_INVALID", f"not a digest: {str(new)[:100]!r}")
+    expected = value.get("expected", _UNSET)
+    if expected is _UNSET:
+        return new, False, None
+    if expected is not None and not dg.is_digest(expected):
+        raise ApiError(400, "DIGEST_INVALID", f"expected is not a digest: {str(expected)[:100]!r}")
+    return new, True, expected

@@ -1,0 +1,435 @@
+"""One pokedex node: the aiohttp application, its handlers and the in-process starter.
+
+Handlers are thin: they validate input with the pure helpers (:mod:`.digest`, :mod:`.names`,
+:mod:`.replies`), then call the store (:mod:`.store`) or the cluster (:mod:`.cluster`).
+
+HTTP API (all bodies JSON unless noted; errors are ``{"error": CODE, "message": ...}``)::
+
+    PUT  /blobs/sha256:<hex>     body = the bytes; verified while streaming; 201 {"copies": n}
+    GET  /blobs/sha256:<hex>     sendfile, Range; proxied from a replica if not held here
+    HEAD /blobs/sha256:<hex>
+    POST /missing                {"digests": [...]} (JSON or msgpack) -> {"missing": [...]}
+    GET  /refs/<name>            -> {"name", "digest"}            404 if unset
+    PUT  /refs/<name>            {"digest": d|null, "expected": d|null}   409 on CAS mismatch
+    GET  /refs?prefix=P          -> {"refs": {name: digest}}
+    GET  /status[?cluster=1]     node (or whole-cluster) health and usage
+    POST /repair                 run a repair pass now
+    /swarm/...                   peer-assisted delivery tracker (see swarm.py)
+    /v2/...                      OCI distribution API (see registry.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+
+from . import digest as dg
+from . import names, registry, swarm
+from .cluster import HOP, Cluster, normalize_url
+from .replies import (
+    ApiError,
+    authorized,
+    decode_body,
+    encode_body,
+    error_body,
+    error_response,
+    needs_auth,
+    parse_digest_list,
+    parse_ref_update,
+)
+from .store import BlobStore, DigestMismatch, RefConflict, SizeError, StoreError
+
+log = logging.getLogger(__name__)
+
+MAX_SMALL_BODY = 8 << 20  # JSON bodies, manifests
+DEFAULT_MAX_BLOB = 1 << 40
+# What a client that stops sending mid-body looks like to the server.
+PAYLOAD_ERRORS = (
+    aiohttp.ClientPayloadError,
+    aiohttp.http_exceptions.HttpProcessingError,
+    ConnectionError,
+    asyncio.IncompleteReadError,
+    aiohttp.EofStream,
+)
+PROXIED_HEADERS = frozenset(
+    {
+        "Content-Length",
+        "Content-Range",
+        "Accept-Ranges",
+        "ETag",
+        "Content-Type",
+        "Docker-Content-Digest",
+    }
+)
+
+
+def _blob_digest(request: web.Request) -> str:
+    value = request.match_info["digest"]
+    if not dg.is_digest(value):
+        raise ApiError(400, "DIGEST_INVALID", f"not a sha256:<64 hex> digest: {value[:100]!r}")
+    return value
+
+
+def _ref_name(request: web.Request) -> str:
+    try:
+        return names.check_ref(request.match_info["name"])
+    except names.NameError_ as e:
+        raise ApiError(400, "NAME_INVALID", str(e)) from None
+
+
+@dataclass
+class Node:
+    """Everything one node needs; built by :func:`start_node`."""
+
+    store: BlobStore
+    cluster: Cluster
+    token: str | None = None
+    auth_reads: bool = False
+    max_blob: int = DEFAULT_MAX_BLOB
+    tracker: swarm.Tracker = field(default_factory=swarm.Tracker)
+    bytes_served: int = 0
+    started: float = field(default_factory=time.time)
+
+    # -- middleware --------------------------------------------------------------------------
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Token check, then map every expected failure to a 4xx with a clear body."""
+        path = request.path
+        try:
+            if (
+                self.token
+                and needs_auth(request.method, path, self.auth_reads)
+                and not authorized(request.headers.get("Authorization"), self.token)
+            ):
+                raise ApiError(401, "UNAUTHORIZED", "missing or wrong token")
+            return await handler(request)
+        except ApiError as e:
+            return error_response(path, e)
+        except DigestMismatch as e:
+            return error_response(path, ApiError(400, "DIGEST_INVALID", str(e)))
+        except SizeError as e:
+            return error_response(path, ApiError(400, "SIZE_INVALID", str(e)))
+        except (StoreError, dg.DigestError, names.NameError_) as e:
+            return error_response(path, ApiError(400, "BAD_REQUEST", str(e)))
+        except PAYLOAD_ERRORS as e:
+            return error_response(path, ApiError(400, "BODY_INCOMPLETE", f"upload broke off: {e}"))
+
+    async def count_egress(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Bytes of blob bodies sent (what the fan-out benchmark calls origin egress)."""
+        if (
+            request.method == "GET"
+            and response.status in (200, 206)
+            and (request.path.startswith("/blobs/") or "/blobs/sha256:" in request.path)
+        ):
+            self.bytes_served += response.content_length or 0
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    async def store_blob(self, request: web.Request, d: str) -> tuple[int, int]:
+        """Stream a request body into the store as blob ``d``, then replicate it.
+
+        Returns (size, copies). A request from a peer (hop) is stored here only.
+        """
+        size = request.content_length
+        if size is not None and size > self.max_blob:
+            raise ApiError(413, "SIZE_INVALID", f"blob larger than {self.max_blob} bytes")
+        size = await self.store.write_stream(
+            request.content.iter_any(), d, size=size, max_size=self.max_blob
+        )
+        copies = 1 if request.headers.get(HOP) else await self.cluster.replicate(d)
+        return size, copies
+
+    async def exists(self, d: str) -> bool:
+        """Whether any reachable node holds ``d``."""
+        return not await self.cluster.missing_cluster([d])
+
+    async def put_blob(self, request: web.Request) -> web.Response:
+        d = _blob_digest(request)
+        size, copies = await self.store_blob(request, d)
+        return web.json_response({"digest": d, "size": size, "copies": copies}, status=201)
+
+    async def serve_blob(self, request: web.Request, d: str) -> web.StreamResponse:
+        """GET: sendfile from local disk (with Range), else stream from a replica."""
+        path = self.store.path(d)
+        if path.is_file():
+            return web.FileResponse(
+                path,
+                chunk_size=1 << 20,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Docker-Content-Digest": d,
+                    "ETag": f'"{d}"',
+                    "Cache-Control": "max-age=31536000, immutable",
+                },
+            )
+        if request.headers.get(HOP):
+            raise ApiError(404, "BLOB_UNKNOWN", f"{d} not on this node")
+        return await self.proxy_blob(request, d)
+
+    async def proxy_blob(self, request: web.Request, d: str) -> web.StreamResponse:
+        """Answer from a replica elsewhere, streamed through (this node keeps no copy)."""
+        upstream = await self.cluster.open_remote(d, request.headers.get("Range"), request.method)
+        if upstream is None:
+            raise ApiError(404, "BLOB_UNKNOWN", f"{d} is on no reachable node")
+        try:
+            headers = {k: v for k, v in upstream.headers.items() if k in PROXIED_HEADERS}
+            resp = web.StreamResponse(status=upstream.status, headers=headers)
+            await resp.prepare(request)
+            if request.method == "GET":
+                async for chunk in upstream.content.iter_chunked(1 << 20):
+                    await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+        finally:
+            upstream.release()
+
+    async def head_blob(self, request: web.Request, d: str) -> web.StreamResponse:
+        size = self.store.size(d)
+        if size is not None:
+            return web.Response(
+                headers={
+                    "Content-Length": str(size),
+                    "Content-Type": "application/octet-stream",
+                    "Docker-Content-Digest": d,
+                    "Accept-Ranges": "bytes",
+                }
+            )
+        if request.headers.get(HOP):
+            raise ApiError(404, "BLOB_UNKNOWN", f"{d} not on this node")
+        return await self.proxy_blob(request, d)
+
+    async def get_blob(self, request: web.Request) -> web.StreamResponse:
+        return await self.serve_blob(request, _blob_digest(request))
+
+    async def head_blob_route(self, request: web.Request) -> web.StreamResponse:
+        return await self.head_blob(request, _blob_digest(request))
+
+    async def missing(self, request: web.Request) -> web.Response:
+        ctype = request.content_type
+        digests = parse_digest_list(decode_body(ctype, await request.read()))
+        if request.headers.get(HOP):
+            absent = [d for d in digests if not self.store.has(d)]
+        else:
+            absent = await self.cluster.missing_cluster(digests)
+        return encode_body(ctype, {"missing": absent})
+
+    # -- refs --------------------------------------------------------------------------------
+
+    async def ref_call(
+        self, method: str, name: str, body: Any = None, *, hop: bool = False
+    ) -> tuple[int, Any]:
+        """GET or PUT a ref on the first reachable node of the name's rendezvous ranking.
+
+        One node (normally the same one) decides every compare-and-set for a name, which is
+        what makes CAS meaningful across the cluster. ``hop`` means "answer locally".
+        """
+        if not hop:
+            for node in self.cluster.ranked(f"ref:{name}"):
+                if node == self.cluster.self_url:
+                    break
+                answer = await self.cluster.forward(node, method, f"/refs/{name}", body)
+                if answer is not None:
+                    return answer
+        if method == "GET":
+            value = self.store.get_ref(name)
+            if value is None:
+                return 404, error_body("/refs", "REF_UNKNOWN", f"ref {name!r} is not set")
+            return 200, {"name": name, "digest": value}
+        new, check, expected = parse_ref_update(body)
+        try:
+            await self.store.set_ref(name, new, expected=expected, check=check)
+        except RefConflict as e:
+            detail = {"name": name, "current": e.current}
+            return 409, error_body("/refs", "REF_CONFLICT", str(e), detail)
+        if not hop:
+            others = [n for n in self.cluster.ranked(f"ref:{name}") if n != self.cluster.self_url]
+            await asyncio.gather(  # mirror the decided value to R-1 more nodes, for durability
+                *(
+                    self.cluster.forward(n, "PUT", f"/refs/{name}", {"digest": new})
+                    for n in others[: self.cluster.replicas - 1]
+                )
+            )
+        return 200, {"name": name, "digest": new}
+
+    async def get_ref(self, request: web.Request) -> web.Response:
+        status, value = await self.ref_call(
+            "GET", _ref_name(request), hop=bool(request.headers.get(HOP))
+        )
+        return web.json_response(value, status=status)
+
+    async def put_ref(self, request: web.Request) -> web.Response:
+        name = _ref_name(request)
+        body = decode_body(request.content_type, await request.read())
+        parse_ref_update(body)  # validate before forwarding anywhere
+        status, value = await self.ref_call("PUT", name, body, hop=bool(request.headers.get(HOP)))
+        return web.json_response(value, status=status)
+
+    async def all_refs(self, prefix: str, *, hop: bool = False) -> dict[str, str]:
+        """Refs under ``prefix`` on this node, merged with every reachable peer's unless hop."""
+        refs = dict(self.store.list_refs(prefix))
+        if not hop:
+            path = f"/refs?prefix={quote(prefix)}" if prefix else "/refs"
+            answers = await asyncio.gather(
+                *(self.cluster.forward(p, "GET", path) for p in self.cluster.peers)
+            )
+            for answer in answers:
+                if answer is not None and answer[0] == 200:
+                    for k, v in answer[1].get("refs", {}).items():
+                        refs.setdefault(k, v)
+        return dict(sorted(refs.items()))
+
+    async def list_refs(self, request: web.Request) -> web.Response:
+        refs = await self.all_refs(
+            request.query.get("prefix", ""), hop=bool(request.headers.get(HOP))
+        )
+        return web.json_response({"refs": refs})
+
+    async def small_blob(self, d: str, limit: int) -> bytes | None:
+        """A whole small blob (manifests, tree manifests) from here or a replica."""
+        data = self.store.read_bytes(d, limit)
+        if data is not None:
+            return data
+        upstream = await self.cluster.open_remote(d, None)
+        if upstream is None:
+            return None
+        try:
+            if upstream.status != 200 or (upstream.content_length or 0) > limit:
+                return None
+            data = await upstream.content.read(limit + 1)
+        finally:
+            upstream.release()
+        return data if dg.of_bytes(data) == d else None
+
+    # -- status and repair -------------------------------------------------------------------
+
+    async def local_status(self) -> dict[str, Any]:
+        blobs, size = await asyncio.to_thread(self.store.stats)
+        return {
+            "node": self.cluster.self_url,
+            "up": True,
+            "blobs": blobs,
+            "bytes": size,
+            "bytes_served": self.bytes_served,
+            "replicas": self.cluster.replicas,
+            "peers": self.cluster.peers,
+            "uptime": round(time.time() - self.started, 3),
+            "last_repair": self.cluster.last_repair,
+        }
+
+    async def status(self, request: web.Request) -> web.Response:
+        mine = await self.local_status()
+        if request.headers.get(HOP) or "cluster" not in request.query:
+            return web.json_response(mine)
+        answers = await asyncio.gather(
+            *(self.cluster.forward(p, "GET", "/status") for p in self.cluster.peers)
+        )
+        nodes = [mine]
+        for peer, answer in zip(self.cluster.peers, answers, strict=True):
+            ok = answer is not None and answer[0] == 200
+            nodes.append(answer[1] if ok else {"node": peer, "up": False})
+        down = [n["node"] for n in nodes if not n["up"]]
+        under = sum(n.get("last_repair", {}).get("under_replicated", 0) for n in nodes if n["up"])
+        return web.json_response(
+            {
+                "nodes": sorted(nodes, key=lambda n: n["node"]),
+                "down": down,
+                "under_replicated": under,
+                "healthy": not down and under == 0,
+            }
+        )
+
+    async def repair(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.cluster.repair())
+
+    # -- app ---------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.guard], client_max_size=MAX_SMALL_BODY)
+        blob = "/blobs/{digest}"
+        app.router.add_put(blob, self.put_blob)
+        app.router.add_get(blob, self.get_blob, allow_head=False)
+        app.router.add_head(blob, self.head_blob_route)
+        app.router.add_post("/missing", self.missing)
+        app.router.add_get("/refs", self.list_refs)
+        app.router.add_get("/refs/{name:.+}", self.get_ref)
+        app.router.add_put("/refs/{name:.+}", self.put_ref)
+        app.router.add_get("/status", self.status)
+        app.router.add_post("/repair", self.repair)
+        swarm.add_tracker_routes(app, self.tracker, self.store)
+        registry.Registry(self).add_routes(app)
+        app.on_response_prepare.append(self.count_egress)
+        return app
+
+
+@dataclass
+class RunningNode:
+    """A node started in this event loop by :func:`start_node`."""
+
+    url: str
+    node: Node
+    runner: web.AppRunner
+    repair_task: asyncio.Task[None] | None = None
+
+    def set_peers(self, peers: list[str]) -> None:
+        """Replace the static peer list (tests start nodes on port 0, then wire them up)."""
+        self.node.cluster.set_peers(peers)
+
+    async def close(self) -> None:
+        if self.repair_task is not None:
+            self.repair_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.repair_task
+        await self.runner.cleanup()
+        await self.node.cluster.close()
+
+
+async def start_node(
+    data_dir: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    peers: tuple[str, ...] | list[str] = (),
+    replicas: int = 2,
+    token: str | None = None,
+    *,
+    auth_reads: bool = False,
+    repair_interval: float | None = 300.0,
+    advertise: str | None = None,
+    max_blob: int = DEFAULT_MAX_BLOB,
+) -> RunningNode:
+    """Start a node inside the running event loop and return once it accepts connections.
+
+    ``port=0`` picks a free port; ``.url`` says which. ``peers`` are the other nodes' URLs
+    (listing this node too is harmless). ``advertise`` is the URL peers know this node by
+    (default ``http://host:port``). ``repair_interval=None`` disables periodic repair.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = normalize_url(advertise or f"http://{shown}:{bound}")
+    store = BlobStore(Path(data_dir))
+    cluster = Cluster(url, peers, replicas, token, store)
+    await cluster.start()
+    node = Node(store=store, cluster=cluster, token=token, auth_reads=auth_reads, max_blob=max_blob)
+    runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.SockSite(runner, sock, backlog=1024).start()
+    task = None
+    if repair_interval:
+        task = asyncio.create_task(cluster.repair_forever(repair_interval))
+    return RunningNode(url=url, node=node, runner=runner, repair_task=task)

@@ -1,0 +1,331 @@
+"""The on-disk blob and ref store of one node (also used as a client's local content cache).
+
+Layout under the data directory::
+
+    blobs/sha256/<first 2 hex>/<64 hex>     immutable blob files, named by their digest
+    blobs/sha256/<xx>/.tmp-*                 blobs being written (removed at start-up)
+    refs/<name with '/' as '%'>              one file per ref holding a digest
+    uploads/<uuid>                           registry upload sessions (see registry.py)
+
+Durability rule: a blob file appears under its final name only after its bytes were hashed
+while streaming, matched the expected digest, were fsync'ed, renamed into place and the
+directory fsync'ed. So after ``kill -9`` or a power cut, every name that exists is a complete,
+correct blob, and a reader can never see a partial one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterable, Iterator
+from pathlib import Path
+
+from . import digest as dg
+from . import names
+
+CHUNK = 4 << 20  # bytes handed to a writer thread at once
+
+
+class StoreError(ValueError):
+    """Content refused by the store; the message is meant for the client."""
+
+
+class DigestMismatch(StoreError):
+    pass
+
+
+class SizeError(StoreError):
+    pass
+
+
+class RefConflict(Exception):
+    """Compare-and-set failed: the ref's current value is not the expected one."""
+
+    def __init__(self, name: str, current: str | None) -> None:
+        super().__init__(f"ref {name!r} is {current or 'unset'}")
+        self.name = name
+        self.current = current
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+async def receive(
+    chunks: AsyncIterable[bytes],
+    fd: int,
+    expected: str,
+    *,
+    size: int | None = None,
+    max_size: int | None = None,
+) -> int:
+    """Write a stream to ``fd`` while hashing it; check length and digest; fsync.
+
+    ``size`` is the length the sender declared (checked exactly), ``max_size`` a cap.
+    Hashing and writing run in a worker thread, one buffer behind the network, so the event
+    loop keeps receiving while the disk and the CPU work. Returns the byte count; raises
+    :class:`SizeError` / :class:`DigestMismatch` (the caller discards the file).
+    """
+    loop = asyncio.get_running_loop()
+    hasher = dg.Hasher()
+    pending: asyncio.Future[None] | None = None
+    buf: list[bytes] = []
+    buffered = received = 0
+
+    def work(data: bytes) -> None:
+        hasher.update(data)
+        _write_all(fd, data)
+
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if (size is not None and received > size) or (
+                max_size is not None and received > max_size
+            ):
+                raise SizeError(f"body longer than declared/allowed ({received} bytes so far)")
+            buf.append(chunk)
+            buffered += len(chunk)
+            if buffered >= CHUNK:
+                data = b"".join(buf)
+                buf, buffered = [], 0
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(None, work, data)
+        if pending is not None:
+            await pending
+            pending = None
+        if buf:
+            await loop.run_in_executor(None, work, b"".join(buf))
+    finally:
+        if pending is not None:  # never close the fd under a running writer
+            with contextlib.suppress(BaseException):
+                await pending
+    if size is not None and received != size:
+        raise SizeError(f"body has {received} bytes, {size} declared")
+    actual = hasher.digest()
+    if actual != expected:
+        raise DigestMismatch(f"content digest is {actual}, not {expected}")
+    await loop.run_in_executor(None, os.fsync, fd)
+    return received
+
+
+class BlobStore:
+    """Content-addressed files under ``root``; safe against crashes at any instant."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.blob_root = self.root / "blobs" / dg.ALGORITHM
+        self.ref_root = self.root / "refs"
+        self.upload_root = self.root / "uploads"
+        for d in (self.blob_root, self.ref_root, self.upload_root):
+            d.mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            (self.blob_root / f"{i:02x}").mkdir(exist_ok=True)
+        _fsync_dir(self.blob_root)
+        self._ref_lock = asyncio.Lock()
+        self.remove_partials()
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def path(self, digest: str) -> Path:
+        """Where the blob lives (whether or not it exists). Validates the digest first."""
+        hexd = dg.hex_part(digest)
+        return self.blob_root / hexd[:2] / hexd
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def digests(self) -> Iterator[str]:
+        """Every stored digest (no particular order)."""
+        for shard in sorted(self.blob_root.iterdir()):
+            for entry in os.scandir(shard):
+                if not entry.name.startswith("."):
+                    yield f"{dg.ALGORITHM}:{entry.name}"
+
+    def stats(self) -> tuple[int, int]:
+        """(number of blobs, total bytes)."""
+        count = total = 0
+        for shard in self.blob_root.iterdir():
+            for entry in os.scandir(shard):
+                if not entry.name.startswith("."):
+                    count += 1
+                    total += entry.stat().st_size
+        return count, total
+
+    def remove_partials(self) -> int:
+        """Delete temp files left by a crash; they were never visible as blobs."""
+        removed = 0
+        for shard in self.blob_root.iterdir():
+            for entry in os.scandir(shard):
+                if entry.name.startswith(".tmp-"):
+                    os.unlink(entry.path)
+                    removed += 1
+        for entry in os.scandir(self.ref_root):
+            if entry.name.startswith(".tmp-"):
+                os.unlink(entry.path)
+        return removed
+
+    def delete(self, digest: str) -> bool:
+        try:
+            os.unlink(self.path(digest))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _temp(self, final: Path) -> tuple[int, Path]:
+        tmp = final.parent / f".tmp-{final.name[:16]}-{secrets.token_hex(6)}"
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp
+
+    def _commit(self, tmp: Path, final: Path) -> None:
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+    async def write_stream(
+        self,
+        chunks: AsyncIterable[bytes],
+        expected: str,
+        *,
+        size: int | None = None,
+        max_size: int | None = None,
+    ) -> int:
+        """Store a blob from an async byte stream, verifying it against ``expected``.
+
+        Returns the blob size. Raises :class:`DigestMismatch` / :class:`SizeError` and stores
+        nothing on any failure (including the stream breaking off).
+        """
+        final = self.path(expected)
+        fd, tmp = self._temp(final)
+        try:
+            received = await receive(chunks, fd, expected, size=size, max_size=max_size)
+            os.close(fd)
+            fd = -1
+            await asyncio.to_thread(self._commit, tmp, final)
+            return received
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def put_bytes(self, data: bytes, expected: str | None = None) -> str:
+        """Store small in-memory content synchronously; returns its digest."""
+        actual = dg.of_bytes(data)
+        if expected is not None and dg.parse(expected) != actual:
+            raise DigestMismatch(f"content digest is {actual}, not {expected}")
+        final = self.path(actual)
+        if not final.exists():
+            fd, tmp = self._temp(final)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                self._commit(tmp, final)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        return actual
+
+    def adopt(self, src: Path, expected: str) -> int:
+        """Move an already-written file (same filesystem) in as blob ``expected``.
+
+        Blocking: hashes the file, so call it from a worker thread. The file is consumed on
+        success; on a mismatch it is left for the caller to keep or delete.
+        """
+        final = self.path(expected)
+        actual = dg.of_file(str(src))
+        if actual != expected:
+            raise DigestMismatch(f"content digest is {actual}, not {expected}")
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._commit(src, final)
+        return final.stat().st_size
+
+    def read_bytes(self, digest: str, limit: int) -> bytes | None:
+        """Whole small blob, or None if absent. Refuses blobs larger than ``limit``."""
+        try:
+            with open(self.path(digest), "rb") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError:
+            return None
+        if len(data) > limit:
+            raise SizeError(f"blob larger than {limit} bytes")
+        return data
+
+    # -- refs --------------------------------------------------------------------------------
+
+    def _ref_path(self, name: str) -> Path:
+        return self.ref_root / names.check_ref(name).replace("/", "%")
+
+    def get_ref(self, name: str) -> str | None:
+        try:
+            value = self._ref_path(name).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return dg.parse(value)
+
+    def list_refs(self, prefix: str = "") -> list[tuple[str, str]]:
+        """(name, digest) of every ref whose name starts with ``prefix``, sorted by name."""
+        out = []
+        for entry in os.scandir(self.ref_root):
+            if entry.name.startswith("."):
+                continue
+            name = entry.name.replace("%", "/")
+            if name.startswith(prefix):
+                value = self.get_ref(name)
+                if value is not None:
+                    out.append((name, value))
+        return sorted(out)
+
+    async def set_ref(
+        self, name: str, value: str | None, *, expected: str | None = None, check: bool = False
+    ) -> None:
+        """Set (or with ``value=None`` delete) a ref; with ``check``, only if it is ``expected``.
+
+        ``expected=None`` with ``check=True`` means "only if the ref does not exist yet".
+        Raises :class:`RefConflict` otherwise. The lock makes the compare and the set atomic
+        within this node; the rename makes the new value durable and all-or-nothing.
+        """
+        path = self._ref_path(name)
+        if value is not None:
+            dg.parse(value)
+        async with self._ref_lock:
+            current = self.get_ref(name)
+            if check and current != expected:
+                raise RefConflict(name, current)
+            if value is None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            else:
+                tmp = self.ref_root / f".tmp-{secrets.token_hex(6)}"
+                tmp.write_text(value + "\n")
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+            _fsync_dir(self.ref_root)
