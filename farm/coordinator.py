@@ -72,10 +72,11 @@ class _HostState:
 class _ActiveWorker:
     """A worker bound to one run, with the bookkeeping needed when it dies."""
 
-    def __init__(self, conn: WorkerConnection, run: Run, host: Host) -> None:
+    def __init__(self, conn: WorkerConnection, run: Run, host: Host, profile: str) -> None:
         self.conn = conn
         self.run = run
         self.host = host
+        self.profile = profile
         self.outstanding: dict[str, TestSpec] = {}
         self.current: str | None = None
         self.timed_out: dict[str, Any] | None = None
@@ -177,7 +178,10 @@ class Coordinator:
             wakeup.clear()
             shard = self.scheduler.next_shard(slot_id)
             if worker is not None and (
-                shard is None or shard.run != worker.run.id or not state.host.reuse_workers
+                shard is None
+                or shard.run != worker.run.id
+                or shard.profile != worker.profile
+                or not state.host.reuse_workers
             ):
                 await self._drain(worker)
                 worker = None
@@ -197,7 +201,7 @@ class Coordinator:
         self, state: _HostState, index: int, run: Run, shard: Shard
     ) -> _ActiveWorker | None:
         worker_id = f"gw{next(self._worker_ids)}"
-        context = RunContext(run.id, run.manifest, workers=self.total_slots)
+        context = RunContext(run.id, run.manifest, workers=self.total_slots, profile=shard.profile)
         try:
             conn = await state.host.spawn(context, index, worker_id, self._output_handler(run))
             ready = await conn.recv()
@@ -221,7 +225,7 @@ class Coordinator:
             return None
         state.failures = 0
         run.workers.add(conn)
-        return _ActiveWorker(conn, run, state.host)
+        return _ActiveWorker(conn, run, state.host, shard.profile)
 
     def _output_handler(self, run: Run):
         def forward(data: bytes) -> None:

@@ -38,6 +38,8 @@ class TestSpec:
     requires: Mapping[str, str] = field(default_factory=dict)
     cpus: float | None = None
     memory: int | None = None
+    #: Name of the worker profile (extra worker arguments) this test needs; "" is the base worker.
+    profile: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class RunManifest:
     image: str | None = None
     snapshot: str | None = None
     network: bool = False
+    #: profile name → extra pytest arguments for workers of that profile.
+    profiles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def worker_argv(self, profile: str) -> tuple[str, ...]:
+        return (*self.worker.argv, *self.profiles.get(profile, ()))
 
 
 def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
@@ -67,6 +74,7 @@ def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
         "image": manifest.image,
         "snapshot": manifest.snapshot,
         "network": manifest.network,
+        "profiles": {name: list(args) for name, args in manifest.profiles.items()},
         "worker": {
             "argv": list(manifest.worker.argv),
             "cwd": manifest.worker.cwd,
@@ -132,7 +140,19 @@ def _parse_test(data: Any, index: int) -> TestSpec:
         requires=_string_map(data.get("requires"), f"{where}.requires"),
         cpus=None if cpus is None else float(cpus),
         memory=memory,
+        profile=_optional(data, "profile", str, where) or "",
     )
+
+
+def _parse_profiles(value: Any) -> dict[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(name, str) and isinstance(args, list) and all(isinstance(a, str) for a in args)
+        for name, args in value.items()
+    ):
+        raise ManifestError("manifest: 'profiles' must map names to lists of strings")
+    return {name: tuple(args) for name, args in value.items()}
 
 
 def parse_manifest(data: Any) -> RunManifest:
@@ -150,6 +170,10 @@ def parse_manifest(data: Any) -> RunManifest:
         if test.id in seen:
             raise ManifestError(f"manifest: test id {test.id!r} appears twice")
         seen.add(test.id)
+    profiles = _parse_profiles(data.get("profiles"))
+    for test in tests:
+        if test.profile and test.profile not in profiles:
+            raise ManifestError(f"manifest: test {test.id!r} names unknown profile {test.profile!r}")
     worker = _require(data, "worker", dict, "manifest")
     argv = _require(worker, "argv", list, "worker")
     if not argv or not all(isinstance(a, str) for a in argv):
@@ -165,4 +189,5 @@ def parse_manifest(data: Any) -> RunManifest:
         image=_optional(data, "image", str, "manifest"),
         snapshot=_optional(data, "snapshot", str, "manifest"),
         network=bool(_optional(data, "network", bool, "manifest")),
+        profiles=profiles,
     )

@@ -46,6 +46,10 @@ class Shard:
     def estimate(self) -> float:
         return sum(t.estimate for t in self.tests)
 
+    @property
+    def profile(self) -> str:
+        return self.tests[0].profile
+
 
 @dataclass
 class _Unit:
@@ -67,8 +71,9 @@ class ShardingPolicy(Protocol):
         ...
 
 
-def _requires_key(test: TestSpec) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(test.requires.items()))
+def _placement_key(test: TestSpec) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Tests may share a shard only if they need the same worker profile and host labels."""
+    return test.profile, tuple(sorted(test.requires.items()))
 
 
 class LongestFirst:
@@ -87,10 +92,10 @@ class LongestFirst:
         total = sum(t.estimate for t in tests)
         target = max(min_seconds, total / (max(slots, 1) * 4))
         units: list[list[TestSpec]] = []
-        merging: dict[tuple[tuple[str, str], ...], list[TestSpec]] = {}
-        for _, group_iter in itertools.groupby(tests, key=lambda t: (t.group, _requires_key(t))):
+        merging: dict[tuple[str, tuple[tuple[str, str], ...]], list[TestSpec]] = {}
+        for _, group_iter in itertools.groupby(tests, key=lambda t: (t.group, _placement_key(t))):
             group = list(group_iter)
-            key = _requires_key(group[0])
+            key = _placement_key(group[0])
             if sum(t.estimate for t in group) >= max(target, SPLIT_FLOOR):
                 units.extend(_split(group, target))
                 continue
@@ -110,7 +115,7 @@ class PerGroup:
     name = "per-group"
 
     def units(self, tests: Sequence[TestSpec], slots: int, min_seconds: float) -> list[list[TestSpec]]:
-        return [list(g) for _, g in itertools.groupby(tests, key=lambda t: (t.group, _requires_key(t)))]
+        return [list(g) for _, g in itertools.groupby(tests, key=lambda t: (t.group, _placement_key(t)))]
 
 
 class PerTest:
@@ -301,8 +306,9 @@ class Scheduler:
         if run is None or run.cancelled:
             return True
         pending = [t for t in tests if t.id not in run.finished]
-        if pending:
-            run.queue.insert(0, _Unit(pending, pending[0].requires))
+        for _, same in itertools.groupby(pending, key=_placement_key):
+            unit_tests = list(same)
+            run.queue.insert(0, _Unit(unit_tests, unit_tests[0].requires))
         if interrupted is None or interrupted.id in run.finished:
             return True
         attempts = run.attempts.get(interrupted.id, 0)

@@ -18,7 +18,7 @@ import socket
 import pytest
 
 from farm.hosts.base import RunContext
-from farm.hosts.local import LaunchedProcess
+from farm.hosts.local import ExecLauncher, LaunchedProcess
 from pytest_psyduck.channel import Channel
 from pytest_psyduck.worker import WORKER_PLUGIN_NAME, WorkerPlugin, die_with_parent, serve, silence_reporting
 
@@ -27,10 +27,16 @@ CONTROLLER_PLUGINS = ("psyduck-session", "psyduck-replay")
 
 
 class ForkLauncher:
+    """Fork base workers from the collected session; exec workers whose profile adds arguments."""
+
     def __init__(self, session: pytest.Session) -> None:
         self.session = session
+        self._exec = ExecLauncher()
 
     def launch(self, run: RunContext, worker_id: str, env: dict[str, str]) -> LaunchedProcess:
+        if run.manifest.profiles.get(run.profile):
+            # Extra pytest arguments change configuration: only a fresh process honours them.
+            return self._exec.launch(run, worker_id, env)
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
         pid = os.fork()

@@ -33,8 +33,14 @@ class RunContext:
     run_id: str
     manifest: RunManifest
     workers: int  # total slots on the farm, for PYTEST_XDIST_WORKER_COUNT
+    profile: str = ""
     pokedex_urls: tuple[str, ...] = ()
     pokedex_token: str | None = None
+
+    @property
+    def worker_argv(self) -> tuple[str, ...]:
+        """``python -m`` arguments of this run's workers, profile arguments included."""
+        return self.manifest.worker_argv(self.profile)
 
 
 @dataclass(frozen=True)

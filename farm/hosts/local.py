@@ -69,7 +69,7 @@ class ExecLauncher:
         read_fd, write_fd = os.pipe()
         try:
             process = subprocess.Popen(
-                [self.python, "-m", *run.manifest.worker.argv],
+                [self.python, "-m", *run.worker_argv],
                 cwd=run.manifest.worker.cwd,
                 env={**os.environ, **env, "PSYDUCK_WORKER_FD": str(theirs.fileno())},
                 stdin=subprocess.DEVNULL,
