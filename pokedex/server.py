@@ -99,6 +99,7 @@ class Node:
     max_blob: int = DEFAULT_MAX_BLOB
     tracker: swarm.Tracker = field(default_factory=swarm.Tracker)
     bytes_served: int = 0
+    bytes_received: int = 0
     started: float = field(default_factory=time.time)
 
     # -- middleware --------------------------------------------------------------------------
@@ -148,6 +149,7 @@ class Node:
         size = await self.store.write_stream(
             request.content.iter_any(), d, size=size, max_size=self.max_blob
         )
+        self.bytes_received += size
         copies = 1 if request.headers.get(HOP) else await self.cluster.replicate(d)
         return size, copies
 
@@ -322,6 +324,7 @@ class Node:
             "blobs": blobs,
             "bytes": size,
             "bytes_served": self.bytes_served,
+            "bytes_received": self.bytes_received,
             "replicas": self.cluster.replicas,
             "peers": self.cluster.peers,
             "uptime": round(time.time() - self.started, 3),
