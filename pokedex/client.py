@@ -40,16 +40,16 @@ class PokedexError(Exception):
         self.body = body
 
 
-class RefConflict(PokedexError):
+class _Refused(PokedexError):
+    """A 4xx: retrying on another node would not help."""
+
+
+class RefConflict(_Refused):
     """``set_ref`` compare-and-set failed; ``current`` is the ref's actual value."""
 
     def __init__(self, name: str, current: str | None) -> None:
         super().__init__(f"ref {name!r} is {current or 'unset'}", 409)
         self.current = current
-
-
-class _Refused(PokedexError):
-    """A 4xx: retrying on another node would not help."""
 
 
 def _split_urls(urls: str | Iterable[str]) -> list[str]:

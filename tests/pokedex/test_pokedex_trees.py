@@ -1,0 +1,172 @@
+"""Client blobs and trees against real nodes: dedup, caches, gitignore, modes, swarm."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pokedex_testlib import nodes
+
+from pokedex import Client, SyncClient
+from pokedex import digest as dg
+from pokedex.client import PokedexError
+
+
+def _make_tree(root: Path) -> None:
+    (root / "src/pkg").mkdir(parents=True)
+    (root / "src/pkg/mod.py").write_text("print('hi')\n")
+    (root / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (root / "run.sh").chmod(0o755)
+    (root / "data.bin").write_bytes(os.urandom(300_000))
+    (root / "same.bin").write_bytes((root / "data.bin").read_bytes())  # dedup
+    os.symlink("src/pkg/mod.py", root / "link.py")
+    os.symlink("/nonexistent/target", root / "dangling")
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_file():
+            out[rel] = ("file", p.stat().st_mode & 0o7777, p.read_bytes())
+    return out
+
+
+def test_file_round_trip_and_verification(tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(5 << 20))
+
+    async def go() -> None:
+        async with nodes(tmp_path / "n") as [n], Client(n.url) as c:
+            d = await c.put_file(src)
+            assert d == dg.of_file(str(src))
+            await c.get_file(d, tmp_path / "out")
+            assert (tmp_path / "out").read_bytes() == src.read_bytes()
+            # Corrupt the stored copy: the client must refuse it, not return it.
+            path = n.node.store.path(d)
+            path.write_bytes(b"corrupt" + path.read_bytes()[7:])
+            with pytest.raises(PokedexError):
+                await c.get_file(d, tmp_path / "out2")
+            assert not (tmp_path / "out2").exists()
+            with pytest.raises(PokedexError):
+                await c.get_bytes(d)
+
+    asyncio.run(go())
+
+
+def test_push_pull_tree_dedups_and_keeps_modes_and_links(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _make_tree(src)
+
+    async def go() -> None:
+        async with nodes(tmp_path / "n") as [n], Client(n.url) as c:
+            node = n.node
+            t1 = await c.push_tree(src)
+            first = node.bytes_received
+            assert first < 2 * 300_000  # data.bin and same.bin uploaded once
+            assert await c.push_tree(src) == t1
+            assert node.bytes_received == first  # unchanged tree: zero bytes
+            (src / "src/pkg/mod.py").write_text("print('changed')\n")
+            t2 = await c.push_tree(src)
+            assert t2 != t1
+            changed = node.bytes_received - first
+            assert changed < 2000  # that file plus the new manifest
+
+            cache = tmp_path / "cache"
+            await c.pull_tree(t1, tmp_path / "out1", cache)
+            (src / "src/pkg/mod.py").write_text("print('hi')\n")
+            assert _snapshot(tmp_path / "out1") == _snapshot(src)
+            served = node.bytes_served
+            await c.pull_tree(t2, tmp_path / "out2", cache, link=True)
+            assert node.bytes_served - served < 2000  # only the changed file + manifest
+            assert (tmp_path / "out2/src/pkg/mod.py").read_text() == "print('changed')\n"
+            assert os.access(tmp_path / "out2/run.sh", os.X_OK)
+
+    asyncio.run(go())
+
+
+def test_push_tree_respects_gitignore(tmp_path: Path) -> None:
+    src = tmp_path / "repo"
+    src.mkdir()
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    (src / ".gitignore").write_text("*.log\nbuild/\n")
+    (src / "keep.py").write_text("x = 1\n")
+    (src / "debug.log").write_text("noise")
+    (src / "build").mkdir()
+    (src / "build/out.o").write_bytes(b"\0")
+    (src / "untracked.txt").write_text("new")
+    subprocess.run(["git", "-C", str(src), "add", "keep.py", ".gitignore"], check=True)
+
+    async def go() -> None:
+        async with nodes(tmp_path / "n") as [n], Client(n.url) as c:
+            t = await c.push_tree(src)
+            await c.pull_tree(t, tmp_path / "out", tmp_path / "cache")
+        got = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*"))
+        assert got == [".gitignore", "keep.py", "untracked.txt"]
+
+    asyncio.run(go())
+
+
+def test_pull_tree_refuses_a_hostile_manifest(tmp_path: Path) -> None:
+    evil = (
+        b'{"entries":[{"digest":"' + dg.of_bytes(b"").encode() + b'","mode":420,'
+        b'"path":"../escape","size":0,"type":"file"}],"format":"pokedex-tree/1"}'
+    )
+
+    async def go() -> None:
+        async with nodes(tmp_path / "n") as [n], Client(n.url) as c:
+            d = await c.put_bytes(evil)
+            with pytest.raises(ValueError):
+                await c.pull_tree(d, tmp_path / "out", tmp_path / "cache")
+        assert not (tmp_path / "escape").exists()
+
+    asyncio.run(go())
+
+
+def test_sync_client(tmp_path: Path) -> None:
+    from pokedex_testlib import ThreadedNode
+
+    n = ThreadedNode(tmp_path / "n")
+    try:
+        with SyncClient([n.url]) as c:
+            d = c.put_bytes(b"sync")
+            assert c.get_bytes(d) == b"sync" and c.missing([d]) == []
+            c.set_ref("x", d)
+            assert c.get_ref("x") == d
+            assert c.status()["healthy"]
+    finally:
+        n.close()
+
+
+def test_swarm_pull_shares_chunks_between_hosts(tmp_path: Path) -> None:
+    """Four clients pull the same 24 MiB tree at once; the origin sends ~one copy."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        (src / f"f{i}").write_bytes(os.urandom(12 << 20))
+    payload = 24 << 20
+
+    async def go() -> None:
+        async with nodes(tmp_path / "n") as [n]:
+            async with Client(n.url) as c:
+                t = await c.push_tree(src)
+            base = n.node.bytes_served
+
+            async def host(i: int) -> None:
+                async with Client(n.url) as c:
+                    await c.pull_tree(t, tmp_path / f"out{i}", tmp_path / f"cache{i}",
+                                      swarm_peer="127.0.0.1", seed_seconds=20)
+
+            await asyncio.gather(*(host(i) for i in range(4)))
+            origin = n.node.bytes_served - base
+            assert origin <= 1.5 * payload, origin / payload
+            for i in range(4):
+                assert (tmp_path / f"out{i}/f1").read_bytes() == (src / "f1").read_bytes()
+
+    asyncio.run(go())
