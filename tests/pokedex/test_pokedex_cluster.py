@@ -86,7 +86,9 @@ def test_writes_succeed_while_a_placement_node_is_down(tmp_path: Path) -> None:
             for d in ds:
                 assert len(_holders(cluster[:2], d)) == 2  # stand-in copies, R kept
             cluster[2] = await start_node(
-                tmp_path / "back", port=int(down.url.rsplit(":", 1)[1]), peers=urls,
+                tmp_path / "back",
+                port=int(down.url.rsplit(":", 1)[1]),
+                peers=urls,
                 repair_interval=None,
             )
             async with Client(urls) as c:
@@ -119,9 +121,7 @@ def test_refs_are_consistent_across_nodes(tmp_path: Path) -> None:
                     except RefConflict:
                         return False
 
-                wins = await asyncio.gather(
-                    *(race(clients[i % 3], bytes([i])) for i in range(30))
-                )
+                wins = await asyncio.gather(*(race(clients[i % 3], bytes([i])) for i in range(30)))
                 assert sum(wins) == 1
                 for c in clients:
                     assert await c.get_ref("runs/42") == b

@@ -160,8 +160,13 @@ def test_swarm_pull_shares_chunks_between_hosts(tmp_path: Path) -> None:
 
             async def host(i: int) -> None:
                 async with Client(n.url) as c:
-                    await c.pull_tree(t, tmp_path / f"out{i}", tmp_path / f"cache{i}",
-                                      swarm_peer="127.0.0.1", seed_seconds=20)
+                    await c.pull_tree(
+                        t,
+                        tmp_path / f"out{i}",
+                        tmp_path / f"cache{i}",
+                        swarm_peer="127.0.0.1",
+                        seed_seconds=20,
+                    )
 
             await asyncio.gather(*(host(i) for i in range(4)))
             origin = n.node.bytes_served - base
