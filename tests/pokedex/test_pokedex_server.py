@@ -104,7 +104,6 @@ def _raw(port: int, payload: bytes, close_early: bool = False) -> bytes:
         s.sendall(payload)
         if close_early:
             return b""
-        s.shutdown(socket.SHUT_WR)
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -125,7 +124,7 @@ def test_truncated_upload_stores_nothing(threaded_node: ThreadedNode) -> None:
 
 
 def test_body_longer_than_declared_is_refused(threaded_node: ThreadedNode) -> None:
-    data = b"0123456789"
+    data = b"01234GARBAGE\r\n\r\n"
     head = (
         f"PUT /blobs/{dg.of_bytes(data)} HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {TOKEN}\r\nContent-Length: 5\r\n\r\n"
