@@ -91,7 +91,7 @@ class WorkerPlugin:
         self.channel = channel
         self.workerinput = workerinput
         self.items: dict[str, pytest.Item] = {}
-        self._current_id = ""
+        self._logged: list[pytest.TestReport] | None = None
 
     # -- configuration ------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -121,7 +121,12 @@ class WorkerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool:
         started = time.perf_counter()
-        reports = runtestprotocol(item, log=False, nextitem=nextitem)
+        self._logged = []
+        try:
+            phases = runtestprotocol(item, log=False, nextitem=nextitem)
+            reports = interleave(phases, self._logged)
+        finally:
+            self._logged = None
         self.channel.send(
             {
                 "t": "result",
@@ -132,9 +137,28 @@ class WorkerPlugin:
         )
         return True
 
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Reports logged while the test runs (pytest's subtests, for one) are
+        # part of its result; the phase reports themselves are never logged here.
+        if self._logged is not None:
+            self._logged.append(report)
+
     def pytest_warning_recorded(self, warning_message, when: str, nodeid: str, location) -> None:
         if when == "runtest":
             self.channel.send({"t": "warning", "data": warning_to_wire(warning_message, when, nodeid)})
+
+
+def interleave(
+    phases: list[pytest.TestReport], logged: list[pytest.TestReport]
+) -> list[pytest.TestReport]:
+    """Put reports logged during a phase before that phase's own report, as pytest logs them."""
+    ordered: list[pytest.TestReport] = []
+    for phase in phases:
+        ordered.extend(r for r in logged if r.when == phase.when)
+        ordered.append(phase)
+    seen = {p.when for p in phases}
+    ordered.extend(r for r in logged if r.when not in seen)
+    return ordered
 
 
 def die_with_parent() -> None:
