@@ -1,7 +1,9 @@
 """Host kinds and the ``--psyduck-hosts`` / farm.toml host syntax.
 
-``local:N`` — N worker processes here.  Further kinds (``docker:N``,
-``ssh://user@host[:port]``) register a builder in :data:`HOST_KINDS`.
+``local:N`` — N worker processes here; ``docker[:N]`` — N containers on the
+local Docker engine; ``ssh://user@host[:port][?slots=N&…]`` — a Docker engine
+reached over SSH.  Docker and SSH builders import their modules lazily: the
+docker SDK and paramiko load only when such a host is used.
 """
 
 from __future__ import annotations
@@ -31,9 +33,26 @@ def _local(spec: str, options: dict[str, Any]) -> Host:
     return LocalHost(_count(count, spec), launcher=options.get("launcher"))
 
 
+def _docker(spec: str, options: dict[str, Any]) -> Host:
+    from farm.hosts.docker import DockerHost
+
+    _, _, count = spec.partition(":")
+    return DockerHost(_count(count, spec) if count else None)
+
+
+def _ssh(spec: str, options: dict[str, Any]) -> Host:
+    from farm.hosts.ssh import ssh_host
+
+    return ssh_host(spec)
+
+
 #: kind → builder(spec, options).  Options carry what a caller can supply,
 #: e.g. ``launcher`` for local hosts of the embedded farm.
-HOST_KINDS: dict[str, Callable[[str, dict[str, Any]], Host]] = {"local": _local}
+HOST_KINDS: dict[str, Callable[[str, dict[str, Any]], Host]] = {
+    "local": _local,
+    "docker": _docker,
+    "ssh": _ssh,
+}
 
 
 def host_kind(spec: str) -> str:

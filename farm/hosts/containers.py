@@ -1,0 +1,201 @@
+"""The pure part of docker hosts: what container a shard gets, and who owns a container.
+
+Nothing here talks to an engine, so the isolation defaults, the resource limits
+and the reaper's ownership rule can be read (and unit-tested) on their own.
+:mod:`farm.hosts.docker` turns these plans into API calls.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm.hosts.base import RunContext
+from farm.hosts.local import worker_environment
+from farm.manifest import TestSpec
+
+#: Where psyduck's own worker code is mounted inside a container.
+INJECT_DIR = "/opt/psyduck"
+#: Packages the worker imports that a test image does not have.
+INJECTED_PACKAGES = ("pytest_psyduck", "farm", "msgpack")
+#: Where the run's code is mounted read-only when tests get a private writable copy.
+SOURCE_DIR = "/psyduck/src"
+#: Private scratch (TMPDIR, HOME, pytest's cache) of every container.
+SCRATCH_DIR = "/tmp"
+#: Directories not copied into a container's private code copy: caches and VCS
+#: data that tests do not read and that would only cost copy time and memory.
+COPY_SKIP = (
+    ".git",
+    ".hg",
+    ".tox",
+    ".nox",
+    ".venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "node_modules",
+)
+PIDS_LIMIT = 4096
+
+LABEL_FARM = "psyduck.farm"
+LABEL_RUN = "psyduck.run"
+LABEL_WORKER = "psyduck.worker"
+LABEL_SLOT = "psyduck.slot"
+LABEL_HOST = "psyduck.host"
+
+#: Runs inside the container before the worker: copies the read-only code into
+#: the private tmpfs at the worker's cwd (copy mode), then runs the worker module
+#: exactly as ``python -m`` would, with the cwd first on sys.path.
+BOOTSTRAP = f"""\
+import os, runpy, shutil, sys
+src = os.environ.pop("PSYDUCK_CODE_SRC", "")
+if src:
+    shutil.copytree(src, os.getcwd(), symlinks=True, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(*{COPY_SKIP!r}))
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def _process_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot; None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def farm_identity(pid: int | None = None) -> str:
+    """``hostname:pid:start`` of a coordinator process: unique, and checkable for liveness."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+
+
+#: This coordinator process's identity, put on every container it starts.
+FARM_ID = farm_identity()
+
+
+def owner_is_gone(farm_id: str) -> bool:
+    """True when *farm_id* names a coordinator on this machine that no longer runs.
+
+    Owners on other machines cannot be checked from here; their containers end
+    by themselves (their stdin closes with the attach connection) and are
+    removed by the engine.
+    """
+    host, _, rest = farm_id.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return _process_start(int(pid)) != start
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int
+    nano_cpus: int
+    pids: int = PIDS_LIMIT
+
+
+def shard_limits(tests: Iterable[TestSpec], memory_share: int, cpu_share: float) -> Limits:
+    """Limits for a container running *tests*: their largest hints, else the host's share."""
+    tests = list(tests)
+    memory = max((t.memory for t in tests if t.memory), default=None) or memory_share
+    cpus = max((t.cpus for t in tests if t.cpus), default=None) or cpu_share
+    return Limits(memory=memory, nano_cpus=max(int(cpus * 1e9), 10_000_000))
+
+
+def injected_binds(module_dirs: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Read-only binds of psyduck's worker packages under :data:`INJECT_DIR`."""
+    return {
+        path: {"bind": f"{INJECT_DIR}/{name}", "mode": "ro"} for name, path in module_dirs.items()
+    }
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Everything ``create_container`` needs for one shard's worker."""
+
+    image: str
+    command: list[str]
+    environment: dict[str, str]
+    working_dir: str
+    user: str
+    labels: dict[str, str]
+    host_config: dict[str, Any]
+
+
+def plan_container(
+    run: RunContext,
+    worker_id: str,
+    *,
+    host: str,
+    slot: int,
+    image: str,
+    python: str,
+    code_dir: str,
+    copy_code: bool,
+    user: str,
+    limits: Limits,
+    module_dirs: Mapping[str, str],
+) -> ContainerPlan:
+    """The container for one worker: locked down, limited, labelled, removed when done.
+
+    The run's code (*code_dir* on the engine's machine) is mounted read-only.
+    With *copy_code* it is mounted at :data:`SOURCE_DIR` and copied at start into
+    a private tmpfs at the worker's cwd, so tests may write next to themselves;
+    otherwise it is mounted at the cwd itself.
+    """
+    cwd = run.manifest.worker.cwd
+    binds = injected_binds(module_dirs)
+    tmpfs = {SCRATCH_DIR: "rw,exec,mode=1777"}
+    environment = {
+        **worker_environment(run, worker_id),
+        "PYTHONPATH": INJECT_DIR,
+        "MSGPACK_PUREPYTHON": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TMPDIR": SCRATCH_DIR,
+        "HOME": SCRATCH_DIR,
+    }
+    if copy_code:
+        binds[code_dir] = {"bind": SOURCE_DIR, "mode": "ro"}
+        tmpfs[cwd] = "rw,exec,mode=1777"
+        environment["PSYDUCK_CODE_SRC"] = SOURCE_DIR
+    else:
+        binds[code_dir] = {"bind": cwd, "mode": "ro"}
+    argv = [*run.worker_argv, "-o", f"cache_dir={SCRATCH_DIR}/.pytest_cache"]
+    return ContainerPlan(
+        image=image,
+        command=[python, "-c", BOOTSTRAP, *argv],
+        environment=environment,
+        working_dir=cwd,
+        user=user,
+        labels={
+            LABEL_FARM: FARM_ID,
+            LABEL_RUN: run.run_id,
+            LABEL_WORKER: worker_id,
+            LABEL_SLOT: str(slot),
+            LABEL_HOST: host,
+        },
+        host_config={
+            "binds": binds,
+            "tmpfs": tmpfs,
+            "network_mode": "bridge" if run.manifest.network else "none",
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "privileged": False,
+            "read_only": True,
+            "init": True,
+            "auto_remove": True,
+            "mem_limit": limits.memory,
+            "memswap_limit": limits.memory,
+            "nano_cpus": limits.nano_cpus,
+            "pids_limit": limits.pids,
+        },
+    )

@@ -1,0 +1,601 @@
+"""Docker hosts: every shard in its own ephemeral, locked-down container on a Docker engine.
+
+:class:`DockerHost` is one class for every engine; only the way to reach the
+engine differs (``connect``): the local socket for ``docker:N``, an SSH
+transport for ``ssh://…`` (:mod:`farm.hosts.ssh`).  Each shard gets a fresh
+container (``reuse_workers = False``) planned by :mod:`farm.hosts.containers`;
+its stdin/stdout carry the worker's frames over the container's attach stream,
+stderr its own output.  How a container ended comes from one engine event
+stream per host (``oom`` and ``die`` events), because the containers remove
+themselves (``auto_remove``): that way nothing is left behind even when the
+coordinator is killed, since a worker whose attach stream closes sees EOF on
+stdin and exits.  The same event stream is the host's pulse: when it breaks,
+the engine (or the connection to it) is gone and every worker on it reports
+``host_lost``.
+
+The docker SDK is blocking; every call runs in a thread with a timeout.  Each
+attach stream has one reader thread that demultiplexes it and hands complete
+messages to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+
+from farm.hosts.base import (
+    ExitInfo,
+    Host,
+    HostError,
+    OutputHandler,
+    OutputTail,
+    RunContext,
+    WorkerConnection,
+)
+from farm.hosts.containers import (
+    FARM_ID,
+    INJECTED_PACKAGES,
+    LABEL_FARM,
+    ContainerPlan,
+    owner_is_gone,
+    plan_container,
+    shard_limits,
+)
+from farm.protocol import FrameDecoder, ProtocolError, frame
+
+log = logging.getLogger("psyduck.farm.docker")
+
+#: Engine API version spoken; old enough for any engine still in use (19.03+).
+API_VERSION = "1.40"
+#: Seconds any single engine API call may take.
+API_TIMEOUT = 30.0
+#: Seconds to wait for the engine's ``die`` event once a worker's stream has closed.
+EXIT_TIMEOUT = 20.0
+#: Seconds a ``die`` with status 137 waits for a late ``oom`` event of the same container.
+OOM_EVENT_GRACE = 1.0
+#: A container of another farm still in state "created" is left alone this long:
+#: its coordinator may be about to start it.
+CREATED_GRACE = 120.0
+
+T = TypeVar("T")
+Connect = Callable[[], docker.APIClient]
+_HEADER = struct.Struct(">BxxxL")
+
+
+class EngineLost(HostError):
+    """The engine or the connection to it failed."""
+
+
+def local_engine(base_url: str | None = None, pool: int = 16) -> Connect:
+    """Connect to the engine named by *base_url* or ``DOCKER_HOST`` (default: the local socket)."""
+
+    def connect() -> docker.APIClient:
+        kwargs = docker.utils.kwargs_from_env()
+        if base_url:
+            kwargs["base_url"] = base_url
+        return docker.APIClient(
+            version=API_VERSION, timeout=API_TIMEOUT, max_pool_size=pool, **kwargs
+        )
+
+    return connect
+
+
+class StreamDemux:
+    """Split Docker's multiplexed attach stream (8-byte header per chunk) into (stream, bytes)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self._buffer += data
+        chunks = []
+        while len(self._buffer) >= _HEADER.size:
+            kind, length = _HEADER.unpack_from(self._buffer)
+            end = _HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            chunks.append((kind, bytes(self._buffer[_HEADER.size : end])))
+            del self._buffer[:end]
+        return chunks
+
+
+def exit_info(code: int, oom: bool, memory_limit: int) -> ExitInfo:
+    """A container's exit code as the coordinator understands it (128+N means signal N)."""
+    if code > 128:
+        return ExitInfo(signal=code - 128, oom_killed=oom, memory_limit=memory_limit)
+    return ExitInfo(status=code, oom_killed=oom, memory_limit=memory_limit)
+
+
+class Engine:
+    """One live connection to a Docker engine: API calls, and the exit-event pump."""
+
+    def __init__(self, api: docker.APIClient, name: str) -> None:
+        self.api = api
+        self.name = name
+        self.alive = True
+        self.info: dict[str, Any] = {}
+        self._workers: dict[str, DockerWorker] = {}
+        self._oom: set[str] = set()
+        self._events: Any = None
+        self._closing = False
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking SDK call in a thread; engine failures become :class:`EngineLost`."""
+        if not self.alive:
+            raise EngineLost(f"lost the connection to the Docker engine of host {self.name}")
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), API_TIMEOUT + 5)
+        except docker.errors.APIError:
+            raise  # the engine answered: the request was refused, the engine is fine
+        except Exception as exc:  # connection refused/reset, SSH errors, timeouts
+            self.lost(f"Docker engine of host {self.name} failed: {type(exc).__name__}: {exc}")
+            raise EngineLost(f"host {self.name}: {type(exc).__name__}: {exc}") from exc
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.info = await self.call(self.api.info)
+        self._events = await self.call(
+            self.api.events,
+            filters={
+                "type": "container",
+                "event": ["oom", "die"],
+                "label": [f"{LABEL_FARM}={FARM_ID}"],
+            },
+            decode=True,
+        )
+        threading.Thread(
+            target=self._pump,
+            args=(loop, self._events),
+            name=f"psyduck-events-{self.name}",
+            daemon=True,
+        ).start()
+
+    def _pump(self, loop: asyncio.AbstractEventLoop, events: Any) -> None:
+        reason = "the engine's event stream ended"
+        try:
+            for event in events:
+                loop.call_soon_threadsafe(self._on_event, event)
+        except Exception as exc:
+            reason = f"the engine's event stream failed: {exc}"
+        try:
+            loop.call_soon_threadsafe(self._stream_ended, reason)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        container = event.get("id", "")
+        worker = self._workers.get(container)
+        if worker is None:
+            return
+        if event.get("status") == "oom":
+            worker.oom_seen()
+        elif event.get("status") == "die":
+            code = int(event.get("Actor", {}).get("Attributes", {}).get("exitCode", -1))
+            worker.died(code)
+
+    def _stream_ended(self, reason: str) -> None:
+        if not self._closing:
+            self.lost(f"Docker engine of host {self.name}: {reason}")
+
+    def lost(self, detail: str) -> None:
+        """The engine is unreachable: every worker on it is lost with the host."""
+        if not self.alive:
+            return
+        self.alive = False
+        log.warning("%s", detail)
+        for worker in list(self._workers.values()):
+            worker.host_lost(detail)
+
+    def register(self, container: str, worker: DockerWorker) -> None:
+        self._workers[container] = worker
+
+    def unregister(self, container: str) -> None:
+        self._workers.pop(container, None)
+
+    async def close(self) -> None:
+        self._closing = True
+        self.alive = False
+        if self._events is not None:
+            await asyncio.to_thread(self._events.close)
+        await asyncio.to_thread(self.api.close)
+
+
+class DockerWorker(WorkerConnection):
+    """A worker in a container: frames over the attach stream, exit from the engine's events."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        container: str,
+        stream: Any,
+        memory_limit: int,
+        on_output: OutputHandler,
+    ) -> None:
+        self.container = container
+        self._engine = engine
+        self._stream = stream
+        self._memory_limit = memory_limit
+        self._on_output = on_output
+        self._loop = asyncio.get_running_loop()
+        self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._tail = OutputTail()
+        self._exit: asyncio.Future[ExitInfo] = self._loop.create_future()
+        self._eof = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._oom = False
+        self._reader = threading.Thread(
+            target=self._read, name=f"psyduck-attach-{container[:12]}", daemon=True
+        )
+
+    def start_reading(self) -> None:
+        self._reader.start()
+
+    # -- the reader thread -------------------------------------------------------
+    def _read(self) -> None:
+        demux, decoder = StreamDemux(), FrameDecoder()
+        try:
+            while True:
+                data = self._stream.recv(1 << 16)
+                if not data:
+                    break
+                for kind, chunk in demux.feed(data):
+                    if kind == 1:
+                        for message in decoder.feed(chunk):
+                            self._to_loop(self._inbox.put_nowait, message)
+                    else:
+                        self._to_loop(self._output, chunk)
+        except ProtocolError as exc:
+            self._to_loop(self._output, f"\n[psyduck] bad message from worker: {exc}\n".encode())
+        except OSError:
+            pass  # closed under us by kill()/wait(), or the connection broke
+        except Exception as exc:  # paramiko raises its own errors for broken channels
+            self._to_loop(self._output, f"\n[psyduck] attach stream failed: {exc}\n".encode())
+        self._to_loop(self._inbox.put_nowait, None)
+        self._to_loop(self._eof.set)
+
+    def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass  # the loop is closed
+
+    def _output(self, chunk: bytes) -> None:
+        self._tail.add(chunk)
+        self._on_output(chunk)
+
+    # -- called by the engine's event pump -----------------------------------------
+    def oom_seen(self) -> None:
+        self._oom = True
+
+    def died(self, code: int) -> None:
+        if code == 137 and not self._oom:
+            # The kernel's OOM event may trail the exit by a moment.
+            self._loop.call_later(OOM_EVENT_GRACE, self._resolve, code)
+        else:
+            self._resolve(code)
+
+    def _resolve(self, code: int) -> None:
+        if not self._exit.done():
+            self._exit.set_result(exit_info(code, self._oom, self._memory_limit))
+
+    def host_lost(self, detail: str) -> None:
+        if not self._exit.done():
+            self._exit.set_result(
+                ExitInfo(host_lost=True, detail=detail, memory_limit=self._memory_limit)
+            )
+        self._close_stream()
+
+    # -- WorkerConnection ----------------------------------------------------------
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(self._stream.sendall, frame(message)), API_TIMEOUT
+                )
+            except Exception:
+                pass  # the worker or its connection is gone; recv() and wait() report it
+
+    async def recv(self) -> dict[str, Any] | None:
+        message = await self._inbox.get()
+        if message is None:
+            self._inbox.put_nowait(None)  # stay at EOF for later calls
+        return message
+
+    async def kill(self) -> None:
+        if self._exit.done():
+            return
+        try:
+            await self._engine.call(self._engine.api.kill, self.container)
+        except docker.errors.APIError:
+            pass  # already stopped or removed
+        except EngineLost:
+            pass  # the engine marked every worker lost, this one included
+
+    async def wait(self) -> ExitInfo:
+        try:
+            info = await asyncio.wait_for(asyncio.shield(self._exit), EXIT_TIMEOUT)
+        except TimeoutError:
+            info = ExitInfo(
+                host_lost=True,
+                detail=f"the engine of host {self._engine.name} did not report the end of "
+                f"container {self.container[:12]}",
+                memory_limit=self._memory_limit,
+            )
+        try:
+            await asyncio.wait_for(self._eof.wait(), 5)
+        except TimeoutError:
+            pass
+        self._close_stream()
+        self._engine.unregister(self.container)
+        return info
+
+    def _close_stream(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:
+            pass
+
+    def output(self) -> str:
+        return self._tail.text()
+
+
+def _module_dirs() -> dict[str, str]:
+    return {
+        name: os.path.dirname(importlib.import_module(name).__file__ or "")
+        for name in INJECTED_PACKAGES
+    }
+
+
+def _owner(path: str) -> str:
+    """``uid:gid`` owning *path*: the container runs as the code's owner, so it can read it."""
+    st = os.stat(path)
+    return f"{st.st_uid}:{st.st_gid}"
+
+
+def _raw_socket(sock: Any) -> Any:
+    """The object to recv/sendall on: a socket (local engine) or a paramiko channel (SSH)."""
+    return getattr(sock, "_sock", sock)
+
+
+class DockerHost(Host):
+    """``docker:N`` — N slots on a Docker engine, one ephemeral container per shard."""
+
+    reuse_workers = False
+    #: A container costs ~0.5 s to create, start and collect in; shards of at
+    #: least this many estimated seconds keep that under ~15% of the work.
+    min_shard_seconds = 3.0
+
+    def __init__(
+        self,
+        slots: int | None,
+        connect: Connect | None = None,
+        *,
+        name: str = "docker",
+        labels: dict[str, str] | None = None,
+        image: str | None = None,
+        python: str = "python3",
+        copy_code: bool = True,
+        memory: int | None = None,
+        cpus: float | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.name = name
+        self.slots = slots or 0
+        self._connect = connect or local_engine()
+        self._extra_labels = dict(labels or {})
+        self.labels = {"kind": "docker", **self._extra_labels}
+        self.image = image
+        self.python = python
+        self.copy_code = copy_code
+        self._memory = memory
+        self._cpus = cpus
+        self._cache_dir = Path(cache_dir or os.environ.get("PSYDUCK_CACHE", "/var/cache/psyduck"))
+        self._engine: Engine | None = None
+        self._engine_lock = asyncio.Lock()
+        self._images: set[str] = set()
+        self._snapshots: dict[str, asyncio.Task[str]] = {}
+        self._module_dirs = _module_dirs()
+
+    # -- engine ------------------------------------------------------------------
+    async def _ensure_engine(self) -> Engine:
+        async with self._engine_lock:
+            if self._engine is not None and self._engine.alive:
+                return self._engine
+            if self._engine is not None:
+                await self._engine.close()
+            try:
+                api = await asyncio.wait_for(asyncio.to_thread(self._connect), API_TIMEOUT + 5)
+            except HostError:
+                raise
+            except Exception as exc:
+                raise EngineLost(
+                    f"host {self.name}: cannot reach the Docker engine: {exc}"
+                ) from exc
+            engine = Engine(api, self.name)
+            await engine.start()
+            self._engine = engine
+            self._images.clear()
+            return engine
+
+    async def start(self) -> None:
+        engine = await self._ensure_engine()
+        info = engine.info
+        if not self.slots:
+            self.slots = int(info.get("NCPU") or 1)
+        self.labels = {
+            "kind": "docker",
+            "arch": str(info.get("Architecture", "")),
+            "docker": str(info.get("ServerVersion", "")),
+            **self._extra_labels,
+        }
+        await self.reap()
+
+    async def reap(self) -> list[str]:
+        """Remove psyduck containers whose coordinator is gone; returns their ids."""
+        engine = await self._ensure_engine()
+        containers = await engine.call(
+            engine.api.containers, all=True, filters={"label": LABEL_FARM}
+        )
+        removed = []
+        for c in containers:
+            farm = (c.get("Labels") or {}).get(LABEL_FARM, "")
+            if farm == FARM_ID:
+                continue
+            state = c.get("State", "")
+            if state == "running" and not owner_is_gone(farm):
+                continue
+            if state == "created" and time.time() - c.get("Created", 0) < CREATED_GRACE:
+                continue
+            try:
+                await engine.call(engine.api.remove_container, c["Id"], force=True)
+                removed.append(c["Id"])
+            except docker.errors.APIError:
+                pass  # already being removed
+        if removed:
+            log.info("host %s: removed %d orphaned psyduck containers", self.name, len(removed))
+        return removed
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.close()
+            self._engine = None
+
+    def describe(self) -> dict[str, Any]:
+        info = self._engine.info if self._engine else {}
+        return {
+            **super().describe(),
+            "kind": "docker",
+            "docker_version": info.get("ServerVersion"),
+            "cpus": info.get("NCPU"),
+            "memory": info.get("MemTotal"),
+            "connected": bool(self._engine and self._engine.alive),
+        }
+
+    # -- workers -----------------------------------------------------------------
+    async def _check_image(self, engine: Engine, image: str) -> None:
+        if image in self._images:
+            return
+        try:
+            await engine.call(engine.api.inspect_image, image)
+        except docker.errors.ImageNotFound as exc:
+            raise HostError(
+                f"host {self.name}: test image {image!r} is not present on its Docker engine"
+            ) from exc
+        self._images.add(image)
+
+    async def _code_dir(self, run: RunContext) -> str:
+        """The run's code on the engine's machine: its snapshot, or the client's cwd."""
+        digest = run.manifest.snapshot
+        if not digest:
+            return run.manifest.worker.cwd
+        task = self._snapshots.get(digest)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.ensure_future(self._pull_snapshot(run, digest))
+            self._snapshots[digest] = task
+        return await asyncio.shield(task)
+
+    async def _pull_snapshot(self, run: RunContext, digest: str) -> str:
+        import pokedex  # the farm needs pokedex only for runs that ship a snapshot
+
+        dest = self._cache_dir / "snapshots" / digest.replace(":", "-")
+        if dest.is_dir():
+            return str(dest)
+        if not run.pokedex_urls:
+            raise HostError(
+                f"host {self.name}: run has snapshot {digest} but the farm has no pokedex"
+            )
+        partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
+        async with pokedex.Client(run.pokedex_urls, run.pokedex_token) as client:
+            try:
+                await client.pull_tree(digest, partial, self._cache_dir / "blobs")
+            except pokedex.PokedexError as exc:
+                raise HostError(f"host {self.name}: cannot pull snapshot {digest}: {exc}") from exc
+        os.replace(partial, dest)
+        return str(dest)
+
+    async def spawn(
+        self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
+    ) -> WorkerConnection:
+        engine = await self._ensure_engine()
+        image = run.manifest.image or self.image
+        if not image:
+            raise HostError(
+                f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
+            )
+        await self._check_image(engine, image)
+        code_dir = await self._code_dir(run)
+        info = engine.info
+        slots = max(self.slots, 1)
+        limits = shard_limits(
+            run.manifest.tests,
+            memory_share=self._memory or int(info.get("MemTotal", 1 << 32)) // slots,
+            cpu_share=self._cpus or int(info.get("NCPU", 1)) / slots,
+        )
+        plan = plan_container(
+            run,
+            worker_id,
+            host=self.name,
+            slot=slot,
+            image=image,
+            python=self.python,
+            code_dir=code_dir,
+            copy_code=self.copy_code,
+            user=_owner(code_dir),
+            limits=limits,
+            module_dirs=self._module_dirs,
+        )
+        try:
+            return await self._start_container(engine, plan, limits.memory, on_output)
+        except docker.errors.APIError as exc:
+            raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
+
+    async def _start_container(
+        self, engine: Engine, plan: ContainerPlan, memory_limit: int, on_output: OutputHandler
+    ) -> DockerWorker:
+        api = engine.api
+        host_config = api.create_host_config(**plan.host_config)
+        created = await engine.call(
+            api.create_container,
+            plan.image,
+            plan.command,
+            environment=plan.environment,
+            working_dir=plan.working_dir,
+            user=plan.user,
+            labels=plan.labels,
+            host_config=host_config,
+            stdin_open=True,
+            detach=False,
+            use_config_proxy=False,
+        )
+        container = created["Id"]
+        try:
+            sock = await engine.call(
+                api.attach_socket,
+                container,
+                params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1},
+            )
+            stream = _raw_socket(sock)
+            stream.settimeout(None)
+            worker = DockerWorker(engine, container, stream, memory_limit, on_output)
+            engine.register(container, worker)
+            worker.start_reading()
+            await engine.call(api.start, container)
+        except BaseException:
+            engine.unregister(container)
+            try:
+                await engine.call(api.remove_container, container, force=True)
+            except Exception:
+                pass  # auto_remove or the reaper takes it
+            raise
+        return worker
