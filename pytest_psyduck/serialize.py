@@ -17,15 +17,49 @@ import msgpack
 import pytest
 
 
+#: Marks a longrepr that was a terminal representation without a crash line
+#: (doctest failures, for one); pytest serializes those as plain text.
+_RENDERED = "psyduck_rendered_longrepr"
+
+
+class RenderedRepr:
+    """Text of a terminal representation that has no crash message.
+
+    A plain ``str`` longrepr would make the short summary append its first
+    line, which plain pytest does not do for such failures.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def toterminal(self, tw) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _to_serializable(config: pytest.Config, report: pytest.TestReport) -> dict[str, Any]:
+    data = config.hook.pytest_report_to_serializable(config=config, report=report)
+    longrepr = report.longrepr
+    if hasattr(longrepr, "toterminal") and not hasattr(longrepr, "reprcrash"):
+        data[_RENDERED] = True
+    return data
+
+
 def reports_to_payload(config: pytest.Config, reports: list[pytest.TestReport]) -> bytes:
-    data = [config.hook.pytest_report_to_serializable(config=config, report=r) for r in reports]
+    data = [_to_serializable(config, r) for r in reports]
     return msgpack.packb(data, use_bin_type=True, default=repr)
 
 
 def payload_to_reports(config: pytest.Config, payload: bytes) -> list[pytest.TestReport]:
     reports = []
     for data in msgpack.unpackb(payload, raw=False):
+        rendered = data.pop(_RENDERED, False)
         report = config.hook.pytest_report_from_serializable(config=config, data=data)
+        if rendered and isinstance(report.longrepr, str):
+            report.longrepr = RenderedRepr(report.longrepr)
         report.location = tuple(report.location)
         report.sections = [tuple(s) for s in report.sections]
         report.user_properties = [tuple(p) for p in report.user_properties]

@@ -1,0 +1,72 @@
+"""Shared helpers for psyduck's own tests: real pytest sessions in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+#: Every real session gets this long before the test gives up on it.
+SESSION_TIMEOUT = 180
+
+
+@dataclass
+class Session:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def outcomes(self) -> dict[str, int]:
+        """Counts from pytest's final summary line."""
+        from _pytest.pytester import RunResult
+
+        return RunResult.parse_summary_nouns(self.stdout.splitlines())
+
+
+def run_pytest(path: Path, *args: str, timeout: float = SESSION_TIMEOUT, env: dict | None = None) -> Session:
+    """Run ``python -m pytest ARGS`` in *path* as a real, separate process."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+    return Session(completed.returncode, completed.stdout, completed.stderr)
+
+
+def junit_cases(path: Path) -> dict[str, tuple[str, str]]:
+    """testcase id → (outcome, message) from a junit xml file."""
+    cases = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for kind in ("failure", "error", "skipped"):
+            element = case.find(kind)
+            if element is not None:
+                outcome, message = kind, element.get("message", "")
+                break
+        cases[f"{case.get('classname')}::{case.get('name')}"] = (outcome, message)
+    return cases
+
+
+@pytest.fixture
+def suite(tmp_path: Path):
+    """Write a test suite: ``suite({"test_a.py": "...", ...})`` returns its directory."""
+
+    def write(files: dict[str, str]) -> Path:
+        for name, text in files.items():
+            target = tmp_path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        return tmp_path
+
+    return write

@@ -1,0 +1,255 @@
+"""``pytest --psyduck`` must report exactly what plain ``pytest`` reports.
+
+Each test runs a real suite twice — plain and through the real embedded farm —
+and compares outcomes, failure texts, junit test cases, summary counts and
+exit codes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import junit_cases, run_pytest
+
+VARIED_SUITE = {
+    "conftest.py": """
+import pytest
+
+@pytest.fixture
+def broken_setup():
+    raise RuntimeError("setup exploded")
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise RuntimeError("teardown exploded")
+""",
+    "test_outcomes.py": """
+import logging
+import sys
+import warnings
+import pytest
+
+def test_pass():
+    assert True
+
+def test_fail_with_output():
+    print("to stdout")
+    sys.stderr.write("to stderr\\n")
+    logging.getLogger("demo").warning("a log line")
+    assert {"a": 1} == {"a": 2}
+
+def test_setup_error(broken_setup):
+    pass
+
+def test_teardown_error(broken_teardown):
+    pass
+
+@pytest.mark.skip(reason="skipped on purpose")
+def test_skip():
+    pass
+
+def test_skip_inside():
+    pytest.skip("decided at run time")
+
+@pytest.mark.xfail(reason="known")
+def test_xfail():
+    assert False
+
+@pytest.mark.xfail(reason="fixed already")
+def test_xpass():
+    pass
+
+@pytest.mark.xfail(strict=True, reason="must fail")
+def test_strict_xpass():
+    pass
+
+def test_warns():
+    warnings.warn("careful now", UserWarning)
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_param(n):
+    assert n != 2
+
+class TestGroup:
+    def test_method(self):
+        assert 1
+
+    def test_method_fails(self):
+        assert 0, "method failed"
+""",
+    "test_unittest.py": """
+import unittest
+
+class Case(unittest.TestCase):
+    def test_ok(self):
+        self.assertEqual(1, 1)
+
+    def test_bad(self):
+        self.assertEqual(1, 2)
+
+    @unittest.skip("unittest skip")
+    def test_skipped(self):
+        pass
+""",
+    "pkg/__init__.py": "",
+    "pkg/mathy.py": '''
+def double(x):
+    """
+    >>> double(2)
+    4
+    >>> double(3)
+    7
+    """
+    return 2 * x
+''',
+    "test_imports.py": """
+from pathlib import Path
+from pkg.mathy import double
+
+def test_project_import():
+    assert double(4) == 8
+
+def test_data_file():
+    assert (Path(__file__).parent / "data.txt").read_text() == "hello"
+""",
+    "data.txt": "hello",
+}
+
+
+def _summary(output: str) -> str:
+    """The last line pytest printed, without the timing."""
+    line = output.strip().splitlines()[-1]
+    return re.sub(r" in [\d.]+s.*$", "", line)
+
+
+@pytest.mark.parametrize("spawn", ["fork", "exec"])
+def test_varied_suite_matches_plain_pytest(suite, spawn):
+    path = suite(VARIED_SUITE)
+    common = ["-p", "no:cacheprovider", "--doctest-modules", "-rA"]
+    plain = run_pytest(path, *common, "--junitxml=plain.xml")
+    psy = run_pytest(path, *common, "--junitxml=psy.xml", "--psyduck", f"--psyduck-spawn={spawn}")
+    assert psy.returncode == plain.returncode == 1, psy.stdout + psy.stderr
+    assert _summary(psy.stdout) == _summary(plain.stdout)
+    assert junit_cases(path / "psy.xml") == junit_cases(path / "plain.xml")
+    # Failure sections carry the same text: assertion rewriting, captured output and logs.
+    for needle in (
+        "E       AssertionError: assert {'a': 1} == {'a': 2}",
+        "Captured stdout call",
+        "to stdout",
+        "Captured stderr call",
+        "Captured log call",
+        "a log line",
+        "RuntimeError: teardown exploded",
+        "[XPASS(strict)] must fail",
+        "careful now",
+        "009     >>> double(3)",
+    ):
+        assert (needle in plain.stdout) == (needle in psy.stdout), needle
+    plain_lines = sorted(l for l in plain.stdout.splitlines() if re.match(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) ", l))
+    psy_lines = sorted(l for l in psy.stdout.splitlines() if re.match(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) ", l))
+    assert psy_lines == plain_lines
+
+
+@pytest.mark.parametrize(
+    ("files", "extra", "code"),
+    [
+        ({"test_a.py": "def test_ok(): pass"}, [], 0),
+        ({"test_a.py": "def test_bad(): assert 0"}, [], 1),
+        ({"test_a.py": "import nonexistent_module_xyz\ndef test_ok(): pass", "test_b.py": "def test_ok(): pass"}, [], 2),
+        ({"test_a.py": "def test_ok(): pass"}, ["--no-such-option"], 4),
+        ({"test_a.py": "def test_ok(): pass"}, ["-k", "nothing_matches"], 5),
+        ({"test_a.py": "def helper(): pass"}, [], 5),
+    ],
+    ids=["ok", "failed", "collection-error", "usage-error", "all-deselected", "nothing-collected"],
+)
+def test_exit_codes_match(suite, files, extra, code):
+    path = suite(files)
+    plain = run_pytest(path, "-p", "no:cacheprovider", *extra)
+    psy = run_pytest(path, "-p", "no:cacheprovider", "--psyduck", *extra)
+    assert plain.returncode == code
+    assert psy.returncode == code, psy.stdout + psy.stderr
+    assert _summary(psy.stdout + psy.stderr) == _summary(plain.stdout + plain.stderr)
+
+
+def test_collection_error_interrupts_like_pytest(suite):
+    path = suite({"test_a.py": "import nonexistent_module_xyz", "test_b.py": "def test_ok(): pass"})
+    psy = run_pytest(path, "-p", "no:cacheprovider", "--psyduck")
+    assert "Interrupted: 1 error during collection" in psy.stdout
+    assert "ModuleNotFoundError: No module named 'nonexistent_module_xyz'" in psy.stdout
+    assert "1 passed" not in psy.stdout
+
+
+def test_last_failed_reruns_what_failed_remotely(suite):
+    path = suite(
+        {
+            "test_a.py": "import pytest\n@pytest.mark.parametrize('n', range(6))\ndef test_n(n): assert n % 3",
+            "test_b.py": "def test_ok(): pass",
+        }
+    )
+    first = run_pytest(path, "--psyduck")
+    assert first.outcomes() == {"failed": 2, "passed": 5}
+    again = run_pytest(path, "--psyduck", "--lf", "-v")
+    assert again.outcomes() == {"failed": 2, "deselected": 5} or again.outcomes() == {"failed": 2}
+    assert "test_a.py::test_n[0] FAILED" in again.stdout
+    assert "test_a.py::test_n[3] FAILED" in again.stdout
+    assert "test_ok" not in again.stdout
+
+
+def test_without_the_flag_psyduck_does_nothing(suite):
+    path = suite({"test_a.py": "import os\ndef test_pid(): assert 'PYTEST_XDIST_WORKER' not in os.environ"})
+    assert run_pytest(path, "-p", "no:cacheprovider").returncode == 0
+    disabled = run_pytest(path, "-p", "no:cacheprovider", "-p", "no:psyduck", "--psyduck")
+    assert disabled.returncode == 4
+    assert "unrecognized arguments: --psyduck" in disabled.stderr
+
+
+def test_workers_look_like_xdist_workers(suite):
+    path = suite(
+        {
+            "test_a.py": """
+import os
+def test_env(worker_id, testrun_uid=None):
+    assert os.environ["PYTEST_XDIST_WORKER"].startswith("gw")
+    assert int(os.environ["PYTEST_XDIST_WORKER_COUNT"]) == 2
+""",
+            "conftest.py": """
+import pytest
+@pytest.fixture
+def worker_id(request):
+    return request.config.workerinput["workerid"]
+""",
+        }
+    )
+    result = run_pytest(path, "-p", "no:cacheprovider", "--psyduck", "--psyduck-hosts=local:2")
+    assert result.returncode == 0, result.stdout
+
+
+def test_session_fixture_torn_down_once_per_worker(suite):
+    path = suite(
+        {
+            "conftest.py": """
+import os, pytest
+@pytest.fixture(scope="session")
+def session_resource(tmp_path_factory):
+    yield
+    marker = tmp_path_factory.getbasetemp().parent.parent / "teardowns"
+    with open(os.environ["TEARDOWN_LOG"], "a") as f:
+        f.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+""",
+            **{
+                f"test_m{m}.py": "\n".join(
+                    f"def test_{i}(session_resource): pass" for i in range(30)
+                )
+                for m in range(6)
+            },
+        }
+    )
+    log = path / "teardown.log"
+    result = run_pytest(path, "-p", "no:cacheprovider", "--psyduck", "--psyduck-hosts=local:2", env={"TEARDOWN_LOG": str(log)})
+    assert result.outcomes() == {"passed": 180}
+    workers = log.read_text().split()
+    # One teardown per worker, not one per shard.
+    assert len(workers) == len(set(workers)) <= 2
