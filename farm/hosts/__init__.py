@@ -43,7 +43,10 @@ def _docker(spec: str, options: dict[str, Any]) -> Host:
 def _ssh(spec: str, options: dict[str, Any]) -> Host:
     from farm.hosts.ssh import ssh_host
 
-    return ssh_host(spec)
+    try:
+        return ssh_host(spec)
+    except ValueError as exc:
+        raise HostSpecError(str(exc)) from exc
 
 
 #: kind → builder(spec, options).  Options carry what a caller can supply,

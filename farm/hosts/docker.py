@@ -206,9 +206,15 @@ class Engine:
     async def close(self) -> None:
         self._closing = True
         self.alive = False
+        await asyncio.wait_for(asyncio.to_thread(self._close_connections), API_TIMEOUT)
+
+    def _close_connections(self) -> None:
         if self._events is not None:
-            await asyncio.to_thread(self._events.close)
-        await asyncio.to_thread(self.api.close)
+            try:
+                self._events.close()
+            except docker.errors.DockerException:
+                pass  # SSH streams cannot be cancelled alone; closing the client ends them
+        self.api.close()
 
 
 class DockerWorker(WorkerConnection):

@@ -1,0 +1,197 @@
+"""Real infrastructure for the docker/ssh host tests: the test image, sshd instances, containers.
+
+Nothing here is a mock: the image is built with ``.ci/build-test-image``, each
+:class:`Sshd` is a real OpenSSH server on its own loopback address with its own
+host key, and containers are inspected on the real engine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import docker
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = ROOT / ".ci" / "build-test-image"
+SSHD = "/usr/sbin/sshd"
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll *condition* until it returns something truthy; fail naming *what* at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def docker_problem() -> str | None:
+    """Why docker tests cannot run here, or None."""
+    try:
+        docker.from_env(timeout=10).ping()
+    except Exception as exc:
+        return f"no Docker engine reachable: {exc}"
+    if os.geteuid() != 0:
+        return "building the test image needs root"
+    return None
+
+
+def build_image() -> str:
+    """Build (or reuse) the test image; returns its tag."""
+    done = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"{BUILD_SCRIPT} failed:\n{done.stderr[-4000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def psyduck_containers(**labels: str) -> list[dict]:
+    """Containers (any state) carrying psyduck's labels, optionally with given label values."""
+    filters = [f"{k}={v}" for k, v in labels.items()] or ["psyduck.farm"]
+    return docker.APIClient(timeout=30).containers(all=True, filters={"label": filters})
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below *pid*, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30
+    )
+    return path
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Sshd:
+    """One OpenSSH server on a loopback address, acting as one Docker host."""
+
+    address: str
+    port: int
+    directory: Path
+    process: subprocess.Popen
+    user: str = "root"
+    stopped: bool = field(default=False)
+
+    @property
+    def host_key(self) -> Path:
+        return self.directory / "host_key"
+
+    def known_hosts_line(self) -> str:
+        kind, blob = self.host_key.with_suffix(".pub").read_text().split()[:2]
+        return f"[{self.address}]:{self.port} {kind} {blob}\n"
+
+    def fingerprint(self) -> str:
+        out = subprocess.run(
+            ["ssh-keygen", "-l", "-f", str(self.host_key.with_suffix(".pub"))],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        return out.split()[1]
+
+    def spec(self, key: Path, known_hosts: Path, slots: int = 1, **extra: str) -> str:
+        query = "&".join(
+            [f"slots={slots}", f"key={key}", f"known_hosts={known_hosts}"]
+            + [f"{k}={v}" for k, v in extra.items()]
+        )
+        return f"ssh://{self.user}@{self.address}:{self.port}?{query}"
+
+    @property
+    def host_name(self) -> str:
+        return f"ssh:{self.user}@{self.address}:{self.port}"
+
+    def stop(self) -> None:
+        """Kill the server and every session it serves, as if the machine vanished."""
+        if self.stopped:
+            return
+        self.stopped = True
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=30)
+
+
+def start_sshd(directory: Path, address: str, authorized_key: Path) -> Sshd:
+    """Start sshd on *address* with a fresh host key, letting *authorized_key* in as root."""
+    directory.mkdir(parents=True, exist_ok=True)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    keygen(directory / "host_key")
+    (directory / "authorized_keys").write_text(authorized_key.with_suffix(".pub").read_text())
+    port = free_port(address)
+    config = directory / "sshd_config"
+    config.write_text(
+        f"""\
+ListenAddress {address}:{port}
+HostKey {directory / "host_key"}
+PidFile {directory / "sshd.pid"}
+AuthorizedKeysFile {directory / "authorized_keys"}
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PrintMotd no
+MaxSessions 64
+MaxStartups 64
+ClientAliveInterval 5
+ClientAliveCountMax 3
+LogLevel ERROR
+"""
+    )
+    with open(directory / "sshd.log", "wb") as log:
+        process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"sshd exited: {(directory / 'sshd.log').read_text()}")
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(listening, 20, f"sshd on {address}:{port}")
+    return Sshd(address, port, directory, process)
