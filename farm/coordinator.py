@@ -85,7 +85,7 @@ class _ActiveWorker:
 
 
 class Coordinator:
-    """Owns hosts, the scheduler and runs.  The HTTP service in :mod:`farm.service` is a thin face."""
+    """Owns hosts, the scheduler and runs; :mod:`farm.service` is its thin HTTP face."""
 
     def __init__(self, hosts: list[Host], scheduler: Scheduler | None = None) -> None:
         self.hosts = [_HostState(h) for h in hosts]
@@ -95,6 +95,7 @@ class Coordinator:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._worker_ids = itertools.count()
         self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def total_slots(self) -> int:
@@ -121,6 +122,12 @@ class Coordinator:
             await asyncio.gather(*state.slot_tasks, return_exceptions=True)
             await state.host.close()
 
+    def _in_background(self, coro) -> None:
+        """Run *coro* from a timer callback, keeping a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- runs ------------------------------------------------------------------
     def submit(self, manifest: RunManifest, owner: str = "") -> tuple[Run | None, list[TestSpec]]:
         """Queue a run; returns (run, []) or (None, tests no host can run)."""
@@ -137,7 +144,7 @@ class Coordinator:
     def _cancel_unattached(self, run_id: str) -> None:
         run = self.runs.get(run_id)
         if run is not None and not run.attached and not run.finished:
-            asyncio.ensure_future(self.cancel(run_id, "no client attached to the run"))
+            self._in_background(self.cancel(run_id, "no client attached to the run"))
 
     async def cancel(self, run_id: str, reason: str) -> None:
         run = self.runs.get(run_id)
@@ -274,7 +281,9 @@ class Coordinator:
                 self._disarm_hard_timeout(worker)
                 worker.current = None
                 worker.outstanding.pop(test_id, None)
-                self._report(run, test_id, {"t": "result", "id": test_id, "payload": message["payload"]})
+                self._report(
+                    run, test_id, {"t": "result", "id": test_id, "payload": message["payload"]}
+                )
             elif kind == "missing":
                 worker.outstanding.pop(test_id, None)
                 self._crashed(run, test_id, f"psyduck: {test_id}: {message.get('message', '')}")
@@ -291,7 +300,7 @@ class Coordinator:
 
         def expire() -> None:
             worker.killed_for_timeout = test_id
-            asyncio.ensure_future(worker.conn.kill())
+            self._in_background(worker.conn.kill())
 
         worker.hard_timeout = asyncio.get_running_loop().call_later(
             spec.timeout + TIMEOUT_GRACE, expire
@@ -327,7 +336,8 @@ class Coordinator:
         output = worker.conn.output().strip()
         if worker.timed_out and worker.timed_out.get("id") == test_id:
             return (
-                f"Timeout: {test_id} ran longer than {worker.timed_out['timeout']:g}s and was killed.\n"
+                f"Timeout: {test_id} ran longer than {worker.timed_out['timeout']:g}s "
+                "and was killed.\n"
                 f"Stack of the test when it was killed (most recent call last):\n"
                 f"{worker.timed_out['stack']}"
             )
@@ -339,7 +349,10 @@ class Coordinator:
             )
         if info.oom_killed:
             limit = f" of {info.memory_limit // (1024 * 1024)} MiB" if info.memory_limit else ""
-            return f"worker was killed for memory while running {test_id}: it exceeded its limit{limit}"
+            return (
+                f"worker was killed for memory while running {test_id}: "
+                f"it exceeded its limit{limit}"
+            )
         if info.signal is not None:
             how = f"killed by signal {signal.Signals(info.signal).name}"
         else:
@@ -392,12 +405,18 @@ class Coordinator:
             if run.finished:
                 continue
             run.emit(
-                {"t": "notice", "message": f"host {state.host.name} quarantined after "
-                 f"{state.failures} failures ({detail})"}
+                {
+                    "t": "notice",
+                    "message": f"host {state.host.name} quarantined after "
+                    f"{state.failures} failures ({detail})",
+                }
             )
             for test in self.scheduler.unplaceable(run.id):
-                self._crashed(run, test.id, f"no remaining host can run {test.id}: "
-                              f"host {state.host.name} was quarantined")
+                self._crashed(
+                    run,
+                    test.id,
+                    f"no remaining host can run {test.id}: host {state.host.name} was quarantined",
+                )
 
     # -- introspection ---------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -434,4 +453,3 @@ async def forward_events(run: Run):
         yield event
         if event["t"] == "done":
             return
-

@@ -29,7 +29,9 @@ class ManifestError(ProtocolError):
 
 @dataclass(frozen=True)
 class TestSpec:
-    """One test to run.  ``requires`` must match a host's labels exactly."""
+    """One test to run.  ``requires`` must match a host's labels."""
+
+    __test__ = False  # not a pytest test class, despite its name
 
     id: str
     group: str
@@ -91,7 +93,7 @@ def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], w
     if key not in data:
         raise ManifestError(f"{where}: missing field {key!r}")
     value = data[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ManifestError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
     return value
 
@@ -173,7 +175,9 @@ def parse_manifest(data: Any) -> RunManifest:
     profiles = _parse_profiles(data.get("profiles"))
     for test in tests:
         if test.profile and test.profile not in profiles:
-            raise ManifestError(f"manifest: test {test.id!r} names unknown profile {test.profile!r}")
+            raise ManifestError(
+                f"manifest: test {test.id!r} names unknown profile {test.profile!r}"
+            )
     worker = _require(data, "worker", dict, "manifest")
     argv = _require(worker, "argv", list, "worker")
     if not argv or not all(isinstance(a, str) for a in argv):

@@ -19,6 +19,7 @@ Two decisions are separate and swappable:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,7 +67,9 @@ class _Unit:
 class ShardingPolicy(Protocol):
     """Splits one run's tests into units, first-to-dispatch first."""
 
-    def units(self, tests: Sequence[TestSpec], slots: int, min_seconds: float) -> list[list[TestSpec]]:
+    def units(
+        self, tests: Sequence[TestSpec], slots: int, min_seconds: float
+    ) -> list[list[TestSpec]]:
         """Return lists of tests; every test appears in exactly one list, in manifest order."""
         ...
 
@@ -83,12 +86,15 @@ class LongestFirst:
     groups merged, when a shard has a fixed cost worth amortizing).  The target
     unit size is a quarter of a slot's fair share of the work: large enough
     that a module's fixtures are set up few times, small enough that the tail
-    of the run balances.  Units are sorted longest first.
+    of the run balances.  Units are sorted longest first; the pieces of a split
+    group keep their order, so one worker never runs a module backwards.
     """
 
     name = "longest-first"
 
-    def units(self, tests: Sequence[TestSpec], slots: int, min_seconds: float) -> list[list[TestSpec]]:
+    def units(
+        self, tests: Sequence[TestSpec], slots: int, min_seconds: float
+    ) -> list[list[TestSpec]]:
         total = sum(t.estimate for t in tests)
         target = max(min_seconds, total / (max(slots, 1) * 4))
         units: list[list[TestSpec]] = []
@@ -105,7 +111,13 @@ class LongestFirst:
                 units.append(bucket)
                 del merging[key]
         units.extend(bucket for bucket in merging.values() if bucket)
-        units.sort(key=lambda unit: -sum(t.estimate for t in unit))
+        # Longest first, but the pieces of one split group stay in collection
+        # order: they rank by the group's largest piece and keep their sequence.
+        largest: dict[str, float] = {}
+        for unit in units:
+            size = sum(t.estimate for t in unit)
+            largest[unit[0].group] = max(largest.get(unit[0].group, 0.0), size)
+        units.sort(key=lambda unit: -largest[unit[0].group])
         return units
 
 
@@ -114,8 +126,12 @@ class PerGroup:
 
     name = "per-group"
 
-    def units(self, tests: Sequence[TestSpec], slots: int, min_seconds: float) -> list[list[TestSpec]]:
-        return [list(g) for _, g in itertools.groupby(tests, key=lambda t: (t.group, _placement_key(t)))]
+    def units(
+        self, tests: Sequence[TestSpec], slots: int, min_seconds: float
+    ) -> list[list[TestSpec]]:
+        return [
+            list(g) for _, g in itertools.groupby(tests, key=lambda t: (t.group, _placement_key(t)))
+        ]
 
 
 class PerTest:
@@ -123,12 +139,15 @@ class PerTest:
 
     name = "per-test"
 
-    def units(self, tests: Sequence[TestSpec], slots: int, min_seconds: float) -> list[list[TestSpec]]:
+    def units(
+        self, tests: Sequence[TestSpec], slots: int, min_seconds: float
+    ) -> list[list[TestSpec]]:
         return [[t] for t in tests]
 
 
 POLICIES: dict[str, type[ShardingPolicy]] = {
-    p.name: p for p in (LongestFirst, PerGroup, PerTest)  # type: ignore[misc]
+    p.name: p
+    for p in (LongestFirst, PerGroup, PerTest)  # type: ignore[misc]
 }
 
 
@@ -149,19 +168,7 @@ def fill_estimates(tests: Sequence[TestSpec]) -> list[TestSpec]:
     """Give tests without history (estimate 0) the median of those with one."""
     known = [t.estimate for t in tests if t.estimate > 0]
     median = statistics.median(known) if known else DEFAULT_ESTIMATE
-    return [t if t.estimate > 0 else _with_estimate(t, median) for t in tests]
-
-
-def _with_estimate(test: TestSpec, estimate: float) -> TestSpec:
-    return TestSpec(
-        id=test.id,
-        group=test.group,
-        estimate=estimate,
-        timeout=test.timeout,
-        requires=test.requires,
-        cpus=test.cpus,
-        memory=test.memory,
-    )
+    return [t if t.estimate > 0 else dataclasses.replace(t, estimate=median) for t in tests]
 
 
 @dataclass
@@ -184,7 +191,7 @@ class _Run:
 
 
 def _placeable(requires: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """Every required dimension is among the host's values (a label may list several, comma-separated)."""
+    """Every required dimension is among the host's values (comma-separated in a label)."""
     return all(v in labels.get(k, "").split(",") for k, v in requires.items())
 
 
@@ -224,7 +231,7 @@ class Scheduler:
 
     # -- runs ------------------------------------------------------------------
     def add_run(self, run_id: str, tests: Sequence[TestSpec]) -> list[TestSpec]:
-        """Queue a run.  Returns the tests no current slot could ever run (the run is not queued then)."""
+        """Queue a run, or return the tests no current slot could ever run (and queue nothing)."""
         unplaceable = [t for t in tests if not self._any_slot_fits(t.requires)]
         if unplaceable:
             return unplaceable

@@ -135,4 +135,3 @@ def make_app(coordinator: Coordinator, token: str) -> web.Application:
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/health", health)
     return app
-

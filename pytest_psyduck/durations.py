@@ -28,7 +28,9 @@ class DurationHistory:
 
     def record(self, nodeid: str, seconds: float) -> None:
         old = self.estimate(nodeid)
-        self.durations[nodeid] = seconds if old == 0 else NEW_WEIGHT * seconds + (1 - NEW_WEIGHT) * old
+        self.durations[nodeid] = (
+            seconds if old == 0 else NEW_WEIGHT * seconds + (1 - NEW_WEIGHT) * old
+        )
         self._dirty = True
 
     def save(self) -> None:

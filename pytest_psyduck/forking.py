@@ -20,7 +20,13 @@ import pytest
 from farm.hosts.base import RunContext
 from farm.hosts.local import ExecLauncher, LaunchedProcess
 from pytest_psyduck.channel import Channel
-from pytest_psyduck.worker import WORKER_PLUGIN_NAME, WorkerPlugin, die_with_parent, serve, silence_reporting
+from pytest_psyduck.worker import (
+    WORKER_PLUGIN_NAME,
+    WorkerPlugin,
+    die_with_parent,
+    serve,
+    silence_reporting,
+)
 
 #: Names under which the controller registers its plugins; a child must not run them.
 CONTROLLER_PLUGINS = ("psyduck-session", "psyduck-replay")
@@ -58,7 +64,12 @@ class ForkLauncher:
         return LaunchedProcess(pid, ours, read_fd)
 
     def _become_worker(
-        self, run: RunContext, worker_id: str, env: dict[str, str], sock: socket.socket, output_fd: int
+        self,
+        run: RunContext,
+        worker_id: str,
+        env: dict[str, str],
+        sock: socket.socket,
+        output_fd: int,
     ) -> None:
         os.setpgid(0, 0)
         die_with_parent()

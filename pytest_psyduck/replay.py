@@ -99,7 +99,9 @@ class Replayer:
         while self._showing is not None and not self._remaining[self._showing]:
             self._showing = None
             if self._held:
-                self._showing = min(self._held, key=lambda m: self._index[self._held[m][0][0].nodeid])
+                self._showing = min(
+                    self._held, key=lambda m: self._index[self._held[m][0][0].nodeid]
+                )
                 self._replay_held(self._showing)
 
     def _replay_held(self, module: str) -> None:
@@ -128,7 +130,9 @@ class Replayer:
         self._remaining[group_of(item)] -= 1
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
         reports = self._pending.pop(item.nodeid, None)
         if reports is None:
             return None

@@ -26,7 +26,9 @@ def group_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-def test_spec(item: pytest.Item, history: DurationHistory, default_timeout: float | None) -> TestSpec:
+def test_spec(
+    item: pytest.Item, history: DurationHistory, default_timeout: float | None
+) -> TestSpec:
     hints = hints_for(item, default_timeout)
     return TestSpec(
         id=item.nodeid,

@@ -16,7 +16,6 @@ from typing import Any
 import msgpack
 import pytest
 
-
 #: Marks a longrepr that was a terminal representation without a crash line
 #: (doctest failures, for one); pytest serializes those as plain text.
 _RENDERED = "psyduck_rendered_longrepr"

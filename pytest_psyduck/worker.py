@@ -43,7 +43,6 @@ TIMEOUT_EXIT_STATUS = 86
 WORKER_PLUGIN_NAME = "psyduck-worker"
 
 
-
 class Watchdog:
     """Kills the worker when the current test outlives its timeout, after sending its stack."""
 
@@ -77,7 +76,9 @@ class Watchdog:
                 frame = sys._current_frames().get(self._main)  # type: ignore[arg-type]
                 stack = "".join(traceback.format_stack(frame)) if frame else ""
                 try:
-                    self._channel.send({"t": "timeout", "id": test_id, "stack": stack, "timeout": timeout})
+                    self._channel.send(
+                        {"t": "timeout", "id": test_id, "stack": stack, "timeout": timeout}
+                    )
                 finally:
                     os._exit(TIMEOUT_EXIT_STATUS)
 
@@ -145,7 +146,9 @@ class WorkerPlugin:
 
     def pytest_warning_recorded(self, warning_message, when: str, nodeid: str, location) -> None:
         if when == "runtest":
-            self.channel.send({"t": "warning", "data": warning_to_wire(warning_message, when, nodeid)})
+            self.channel.send(
+                {"t": "warning", "data": warning_to_wire(warning_message, when, nodeid)}
+            )
 
 
 def interleave(
@@ -188,7 +191,11 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
         item = items.get(test["id"])
         if item is None:
             channel.send(
-                {"t": "missing", "id": test["id"], "message": "the worker did not collect this test"}
+                {
+                    "t": "missing",
+                    "id": test["id"],
+                    "message": "the worker did not collect this test",
+                }
             )
             return
         nextitem = items.get(next_test["id"]) if next_test else None

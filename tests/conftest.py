@@ -30,7 +30,9 @@ class Session:
         return RunResult.parse_summary_nouns(self.stdout.splitlines())
 
 
-def run_pytest(path: Path, *args: str, timeout: float = SESSION_TIMEOUT, env: dict | None = None) -> Session:
+def run_pytest(
+    path: Path, *args: str, timeout: float = SESSION_TIMEOUT, env: dict | None = None
+) -> Session:
     """Run ``python -m pytest ARGS`` in *path* as a real, separate process."""
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", *args],

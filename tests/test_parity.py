@@ -119,6 +119,11 @@ def test_data_file():
 }
 
 
+def _result_lines(output: str) -> list[str]:
+    """The ``-rA`` short summary lines, order aside (workers finish in their own order)."""
+    return sorted(re.findall(r"^(?:PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) .*$", output, re.M))
+
+
 def _summary(output: str) -> str:
     """The last line pytest printed, without the timing."""
     line = output.strip().splitlines()[-1]
@@ -148,9 +153,7 @@ def test_varied_suite_matches_plain_pytest(suite, spawn):
         "009     >>> double(3)",
     ):
         assert (needle in plain.stdout) == (needle in psy.stdout), needle
-    plain_lines = sorted(l for l in plain.stdout.splitlines() if re.match(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) ", l))
-    psy_lines = sorted(l for l in psy.stdout.splitlines() if re.match(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) ", l))
-    assert psy_lines == plain_lines
+    assert _result_lines(psy.stdout) == _result_lines(plain.stdout)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +161,14 @@ def test_varied_suite_matches_plain_pytest(suite, spawn):
     [
         ({"test_a.py": "def test_ok(): pass"}, [], 0),
         ({"test_a.py": "def test_bad(): assert 0"}, [], 1),
-        ({"test_a.py": "import nonexistent_module_xyz\ndef test_ok(): pass", "test_b.py": "def test_ok(): pass"}, [], 2),
+        (
+            {
+                "test_a.py": "import nonexistent_module_xyz\ndef test_ok(): pass",
+                "test_b.py": "def test_ok(): pass",
+            },
+            [],
+            2,
+        ),
         ({"test_a.py": "def test_ok(): pass"}, ["--no-such-option"], 4),
         ({"test_a.py": "def test_ok(): pass"}, ["-k", "nothing_matches"], 5),
         ({"test_a.py": "def helper(): pass"}, [], 5),
@@ -185,7 +195,9 @@ def test_collection_error_interrupts_like_pytest(suite):
 def test_last_failed_reruns_what_failed_remotely(suite):
     path = suite(
         {
-            "test_a.py": "import pytest\n@pytest.mark.parametrize('n', range(6))\ndef test_n(n): assert n % 3",
+            "test_a.py": "import pytest\n"
+            "@pytest.mark.parametrize('n', range(6))\n"
+            "def test_n(n): assert n % 3",
             "test_b.py": "def test_ok(): pass",
         }
     )
@@ -199,7 +211,9 @@ def test_last_failed_reruns_what_failed_remotely(suite):
 
 
 def test_without_the_flag_psyduck_does_nothing(suite):
-    path = suite({"test_a.py": "import os\ndef test_pid(): assert 'PYTEST_XDIST_WORKER' not in os.environ"})
+    path = suite(
+        {"test_a.py": "import os\ndef test_pid(): assert 'PYTEST_XDIST_WORKER' not in os.environ"}
+    )
     assert run_pytest(path, "-p", "no:cacheprovider").returncode == 0
     disabled = run_pytest(path, "-p", "no:cacheprovider", "-p", "no:psyduck", "--psyduck")
     assert disabled.returncode == 4
@@ -248,7 +262,14 @@ def session_resource(tmp_path_factory):
         }
     )
     log = path / "teardown.log"
-    result = run_pytest(path, "-p", "no:cacheprovider", "--psyduck", "--psyduck-hosts=local:2", env={"TEARDOWN_LOG": str(log)})
+    result = run_pytest(
+        path,
+        "-p",
+        "no:cacheprovider",
+        "--psyduck",
+        "--psyduck-hosts=local:2",
+        env={"TEARDOWN_LOG": str(log)},
+    )
     assert result.outcomes() == {"passed": 180}
     workers = log.read_text().split()
     # One teardown per worker, not one per shard.

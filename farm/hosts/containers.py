@@ -49,11 +49,20 @@ LABEL_WORKER = "psyduck.worker"
 LABEL_SLOT = "psyduck.slot"
 LABEL_HOST = "psyduck.host"
 
-#: Runs inside the container before the worker: copies the read-only code into
-#: the private tmpfs at the worker's cwd (copy mode), then runs the worker module
-#: exactly as ``python -m`` would, with the cwd first on sys.path.
+#: Runs inside the container before the worker.  A watcher thread ends the
+#: container as soon as its stdin hangs up (the coordinator or its connection
+#: went away), even in the middle of a long shard.  Then the read-only code is
+#: copied into the private tmpfs at the worker's cwd (copy mode), and the worker
+#: module runs exactly as ``python -m`` would, with the cwd first on sys.path.
 BOOTSTRAP = f"""\
-import os, runpy, shutil, sys
+import os, runpy, select, shutil, sys, threading
+def watch(fd=os.dup(0)):
+    poll = select.poll()
+    poll.register(fd, 0)
+    while not any(event & (select.POLLHUP | select.POLLERR) for _, event in poll.poll()):
+        pass
+    os._exit(75)
+threading.Thread(target=watch, daemon=True).start()
 src = os.environ.pop("PSYDUCK_CODE_SRC", "")
 if src:
     shutil.copytree(src, os.getcwd(), symlinks=True, dirs_exist_ok=True,

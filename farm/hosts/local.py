@@ -123,7 +123,8 @@ class LocalWorker(WorkerConnection):
         loop = asyncio.get_running_loop()
         self._reader, self._writer = await asyncio.open_unix_connection(sock=self._process.channel)
         _, self._output = await loop.connect_read_pipe(
-            lambda: _OutputProtocol(self._tail, on_output), os.fdopen(self._process.output_fd, "rb", 0)
+            lambda: _OutputProtocol(self._tail, on_output),
+            os.fdopen(self._process.output_fd, "rb", 0),
         )
 
     def _reap(self) -> None:

@@ -1,0 +1,175 @@
+"""The scheduler's invariants, driven by a discrete-event simulation (no I/O, no asyncio)."""
+
+from __future__ import annotations
+
+import heapq
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from farm.manifest import TestSpec
+from farm.scheduler import LongestFirst, PerGroup, PerTest, Scheduler
+
+
+def simulate(
+    scheduler: Scheduler, durations: dict[str, float], slots: list[str]
+) -> tuple[float, list[tuple[str, str, str]]]:
+    """Run every queued shard to completion.
+
+    Returns the makespan and ``(slot, run, test)`` for each test in start order.
+    """
+    clock = 0.0
+    events: list[tuple[float, str, list[TestSpec], str]] = []
+    log = []
+    idle = list(slots)
+    while True:
+        for slot in list(idle):
+            shard = scheduler.next_shard(slot)
+            if shard is None:
+                scheduler.release(slot)
+                continue
+            idle.remove(slot)
+            finish = clock + sum(durations[t.id] for t in shard.tests)
+            for test in shard.tests:
+                log.append((slot, shard.run, test.id))
+            heapq.heappush(events, (finish, slot, list(shard.tests), shard.run))
+        if not events:
+            return clock, log
+        clock, slot, tests, run = heapq.heappop(events)
+        for test in tests:
+            scheduler.finished(run, test.id)
+        idle.append(slot)
+
+
+suites = st.lists(
+    st.tuples(st.integers(0, 8), st.floats(0.001, 20.0)), min_size=1, max_size=80
+).map(
+    lambda rows: [
+        TestSpec(id=f"m{g}.py::t{i}", group=f"m{g}.py", estimate=d)
+        for i, (g, d) in enumerate(sorted(rows, key=lambda r: r[0]))
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(suites, st.integers(1, 8), st.sampled_from([LongestFirst, PerGroup, PerTest]))
+def test_every_test_runs_exactly_once_and_in_group_order(tests, nslots, policy):
+    scheduler = Scheduler(policy())
+    slots = [f"h/{i}" for i in range(nslots)]
+    for slot in slots:
+        scheduler.add_slot(slot, "h")
+    assert scheduler.add_run("r", tests) == []
+    _, log = simulate(scheduler, {t.id: t.estimate for t in tests}, slots)
+    ran = [test for _, _, test in log]
+    assert sorted(ran) == sorted(t.id for t in tests)
+    assert scheduler.is_done("r")
+    # Within one slot, the tests of one group keep their collection order.
+    order = {t.id: i for i, t in enumerate(tests)}
+    for slot in slots:
+        mine = [test for s, _, test in log if s == slot]
+        by_group: dict[str, list[int]] = {}
+        for test in mine:
+            by_group.setdefault(test.split("::")[0], []).append(order[test])
+        for indices in by_group.values():
+            assert indices == sorted(indices)
+
+
+@settings(max_examples=200, deadline=None)
+@given(suites, st.integers(1, 8))
+def test_longest_first_finishes_close_to_the_ideal(tests, nslots):
+    scheduler = Scheduler(LongestFirst())
+    slots = [f"h/{i}" for i in range(nslots)]
+    for slot in slots:
+        scheduler.add_slot(slot, "h")
+    scheduler.add_run("r", tests)
+    makespan, _ = simulate(scheduler, {t.id: t.estimate for t in tests}, slots)
+    total = sum(t.estimate for t in tests)
+    longest = max(t.estimate for t in tests)
+    # LPT over units no larger than max(a quarter share, the split floor, one test).
+    unit_bound = max(total / (4 * nslots), 0.5) + longest
+    assert makespan <= max(longest, total / nslots) + unit_bound + 1e-6
+
+
+def test_sleep_suite_is_near_ideal():
+    tests = [
+        TestSpec(id=f"m{i % 20}.py::t{i}", group=f"m{i % 20}.py", estimate=0.025)
+        for i in range(400)
+    ]
+    tests.sort(key=lambda t: t.group)
+    scheduler = Scheduler()
+    slots = [f"h/{i}" for i in range(8)]
+    for slot in slots:
+        scheduler.add_slot(slot, "h")
+    scheduler.add_run("r", tests)
+    makespan, _ = simulate(scheduler, {t.id: 0.025 for t in tests}, slots)
+    assert makespan <= 1.15 * (400 * 0.025 / 8)
+
+
+def test_fair_share_between_runs():
+    scheduler = Scheduler(PerTest())
+    slots = [f"h/{i}" for i in range(4)]
+    for slot in slots:
+        scheduler.add_slot(slot, "h")
+    scheduler.add_run("huge", [TestSpec(id=f"big{i}", group="g", estimate=1) for i in range(1000)])
+    for slot in slots:
+        assert scheduler.next_shard(slot).run == "huge"
+    scheduler.add_run("small", [TestSpec(id=f"small{i}", group="g", estimate=1) for i in range(4)])
+    # As slots free up, the small run gets them until it holds its share.
+    taken = [scheduler.next_shard(slot).run for slot in slots]
+    assert taken.count("small") == 2
+
+
+def test_requirements_place_tests_on_matching_hosts_only():
+    scheduler = Scheduler(PerTest())
+    scheduler.add_slot("plain/0", "plain", {"cpu": "sse2"})
+    scheduler.add_slot("fast/0", "fast", {"cpu": "sse2,avx2"})
+    tests = [TestSpec(id="a", group="g", requires={"cpu": "avx2"}), TestSpec(id="b", group="g")]
+    assert scheduler.add_run("r", tests) == []
+    assert scheduler.next_shard("plain/0").tests[0].id == "b"
+    assert scheduler.next_shard("plain/0") is None
+    assert scheduler.next_shard("fast/0").tests[0].id == "a"
+
+
+def test_unplaceable_tests_are_refused_up_front():
+    scheduler = Scheduler()
+    scheduler.add_slot("h/0", "h", {"cpu": "sse2"})
+    bad = TestSpec(id="a", group="g", requires={"cpu": "avx512f"})
+    assert scheduler.add_run("r", [bad, TestSpec(id="b", group="g")]) == [bad]
+    assert scheduler.runs() == []
+
+
+def test_interrupted_test_is_retried_once_elsewhere():
+    scheduler = Scheduler(PerTest())
+    scheduler.add_slot("a/0", "a")
+    scheduler.add_slot("b/0", "b")
+    test = TestSpec(id="t", group="g")
+    scheduler.add_run("r", [test])
+    assert [t.id for t in scheduler.next_shard("a/0").tests] == ["t"]
+    assert scheduler.requeue("r", [], interrupted=test, lost_host="a")
+    assert scheduler.next_shard("a/0") is None  # avoids the host that was lost
+    shard = scheduler.next_shard("b/0")
+    assert shard.retry and [t.id for t in shard.tests] == ["t"]
+    assert not scheduler.requeue("r", [], interrupted=test, lost_host="b")  # no second retry
+
+
+@settings(max_examples=100, deadline=None)
+@given(suites, st.integers(2, 6), st.data())
+def test_lost_work_is_rerun_and_nothing_is_lost(tests, nslots, data):
+    scheduler = Scheduler(LongestFirst())
+    slots = [f"h{i}/0" for i in range(nslots)]
+    for slot in slots:
+        scheduler.add_slot(slot, slot.split("/")[0])
+    scheduler.add_run("r", tests)
+    shard = scheduler.next_shard(slots[0])
+    done = data.draw(st.integers(0, len(shard.tests)))
+    for test in shard.tests[:done]:
+        scheduler.finished("r", test.id)
+    rest = list(shard.tests[done:])
+    if rest:
+        scheduler.requeue("r", rest[1:], interrupted=rest[0], lost_host="h0")
+    scheduler.remove_slot(slots[0])
+    _, log = simulate(scheduler, {t.id: t.estimate for t in tests}, slots[1:])
+    assert sorted([t.id for t in shard.tests[:done]] + [t for _, _, t in log]) == sorted(
+        t.id for t in tests
+    )
+    assert scheduler.is_done("r")
