@@ -101,7 +101,8 @@ def _names(item: pytest.Item, key: str, value: Any) -> frozenset[str]:
         )
     if not all(isinstance(name, str) for name in value):
         raise pytest.UsageError(
-            f"{item.nodeid}: @pytest.mark.psyduck({key}=...) must list names as strings, got {value!r}"
+            f"{item.nodeid}: @pytest.mark.psyduck({key}=...) must list names as strings, "
+            f"got {value!r}"
         )
     return frozenset(value)
 

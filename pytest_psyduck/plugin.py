@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_psyduck import hookspecs, transformations
 from pytest_psyduck.marks import MARK_HELP
+from pytest_psyduck.matrix import TransformationMatrix
 from pytest_psyduck.worker import WORKER_PLUGIN_NAME
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,7 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="coordinator URL of a remote farm (env PSYDUCK_FARM); token from PSYDUCK_TOKEN "
         "or --psyduck-token-file",
     )
-    group.addoption("--psyduck-token-file", metavar="PATH", default=None, help="file holding the farm token")
+    group.addoption(
+        "--psyduck-token-file", metavar="PATH", default=None, help="file holding the farm token"
+    )
     group.addoption(
         "--psyduck-hosts",
         metavar="SPEC",
@@ -50,18 +58,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="kill and fail a test that runs longer (default: no timeout)",
     )
-    group.addoption("--psyduck-image", metavar="IMAGE", default=None, help="test image for docker/ssh hosts")
+    group.addoption(
+        "--psyduck-image", metavar="IMAGE", default=None, help="test image for docker/ssh hosts"
+    )
+    group.addoption(
+        "--psyduck-transform",
+        metavar="NAMES",
+        default=None,
+        help="run tests also under these transformations: NAME[,NAME...], 'all' or 'none' "
+        "(default: all with --psyduck, none without, so plain pytest is unchanged)",
+    )
     parser.addini("psyduck_hosts", "default --psyduck-hosts", default="")
     parser.addini("psyduck_timeout", "default --psyduck-timeout in seconds", default="")
     parser.addini("psyduck_image", "default --psyduck-image", default="")
+    parser.addini(
+        "psyduck_transformations",
+        "env-only test transformations, one a line: NAME: KEY=VALUE KEY=VALUE",
+        type="linelist",
+        default=[],
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARK_HELP)
-    if not config.getoption("psyduck") or config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME):
+    # Workers multiply tests exactly as the user's process does, and apply their env.
+    config.pluginmanager.register(transformations, "psyduck-transformations")
+    if config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME):
+        return
+    config.pluginmanager.register(TransformationMatrix(config), "psyduck-matrix")
+    if not config.getoption("psyduck"):
         return
     if getattr(config.option, "usepdb", False) or getattr(config.option, "trace", False):
-        raise pytest.UsageError("--pdb and --trace cannot be used with --psyduck: tests run on workers")
+        raise pytest.UsageError(
+            "--pdb and --trace cannot be used with --psyduck: tests run on workers"
+        )
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--psyduck and pytest-xdist's -n cannot be combined")
     from pytest_psyduck.session import DistributedSession

@@ -17,6 +17,7 @@ import pytest
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
 from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.marks import hints_for
+from pytest_psyduck.transformations import transformation_of
 
 WORKER_MODULE = "pytest_psyduck.workermain"
 
@@ -29,16 +30,29 @@ def group_of(item: pytest.Item) -> str:
 def test_spec(
     item: pytest.Item, history: DurationHistory, default_timeout: float | None
 ) -> TestSpec:
+    """A variant adds its transformation's host requirements, and its profile if it has args."""
     hints = hints_for(item, default_timeout)
+    transformation = transformation_of(item)
     return TestSpec(
         id=item.nodeid,
         group=group_of(item),
         estimate=history.estimate(item.nodeid),
         timeout=hints.timeout,
-        requires=dict(getattr(item, "psyduck_requires", None) or {}),
+        requires={**(getattr(item, "psyduck_requires", None) or {}), **transformation.requires},
         cpus=hints.cpus,
         memory=hints.memory,
+        profile=transformation.name if transformation.args else "",
     )
+
+
+def worker_profiles(items: list[pytest.Item]) -> dict[str, tuple[str, ...]]:
+    """One worker profile per transformation with args: its workers start with those arguments."""
+    profiles = {}
+    for item in items:
+        transformation = transformation_of(item)
+        if transformation.args:
+            profiles[transformation.name] = transformation.args
+    return profiles
 
 
 def build_manifest(
@@ -53,6 +67,7 @@ def build_manifest(
         ),
         name=f"{getpass.getuser()}@{socket.gethostname()}:{config.rootpath.name}",
         image=config.getoption("psyduck_image") or config.getini("psyduck_image") or None,
+        profiles=worker_profiles(items),
     )
 
 
