@@ -5,7 +5,7 @@
     pokedex put FILE                     -> prints the digest
     pokedex get DIGEST -o FILE
     pokedex push-tree DIR                -> prints the tree digest
-    pokedex pull-tree DIGEST DIR [--cache DIR] [--swarm HOST]
+    pokedex pull-tree DIGEST DIR [--cache DIR] [--swarm HOST] [--link]
     pokedex status                       -> JSON: nodes, bytes, blobs, replication health
     pokedex repair
 
@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("dir")
     t.add_argument("--cache", default=os.path.expanduser("~/.cache/pokedex"))
     t.add_argument("--swarm", metavar="HOST", help="fetch from peers too, serving on HOST")
+    t.add_argument("--link", action="store_true", help="hard-link files from the cache")
     client_cmd("status", "cluster health as JSON")
     client_cmd("repair", "run a repair pass on the given nodes")
     return p
@@ -120,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "push-tree":
                 print(c.push_tree(args.dir))
             elif args.command == "pull-tree":
-                c.pull_tree(args.digest, args.dir, args.cache, swarm_peer=args.swarm)
+                c.pull_tree(
+                    args.digest, args.dir, args.cache, swarm_peer=args.swarm, link=args.link
+                )
             elif args.command == "status":
                 print(json.dumps(c.status(), indent=2))
             elif args.command == "repair":
