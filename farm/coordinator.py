@@ -66,6 +66,7 @@ class _HostState:
     host: Host
     failures: int = 0
     quarantined: bool = False
+    busy: int = 0
     slot_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -231,6 +232,7 @@ class Coordinator:
                 self._wake_all()
             return None
         state.failures = 0
+        state.busy += 1
         run.workers.add(conn)
         return _ActiveWorker(conn, run, state.host, shard.profile)
 
@@ -317,11 +319,12 @@ class Coordinator:
         info = await worker.conn.wait()
         run = worker.run
         run.workers.discard(worker.conn)
+        state = next(s for s in self.hosts if s.host is worker.host)
+        state.busy -= 1
         if run.finished:
             return
         current = worker.current
         unfinished = [t for tid, t in worker.outstanding.items() if tid != current]
-        state = next(s for s in self.hosts if s.host is worker.host)
         if info.host_lost:
             interrupted = run.tests.get(current) if current else None
             self._host_failed(state, run, unfinished, interrupted, info.detail)
@@ -425,6 +428,7 @@ class Coordinator:
             "hosts": [
                 {
                     **s.host.describe(),
+                    "busy": s.busy,
                     "quarantined": s.quarantined,
                     "failures": s.failures,
                 }

@@ -118,5 +118,9 @@ class Host(abc.ABC):
     async def close(self) -> None:
         """Release connections; workers are already gone."""
 
+    async def check(self, image: str | None) -> dict[str, Any]:
+        """What ``psyduck hosts check`` shows; called after :meth:`start` succeeded."""
+        return {**self.describe(), "reachable": True}
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "slots": self.slots, "labels": dict(self.labels)}

@@ -1,0 +1,168 @@
+"""The ``psyduck`` command: run a farm, look at it, check its hosts.
+
+* ``psyduck farm serve --config farm.toml`` — the coordinator as a long-lived service;
+* ``psyduck farm status`` — hosts, slots in use, runs and queued tests;
+* ``psyduck hosts check`` — reach each host and say what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from farm.client import FarmClient, FarmError
+from farm.config import ConfigError, FarmConfig, build_host, load_config, parse_listen, read_token
+from farm.coordinator import Coordinator
+from farm.hosts import HostSpecError, parse_hosts
+from farm.hosts.base import Host
+from farm.service import make_app
+
+
+async def serve(config: FarmConfig, token: str) -> None:
+    hosts = [build_host(h) for h in config.hosts]
+    coordinator = Coordinator(hosts)
+    await coordinator.start()
+    runner = web.AppRunner(make_app(coordinator, token), access_log=None)
+    await runner.setup()
+    host, port = config.listen
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    slots = sum(h.slots for h in hosts)
+    print(
+        f"psyduck farm serving on http://{host}:{port} with {len(hosts)} host(s), {slots} slot(s)",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await coordinator.close()
+        await runner.cleanup()
+
+
+async def status(url: str, token: str) -> dict[str, Any]:
+    async with FarmClient(url, token) as client:
+        return await client.status()
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = ["HOST                      SLOTS  BUSY  STATE"]
+    for host in report["hosts"]:
+        state = "quarantined" if host["quarantined"] else "ok"
+        if host["failures"] and not host["quarantined"]:
+            state += f" ({host['failures']} recent failures)"
+        lines.append(f"{host['name']:<25} {host['slots']:>5}  {host['busy']:>4}  {state}")
+    lines.append("")
+    lines.append("RUN               STATUS     DONE/TESTS  QUEUED  WORKERS  NAME")
+    for run in report["runs"]:
+        lines.append(
+            f"{run['id']:<17} {run['status']:<10} {run['done']:>5}/{run['tests']:<5} "
+            f"{run['queued']:>6}  {run['workers']:>7}  {run['name']}"
+        )
+    if not report["runs"]:
+        lines.append("(no runs)")
+    return "\n".join(lines)
+
+
+async def check_hosts(hosts: list[Host], image: str | None) -> list[dict[str, Any]]:
+    async def one(host: Host) -> dict[str, Any]:
+        try:
+            await asyncio.wait_for(host.start(), 30)
+            return await asyncio.wait_for(host.check(image), 30)
+        except Exception as exc:  # report every failure as a finding, never a traceback
+            return {
+                **host.describe(),
+                "reachable": False,
+                "problem": f"{type(exc).__name__}: {exc}",
+            }
+        finally:
+            await host.close()
+
+    return list(await asyncio.gather(*(one(h) for h in hosts)))
+
+
+def format_checks(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for result in results:
+        ok = result.get("reachable") and not result.get("problem")
+        lines.append(f"{result['name']}: {'ok' if ok else 'PROBLEM'}")
+        for key, value in result.items():
+            if key in ("name", "reachable"):
+                continue
+            if key == "labels":
+                value = ", ".join(
+                    f"{k}={v if len(v) < 40 else v[:37] + '...'}" for k, v in value.items()
+                )
+            lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="psyduck", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    farm = commands.add_parser("farm", help="run or inspect a farm").add_subparsers(
+        dest="action", required=True
+    )
+    serve_cmd = farm.add_parser("serve", help="run the coordinator service")
+    serve_cmd.add_argument("--config", required=True, help="farm.toml")
+    serve_cmd.add_argument("--listen", help="HOST:PORT (overrides [farm] listen)")
+    status_cmd = farm.add_parser("status", help="hosts, slots in use, runs and queued tests")
+    status_cmd.add_argument(
+        "--farm", default=os.environ.get("PSYDUCK_FARM"), help="coordinator URL (env PSYDUCK_FARM)"
+    )
+    status_cmd.add_argument("--token-file", help="file holding the token (else env PSYDUCK_TOKEN)")
+    status_cmd.add_argument("--json", action="store_true", help="print JSON")
+
+    hosts = commands.add_parser("hosts", help="inspect hosts").add_subparsers(
+        dest="action", required=True
+    )
+    check = hosts.add_parser("check", help="reach each host and report what is wrong")
+    source = check.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="farm.toml")
+    source.add_argument("--hosts", help="host list, as for --psyduck-hosts")
+    check.add_argument("--image", help="report whether this image is present on each host")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "farm" and args.action == "serve":
+            config = load_config(args.config)
+            if args.listen:
+                config = FarmConfig(parse_listen(args.listen), config.token_file, config.hosts)
+            asyncio.run(serve(config, read_token(config.token_file)))
+            return 0
+        if args.command == "farm" and args.action == "status":
+            if not args.farm:
+                raise ConfigError("no farm: pass --farm URL or set PSYDUCK_FARM")
+            report = asyncio.run(status(args.farm, read_token(args.token_file)))
+            print(json.dumps(report, indent=2) if args.json else format_status(report))
+            return 0
+        hosts = (
+            [build_host(h) for h in load_config(args.config).hosts]
+            if args.config
+            else parse_hosts(args.hosts)
+        )
+        results = asyncio.run(check_hosts(hosts, args.image))
+        print(json.dumps(results, indent=2, default=str) if args.json else format_checks(results))
+        return 0 if all(r.get("reachable") and not r.get("problem") for r in results) else 1
+    except (ConfigError, HostSpecError, FarmError) as exc:
+        print(f"psyduck: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

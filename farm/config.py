@@ -1,0 +1,144 @@
+"""``farm.toml``: what ``psyduck farm serve`` runs and ``psyduck hosts check`` inspects.
+
+Example::
+
+    [farm]
+    listen = "0.0.0.0:7400"
+    token_file = "/etc/psyduck/token"
+
+    [[hosts]]
+    url = "docker"                  # the local engine
+    slots = 4
+
+    [[hosts]]
+    url = "ssh://ci@build-7:22"     # a Docker engine over SSH
+    slots = 16
+    labels = { cpu = "avx2" }
+
+Parsing is pure; building hosts goes through :data:`farm.hosts.HOST_KINDS`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from farm.hosts import HOST_KINDS, HostSpecError, host_kind
+from farm.hosts.base import Host
+
+DEFAULT_LISTEN = "127.0.0.1:7400"
+_HOST_FIELDS = {"url", "slots", "labels", "name"}
+
+
+class ConfigError(ValueError):
+    """farm.toml cannot be used; the text names the file and the field."""
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    url: str
+    slots: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    listen: tuple[str, int]
+    token_file: str | None
+    hosts: tuple[HostConfig, ...]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"listen = {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _host(entry: Any, index: int) -> HostConfig:
+    where = f"hosts[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+        raise ConfigError(f'{where}: each host needs url = "docker" | "local" | "ssh://user@host"')
+    if host_kind(entry["url"]) not in HOST_KINDS:
+        raise ConfigError(f"{where}: unknown host kind in {entry['url']!r}")
+    slots = entry.get("slots")
+    if slots is not None and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
+        raise ConfigError(f"{where}.slots: must be a positive integer")
+    labels = entry.get("labels", {})
+    if not isinstance(labels, dict):
+        raise ConfigError(f"{where}.labels: must be a table of strings")
+    name = entry.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{where}.name: must be a string")
+    return HostConfig(
+        url=entry["url"],
+        slots=slots,
+        labels={str(k): str(v) for k, v in labels.items()},
+        name=name,
+        options={k: v for k, v in entry.items() if k not in _HOST_FIELDS},
+    )
+
+
+def parse_config(data: dict[str, Any]) -> FarmConfig:
+    farm = data.get("farm", {})
+    if not isinstance(farm, dict):
+        raise ConfigError("[farm] must be a table")
+    hosts = data.get("hosts")
+    if not isinstance(hosts, list) or not hosts:
+        raise ConfigError("no [[hosts]] entries: a farm needs at least one host")
+    token_file = farm.get("token_file")
+    if token_file is not None and not isinstance(token_file, str):
+        raise ConfigError("[farm] token_file must be a path")
+    return FarmConfig(
+        listen=parse_listen(str(farm.get("listen", DEFAULT_LISTEN))),
+        token_file=token_file,
+        hosts=tuple(_host(entry, i) for i, entry in enumerate(hosts)),
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> FarmConfig:
+    try:
+        with open(path, "rb") as f:
+            return parse_config(tomllib.load(f))
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, ConfigError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def build_host(config: HostConfig) -> Host:
+    """Build one host; the table's slots, labels and name override the kind's defaults."""
+    spec = config.url
+    if config.slots is not None and host_kind(spec) in ("local", "docker") and ":" not in spec:
+        spec = f"{spec}:{config.slots}"
+    try:
+        host = HOST_KINDS[host_kind(spec)](spec, dict(config.options))
+    except HostSpecError as exc:
+        raise ConfigError(str(exc)) from exc
+    if config.slots is not None:
+        host.slots = config.slots
+    host.labels = {**host.labels, **config.labels}
+    if config.name:
+        host.name = config.name
+    return host
+
+
+def read_token(token_file: str | None) -> str:
+    """The service token: from *token_file*, else ``PSYDUCK_TOKEN``; never empty."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"token_file {token_file}: {exc.strerror}") from exc
+    else:
+        token = os.environ.get("PSYDUCK_TOKEN", "").strip()
+    if not token:
+        raise ConfigError(
+            "no token: set [farm] token_file or PSYDUCK_TOKEN (the farm never runs open)"
+        )
+    return token

@@ -1,0 +1,163 @@
+"""``psyduck farm serve`` as a real service, used by real ``pytest --psyduck --psyduck-farm`` sessions."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from farm.config import ConfigError, parse_config
+from tests.conftest import run_pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def farm(tmp_path):
+    """A coordinator service with two local slots, on a loopback port."""
+    port = _free_port()
+    (tmp_path / "token").write_text("s3cret-token\n")
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        f'[farm]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{tmp_path / "token"}"\n\n'
+        '[[hosts]]\nurl = "local"\nslots = 2\nlabels = { pool = "ci" }\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "farm", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/v1/health", timeout=1)
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the farm did not come up"
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _psyduck(*args: str, token: str = "s3cret-token") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "farm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PSYDUCK_TOKEN": token},
+    )
+
+
+def test_pytest_runs_on_a_served_farm(farm, suite):
+    path = suite(
+        {
+            "test_a.py": "import os\n"
+            "def test_pool(): assert os.environ['PYTEST_XDIST_WORKER'].startswith('gw')\n"
+            "def test_bad(): assert 0",
+            "test_b.py": "\n".join(f"def test_{i}(): pass" for i in range(10)),
+        }
+    )
+    result = run_pytest(
+        path,
+        "-p",
+        "no:cacheprovider",
+        "--psyduck",
+        f"--psyduck-farm={farm}",
+        env={"PSYDUCK_TOKEN": "s3cret-token"},
+    )
+    assert result.outcomes() == {"failed": 1, "passed": 11}, result.stdout + result.stderr
+
+    wrong = run_pytest(
+        path,
+        "-p",
+        "no:cacheprovider",
+        "--psyduck",
+        f"--psyduck-farm={farm}",
+        env={"PSYDUCK_TOKEN": "wrong"},
+    )
+    assert wrong.returncode == 4
+    assert "missing or wrong token" in wrong.stderr
+
+
+def test_farm_status_and_hosts_check(farm):
+    status = _psyduck("farm", "status", "--farm", farm)
+    assert status.returncode == 0, status.stderr
+    assert "local" in status.stdout and "SLOTS" in status.stdout
+    refused = _psyduck("farm", "status", "--farm", farm, token="nope")
+    assert refused.returncode == 2
+    assert "missing or wrong token" in refused.stderr
+    check = _psyduck("hosts", "check", "--hosts", "local:2")
+    assert check.returncode == 0
+    assert "local: ok" in check.stdout
+    bad = _psyduck("hosts", "check", "--hosts", "floppy:3")
+    assert bad.returncode == 2
+    assert "unknown host kind" in bad.stderr
+
+
+def test_a_small_run_is_not_starved_by_a_huge_one(farm, suite, tmp_path):
+    huge = suite(
+        {
+            "huge/test_huge.py": "\n".join(
+                f"def test_{i}(): __import__('time').sleep(0.2)" for i in range(200)
+            )
+        }
+    )
+    small_dir = tmp_path / "small"
+    small_dir.mkdir()
+    (small_dir / "test_small.py").write_text("\n".join(f"def test_{i}(): pass" for i in range(4)))
+    env = {"PSYDUCK_TOKEN": "s3cret-token"}
+    huge_result = {}
+    thread = threading.Thread(
+        target=lambda: huge_result.update(
+            r=run_pytest(
+                huge / "huge",
+                "-p",
+                "no:cacheprovider",
+                "--psyduck",
+                f"--psyduck-farm={farm}",
+                env=env,
+            )
+        )
+    )
+    thread.start()
+    # Wait until the huge run holds the farm.
+    deadline = time.monotonic() + 60
+    while "running" not in _psyduck("farm", "status", "--farm", farm).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    small = run_pytest(
+        small_dir, "-p", "no:cacheprovider", "--psyduck", f"--psyduck-farm={farm}", env=env
+    )
+    assert small.outcomes() == {"passed": 4}
+    assert thread.is_alive(), "the small run had to wait for the huge one"
+    thread.join(timeout=120)
+    assert huge_result["r"].outcomes() == {"passed": 200}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "no [[hosts]]"),
+        ({"hosts": [{"url": "floppy"}]}, "unknown host kind"),
+        ({"hosts": [{"url": "local", "slots": 0}]}, "slots: must be a positive integer"),
+        ({"farm": {"listen": "nowhere"}, "hosts": [{"url": "local"}]}, "expected HOST:PORT"),
+    ],
+)
+def test_bad_configs_are_explained(data, message):
+    with pytest.raises(ConfigError, match=message.replace("[", "\\[")):
+        parse_config(data)
