@@ -52,7 +52,7 @@ LABEL_HOST = "psyduck.host"
 #: Runs inside the container before the worker.  A watcher thread ends the
 #: container as soon as its stdin hangs up (the coordinator or its connection
 #: went away), even in the middle of a long shard.  Then the read-only code is
-#: copied into the private tmpfs at the worker's cwd (copy mode), and the worker
+#: copied into the private tmpfs at the code root (copy mode), and the worker
 #: module runs exactly as ``python -m`` would, with the cwd first on sys.path.
 BOOTSTRAP = f"""\
 import os, runpy, select, shutil, sys, threading
@@ -65,7 +65,7 @@ def watch(fd=os.dup(0)):
 threading.Thread(target=watch, daemon=True).start()
 src = os.environ.pop("PSYDUCK_CODE_SRC", "")
 if src:
-    shutil.copytree(src, os.getcwd(), symlinks=True, dirs_exist_ok=True,
+    shutil.copytree(src, os.environ.pop("PSYDUCK_CODE_ROOT"), symlinks=True, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(*{COPY_SKIP!r}))
 sys.argv = sys.argv[1:]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
@@ -149,6 +149,7 @@ def plan_container(
     image: str,
     python: str,
     code_dir: str,
+    code_root: str,
     copy_code: bool,
     user: str,
     limits: Limits,
@@ -156,12 +157,13 @@ def plan_container(
 ) -> ContainerPlan:
     """The container for one worker: locked down, limited, labelled, removed when done.
 
-    The run's code (*code_dir* on the engine's machine) is mounted read-only.
-    With *copy_code* it is mounted at :data:`SOURCE_DIR` and copied at start into
-    a private tmpfs at the worker's cwd, so tests may write next to themselves;
-    otherwise it is mounted at the cwd itself.
+    The run's code (*code_dir* on the engine's machine) appears at *code_root*,
+    the path it has on the client (the worker's cwd is at or below it), so node
+    ids and paths in reports are the client's own.  With *copy_code* it is
+    mounted read-only at :data:`SOURCE_DIR` and copied at start into a private
+    tmpfs at *code_root*, so tests may write next to themselves; otherwise it is
+    mounted read-only at *code_root* itself.
     """
-    cwd = run.manifest.worker.cwd
     binds = injected_binds(module_dirs)
     tmpfs = {SCRATCH_DIR: "rw,exec,mode=1777"}
     environment = {
@@ -174,16 +176,17 @@ def plan_container(
     }
     if copy_code:
         binds[code_dir] = {"bind": SOURCE_DIR, "mode": "ro"}
-        tmpfs[cwd] = "rw,exec,mode=1777"
+        tmpfs[code_root] = "rw,exec,mode=1777"
         environment["PSYDUCK_CODE_SRC"] = SOURCE_DIR
+        environment["PSYDUCK_CODE_ROOT"] = code_root
     else:
-        binds[code_dir] = {"bind": cwd, "mode": "ro"}
+        binds[code_dir] = {"bind": code_root, "mode": "ro"}
     argv = [*run.worker_argv, "-o", f"cache_dir={SCRATCH_DIR}/.pytest_cache"]
     return ContainerPlan(
         image=image,
         command=[python, "-c", BOOTSTRAP, *argv],
         environment=environment,
-        working_dir=cwd,
+        working_dir=run.manifest.worker.cwd,
         user=user,
         labels={
             LABEL_FARM: FARM_ID,

@@ -363,6 +363,23 @@ def _module_dirs() -> dict[str, str]:
     }
 
 
+#: Files that make a directory pytest's rootdir (or the project's root).
+ROOT_MARKERS = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg", ".git")
+
+
+def project_root(cwd: str) -> str:
+    """The nearest directory at or above *cwd* that holds a pytest config or a VCS root.
+
+    That is where pytest puts its rootdir, so mounting it keeps node ids,
+    conftest.py files above the cwd and the project's packages as on the client.
+    """
+    path = Path(cwd)
+    for candidate in (path, *path.parents):
+        if any((candidate / marker).exists() for marker in ROOT_MARKERS):
+            return str(candidate)
+    return cwd
+
+
 def _owner(path: str) -> str:
     """``uid:gid`` owning *path*: the container runs as the code's owner, so it can read it."""
     st = os.stat(path)
@@ -500,16 +517,21 @@ class DockerHost(Host):
             ) from exc
         self._images.add(image)
 
-    async def _code_dir(self, run: RunContext) -> str:
-        """The run's code on the engine's machine: its snapshot, or the client's cwd."""
+    async def _code_dir(self, run: RunContext) -> tuple[str, str]:
+        """(where the run's code is on the engine's machine, where it goes in the container).
+
+        With a snapshot, the snapshot is the project root; without one, the
+        project root around the client's cwd is mounted from the same path.
+        """
+        root = project_root(run.manifest.worker.cwd)
         digest = run.manifest.snapshot
         if not digest:
-            return run.manifest.worker.cwd
+            return root, root
         task = self._snapshots.get(digest)
         if task is None or (task.done() and task.exception() is not None):
             task = asyncio.ensure_future(self._pull_snapshot(run, digest))
             self._snapshots[digest] = task
-        return await asyncio.shield(task)
+        return await asyncio.shield(task), root
 
     async def _pull_snapshot(self, run: RunContext, digest: str) -> str:
         import pokedex  # the farm needs pokedex only for runs that ship a snapshot
@@ -540,7 +562,7 @@ class DockerHost(Host):
                 f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
             )
         await self._check_image(engine, image)
-        code_dir = await self._code_dir(run)
+        code_dir, code_root = await self._code_dir(run)
         info = engine.info
         slots = max(self.slots, 1)
         limits = shard_limits(
@@ -556,6 +578,7 @@ class DockerHost(Host):
             image=image,
             python=self.python,
             code_dir=code_dir,
+            code_root=code_root,
             copy_code=self.copy_code,
             user=_owner(code_dir),
             limits=limits,

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,8 +59,41 @@ def build_image() -> str:
 
 def psyduck_containers(**labels: str) -> list[dict]:
     """Containers (any state) carrying psyduck's labels, optionally with given label values."""
-    filters = [f"{k}={v}" for k, v in labels.items()] or ["psyduck.farm"]
-    return docker.APIClient(timeout=30).containers(all=True, filters={"label": filters})
+    filters = [f"{k.replace('_', '.')}={v}" for k, v in labels.items()] or ["psyduck.farm"]
+    with docker.APIClient(timeout=30) as api:
+        return api.containers(all=True, filters={"label": filters})
+
+
+def containers_of(pid: int) -> list[dict]:
+    """psyduck containers started by the coordinator in process *pid* (on this machine)."""
+    prefix = f"{socket.gethostname()}:{pid}:"
+    return [c for c in psyduck_containers() if c["Labels"]["psyduck.farm"].startswith(prefix)]
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+    pid: int
+
+
+def psyduck_session(path: Path, *args: str, timeout: float = 180) -> Finished:
+    """Run ``pytest --psyduck ARGS`` in *path*; the pid tells which containers were its own."""
+    process = start_session(path, *args)
+    stdout, stderr = process.communicate(timeout=timeout)
+    return Finished(process.returncode, stdout, stderr, process.pid)
+
+
+def start_session(path: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--psyduck", "-p", "no:cacheprovider", *args],
+        cwd=path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def descendants(pid: int) -> list[int]:

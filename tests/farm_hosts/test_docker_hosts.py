@@ -1,0 +1,212 @@
+"""Shards in real containers on the local engine, through real ``pytest --psyduck`` sessions."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.conftest import junit_cases, run_pytest
+from tests.farm_hosts.hostlib import (
+    ROOT,
+    containers_of,
+    psyduck_session,
+    start_session,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+
+def test_demo_suite_in_containers_matches_plain_pytest(docker_image, tmp_path):
+    demo = ROOT / "examples" / "demo"
+    plain = run_pytest(demo, "-p", "no:cacheprovider", f"--junitxml={tmp_path / 'plain.xml'}")
+    farm = psyduck_session(
+        demo,
+        "--psyduck-hosts",
+        "docker:2",
+        "--psyduck-image",
+        docker_image,
+        f"--junitxml={tmp_path / 'farm.xml'}",
+    )
+    assert farm.returncode == plain.returncode == 1, farm.stdout + farm.stderr
+    assert (
+        farm.stdout.splitlines()[-1].split(" in ")[0]
+        == plain.stdout.splitlines()[-1].split(" in ")[0]
+    )
+    assert junit_cases(tmp_path / "farm.xml") == junit_cases(tmp_path / "plain.xml")
+    wait_for(lambda: not containers_of(farm.pid), 30, "the run's containers to be removed")
+
+
+ISOLATION = """
+import os
+import pathlib
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+
+def test_only_loopback_and_no_route():
+    assert sorted(os.listdir("/sys/class/net")) == ["lo"]
+    routes = pathlib.Path("/proc/net/route").read_text().splitlines()[1:]
+    assert routes == []
+
+def test_no_capabilities_and_no_new_privileges():
+    status = pathlib.Path("/proc/self/status").read_text()
+    assert "CapEff:\\t0000000000000000" in status
+    assert "NoNewPrivs:\\t1" in status
+
+def test_no_docker_socket():
+    assert not os.path.exists("/var/run/docker.sock")
+    assert not os.path.exists("/run/docker.sock")
+
+def test_code_source_and_root_fs_are_read_only():
+    for path in ("/psyduck/src/intruder.txt", "/etc/intruder.txt"):
+        with pytest.raises(OSError):
+            open(path, "w")
+
+def test_writes_next_to_itself_in_a_private_copy():
+    (HERE / "written-by-test.txt").write_text("scratch")
+    assert (HERE / "data.txt").read_text() == "data next to the test"
+
+def test_tmpdir_is_writable(tmp_path):
+    (tmp_path / "x").write_text("ok")
+    assert os.environ["TMPDIR"] == "/tmp"
+
+def test_limits_applied():
+    memory = pathlib.Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    if not memory.exists():
+        memory = pathlib.Path("/sys/fs/cgroup/memory.max")
+    assert int(memory.read_text()) < 1 << 60
+"""
+
+
+def test_containers_are_isolated_and_removed(docker_image, suite):
+    path = suite({"test_isolation.py": ISOLATION, "data.txt": "data next to the test"})
+    done = psyduck_session(
+        path, "--psyduck-hosts", "docker:2", "--psyduck-image", docker_image, "-rA"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "7 passed" in done.stdout
+    assert not (path / "written-by-test.txt").exists(), "a container wrote into the user's tree"
+    wait_for(lambda: not containers_of(done.pid), 30, "the run's containers to be removed")
+
+
+MEMORY_HOG = """
+import pytest
+
+@pytest.mark.psyduck(memory="64M")
+def test_hog():
+    blocks = []
+    while True:
+        blocks.append(b"x" * (8 << 20))
+
+def test_before():
+    pass
+
+def test_after():
+    pass
+"""
+
+
+def test_a_test_past_its_memory_limit_is_killed_for_memory(docker_image, suite, tmp_path):
+    path = suite({"test_memory.py": MEMORY_HOG, "test_other.py": "def test_other():\n    pass\n"})
+    done = psyduck_session(
+        path,
+        "--psyduck-hosts",
+        "docker:2",
+        "--psyduck-image",
+        docker_image,
+        f"--junitxml={tmp_path / 'out.xml'}",
+    )
+    cases = junit_cases(tmp_path / "out.xml")
+    assert done.returncode == 1, done.stdout + done.stderr
+    outcome, message = cases["test_memory::test_hog"]
+    assert outcome == "failure"
+    assert "killed for memory" in message and "64 MiB" in message, message
+    assert {k: v[0] for k, v in cases.items() if k != "test_memory::test_hog"} == {
+        "test_memory::test_before": "passed",
+        "test_memory::test_after": "passed",
+        "test_other::test_other": "passed",
+    }
+
+
+SLOW = """
+import time
+import pytest
+
+@pytest.mark.parametrize("n", range(8))
+def test_slow(n):
+    time.sleep(20)
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_client_going_away_removes_its_containers(docker_image, suite, how):
+    path = suite({"test_slow.py": SLOW})
+    process = start_session(path, "--psyduck-hosts", "docker:2", "--psyduck-image", docker_image)
+    try:
+        # Unknown durations put all tests in one shard: one container.
+        wait_for(
+            lambda: any(c["State"] == "running" for c in containers_of(process.pid)),
+            60,
+            "a running container",
+        )
+        process.send_signal(how)
+        process.communicate(timeout=60)
+        wait_for(lambda: not containers_of(process.pid), 15, "the containers to go away")
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def test_reaper_removes_containers_of_dead_coordinators_only(docker_image):
+    import asyncio
+    import socket
+
+    import docker
+
+    from farm.hosts.containers import LABEL_FARM, farm_identity
+    from farm.hosts.docker import DockerHost
+
+    dead = f"{socket.gethostname()}:999999999:1"
+    alive = farm_identity(1)
+    api = docker.APIClient(timeout=30)
+    ids = {}
+    try:
+        for owner in (dead, alive):
+            ids[owner] = api.create_container(
+                docker_image,
+                ["sleep", "600"],
+                labels={LABEL_FARM: owner},
+                host_config=api.create_host_config(network_mode="none", cap_drop=["ALL"]),
+            )["Id"]
+            api.start(ids[owner])
+
+        async def reap() -> list[str]:
+            host = DockerHost(1)
+            await host.start()
+            try:
+                return await host.reap()
+            finally:
+                await host.close()
+
+        asyncio.run(reap())
+        remaining = {c["Id"] for c in api.containers(all=True, filters={"label": LABEL_FARM})}
+        assert ids[dead] not in remaining
+        assert ids[alive] in remaining
+    finally:
+        for container in ids.values():
+            try:
+                api.remove_container(container, force=True)
+            except docker.errors.NotFound:
+                pass
+        api.close()
+
+
+def test_missing_image_is_a_clear_host_error(docker_image, suite):
+    path = suite({"test_one.py": "def test_one():\n    pass\n"})
+    done = psyduck_session(
+        path, "--psyduck-hosts", "docker:1", "--psyduck-image", "psyduck-test:no-such-tag"
+    )
+    assert done.returncode != 0
+    assert "'psyduck-test:no-such-tag' is not present" in done.stdout + done.stderr
