@@ -364,6 +364,8 @@ class TransformationState:
         #: base node id → {excluded transformation: the mark's reason}
         self.exclusions: dict[str, dict[str, str]] = {}
         self._by_impls: dict[tuple[int, ...], dict[str, Transformation]] = {}
+        #: transformation name → why this process cannot run its variants (None: it can)
+        self._local_skips: dict[str, str | None] = {}
 
     def _last_failed_ids(self) -> frozenset[str]:
         """Variant ids ``--lf``/``--ff`` must find collected even when not selected."""
@@ -441,7 +443,9 @@ class TransformationState:
         taken = {node.name for node in nodes}
         result: list[Any] = []
         for node in nodes:
-            if _multipliable(node):
+            # The session's own report lists the items that node-id arguments
+            # matched; only the collector that made an item multiplies it.
+            if node.parent is collector and _multipliable(node):
                 result.extend(self._family(node, declared, taken))
             else:
                 result.append(node)
@@ -529,7 +533,9 @@ class TransformationState:
         variant.stash[VARIANT_KEY] = Variant(transformation, item.nodeid)
         variant.user_properties.append((PROPERTY, transformation.name))
         if self.local:
-            reason = self._cannot_run_here(transformation)
+            if transformation.name not in self._local_skips:
+                self._local_skips[transformation.name] = self._cannot_run_here(transformation)
+            reason = self._local_skips[transformation.name]
             if reason:
                 variant.add_marker(pytest.mark.skip(reason=reason))
         return variant
