@@ -7,6 +7,7 @@ host key, and containers are inspected on the real engine.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -85,15 +86,52 @@ def psyduck_session(path: Path, *args: str, timeout: float = 180) -> Finished:
     return Finished(process.returncode, stdout, stderr, process.pid)
 
 
-def start_session(path: Path, *args: str) -> subprocess.Popen:
+def start_session(path: Path, *args: str, cache: bool = False) -> subprocess.Popen:
+    """Start ``pytest --psyduck ARGS`` in *path* (without pytest's cache unless *cache*)."""
+    options = [] if cache else ["-p", "no:cacheprovider"]
     return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--psyduck", "-p", "no:cacheprovider", *args],
+        [sys.executable, "-m", "pytest", "--psyduck", *options, *args],
         cwd=path,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def seed_durations(path: Path, durations: dict[str, float]) -> None:
+    """Give a suite recorded durations, as a previous run would have, so it is split in shards."""
+    target = path / ".pytest_cache" / "v" / "psyduck" / "durations"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(durations))
+
+
+def current_test_in(container: dict) -> str | None:
+    """The node id a container's worker is running now (written by the suite's conftest)."""
+    with docker.APIClient(timeout=30) as api:
+        try:
+            pid = api.inspect_container(container["Id"])["State"]["Pid"]
+        except docker.errors.NotFound:
+            return None
+    try:
+        return Path(f"/proc/{pid}/root/tmp/psyduck-current-test").read_text() or None
+    except OSError:
+        return None
+
+
+#: A conftest for suites whose running test the host-loss tests must see from outside.
+CURRENT_TEST_CONFTEST = """
+import os
+import pathlib
+import pytest
+
+@pytest.fixture(autouse=True)
+def _announce(request):
+    marker = pathlib.Path("/tmp/psyduck-current-test")
+    marker.write_text(request.node.nodeid)
+    yield
+    marker.write_text("")
+"""
 
 
 def descendants(pid: int) -> list[int]:

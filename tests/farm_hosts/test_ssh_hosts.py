@@ -1,0 +1,164 @@
+"""Docker engines reached over real SSH servers: host keys, the ssh path end to end, host loss."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+
+import pytest
+
+from farm.hosts.ssh import HostKeyRefused, SshTarget, open_ssh
+from tests.conftest import junit_cases, run_pytest
+from tests.farm_hosts.hostlib import (
+    CURRENT_TEST_CONFTEST,
+    ROOT,
+    containers_of,
+    current_test_in,
+    keygen,
+    psyduck_containers,
+    psyduck_session,
+    seed_durations,
+    start_session,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+
+def target_of(server, client_key, known_hosts, **options) -> SshTarget:
+    return SshTarget(
+        host=server.address,
+        user=server.user,
+        port=server.port,
+        key_file=str(client_key),
+        known_hosts=str(known_hosts),
+        **options,
+    )
+
+
+def test_unknown_host_key_is_refused_naming_host_and_fingerprint(sshd, client_key, known_hosts):
+    server = sshd("127.0.0.2")
+    with pytest.raises(HostKeyRefused) as refused:
+        open_ssh(target_of(server, client_key, known_hosts))
+    message = str(refused.value)
+    assert f"[127.0.0.2]:{server.port}" in message
+    assert server.fingerprint() in message
+    assert known_hosts.read_text() == ""
+
+
+def test_changed_host_key_is_refused(sshd, client_key, known_hosts, tmp_path):
+    server = sshd("127.0.0.2")
+    other = keygen(tmp_path / "impostor").with_suffix(".pub").read_text().split()
+    known_hosts.write_text(f"[127.0.0.2]:{server.port} {other[0]} {other[1]}\n")
+    with pytest.raises(HostKeyRefused) as refused:
+        open_ssh(target_of(server, client_key, known_hosts))
+    assert "CHANGED" in str(refused.value)
+    assert server.fingerprint() in str(refused.value)
+
+
+def test_accepting_new_host_keys_records_them(sshd, client_key, known_hosts):
+    server = sshd("127.0.0.2")
+    target = target_of(server, client_key, known_hosts, accept_new_host_keys=True)
+    open_ssh(target).close()
+    assert known_hosts.read_text() == server.known_hosts_line()
+    open_ssh(replace(target, accept_new_host_keys=False)).close()  # now known
+
+
+def test_demo_suite_on_two_ssh_hosts_matches_plain_pytest(sshd, client_key, known_hosts, tmp_path):
+    servers = [sshd("127.0.0.2"), sshd("127.0.0.3")]
+    known_hosts.write_text("".join(s.known_hosts_line() for s in servers))
+    hosts = ",".join(s.spec(client_key, known_hosts, slots=1) for s in servers)
+    demo = ROOT / "examples" / "demo"
+    plain = run_pytest(demo, "-p", "no:cacheprovider", f"--junitxml={tmp_path / 'plain.xml'}")
+    farm = psyduck_session(
+        demo,
+        "--psyduck-hosts",
+        hosts,
+        "--psyduck-image",
+        "psyduck-test:latest",
+        f"--junitxml={tmp_path / 'farm.xml'}",
+    )
+    assert farm.returncode == plain.returncode == 1, farm.stdout + farm.stderr
+    assert junit_cases(tmp_path / "farm.xml") == junit_cases(tmp_path / "plain.xml")
+    wait_for(lambda: not containers_of(farm.pid), 30, "the run's containers to be removed")
+
+
+def test_a_session_names_an_unknown_host_key(sshd, client_key, known_hosts, suite):
+    server = sshd("127.0.0.2")
+    path = suite({"test_one.py": "def test_one():\n    pass\n"})
+    done = psyduck_session(
+        path,
+        "--psyduck-hosts",
+        server.spec(client_key, known_hosts),
+        "--psyduck-image",
+        "psyduck-test:latest",
+    )
+    assert done.returncode != 0
+    assert f"host key of [127.0.0.2]:{server.port} is not known" in done.stdout + done.stderr
+
+
+SLEEPERS = """
+import time
+import pytest
+
+@pytest.mark.parametrize("n", range(3))
+def test_sleeps(n):
+    time.sleep(1)
+"""
+
+
+def test_losing_a_host_reschedules_its_work_once_and_quarantines_it(
+    sshd, client_key, known_hosts, suite, tmp_path
+):
+    modules = {f"test_m{i}.py": SLEEPERS for i in range(4)}
+    path = suite({"conftest.py": CURRENT_TEST_CONFTEST, **modules})
+    seed_durations(
+        path, {f"test_m{i}.py::test_sleeps[{n}]": 1.0 for i in range(4) for n in range(3)}
+    )
+    servers = [sshd(f"127.0.0.{i}") for i in (2, 3, 4)]
+    known_hosts.write_text("".join(s.known_hosts_line() for s in servers))
+    hosts = ",".join(s.spec(client_key, known_hosts, slots=1) for s in servers)
+    doomed = servers[0]
+    process = start_session(
+        path,
+        "--psyduck-hosts",
+        hosts,
+        "--psyduck-image",
+        "psyduck-test:latest",
+        f"--junitxml={tmp_path / 'out.xml'}",
+        cache=True,
+    )
+    try:
+
+        def running_on_doomed() -> str | None:
+            for container in psyduck_containers(psyduck_host=doomed.host_name):
+                if container["State"] == "running" and (test := current_test_in(container)):
+                    return test
+            return None
+
+        interrupted = wait_for(running_on_doomed, 60, "a test running on the doomed host")
+        doomed.stop()
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 0, stdout + stderr
+    assert "12 passed" in stdout
+    names = [
+        f"{c.get('classname')}::{c.get('name')}"
+        for c in ET.parse(tmp_path / "out.xml").getroot().iter("testcase")
+    ]
+    assert len(names) == len(set(names)) == 12, "a test was reported twice or not at all"
+    lost = f"host {doomed.host_name} was lost while running {interrupted}"
+    assert lost in stdout and "retrying it elsewhere" in stdout, stdout
+    assert f"host {doomed.host_name} quarantined" in stdout, stdout
+    retried = (
+        ET.parse(tmp_path / "out.xml")
+        .getroot()
+        .find(
+            f".//testcase[@name='{interrupted.split('::')[1]}']"
+            f"[@classname='{interrupted.split('::')[0].removesuffix('.py')}']/properties/property"
+        )
+    )
+    assert retried is not None and "retrying it elsewhere" in retried.get("value", "")
+    wait_for(lambda: not containers_of(process.pid), 30, "the run's containers to be removed")
