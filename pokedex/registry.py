@@ -23,6 +23,7 @@ import json
 import os
 import re
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -30,7 +31,7 @@ from aiohttp import web
 from . import digest as dg
 from . import names
 from .replies import ApiError
-from .store import DigestMismatch
+from .store import DigestMismatch, SizeError, pump
 
 if TYPE_CHECKING:
     from .server import Node
@@ -112,6 +113,7 @@ class Registry:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.store = node.store
+        self.hashers: dict[str, dg.Hasher] = {}  # upload session -> hash of its bytes so far
 
     def add_routes(self, app: web.Application) -> None:
         name = "/v2/{name:.+}"
@@ -207,11 +209,15 @@ class Registry:
             return self._created(repo, d)
         sid = uuid.uuid4().hex
         (self.store.upload_root / sid).touch()
+        self.hashers[sid] = dg.Hasher()
         return self._session_reply(202, repo, sid, 0)
 
-    async def _append(self, request: web.Request, path: str) -> int:
-        """Append the request body to a session file; returns the new total size."""
-        loop = asyncio.get_running_loop()
+    async def _append(self, request: web.Request, sid: str, path: str) -> int:
+        """Append the request body to a session file; returns the new total size.
+
+        The session's hash state is kept in memory across PATCHes, so the final PUT does not
+        re-read the file (after a restart it does: the state is then missing).
+        """
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
             size = os.fstat(fd).st_size
@@ -220,11 +226,20 @@ class Registry:
                 m = re.fullmatch(r"(?:bytes )?(\d+)-(\d+)", content_range.strip())
                 if not m or int(m.group(1)) != size:
                     raise ApiError(416, "BLOB_UPLOAD_INVALID", f"upload is at byte {size}")
-            async for chunk in request.content.iter_chunked(1 << 20):
-                size += len(chunk)
-                if size > self.node.max_blob:
-                    raise ApiError(413, "SIZE_INVALID", "blob too large")
-                await loop.run_in_executor(None, os.write, fd, chunk)
+            hasher = self.hashers.pop(sid, None)
+            if hasher is None or hasher.size != size:
+                hasher = None  # lost or out of step: the final PUT re-hashes the file
+            try:
+                size += await pump(
+                    request.content.iter_any(),
+                    fd,
+                    hasher or dg.Hasher(),
+                    limit=self.node.max_blob - size,
+                )
+            except SizeError:
+                raise ApiError(413, "SIZE_INVALID", "blob too large") from None
+            if hasher is not None:
+                self.hashers[sid] = hasher
             return size
         finally:
             os.close(fd)
@@ -232,16 +247,22 @@ class Registry:
     async def patch_upload(self, request: web.Request) -> web.Response:
         repo = _repo(request)
         sid, path = self._session_path(request)
-        size = await self._append(request, path)
+        size = await self._append(request, sid, path)
         return self._session_reply(202, repo, sid, size)
 
     async def finish_upload(self, request: web.Request) -> web.Response:
         repo = _repo(request)
         d = _digest(request.query.get("digest"))
-        _, path = self._session_path(request)
-        await self._append(request, path)
+        sid, path = self._session_path(request)
+        await self._append(request, sid, path)
+        hasher = self.hashers.pop(sid, None)
         try:
-            await asyncio.to_thread(self.store.adopt, path, d)
+            if hasher is None:
+                await asyncio.to_thread(self.store.adopt, Path(path), d)
+            elif hasher.digest() != d:
+                raise DigestMismatch(f"content digest is {hasher.digest()}, not {d}")
+            else:
+                await asyncio.to_thread(self.store.install, Path(path), d)
         except DigestMismatch as e:
             os.unlink(path)
             raise ApiError(400, "DIGEST_INVALID", str(e)) from None
@@ -255,7 +276,8 @@ class Registry:
 
     async def cancel_upload(self, request: web.Request) -> web.Response:
         _repo(request)
-        _, path = self._session_path(request)
+        sid, path = self._session_path(request)
+        self.hashers.pop(sid, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return web.Response(status=204)

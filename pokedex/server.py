@@ -445,6 +445,7 @@ async def start_node(
     (listing this node too is harmless). ``advertise`` is the URL peers know this node by
     (default ``http://host:port``). ``repair_interval=None`` disables periodic repair.
     """
+    store = BlobStore(Path(data_dir))  # crash leftovers are gone before we accept anything
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -453,7 +454,6 @@ async def start_node(
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = normalize_url(advertise or f"http://{shown}:{bound}")
-    store = BlobStore(Path(data_dir))
     cluster = Cluster(url, peers, replicas, token, store)
     await cluster.start()
     node = Node(store=store, cluster=cluster, token=token, auth_reads=auth_reads, max_blob=max_blob)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from . import digest as dg
 from . import names
 
 CHUNK = 4 << 20  # bytes handed to a writer thread at once
+FLUSH_EVERY = 64 << 20  # start writeback this often while receiving
 
 
 class StoreError(ValueError):
@@ -64,6 +66,58 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+async def pump(
+    chunks: AsyncIterable[bytes], fd: int, hasher: dg.Hasher, *, limit: int | None = None
+) -> int:
+    """Append a stream to ``fd`` while feeding ``hasher``; returns the byte count.
+
+    Hashing and writing run in a worker thread, one buffer behind the network, so the event
+    loop keeps receiving while the disk and the CPU work. Every FLUSH_EVERY bytes a background
+    fdatasync starts writeback early: the disk works while the network still delivers, and
+    the caller's final fsync has little left to do. Raises :class:`SizeError` past ``limit``.
+    """
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
+    flushing: asyncio.Future[None] | None = None
+    buf: list[bytes] = []
+    buffered = received = since_flush = 0
+
+    def work(data: bytes) -> None:
+        hasher.update(data)
+        _write_all(fd, data)
+
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if limit is not None and received > limit:
+                raise SizeError(f"body longer than declared/allowed ({received} bytes so far)")
+            buf.append(chunk)
+            buffered += len(chunk)
+            if buffered >= CHUNK:
+                data = b"".join(buf)
+                buf, buffered = [], 0
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(None, work, data)
+                since_flush += len(data)
+                if since_flush >= FLUSH_EVERY and (flushing is None or flushing.done()):
+                    if flushing is not None:
+                        flushing.exception()  # a failed early flush is retried by the fsync
+                    flushing = loop.run_in_executor(None, os.fdatasync, fd)
+                    since_flush = 0
+        if pending is not None:
+            await pending
+            pending = None
+        if buf:
+            await loop.run_in_executor(None, work, b"".join(buf))
+    finally:
+        for fut in (pending, flushing):  # never close the fd under a running thread
+            if fut is not None:
+                with contextlib.suppress(BaseException):
+                    await fut
+    return received
+
+
 async def receive(
     chunks: AsyncIterable[bytes],
     fd: int,
@@ -75,50 +129,18 @@ async def receive(
     """Write a stream to ``fd`` while hashing it; check length and digest; fsync.
 
     ``size`` is the length the sender declared (checked exactly), ``max_size`` a cap.
-    Hashing and writing run in a worker thread, one buffer behind the network, so the event
-    loop keeps receiving while the disk and the CPU work. Returns the byte count; raises
-    :class:`SizeError` / :class:`DigestMismatch` (the caller discards the file).
+    Returns the byte count; raises :class:`SizeError` / :class:`DigestMismatch` (the caller
+    discards the file).
     """
-    loop = asyncio.get_running_loop()
+    limits = [n for n in (size, max_size) if n is not None]
     hasher = dg.Hasher()
-    pending: asyncio.Future[None] | None = None
-    buf: list[bytes] = []
-    buffered = received = 0
-
-    def work(data: bytes) -> None:
-        hasher.update(data)
-        _write_all(fd, data)
-
-    try:
-        async for chunk in chunks:
-            received += len(chunk)
-            if (size is not None and received > size) or (
-                max_size is not None and received > max_size
-            ):
-                raise SizeError(f"body longer than declared/allowed ({received} bytes so far)")
-            buf.append(chunk)
-            buffered += len(chunk)
-            if buffered >= CHUNK:
-                data = b"".join(buf)
-                buf, buffered = [], 0
-                if pending is not None:
-                    await pending
-                pending = loop.run_in_executor(None, work, data)
-        if pending is not None:
-            await pending
-            pending = None
-        if buf:
-            await loop.run_in_executor(None, work, b"".join(buf))
-    finally:
-        if pending is not None:  # never close the fd under a running writer
-            with contextlib.suppress(BaseException):
-                await pending
+    received = await pump(chunks, fd, hasher, limit=min(limits) if limits else None)
     if size is not None and received != size:
         raise SizeError(f"body has {received} bytes, {size} declared")
     actual = hasher.digest()
     if actual != expected:
         raise DigestMismatch(f"content digest is {actual}, not {expected}")
-    await loop.run_in_executor(None, os.fsync, fd)
+    await asyncio.to_thread(os.fsync, fd)
     return received
 
 
@@ -171,8 +193,9 @@ class BlobStore:
                     total += entry.stat().st_size
         return count, total
 
-    def remove_partials(self) -> int:
-        """Delete temp files left by a crash; they were never visible as blobs."""
+    def remove_partials(self, session_max_age: float = 86400.0) -> int:
+        """Delete temp files left by a crash (they were never visible as blobs) and registry
+        upload sessions untouched for ``session_max_age`` seconds (abandoned pushes)."""
         removed = 0
         for shard in self.blob_root.iterdir():
             for entry in os.scandir(shard):
@@ -181,6 +204,10 @@ class BlobStore:
                     removed += 1
         for entry in os.scandir(self.ref_root):
             if entry.name.startswith(".tmp-"):
+                os.unlink(entry.path)
+        cutoff = time.time() - session_max_age
+        for entry in os.scandir(self.upload_root):
+            if entry.stat().st_mtime < cutoff:
                 os.unlink(entry.path)
         return removed
 
@@ -246,6 +273,18 @@ class BlobStore:
                     os.unlink(tmp)
         return actual
 
+    def install(self, src: Path, digest: str) -> None:
+        """Move in a file whose content the caller hashed while writing it (no re-read).
+
+        Blocking (fsync): call from a worker thread.
+        """
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._commit(src, self.path(digest))
+
     def adopt(self, src: Path, expected: str) -> int:
         """Move an already-written file (same filesystem) in as blob ``expected``.
 
@@ -256,12 +295,7 @@ class BlobStore:
         actual = dg.of_file(str(src))
         if actual != expected:
             raise DigestMismatch(f"content digest is {actual}, not {expected}")
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._commit(src, final)
+        self.install(src, expected)
         return final.stat().st_size
 
     def read_bytes(self, digest: str, limit: int) -> bytes | None:

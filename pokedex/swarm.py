@@ -40,7 +40,7 @@ from . import digest as dg
 from .replies import ApiError
 from .store import BlobStore
 
-CHUNK_SIZE = 4 << 20
+CHUNK_SIZE = 8 << 20
 LEASE_SECONDS = 30.0
 MAX_WANT = 256
 ORIGIN = "origin"
@@ -226,18 +226,25 @@ class PeerServer:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://{self.host}:{port}"
 
-    async def _chunk(self, request: web.Request) -> web.Response:
+    async def _chunk(self, request: web.Request) -> web.StreamResponse:
         d = request.match_info["digest"]
         part = self.blobs.get(d)
         try:
             index = int(request.match_info["index"])
         except ValueError:
             raise web.HTTPBadRequest(text="bad chunk index") from None
-        if part is None or index not in part.complete:
+        if part is None or index not in part.complete or request.transport is None:
             raise web.HTTPNotFound(text="chunk not here")
         start, end = chunk_range(index, part.size)
-        data = await asyncio.to_thread(os.pread, part.fd, end - start + 1, start)
-        return web.Response(body=data, content_type="application/octet-stream")
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = end - start + 1
+        await resp.prepare(request)
+        # sendfile straight from the partial file (the kernel copies, not Python); a dup'd
+        # descriptor because the file object closes it, positional reads leave ours alone.
+        with os.fdopen(os.dup(part.fd), "rb") as f:
+            await asyncio.get_running_loop().sendfile(request.transport, f, start, end - start + 1)
+        await resp.write_eof()
+        return resp
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -325,7 +332,7 @@ async def fetch_blob(
                     index = int(key)
                     inflight[asyncio.create_task(fetch(index, source))] = (index, source)
             if not inflight:
-                await asyncio.sleep(0.02)  # everything wanted is being fetched by others
+                await asyncio.sleep(0.05)  # everything wanted is being fetched by others
                 continue
             finished, _ = await asyncio.wait(
                 inflight, timeout=0.05, return_when=asyncio.FIRST_COMPLETED
