@@ -34,12 +34,13 @@ class RunStream:
         async for msg in self._ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 try:
-                    event = decode(msg.data)
-                except ProtocolError as exc:
+                    events = decode(msg.data)["events"]
+                except (ProtocolError, KeyError) as exc:
                     raise FarmError(f"the farm sent a malformed event: {exc}") from exc
-                yield event
-                if event["t"] == "done":
-                    return
+                for event in events:
+                    yield event
+                    if event["t"] == "done":
+                        return
             elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
                 break
         raise FarmError("the farm closed the event stream before the run finished")

@@ -450,10 +450,16 @@ class Coordinator:
         }
 
 
-async def forward_events(run: Run):
-    """Yield a run's events until (and including) its ``done`` event."""
+#: Events sent in one websocket message at most; fast tests finish in bursts.
+MAX_BATCH = 256
+
+
+async def event_batches(run: Run):
+    """Yield lists of a run's events, as many as are ready, until its ``done`` event."""
     while True:
-        event = await run.events.get()
-        yield event
-        if event["t"] == "done":
+        batch = [await run.events.get()]
+        while not run.events.empty() and len(batch) < MAX_BATCH and batch[-1]["t"] != "done":
+            batch.append(run.events.get_nowait())
+        yield batch
+        if batch[-1]["t"] == "done":
             return

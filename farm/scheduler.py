@@ -31,7 +31,7 @@ from farm.manifest import TestSpec
 #: Estimate for a test nobody has timed yet, when no test of its run has history either.
 DEFAULT_ESTIMATE = 0.01
 #: Groups shorter than this are never split: their fixtures cost more than the balance gains.
-SPLIT_FLOOR = 0.5
+SPLIT_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -272,9 +272,26 @@ class Scheduler:
         if best is None:
             return None
         _, run, index = best
-        unit = run.queue.pop(index)
         slot.run = run.id
-        return Shard(next(self._shard_ids), run.id, tuple(unit.tests), retry=unit.retry)
+        tests, retry = self._take(run, index)
+        return Shard(next(self._shard_ids), run.id, tuple(tests), retry=retry)
+
+    def _take(self, run: _Run, index: int) -> tuple[list[TestSpec], bool]:
+        """Dequeue the unit at *index*, or only its head when it is too big for the tail.
+
+        Guided self-scheduling: a shard is at most half of an equal share of
+        the work still queued, so shards shrink as the run nears its end and
+        the last slots finish together.
+        """
+        unit = run.queue[index]
+        remaining = sum(u.estimate for u in run.queue)
+        limit = max(self.min_shard_seconds, remaining / (2 * max(len(self._slots), 1)), SPLIT_FLOOR)
+        if unit.estimate <= limit or len(unit.tests) == 1:
+            del run.queue[index]
+            return unit.tests, unit.retry
+        head = _split(unit.tests, limit)[0]
+        unit.tests = unit.tests[len(head) :]
+        return head, unit.retry
 
     def _other_host_fits(self, unit: _Unit, slot: _Slot) -> bool:
         return any(

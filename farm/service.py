@@ -3,7 +3,8 @@
 Routes (every one but ``/v1/health`` needs ``Authorization: Bearer <token>``):
 
 * ``POST /v1/runs`` — body: a msgpack ``run`` manifest; 201 with the run id.
-* ``GET /v1/runs/{id}/events`` — websocket; binary msgpack events until ``done``.
+* ``GET /v1/runs/{id}/events`` — websocket; binary msgpack ``events`` messages,
+  each a batch of the events ready at that moment, until ``done``.
   The client may send ``cancel``; closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
 * ``GET /v1/status`` — hosts, slots, runs and queued tests.
@@ -20,7 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from farm.coordinator import Coordinator, forward_events
+from farm.coordinator import Coordinator, event_batches
 from farm.manifest import parse_manifest
 from farm.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode
 
@@ -100,8 +101,8 @@ async def run_events(request: web.Request) -> web.StreamResponse:
 
     listener = asyncio.create_task(listen())
     try:
-        async for event in forward_events(run):
-            await ws.send_bytes(encode(event))
+        async for batch in event_batches(run):
+            await ws.send_bytes(encode({"t": "events", "events": batch}))
     except (ConnectionError, RuntimeError):
         pass
     finally:

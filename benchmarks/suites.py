@@ -1,0 +1,117 @@
+"""Plain pytest vs pytest-xdist vs psyduck on the same suites, in one run.
+
+    python benchmarks/suites.py [--repeat 3] [--only trivial,sleep,more-itertools]
+
+Prints ``name: value`` lines, ratios first (below 1.0 means psyduck is faster).
+Each command runs once to warm caches, then ``--repeat`` times; the best wall
+time counts.  Suites: 2,000 trivial tests; 400 tests sleeping 25 ms each with
+8 slots; more-itertools' own test suite, downloaded from PyPI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_trivial(root: Path) -> Path:
+    for m in range(20):
+        body = "\n".join(f"def test_{i}():\n    assert {i} + 1 > {i}\n" for i in range(100))
+        (root / f"test_m{m}.py").write_text(body)
+    return root
+
+
+def make_sleep(root: Path) -> Path:
+    for m in range(20):
+        body = "import time\n" + "\n".join(
+            f"def test_{i}():\n    time.sleep(0.025)\n" for i in range(20)
+        )
+        (root / f"test_s{m}.py").write_text(body)
+    return root
+
+
+def make_more_itertools(root: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         "-q", "-d", str(root), "more-itertools"],
+        check=True,
+    )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "more-itertools"], check=True)
+    archive = next(root.glob("more_itertools-*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
+    source = next(p for p in root.iterdir() if p.is_dir())
+    return source / "tests"
+
+
+def timed(cwd: Path, args: list[str], repeat: int) -> tuple[float, float]:
+    """Best wall time and best time after collection of ``pytest ARGS``."""
+    times_file = cwd / ".bench-times.json"
+    env = {
+        **os.environ,
+        "PSYDUCK_BENCH_TIMES": str(times_file),
+        "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "_phase_timer", *args]
+    best_wall = best_after = float("inf")
+    for attempt in range(repeat + 1):
+        started = time.perf_counter()
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+        if attempt == 0:
+            continue  # warm-up: bytecode, assertion rewriting, duration history
+        best_wall = min(best_wall, wall)
+        if times_file.exists():  # pytest-xdist's controller never collects
+            best_after = min(best_after, json.loads(times_file.read_text())["after_collection"])
+            times_file.unlink()
+    return best_wall, best_after
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", default="trivial,sleep,more-itertools")
+    args = parser.parse_args()
+    cpus = os.cpu_count() or 1
+    suites = {
+        "trivial": (make_trivial, cpus),
+        "sleep": (make_sleep, 8),
+        "more-itertools": (make_more_itertools, cpus),
+    }
+    ratios: list[str] = []
+    details: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only.split(","):
+            make, slots = suites[name]
+            root = Path(tmp) / name
+            root.mkdir()
+            path = make(root)
+            plain, _ = timed(path, [], args.repeat)
+            xdist, _ = timed(path, ["-n", str(slots)], args.repeat)
+            psy, psy_after = timed(path, ["--psyduck", f"--psyduck-hosts=local:{slots}"], args.repeat)
+            ratios.append(f"{name}_psyduck_vs_plain: {psy / plain:.2f}")
+            ratios.append(f"{name}_psyduck_vs_xdist: {psy / xdist:.2f}")
+            if name == "sleep":
+                ideal = max(0.025, 400 * 0.025 / slots)
+                ratios.append(f"sleep_after_collection_vs_ideal: {psy_after / ideal:.2f}")
+            details += [
+                f"{name}_plain_seconds: {plain:.2f}",
+                f"{name}_xdist_seconds: {xdist:.2f}",
+                f"{name}_psyduck_seconds: {psy:.2f}",
+            ]
+    print("\n".join(ratios + details + [f"cpus: {cpus}"]))
+
+
+if __name__ == "__main__":
+    main()
