@@ -68,7 +68,10 @@ def tally(
 def split_failures(
     variants: Mapping[str, Variant], results: Mapping[str, Result]
 ) -> list[tuple[str, list[str], list[str]]]:
-    """``(base node id, failed under, passed under)`` for each test whose variants disagree."""
+    """``(base node id, failed under, passed under)`` for each test whose variants disagree.
+
+    Tests and transformations come in the order of *results*.
+    """
     by_base: dict[str, dict[str, list[str]]] = {}
     for nodeid, result in results.items():
         variant = variants[nodeid]
@@ -120,10 +123,13 @@ class TransformationMatrix:
 
     def _write(self, terminalreporter: pytest.TerminalReporter) -> None:
         state = self.config.stash[STATE_KEY]
-        order = [BASELINE_NAME, *state.declared]
-        rows = tally(self.variants, self.results, state.exclusions, order)
+        # Collection order, not the order a farm happened to finish tests in.
+        results = {
+            nodeid: self.results[nodeid] for nodeid in self.variants if nodeid in self.results
+        }
+        rows = tally(self.variants, results, state.exclusions, [BASELINE_NAME, *state.declared])
         terminalreporter.write_sep("=", "psyduck transformation matrix")
-        split = split_failures(self.variants, self.results)
+        split = split_failures(self.variants, results)
         if split:
             terminalreporter.write_line("failing only under some transformations:", bold=True)
             for base, failed, passed in split:

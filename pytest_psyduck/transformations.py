@@ -404,15 +404,17 @@ class TransformationState:
                 ) from exc
             if returned is None:
                 continue
-            if isinstance(returned, str | Mapping) or not isinstance(returned, Iterable):
-                returned = [returned]
-            returned = list(returned)
-            if not all(isinstance(t, Transformation) for t in returned):
+            listed = (
+                list(returned)
+                if isinstance(returned, Iterable) and not isinstance(returned, str | Mapping)
+                else None
+            )
+            if listed is None or not all(isinstance(t, Transformation) for t in listed):
                 raise pytest.UsageError(
                     f"{HOOK} in {source} must return a list of pytest_psyduck.Transformation, "
                     f"got {returned!r}"
                 )
-            for transformation in returned:
+            for transformation in listed:
                 _check_name(transformation.name, source, sources)
                 found[transformation.name] = transformation
                 sources[transformation.name] = source
