@@ -94,7 +94,7 @@ def test_global_timeout_option(suite):
 
 def test_exitfirst_stops_promptly_and_cancels_queued_work(suite):
     slow = "\n".join(f"def test_slow_{i}(): __import__('time').sleep(0.5)" for i in range(40))
-    path = suite({"test_a.py": "def test_fails(): assert 0", "test_b.py": slow})
+    path = suite({"test_a.py": "def test_fails(): assert 0\n" + slow})
     started = time.monotonic()
     result = run_pytest(
         path, "-p", "no:cacheprovider", "--psyduck", "-x", "--psyduck-hosts=local:2"
