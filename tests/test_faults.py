@@ -30,6 +30,9 @@ def test_exit():
 def test_segfault():
     ctypes.string_at(0)
 
+def test_sigkill():
+    os.kill(os.getpid(), 9)
+
 def test_after(): pass
 """,
             "test_other.py": "\n".join(f"def test_{i}(): pass" for i in range(20)),
@@ -43,7 +46,7 @@ def test_after(): pass
         f"--psyduck-spawn={spawn}",
         "--junitxml=out.xml",
     )
-    assert result.outcomes() == {"failed": 2, "passed": 22}, result.stdout
+    assert result.outcomes() == {"failed": 3, "passed": 22}, result.stdout
     assert (
         "worker crashed while running test_crash.py::test_exit: exited with status 3"
         in result.stdout
@@ -52,11 +55,32 @@ def test_after(): pass
         "worker crashed while running test_crash.py::test_segfault: killed by signal SIGSEGV"
         in result.stdout
     )
+    assert "while running test_crash.py::test_sigkill: killed by signal SIGKILL" in result.stdout
     # faulthandler's dump names the line that crashed.
     assert "Fatal Python error: Segmentation fault" in result.stdout
     cases = junit_cases(path / "out.xml")
     assert cases["test_crash::test_exit"][0] == "failure"
     assert cases["test_crash::test_after"] == ("passed", "")
+
+
+def test_garbage_on_the_worker_channel_fails_that_test_only(suite):
+    path = suite(
+        {
+            "test_garbage.py": """
+import os, socket
+
+def test_writes_garbage():
+    channel = socket.socket(fileno=os.dup(int(os.environ["PSYDUCK_WORKER_FD"])))
+    channel.sendall(b"\\xff\\xff\\xff\\xffnot a frame")
+
+def test_fine(): pass
+""",
+        }
+    )
+    result = run_pytest(path, "-p", "no:cacheprovider", "--psyduck", "--psyduck-spawn=exec")
+    assert result.outcomes() == {"failed": 1, "passed": 1}, result.stdout
+    assert "bad message from worker" in result.stdout
+    assert "exceeds the limit" in result.stdout
 
 
 @SPAWNS
