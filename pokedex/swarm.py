@@ -278,7 +278,13 @@ async def fetch_blob(
     os.ftruncate(fd, size)
     part = _Partial(fd=fd, size=size, complete=set())
     peer.blobs[digest] = part
-    need = set(range(chunk_count(size)))
+    count = chunk_count(size)
+    need = set(range(count))
+    # Each host walks the chunks in order from its own random starting point: hosts begin
+    # with different chunks (so there is soon something to trade), and each host's writes
+    # stay mostly sequential, which the disk likes.
+    first = random.randrange(count)
+    order = [(first + k) % count for k in range(count)]
     inflight: dict[asyncio.Task[bool], tuple[int, str]] = {}
     news: list[int] = []
     failed: list[list[Any]] = []
@@ -312,9 +318,10 @@ async def fetch_blob(
     try:
         while need or inflight:
             slots = concurrency - len(inflight)
-            candidates = sorted(need - {i for i, _ in inflight.values()})
+            busy = {i for i, _ in inflight.values()}
+            candidates = [i for i in order if i in need and i not in busy]
             if slots > 0 and candidates:
-                want = random.sample(candidates, min(len(candidates), 64))
+                want = candidates[:64]
                 answer = await call(
                     "/swarm/plan",
                     {
