@@ -440,3 +440,29 @@ def test_bad_input_is_a_clear_usage_error(
         assert session.result.ret == pytest.ExitCode.USAGE_ERROR, session.output
         assert message in session.output
         assert "Traceback" not in session.output and "INTERNALERROR" not in session.output
+
+
+def test_unittest_and_doctest_items_run_as_written(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\npsyduck_transformations =\n    replicated: R=3\n")
+    pytester.makepyfile(
+        test_u='''
+        import unittest
+
+        def double(x):
+            """
+            >>> double(2)
+            4
+            """
+            return 2 * x
+
+        class TestCase(unittest.TestCase):
+            def test_u(self):
+                self.assertEqual(double(1), 2)
+
+        def test_f():
+            assert double(0) == 0
+        '''
+    )
+    session = run(pytester, "-p", "no:cacheprovider", *FARM, "--doctest-modules")
+    session.result.assert_outcomes(passed=4)
+    assert {"test_f", "test_f[replicated]", "TestCase::test_u"} <= session.ran("passed")
