@@ -27,7 +27,22 @@ from farm.service import make_app
 
 async def serve(config: FarmConfig, token: str) -> None:
     hosts = [build_host(h) for h in config.hosts]
-    coordinator = Coordinator(hosts)
+    node = None
+    pokedex_urls: tuple[str, ...] = ()
+    pokedex_token: str | None = None
+    if config.pokedex is not None and config.pokedex.data:
+        import pokedex
+
+        host, port = config.pokedex.listen
+        node = await pokedex.start_node(config.pokedex.data, host, port, replicas=1, token=token)
+        pokedex_urls, pokedex_token = (node.url,), token
+        print(f"pokedex node serving on {node.url}", flush=True)
+    elif config.pokedex is not None:
+        pokedex_urls = config.pokedex.urls
+        pokedex_token = (
+            read_token(config.pokedex.token_file) if config.pokedex.token_file else token
+        )
+    coordinator = Coordinator(hosts, pokedex_urls=pokedex_urls, pokedex_token=pokedex_token)
     await coordinator.start()
     runner = web.AppRunner(make_app(coordinator, token), access_log=None)
     await runner.setup()
@@ -48,6 +63,8 @@ async def serve(config: FarmConfig, token: str) -> None:
     finally:
         await coordinator.close()
         await runner.cleanup()
+        if node is not None:
+            await node.close()
 
 
 async def status(url: str, token: str) -> dict[str, Any]:

@@ -111,5 +111,8 @@ class FarmClient:
     async def cancel(self, run_id: str) -> None:
         await self._request("POST", f"/v1/runs/{run_id}/cancel")
 
+    async def info(self) -> dict[str, Any]:
+        return await self._request("GET", "/v1/info")
+
     async def status(self) -> dict[str, Any]:
         return await self._request("GET", "/v1/status")

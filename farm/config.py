@@ -15,6 +15,10 @@ Example::
     slots = 16
     labels = { cpu = "avx2" }
 
+    [pokedex]                       # where clients ship snapshots; either
+    data = "/var/lib/psyduck/pokedex"   # run a node inside the farm (farm token), or
+    # urls = ["http://store-1:7500"]    # use a cluster, with token_file = "…"
+
 Parsing is pure; building hosts goes through :data:`farm.hosts.HOST_KINDS`.
 """
 
@@ -47,10 +51,21 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class PokedexConfig:
+    """Either a node the farm runs itself (*data*, *listen*) or an existing cluster (*urls*)."""
+
+    urls: tuple[str, ...] = ()
+    token_file: str | None = None
+    data: str | None = None
+    listen: tuple[str, int] = ("127.0.0.1", 0)
+
+
+@dataclass(frozen=True)
 class FarmConfig:
     listen: tuple[str, int]
     token_file: str | None
     hosts: tuple[HostConfig, ...]
+    pokedex: PokedexConfig | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -84,6 +99,25 @@ def _host(entry: Any, index: int) -> HostConfig:
     )
 
 
+def _pokedex(table: Any) -> PokedexConfig | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError("[pokedex] must be a table")
+    urls = table.get("urls", [])
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise ConfigError("[pokedex] urls must be a list of URLs")
+    data = table.get("data")
+    if bool(urls) == bool(data):
+        raise ConfigError("[pokedex] needs exactly one of data = DIR (run a node) or urls = [...]")
+    return PokedexConfig(
+        urls=tuple(urls),
+        token_file=table.get("token_file"),
+        data=data,
+        listen=parse_listen(str(table.get("listen", "127.0.0.1:0"))),
+    )
+
+
 def parse_config(data: dict[str, Any]) -> FarmConfig:
     farm = data.get("farm", {})
     if not isinstance(farm, dict):
@@ -98,6 +132,7 @@ def parse_config(data: dict[str, Any]) -> FarmConfig:
         listen=parse_listen(str(farm.get("listen", DEFAULT_LISTEN))),
         token_file=token_file,
         hosts=tuple(_host(entry, i) for i, entry in enumerate(hosts)),
+        pokedex=_pokedex(data.get("pokedex")),
     )
 
 

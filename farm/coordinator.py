@@ -88,7 +88,16 @@ class _ActiveWorker:
 class Coordinator:
     """Owns hosts, the scheduler and runs; :mod:`farm.service` is its thin HTTP face."""
 
-    def __init__(self, hosts: list[Host], scheduler: Scheduler | None = None) -> None:
+    def __init__(
+        self,
+        hosts: list[Host],
+        scheduler: Scheduler | None = None,
+        *,
+        pokedex_urls: tuple[str, ...] = (),
+        pokedex_token: str | None = None,
+    ) -> None:
+        self.pokedex_urls = pokedex_urls
+        self.pokedex_token = pokedex_token
         self.hosts = [_HostState(h) for h in hosts]
         min_seconds = max((h.min_shard_seconds for h in hosts), default=0.0)
         self.scheduler = scheduler or Scheduler(min_shard_seconds=min_seconds)
@@ -209,7 +218,14 @@ class Coordinator:
         self, state: _HostState, index: int, run: Run, shard: Shard
     ) -> _ActiveWorker | None:
         worker_id = f"gw{next(self._worker_ids)}"
-        context = RunContext(run.id, run.manifest, workers=self.total_slots, profile=shard.profile)
+        context = RunContext(
+            run.id,
+            run.manifest,
+            workers=self.total_slots,
+            profile=shard.profile,
+            pokedex_urls=self.pokedex_urls,
+            pokedex_token=self.pokedex_token,
+        )
         try:
             conn = await state.host.spawn(context, index, worker_id, self._output_handler(run))
             ready = await conn.recv()

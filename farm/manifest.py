@@ -46,11 +46,21 @@ class TestSpec:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """How a host starts a worker: ``python -m <argv…>`` in *cwd* with *env* added."""
+    """How a host starts a worker: ``python -m <argv…>`` in *cwd* with *env* added.
+
+    *root* is the client's project directory that holds *cwd*: the directory a
+    run's snapshot contains, and where hosts put the code (containers mount it
+    at the same path, so node ids and absolute arguments stay valid).
+    """
 
     argv: tuple[str, ...]
     cwd: str
     env: Mapping[str, str] = field(default_factory=dict)
+    root: str = ""
+
+    @property
+    def project_root(self) -> str:
+        return self.root or self.cwd
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
             "argv": list(manifest.worker.argv),
             "cwd": manifest.worker.cwd,
             "env": dict(manifest.worker.env),
+            "root": manifest.worker.root,
         },
         "tests": [
             {k: (dict(v) if k == "requires" else v) for k, v in asdict(t).items()}
@@ -188,6 +199,7 @@ def parse_manifest(data: Any) -> RunManifest:
             argv=tuple(argv),
             cwd=_require(worker, "cwd", str, "worker"),
             env=_string_map(worker.get("env"), "worker.env"),
+            root=_optional(worker, "root", str, "worker") or "",
         ),
         name=_optional(data, "name", str, "manifest") or "",
         image=_optional(data, "image", str, "manifest"),

@@ -8,6 +8,8 @@ Routes (every one but ``/v1/health`` needs ``Authorization: Bearer <token>``):
   The client may send ``cancel``; closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
 * ``GET /v1/status`` — hosts, slots, runs and queued tests.
+* ``GET /v1/info`` — protocol version and the farm's pokedex URLs (where
+  clients push their snapshots).
 
 Bodies are msgpack; a client that sends ``Accept: application/json`` gets JSON
 status and error bodies, for humans with curl.
@@ -23,7 +25,7 @@ from aiohttp import WSMsgType, web
 
 from farm.coordinator import Coordinator, event_batches
 from farm.manifest import parse_manifest
-from farm.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode
+from farm.protocol import MAX_MESSAGE_BYTES, VERSION, ProtocolError, decode, encode
 
 COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
 TOKEN_KEY = web.AppKey("token", str)
@@ -122,6 +124,13 @@ async def status(request: web.Request) -> web.Response:
     return reply(request, request.app[COORDINATOR_KEY].status())
 
 
+async def info(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR_KEY]
+    return reply(
+        request, {"t": "info", "version": VERSION, "pokedex": list(coordinator.pokedex_urls)}
+    )
+
+
 async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -134,5 +143,6 @@ def make_app(coordinator: Coordinator, token: str) -> web.Application:
     app.router.add_get("/v1/runs/{run_id}/events", run_events)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/info", info)
     app.router.add_get("/v1/health", health)
     return app

@@ -18,7 +18,7 @@ import socket
 import pytest
 
 from farm.hosts.base import RunContext
-from farm.hosts.local import ExecLauncher, LaunchedProcess
+from farm.hosts.local import ExecLauncher, LaunchedProcess, Workdir
 from pytest_psyduck.channel import Channel
 from pytest_psyduck.worker import (
     WORKER_PLUGIN_NAME,
@@ -39,10 +39,12 @@ class ForkLauncher:
         self.session = session
         self._exec = ExecLauncher()
 
-    def launch(self, run: RunContext, worker_id: str, env: dict[str, str]) -> LaunchedProcess:
+    def launch(
+        self, run: RunContext, worker_id: str, env: dict[str, str], where: Workdir
+    ) -> LaunchedProcess:
         if run.manifest.profiles.get(run.profile):
             # Extra pytest arguments change configuration: only a fresh process honours them.
-            return self._exec.launch(run, worker_id, env)
+            return self._exec.launch(run, worker_id, env, where)
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
         pid = os.fork()

@@ -10,6 +10,7 @@ exactly what the user's process collected.
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 
 import pytest
@@ -55,6 +56,11 @@ def worker_profiles(items: list[pytest.Item]) -> dict[str, tuple[str, ...]]:
     return profiles
 
 
+def project_root(config: pytest.Config) -> str:
+    """The directory holding the rootdir and the invocation dir: what a snapshot ships."""
+    return os.path.commonpath([str(config.rootpath), str(config.invocation_params.dir)])
+
+
 def build_manifest(
     items: list[pytest.Item], config: pytest.Config, history: DurationHistory
 ) -> RunManifest:
@@ -64,6 +70,7 @@ def build_manifest(
         worker=WorkerSpec(
             argv=(WORKER_MODULE, *config.invocation_params.args),
             cwd=str(config.invocation_params.dir),
+            root=project_root(config),
         ),
         name=f"{getpass.getuser()}@{socket.gethostname()}:{config.rootpath.name}",
         image=config.getoption("psyduck_image") or config.getini("psyduck_image") or None,

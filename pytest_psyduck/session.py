@@ -18,10 +18,12 @@ import pytest
 from farm.client import FarmClient, FarmError
 from farm.embedded import EmbeddedFarm, start_embedded_farm
 from farm.hosts import HostSpecError, parse_hosts
+from farm.manifest import RunManifest
 from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.forking import ForkLauncher
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.runmanifest import build_manifest
+from pytest_psyduck.snapshot import SnapshotError, ship_snapshot
 
 
 def farm_token(config: pytest.Config) -> str:
@@ -84,6 +86,24 @@ class DistributedSession:
             raise pytest.UsageError(f"--psyduck-hosts: {exc}") from exc
         return await start_embedded_farm(hosts)
 
+    async def _with_snapshot(
+        self, client: FarmClient, manifest: RunManifest, token: str
+    ) -> RunManifest:
+        """Ship the working tree when the remote farm has a pokedex to receive it."""
+        urls = (await client.info()).get("pokedex") or []
+        if not urls:
+            return manifest
+        try:
+            shipped = await ship_snapshot(manifest, urls, token)
+        except SnapshotError as exc:
+            raise pytest.UsageError(f"psyduck: {exc}") from exc
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and self.config.option.verbose >= 0:
+            reporter.write_line(
+                f"psyduck: shipped {shipped.worker.project_root} as {shipped.snapshot}"
+            )
+        return shipped
+
     async def _run(self, session: pytest.Session, manifest, replayer: Replayer) -> None:
         url = self.config.getoption("psyduck_farm") or os.environ.get("PSYDUCK_FARM")
         farm = None
@@ -94,6 +114,8 @@ class DistributedSession:
             url, token = farm.url, farm.token
         try:
             async with FarmClient(url, token) as client:
+                if farm is None:
+                    manifest = await self._with_snapshot(client, manifest, token)
                 run_id = await client.submit(manifest)
                 stream = await client.attach(run_id)
                 try:

@@ -92,6 +92,7 @@ class WorkerPlugin:
         self.channel = channel
         self.workerinput = workerinput
         self.items: dict[str, pytest.Item] = {}
+        self.collect_errors: list[str] = []
         self._logged: list[pytest.TestReport] | None = None
 
     # -- configuration ------------------------------------------------------------
@@ -112,6 +113,10 @@ class WorkerPlugin:
         # exactly what to run, and selection already happened in the user's process.
         self.items = {item.nodeid: item for item in items}
         return (yield)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collect_errors.append(f"{report.nodeid}:\n{report.longreprtext}")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
@@ -190,13 +195,10 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
     def run_one(test: dict[str, Any], next_test: dict[str, Any] | None) -> None:
         item = items.get(test["id"])
         if item is None:
-            channel.send(
-                {
-                    "t": "missing",
-                    "id": test["id"],
-                    "message": "the worker did not collect this test",
-                }
-            )
+            message = "the worker did not collect this test"
+            if plugin.collect_errors:
+                message += "; collection errors on the worker:\n" + "\n".join(plugin.collect_errors)
+            channel.send({"t": "missing", "id": test["id"], "message": message})
             return
         nextitem = items.get(next_test["id"]) if next_test else None
         channel.send({"t": "started", "id": test["id"]})

@@ -1,4 +1,4 @@
-"""``psyduck farm serve`` as a real service, used by real ``pytest --psyduck --psyduck-farm`` sessions."""
+"""``psyduck farm serve`` as a real service, used by real ``pytest --psyduck-farm`` sessions."""
 
 from __future__ import annotations
 
@@ -161,3 +161,61 @@ def test_a_small_run_is_not_starved_by_a_huge_one(farm, suite, tmp_path):
 def test_bad_configs_are_explained(data, message):
     with pytest.raises(ConfigError, match=message.replace("[", "\\[")):
         parse_config(data)
+
+
+def test_a_remote_run_ships_its_snapshot_through_the_farms_pokedex(tmp_path, suite):
+    """The farm's local hosts run the tests from the pulled snapshot, not the client's disk."""
+    port = _free_port()
+    cache = tmp_path / "cache"
+    (tmp_path / "token").write_text("tok")
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        f'[farm]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{tmp_path / "token"}"\n\n'
+        f'[[hosts]]\nurl = "local"\nslots = 2\n\n[pokedex]\ndata = "{tmp_path / "store"}"\n'
+    )
+    project = (
+        suite(
+            {
+                "proj/pytest.ini": "[pytest]\npythonpath = .\n",
+                "proj/pkg/__init__.py": "VALUE = 41\n",
+                "proj/tests/test_snap.py": "import os, pkg\n"
+                "def test_where():\n"
+                f"    assert __file__.startswith({str(cache)!r}), __file__\n"
+                "    assert os.getcwd().endswith('/tests')\n"
+                "def test_import(): assert pkg.VALUE == 41\n",
+            }
+        )
+        / "proj"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "farm", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/v1/health", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        env = {"PSYDUCK_TOKEN": "tok"}
+        result = run_pytest(
+            project / "tests",
+            "-p",
+            "no:cacheprovider",
+            "--psyduck",
+            f"--psyduck-farm={url}",
+            env=env,
+        )
+        assert result.outcomes() == {"passed": 2}, result.stdout + result.stderr
+        assert "psyduck: shipped" in result.stdout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

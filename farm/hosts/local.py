@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from farm.hosts.base import (
@@ -29,6 +30,7 @@ from farm.hosts.base import (
     WorkerConnection,
 )
 from farm.protocol import FrameDecoder, ProtocolError, frame
+from farm.snapshots import SnapshotCache, relocate
 
 
 @dataclass
@@ -38,8 +40,29 @@ class LaunchedProcess:
     output_fd: int
 
 
+@dataclass(frozen=True)
+class Workdir:
+    """Where and how a worker process starts: its directory and ``python -m`` arguments."""
+
+    cwd: str
+    argv: tuple[str, ...]
+
+
+def workdir(run: RunContext, tree: str | None) -> Workdir:
+    """The client's own directory, or the same place inside the run's pulled snapshot."""
+    worker = run.manifest.worker
+    if tree is None:
+        return Workdir(worker.cwd, run.worker_argv)
+    root = worker.project_root
+    return Workdir(
+        relocate(worker.cwd, root, tree), tuple(relocate(a, root, tree) for a in run.worker_argv)
+    )
+
+
 class Launcher(Protocol):
-    def launch(self, run: RunContext, worker_id: str, env: dict[str, str]) -> LaunchedProcess:
+    def launch(
+        self, run: RunContext, worker_id: str, env: dict[str, str], where: Workdir
+    ) -> LaunchedProcess:
         """Start a worker process whose channel is the returned socket."""
         ...
 
@@ -64,13 +87,15 @@ class ExecLauncher:
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
 
-    def launch(self, run: RunContext, worker_id: str, env: dict[str, str]) -> LaunchedProcess:
+    def launch(
+        self, run: RunContext, worker_id: str, env: dict[str, str], where: Workdir
+    ) -> LaunchedProcess:
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
         try:
             process = subprocess.Popen(
-                [self.python, "-m", *run.worker_argv],
-                cwd=run.manifest.worker.cwd,
+                [self.python, "-m", *where.argv],
+                cwd=where.cwd,
                 env={**os.environ, **env, "PSYDUCK_WORKER_FD": str(theirs.fileno())},
                 stdin=subprocess.DEVNULL,
                 stdout=write_fd,
@@ -182,6 +207,12 @@ class LocalWorker(WorkerConnection):
         return self._tail.text()
 
 
+def default_cache_dir(host: str) -> Path:
+    """Per-host cache of snapshots, under ``$XDG_CACHE_HOME`` (or ``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "psyduck" / "hosts" / host
+
+
 def cpu_flags() -> str:
     """The CPU feature flags of this machine as a comma-separated label value."""
     try:
@@ -197,16 +228,24 @@ def cpu_flags() -> str:
 class LocalHost(Host):
     """``local:N`` — N worker processes on this machine."""
 
-    def __init__(self, slots: int, launcher: Launcher | None = None, name: str = "local") -> None:
+    def __init__(
+        self,
+        slots: int,
+        launcher: Launcher | None = None,
+        name: str = "local",
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.name = name
         self.slots = slots
         self.launcher = launcher or ExecLauncher()
         self.labels = {"kind": "local", "arch": platform.machine(), "cpu": cpu_flags()}
+        self.snapshots = SnapshotCache(cache_dir or default_cache_dir(name), name)
 
     async def spawn(
         self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
     ) -> WorkerConnection:
-        process = self.launcher.launch(run, worker_id, worker_environment(run, worker_id))
+        where = workdir(run, await self.snapshots.tree(run))
+        process = self.launcher.launch(run, worker_id, worker_environment(run, worker_id), where)
         worker = LocalWorker(process)
         await worker.start(on_output)
         return worker
