@@ -30,6 +30,11 @@ class Session:
         return RunResult.parse_summary_nouns(self.stdout.splitlines())
 
 
+def _outer_environment() -> dict[str, str]:
+    """Our environment minus what a psyduck or xdist worker running this suite adds."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST_", "PSYDUCK_"))}
+
+
 def run_pytest(
     path: Path, *args: str, timeout: float = SESSION_TIMEOUT, env: dict | None = None
 ) -> Session:
@@ -40,7 +45,7 @@ def run_pytest(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**_outer_environment(), **(env or {})},
         stdin=subprocess.DEVNULL,
     )
     return Session(completed.returncode, completed.stdout, completed.stderr)
