@@ -124,7 +124,11 @@ class DistributedSession:
                         if session.shouldfail or session.shouldstop:
                             await stream.cancel()
                             break
+                except FarmError as exc:
+                    # Lost mid-run: keep what arrived and stop as pytest stops on -x.
+                    session.shouldstop = f"psyduck: {exc}"
                 finally:
+                    replayer.flush()
                     await stream.close()
         finally:
             if farm is not None:

@@ -22,6 +22,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: url → the ``psyduck farm serve`` process behind the ``farm`` fixture, for tests that kill it.
+farm_processes: dict[str, subprocess.Popen] = {}
+
+
 @pytest.fixture
 def farm(tmp_path):
     """A coordinator service with two local slots, on a loopback port."""
@@ -48,6 +52,7 @@ def farm(tmp_path):
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "the farm did not come up"
             time.sleep(0.05)
+    farm_processes[url] = proc
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -219,3 +224,41 @@ def test_a_remote_run_ships_its_snapshot_through_the_farms_pokedex(tmp_path, sui
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_losing_the_farm_mid_run_interrupts_and_keeps_what_arrived(farm, suite, tmp_path):
+    started = tmp_path / "started"
+    path = suite(
+        {
+            "test_a.py": "def test_quick(): pass\n",
+            "test_b.py": "import pathlib, time\n"
+            "def test_slow():\n"
+            f"    pathlib.Path({str(started)!r}).write_text('x')\n"
+            "    time.sleep(60)\n",
+        }
+    )
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--psyduck",
+            f"--psyduck-farm={farm}",
+        ],
+        cwd=path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PSYDUCK_TOKEN": "s3cret-token"},
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline and client.poll() is None
+        time.sleep(0.02)
+    farm_processes[farm].kill()
+    out, _ = client.communicate(timeout=60)
+    assert client.returncode == 2, out
+    assert "Interrupted: psyduck:" in out
+    assert "1 passed" in out
