@@ -274,3 +274,10 @@ def session_resource(tmp_path_factory):
     workers = log.read_text().split()
     # One teardown per worker, not one per shard.
     assert len(workers) == len(set(workers)) <= 2
+
+
+def test_capture_no_shows_test_output(suite):
+    path = suite({"test_a.py": "def test_talks():\n    print('hello from the worker')\n"})
+    result = run_pytest(path, "-p", "no:cacheprovider", "--psyduck", "-s")
+    assert result.returncode == 0
+    assert "hello from the worker" in result.stdout
