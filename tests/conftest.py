@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,26 @@ def run_pytest(
         stdin=subprocess.DEVNULL,
     )
     return Session(completed.returncode, completed.stdout, completed.stderr)
+
+
+def start_pytest(path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m pytest ARGS`` in *path* in the background, output in ``.stdout``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**_outer_environment(), **(env or {})},
+    )
+
+
+def wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll *condition* until it holds; fail naming *what* after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def junit_cases(path: Path) -> dict[str, tuple[str, str]]:

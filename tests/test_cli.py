@@ -7,19 +7,42 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from farm.config import ConfigError, parse_config
-from tests.conftest import run_pytest
+from tests.conftest import run_pytest, start_pytest, wait_until
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_farm(config: Path, port: int, env: dict | None = None) -> tuple[str, subprocess.Popen]:
+    """Start ``psyduck farm serve`` and wait until it answers its health check."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "farm", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            urllib.request.urlopen(url + "/v1/health", timeout=1)
+        except OSError:
+            return False
+        return True
+
+    wait_until(healthy, "the farm to come up", timeout=30)
+    return url, proc
 
 
 #: url → the ``psyduck farm serve`` process behind the ``farm`` fixture, for tests that kill it.
@@ -36,22 +59,7 @@ def farm(tmp_path):
         f'[farm]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{tmp_path / "token"}"\n\n'
         '[[hosts]]\nurl = "local"\nslots = 2\nlabels = { pool = "ci" }\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "farm.cli", "farm", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/v1/health", timeout=1)
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "the farm did not come up"
-            time.sleep(0.05)
+    url, proc = serve_farm(config, port)
     farm_processes[url] = proc
     yield url
     proc.terminate()
@@ -141,10 +149,10 @@ def test_a_small_run_is_not_starved_by_a_huge_one(farm, suite, tmp_path):
     )
     thread.start()
     # Wait until the huge run holds the farm.
-    deadline = time.monotonic() + 60
-    while "running" not in _psyduck("farm", "status", "--farm", farm).stdout:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(
+        lambda: "running" in _psyduck("farm", "status", "--farm", farm).stdout,
+        "the huge run to hold the farm",
+    )
     small = run_pytest(
         small_dir, "-p", "no:cacheprovider", "--psyduck", f"--psyduck-farm={farm}", env=env
     )
@@ -192,24 +200,8 @@ def test_a_remote_run_ships_its_snapshot_through_the_farms_pokedex(tmp_path, sui
         )
         / "proj"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "farm.cli", "farm", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
-    )
+    url, proc = serve_farm(config, port, env={"XDG_CACHE_HOME": str(cache)})
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/v1/health", timeout=1)
-                break
-            except OSError:
-                assert proc.poll() is None
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
         env = {"PSYDUCK_TOKEN": "tok"}
         result = run_pytest(
             project / "tests",
@@ -237,26 +229,15 @@ def test_losing_the_farm_mid_run_interrupts_and_keeps_what_arrived(farm, suite, 
             "    time.sleep(60)\n",
         }
     )
-    client = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--psyduck",
-            f"--psyduck-farm={farm}",
-        ],
-        cwd=path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PSYDUCK_TOKEN": "s3cret-token"},
+    client = start_pytest(
+        path,
+        "-p",
+        "no:cacheprovider",
+        "--psyduck",
+        f"--psyduck-farm={farm}",
+        env={"PSYDUCK_TOKEN": "s3cret-token"},
     )
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline and client.poll() is None
-        time.sleep(0.02)
+    wait_until(lambda: started.exists() or client.poll() is not None, "the slow test to start")
     farm_processes[farm].kill()
     out, _ = client.communicate(timeout=60)
     assert client.returncode == 2, out

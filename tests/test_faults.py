@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import SESSION_TIMEOUT, junit_cases, run_pytest
+from tests.conftest import SESSION_TIMEOUT, junit_cases, run_pytest, start_pytest, wait_until
 
 SPAWNS = pytest.mark.parametrize("spawn", ["fork", "exec"])
 
@@ -157,36 +155,16 @@ def test_slow():
 """,
         }
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--psyduck",
-            f"--psyduck-spawn={spawn}",
-        ],
-        cwd=path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not started_file.exists():
-        assert time.monotonic() < deadline, "the test never started"
-        assert proc.poll() is None
-        time.sleep(0.02)
+    proc = start_pytest(path, "-p", "no:cacheprovider", "--psyduck", f"--psyduck-spawn={spawn}")
+    wait_until(lambda: started_file.exists() or proc.poll() is not None, "the test to start")
+    assert proc.poll() is None
     workers = _children_of(proc.pid)
     assert workers
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2, out
     assert "KeyboardInterrupt" in out
-    deadline = time.monotonic() + 10
-    while any(os.path.exists(f"/proc/{pid}") and _is_alive(pid) for pid in workers):
-        assert time.monotonic() < deadline, "workers survived Ctrl-C"
-        time.sleep(0.05)
+    wait_until(lambda: not any(_is_alive(pid) for pid in workers), "workers to go", timeout=10)
 
 
 def _is_alive(pid: int) -> bool:
