@@ -107,8 +107,13 @@ def owner_is_gone(farm_id: str) -> bool:
 
 @dataclass(frozen=True)
 class Limits:
+    """A container's resources.  ``nano_cpus`` is a hard CPU quota, set only when tests ask
+    for a number of CPUs: CFS quotas stall latency-bound tests, so the host's share is
+    otherwise a relative weight (``cpu_shares``) that binds only when CPUs are contended."""
+
     memory: int
-    nano_cpus: int
+    cpu_shares: int
+    nano_cpus: int | None = None
     pids: int = PIDS_LIMIT
 
 
@@ -116,8 +121,12 @@ def shard_limits(tests: Iterable[TestSpec], memory_share: int, cpu_share: float)
     """Limits for a container running *tests*: their largest hints, else the host's share."""
     tests = list(tests)
     memory = max((t.memory for t in tests if t.memory), default=None) or memory_share
-    cpus = max((t.cpus for t in tests if t.cpus), default=None) or cpu_share
-    return Limits(memory=memory, nano_cpus=max(int(cpus * 1e9), 10_000_000))
+    cpus = max((t.cpus for t in tests if t.cpus), default=None)
+    return Limits(
+        memory=memory,
+        cpu_shares=max(int(1024 * (cpus or cpu_share)), 2),
+        nano_cpus=max(int(cpus * 1e9), 10_000_000) if cpus else None,
+    )
 
 
 def injected_binds(module_dirs: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -169,7 +178,6 @@ def plan_container(
     environment = {
         **worker_environment(run, worker_id),
         "PYTHONPATH": INJECT_DIR,
-        "MSGPACK_PUREPYTHON": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
         "TMPDIR": SCRATCH_DIR,
         "HOME": SCRATCH_DIR,
@@ -205,8 +213,12 @@ def plan_container(
             "read_only": True,
             "init": True,
             "auto_remove": True,
+            # Frames and output travel over the attach stream; a log driver would only
+            # copy every frame to disk and slow the stream down.
+            "log_config": {"type": "none", "config": {}},
             "mem_limit": limits.memory,
             "memswap_limit": limits.memory,
+            "cpu_shares": limits.cpu_shares,
             "nano_cpus": limits.nano_cpus,
             "pids_limit": limits.pids,
         },

@@ -27,7 +27,8 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,6 +65,8 @@ API_TIMEOUT = 30.0
 EXIT_TIMEOUT = 20.0
 #: Seconds a ``die`` with status 137 waits for a late ``oom`` event of the same container.
 OOM_EVENT_GRACE = 1.0
+#: Seconds a spare container waits for its slot's next shard before it is stopped.
+SPARE_TTL = 30.0
 #: A container of another farm still in state "created" is left alone this long:
 #: its coordinator may be about to start it.
 CREATED_GRACE = 120.0
@@ -240,6 +243,7 @@ class DockerWorker(WorkerConnection):
         self._eof = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._oom = False
+        self._killed = False
         self._reader = threading.Thread(
             target=self._read, name=f"psyduck-attach-{container[:12]}", daemon=True
         )
@@ -285,7 +289,7 @@ class DockerWorker(WorkerConnection):
         self._oom = True
 
     def died(self, code: int) -> None:
-        if code == 137 and not self._oom:
+        if code == 137 and not self._oom and not self._killed:
             # The kernel's OOM event may trail the exit by a moment.
             self._loop.call_later(OOM_EVENT_GRACE, self._resolve, code)
         else:
@@ -321,6 +325,7 @@ class DockerWorker(WorkerConnection):
     async def kill(self) -> None:
         if self._exit.done():
             return
+        self._killed = True
         try:
             await self._engine.call(self._engine.api.kill, self.container)
         except docker.errors.APIError:
@@ -354,6 +359,29 @@ class DockerWorker(WorkerConnection):
 
     def output(self) -> str:
         return self._tail.text()
+
+    @property
+    def alive(self) -> bool:
+        return not self._exit.done() and not self._eof.is_set()
+
+
+@dataclass
+class _Spare:
+    """A container started ahead for a slot's next shard of the same run and profile."""
+
+    key: tuple[str, str]
+    task: asyncio.Future[DockerWorker]
+    expiry: asyncio.TimerHandle
+
+
+async def _discard(task: asyncio.Future[DockerWorker]) -> None:
+    """Stop a worker nobody will use, once its start (never interrupted) has finished."""
+    try:
+        worker = await task
+    except Exception:
+        return  # it never started; _start_container removed what it had created
+    await worker.kill()
+    await worker.wait()
 
 
 def _module_dirs() -> dict[str, str]:
@@ -397,7 +425,7 @@ class DockerHost(Host):
     reuse_workers = False
     #: A container costs ~0.5 s to create, start and collect in; shards of at
     #: least this many estimated seconds keep that under ~15% of the work.
-    min_shard_seconds = 3.0
+    min_shard_seconds = 4.0
 
     def __init__(
         self,
@@ -428,6 +456,8 @@ class DockerHost(Host):
         self._engine_lock = asyncio.Lock()
         self._images: set[str] = set()
         self._snapshots: dict[str, asyncio.Task[str]] = {}
+        self._spares: dict[int, _Spare] = {}
+        self._background: set[asyncio.Future[None]] = set()
         self._module_dirs = _module_dirs()
 
     # -- engine ------------------------------------------------------------------
@@ -475,10 +505,14 @@ class DockerHost(Host):
             farm = (c.get("Labels") or {}).get(LABEL_FARM, "")
             if farm == FARM_ID:
                 continue
-            state = c.get("State", "")
-            if state == "running" and not owner_is_gone(farm):
+            state, gone = c.get("State", ""), owner_is_gone(farm)
+            if state == "running" and not gone:
                 continue
-            if state == "created" and time.time() - c.get("Created", 0) < CREATED_GRACE:
+            if (
+                state == "created"
+                and not gone
+                and time.time() - c.get("Created", 0) < CREATED_GRACE
+            ):
                 continue
             try:
                 await engine.call(engine.api.remove_container, c["Id"], force=True)
@@ -490,6 +524,12 @@ class DockerHost(Host):
         return removed
 
     async def close(self) -> None:
+        spares, self._spares = self._spares, {}
+        for spare in spares.values():
+            spare.expiry.cancel()
+        await asyncio.gather(
+            *(_discard(spare.task) for spare in spares.values()), *self._background
+        )
         if self._engine is not None:
             await self._engine.close()
             self._engine = None
@@ -555,6 +595,52 @@ class DockerHost(Host):
     async def spawn(
         self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
     ) -> WorkerConnection:
+        """A worker for the slot: the slot's spare if it fits, else a new container.
+
+        Either way a spare for the slot's next shard starts now, so that its
+        create, start and collection overlap this shard instead of following it.
+        """
+        key = (run.run_id, run.profile)
+        worker = await self._take_spare(slot, key)
+        if worker is None:
+            worker = await self._create_worker(run, slot, worker_id, on_output)
+        task = asyncio.ensure_future(self._create_worker(run, slot, worker_id, on_output))
+        expiry = asyncio.get_running_loop().call_later(SPARE_TTL, self._expire_spare, slot, task)
+        self._spares[slot] = _Spare(key, task, expiry)
+        return worker
+
+    async def _take_spare(self, slot: int, key: tuple[str, str]) -> DockerWorker | None:
+        spare = self._spares.pop(slot, None)
+        if spare is None:
+            return None
+        spare.expiry.cancel()
+        if spare.key != key:
+            self._in_background(_discard(spare.task))
+            return None
+        try:
+            worker = await spare.task
+        except Exception as exc:
+            log.info("host %s: spare container failed (%s); starting a new one", self.name, exc)
+            return None
+        if not worker.alive:
+            await _discard(spare.task)
+            return None
+        return worker
+
+    def _expire_spare(self, slot: int, task: asyncio.Future[DockerWorker]) -> None:
+        spare = self._spares.get(slot)
+        if spare is not None and spare.task is task:
+            del self._spares[slot]
+            self._in_background(_discard(task))
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _create_worker(
+        self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
+    ) -> DockerWorker:
         engine = await self._ensure_engine()
         image = run.manifest.image or self.image
         if not image:
@@ -584,8 +670,16 @@ class DockerHost(Host):
             limits=limits,
             module_dirs=self._module_dirs,
         )
+        # Not interruptible: a create cancelled halfway would leave a container nobody
+        # knows about, so a cancelled caller hands the finished worker to _discard.
+        starting = asyncio.ensure_future(
+            self._start_container(engine, plan, limits.memory, on_output)
+        )
         try:
-            return await self._start_container(engine, plan, limits.memory, on_output)
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            self._in_background(_discard(starting))
+            raise
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
 

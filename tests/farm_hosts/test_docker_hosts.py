@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 
+import docker
 import pytest
 
+from farm.hosts.containers import LABEL_FARM, farm_identity
+from farm.hosts.docker import DockerHost
 from tests.conftest import junit_cases, run_pytest
 from tests.farm_hosts.hostlib import (
     ROOT,
@@ -153,21 +158,30 @@ def test_client_going_away_removes_its_containers(docker_image, suite, how):
         )
         process.send_signal(how)
         process.communicate(timeout=60)
-        wait_for(lambda: not containers_of(process.pid), 15, "the containers to go away")
+        wait_for(
+            lambda: all(c["State"] == "created" for c in containers_of(process.pid)),
+            15,
+            "the containers to stop",
+        )
+        # A container whose creation was in flight when the client was killed was never
+        # started (no process); the next farm on the engine reaps it at once.
+        asyncio.run(reap())
+        assert containers_of(process.pid) == []
     finally:
         process.kill()
         process.communicate()
 
 
+async def reap() -> list[str]:
+    host = DockerHost(1)
+    await host.start()
+    try:
+        return await host.reap()
+    finally:
+        await host.close()
+
+
 def test_reaper_removes_containers_of_dead_coordinators_only(docker_image):
-    import asyncio
-    import socket
-
-    import docker
-
-    from farm.hosts.containers import LABEL_FARM, farm_identity
-    from farm.hosts.docker import DockerHost
-
     dead = f"{socket.gethostname()}:999999999:1"
     alive = farm_identity(1)
     api = docker.APIClient(timeout=30)
@@ -181,14 +195,6 @@ def test_reaper_removes_containers_of_dead_coordinators_only(docker_image):
                 host_config=api.create_host_config(network_mode="none", cap_drop=["ALL"]),
             )["Id"]
             api.start(ids[owner])
-
-        async def reap() -> list[str]:
-            host = DockerHost(1)
-            await host.start()
-            try:
-                return await host.reap()
-            finally:
-                await host.close()
 
         asyncio.run(reap())
         remaining = {c["Id"] for c in api.containers(all=True, filters={"label": LABEL_FARM})}
