@@ -37,6 +37,8 @@ QUARANTINE_AFTER = 3
 MAX_WORKER_START_FAILURES = 3
 #: Seconds a run may wait for its client to attach before it is cancelled.
 ATTACH_TIMEOUT = 30.0
+#: Seconds a new worker may take to import and collect before it counts as failed to start.
+READY_TIMEOUT = 600.0
 
 
 @dataclass
@@ -189,6 +191,15 @@ class Coordinator:
             event.set()
 
     async def _slot_loop(self, state: _HostState, index: int, slot_id: str) -> None:
+        """Keep the slot busy; a bug in one pass is logged and never ends the slot."""
+        while not self._closing and not state.quarantined:
+            try:
+                await self._serve_slot(state, index, slot_id)
+            except Exception:
+                log.exception("slot %s failed; restarting it", slot_id)
+                await asyncio.sleep(1.0)
+
+    async def _serve_slot(self, state: _HostState, index: int, slot_id: str) -> None:
         worker: _ActiveWorker | None = None
         wakeup = self._wakeups[slot_id]
         while not self._closing and not state.quarantined:
@@ -228,10 +239,13 @@ class Coordinator:
         )
         try:
             conn = await state.host.spawn(context, index, worker_id, self._output_handler(run))
-            ready = await conn.recv()
         except HostError as exc:
             self._host_failed(state, run, list(shard.tests), None, str(exc))
             return None
+        try:
+            ready = await asyncio.wait_for(conn.recv(), READY_TIMEOUT)
+        except TimeoutError:
+            ready = None
         if ready is None or ready.get("t") != "ready":
             await conn.kill()
             info = await conn.wait()
@@ -282,34 +296,48 @@ class Coordinator:
         await self._worker_gone(worker)
 
     async def _pump(self, worker: _ActiveWorker, until: str) -> bool:
+        """Handle worker messages until *until* arrives (True) or the worker is gone (False)."""
         run = worker.run
         while True:
             message = await worker.conn.recv()
             if message is None:
                 await self._worker_gone(worker)
                 return False
-            kind = message["t"]
-            if kind == until:
-                return True
-            test_id = message.get("id")
-            if kind == "started":
-                worker.current = test_id
-                self._arm_hard_timeout(worker, test_id)
-            elif kind == "result":
-                self._disarm_hard_timeout(worker)
-                worker.current = None
-                worker.outstanding.pop(test_id, None)
-                self._report(
-                    run, test_id, {"t": "result", "id": test_id, "payload": message["payload"]}
-                )
-            elif kind == "missing":
-                worker.outstanding.pop(test_id, None)
-                self._crashed(run, test_id, f"psyduck: {test_id}: {message.get('message', '')}")
-            elif kind == "warning":
-                if not run.finished:
-                    run.emit({"t": "warning", "data": message["data"]})
-            elif kind == "timeout":
-                worker.timed_out = message
+            try:
+                if self._handle(worker, message, until):
+                    return True
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("bad message from worker of run %s: %r", run.id, exc)
+                await worker.conn.kill()
+
+    def _handle(self, worker: _ActiveWorker, message: dict[str, Any], until: str) -> bool:
+        """Act on one worker message; True when it is the one *until* waits for."""
+        run = worker.run
+        kind = message["t"]
+        if kind == until:
+            return True
+        test_id = message.get("id")
+        if kind in ("started", "result", "missing") and test_id not in worker.outstanding:
+            raise ValueError(f"{kind} message for {test_id!r}, which the worker was not given")
+        if kind == "started":
+            worker.current = test_id
+            self._arm_hard_timeout(worker, test_id)
+        elif kind == "result":
+            self._disarm_hard_timeout(worker)
+            worker.current = None
+            worker.outstanding.pop(test_id, None)
+            self._report(
+                run, test_id, {"t": "result", "id": test_id, "payload": message["payload"]}
+            )
+        elif kind == "missing":
+            worker.outstanding.pop(test_id, None)
+            self._crashed(run, test_id, f"psyduck: {test_id}: {message.get('message', '')}")
+        elif kind == "warning":
+            if not run.finished:
+                run.emit({"t": "warning", "data": message["data"]})
+        elif kind == "timeout":
+            worker.timed_out = message
+        return False
 
     def _arm_hard_timeout(self, worker: _ActiveWorker, test_id: str) -> None:
         spec = worker.run.tests.get(test_id)
