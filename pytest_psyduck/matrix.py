@@ -1,7 +1,8 @@
 """The transformation matrix, shown after the usual summary when variants ran.
 
 One row per transformation (the baseline first) with its passed, failed and
-skipped tests, the tests a mark excluded from it, and the time its tests took.
+skipped tests, the tests a mark excluded from it, and the time its tests took;
+then why tests were excluded, in the marks' own words.
 Above the rows come the tests that fail under some transformations but pass
 under others: "passes as written, fails when replicated" is the signal a
 matrix exists for, and it drowns in the ordinary failure list otherwise.
@@ -12,6 +13,7 @@ whether the tests ran in-process or were replayed from a farm.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -44,24 +46,34 @@ class Row:
     time: float = 0.0
 
 
+def excluded_in_run(
+    variants: Mapping[str, Variant],
+    results: Mapping[str, Result],
+    exclusions: Mapping[str, Mapping[str, str]],
+) -> Counter[tuple[str, str]]:
+    """``(transformation, reason)`` → how many of the tests that ran a mark excluded from it."""
+    bases = {variants[nodeid].base_nodeid for nodeid in results}
+    return Counter(
+        (name, reason)
+        for base in sorted(bases & exclusions.keys())
+        for name, reason in exclusions[base].items()
+    )
+
+
 def tally(
     variants: Mapping[str, Variant],
     results: Mapping[str, Result],
-    exclusions: Mapping[str, Iterable[str]],
+    excluded: Counter[tuple[str, str]],
     order: Iterable[str],
 ) -> dict[str, Row]:
-    """Rows by transformation name, in *order*, for the tests that ran (and their exclusions)."""
+    """Rows by transformation name, in *order*, for the tests that ran and their exclusions."""
     rows = {name: Row() for name in order}
-    bases = set()
     for nodeid, result in results.items():
-        variant = variants[nodeid]
-        bases.add(variant.base_nodeid)
-        row = rows.setdefault(variant.transformation.name, Row())
+        row = rows.setdefault(variants[nodeid].transformation.name, Row())
         setattr(row, result.outcome, getattr(row, result.outcome) + 1)
         row.time += result.duration
-    for base in bases & exclusions.keys():
-        for name in exclusions[base]:
-            rows.setdefault(name, Row()).excluded += 1
+    for (name, _), count in excluded.items():
+        rows.setdefault(name, Row()).excluded += count
     return {name: row for name, row in rows.items() if row != Row()}
 
 
@@ -127,7 +139,8 @@ class TransformationMatrix:
         results = {
             nodeid: self.results[nodeid] for nodeid in self.variants if nodeid in self.results
         }
-        rows = tally(self.variants, results, state.exclusions, [BASELINE_NAME, *state.declared])
+        excluded = excluded_in_run(self.variants, results, state.exclusions)
+        rows = tally(self.variants, results, excluded, [BASELINE_NAME, *state.declared])
         terminalreporter.write_sep("=", "psyduck transformation matrix")
         split = split_failures(self.variants, results)
         if split:
@@ -138,3 +151,8 @@ class TransformationMatrix:
                 )
         for line in format_rows(rows):
             terminalreporter.write_line(line)
+        if excluded:
+            terminalreporter.write_line("excluded by @pytest.mark.psyduck:")
+            for (name, reason), count in excluded.items():
+                tests = f"{count} test{'s' if count != 1 else ''}"
+                terminalreporter.write_line(f"  {name}: {tests}: {reason or '(no reason given)'}")

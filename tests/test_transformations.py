@@ -184,6 +184,8 @@ def test_every_variant_runs_and_is_reported(suite: pytest.Pytester, where: str) 
     assert matrix_row(output, "baseline") == (5, 0, 0, 1)
     assert matrix_row(output, "replicated") == (4, 1, 0, 1)
     assert matrix_row(output, "vectorized") == (2, 0, 0, 0)
+    assert "  replicated: 1 test: single node only\n" in output
+    assert "  baseline: 1 test: replicas\n" in output
 
 
 def test_selecting_transformations_and_k(suite: pytest.Pytester) -> None:

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_psyduck import BASELINE, Transformation
-from pytest_psyduck.matrix import Result, split_failures, tally
+from pytest_psyduck.matrix import Result, excluded_in_run, split_failures, tally
 from pytest_psyduck.transformations import (
     _NAME,
     Variant,
@@ -225,7 +225,11 @@ def test_tally_and_split_failures() -> None:
         "t.py::b": Result("skipped", 0.25),
         "t.py::b[replicated]": Result("failed", 0.25),
     }
-    rows = tally(variants, results, {"t.py::b": ["vectorized"], "t.py::gone": ["x"]}, ["baseline"])
+    excluded = excluded_in_run(
+        variants, results, {"t.py::b": {"vectorized": "no SIMD"}, "t.py::gone": {"x": ""}}
+    )
+    assert excluded == {("vectorized", "no SIMD"): 1}
+    rows = tally(variants, results, excluded, ["baseline"])
     assert list(rows) == ["baseline", "replicated", "vectorized"]
     baseline = rows["baseline"]
     assert (baseline.passed, baseline.skipped, baseline.time) == (1, 1, 0.75)
