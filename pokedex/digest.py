@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
 
 ALGORITHM = "sha256"
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -46,14 +45,6 @@ def hex_part(digest: str) -> str:
 def of_bytes(data: bytes) -> str:
     """The digest of ``data``."""
     return f"{ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
-
-
-def of_chunks(chunks: Iterable[bytes]) -> str:
-    """The digest of the concatenation of ``chunks``."""
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk)
-    return f"{ALGORITHM}:{h.hexdigest()}"
 
 
 def of_file(path: str, bufsize: int = 4 << 20) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 import time
@@ -49,8 +48,6 @@ from .replies import (
     parse_ref_update,
 )
 from .store import BlobStore, DigestMismatch, RefConflict, SizeError, StoreError
-
-log = logging.getLogger(__name__)
 
 MAX_SMALL_BODY = 8 << 20  # JSON bodies, manifests
 DEFAULT_MAX_BLOB = 1 << 40

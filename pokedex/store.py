@@ -232,13 +232,6 @@ class BlobStore:
                 os.unlink(entry.path)
         return removed
 
-    def delete(self, digest: str) -> bool:
-        try:
-            os.unlink(self.path(digest))
-            return True
-        except FileNotFoundError:
-            return False
-
     def _temp(self, final: Path) -> tuple[int, Path]:
         tmp = final.parent / f".tmp-{final.name[:16]}-{secrets.token_hex(6)}"
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp

@@ -27,7 +27,6 @@ from pathlib import Path
 from . import digest as dg
 from . import names
 
-MEDIA_TYPE = "application/vnd.pokedex.tree.v1+json"
 FORMAT = "pokedex-tree/1"
 MAX_MANIFEST = 256 << 20
 MAX_TARGET = 4096
@@ -46,10 +45,6 @@ class Entry:
     size: int = 0
     digest: str | None = None
     target: str | None = None
-
-    @property
-    def is_link(self) -> bool:
-        return self.target is not None
 
     def to_json(self) -> dict[str, object]:
         if self.target is not None:
