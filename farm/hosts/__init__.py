@@ -34,17 +34,22 @@ def _local(spec: str, options: dict[str, Any]) -> Host:
 
 
 def _docker(spec: str, options: dict[str, Any]) -> Host:
-    from farm.hosts.docker import DockerHost
+    from farm.hosts.docker import HOST_OPTIONS, DockerHost, host_options, local_engine
 
     _, _, count = spec.partition(":")
-    return DockerHost(_count(count, spec) if count else None)
+    try:
+        chosen = host_options(options, {**HOST_OPTIONS, "base_url": str})
+    except ValueError as exc:
+        raise HostSpecError(f"{spec!r}: {exc}") from exc
+    connect = local_engine(chosen.pop("base_url", None))
+    return DockerHost(_count(count, spec) if count else None, connect, **chosen)
 
 
 def _ssh(spec: str, options: dict[str, Any]) -> Host:
     from farm.hosts.ssh import ssh_host
 
     try:
-        return ssh_host(spec)
+        return ssh_host(spec, options)
     except ValueError as exc:
         raise HostSpecError(str(exc)) from exc
 

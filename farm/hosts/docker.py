@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -53,7 +52,9 @@ from farm.hosts.containers import (
     plan_container,
     shard_limits,
 )
+from farm.hosts.local import default_cache_dir
 from farm.protocol import FrameDecoder, ProtocolError, frame
+from farm.snapshots import SnapshotCache
 
 log = logging.getLogger("psyduck.farm.docker")
 
@@ -74,6 +75,33 @@ CREATED_GRACE = 120.0
 T = TypeVar("T")
 Connect = Callable[[], docker.APIClient]
 _HEADER = struct.Struct(">BxxxL")
+
+
+#: farm.toml fields (beyond url/slots/labels/name) a docker or ssh host understands.
+HOST_OPTIONS = {
+    "image": str,
+    "python": str,
+    "copy_code": bool,
+    "memory": (int, str),
+    "cpus": (int, float),
+    "cache_dir": str,
+}
+
+
+def host_options(options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
+    """Check farm.toml host fields against *allowed* (name → type); sizes become bytes."""
+    chosen = {k: v for k, v in options.items() if v is not None and k != "launcher"}
+    for key, value in chosen.items():
+        kind = allowed.get(key)
+        if kind is None:
+            raise ValueError(f"unknown host option {key!r} (known: {', '.join(sorted(allowed))})")
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ValueError(f"host option {key!r} has the wrong type ({type(value).__name__})")
+    if isinstance(chosen.get("memory"), str):
+        from pytest_psyduck.marks import parse_size  # the same sizes as the psyduck mark
+
+        chosen["memory"] = parse_size(chosen["memory"])
+    return chosen
 
 
 class EngineLost(HostError):
@@ -391,23 +419,6 @@ def _module_dirs() -> dict[str, str]:
     }
 
 
-#: Files that make a directory pytest's rootdir (or the project's root).
-ROOT_MARKERS = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg", ".git")
-
-
-def project_root(cwd: str) -> str:
-    """The nearest directory at or above *cwd* that holds a pytest config or a VCS root.
-
-    That is where pytest puts its rootdir, so mounting it keeps node ids,
-    conftest.py files above the cwd and the project's packages as on the client.
-    """
-    path = Path(cwd)
-    for candidate in (path, *path.parents):
-        if any((candidate / marker).exists() for marker in ROOT_MARKERS):
-            return str(candidate)
-    return cwd
-
-
 def _owner(path: str) -> str:
     """``uid:gid`` owning *path*: the container runs as the code's owner, so it can read it."""
     st = os.stat(path)
@@ -444,18 +455,16 @@ class DockerHost(Host):
         self.name = name
         self.slots = slots or 0
         self._connect = connect or local_engine()
-        self._extra_labels = dict(labels or {})
-        self.labels = {"kind": "docker", **self._extra_labels}
+        self.labels = {"kind": "docker", **(labels or {})}
         self.image = image
         self.python = python
         self.copy_code = copy_code
         self._memory = memory
         self._cpus = cpus
-        self._cache_dir = Path(cache_dir or os.environ.get("PSYDUCK_CACHE", "/var/cache/psyduck"))
+        self.snapshots = SnapshotCache(cache_dir or default_cache_dir(name), name)
         self._engine: Engine | None = None
         self._engine_lock = asyncio.Lock()
         self._images: set[str] = set()
-        self._snapshots: dict[str, asyncio.Task[str]] = {}
         self._spares: dict[int, _Spare] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._module_dirs = _module_dirs()
@@ -486,11 +495,11 @@ class DockerHost(Host):
         info = engine.info
         if not self.slots:
             self.slots = int(info.get("NCPU") or 1)
+        # The engine's facts are defaults; labels given by spec or farm.toml win.
         self.labels = {
-            "kind": "docker",
             "arch": str(info.get("Architecture", "")),
             "docker": str(info.get("ServerVersion", "")),
-            **self._extra_labels,
+            **self.labels,
         }
         await self.reap()
 
@@ -545,6 +554,17 @@ class DockerHost(Host):
             "connected": bool(self._engine and self._engine.alive),
         }
 
+    async def check(self, image: str | None) -> dict[str, Any]:
+        result = {**self.describe(), "reachable": True}
+        if image:
+            try:
+                await self._check_image(await self._ensure_engine(), image)
+                result["image_present"] = True
+            except HostError as exc:
+                result["image_present"] = False
+                result["problem"] = str(exc)
+        return result
+
     # -- workers -----------------------------------------------------------------
     async def _check_image(self, engine: Engine, image: str) -> None:
         if image in self._images:
@@ -560,37 +580,12 @@ class DockerHost(Host):
     async def _code_dir(self, run: RunContext) -> tuple[str, str]:
         """(where the run's code is on the engine's machine, where it goes in the container).
 
-        With a snapshot, the snapshot is the project root; without one, the
-        project root around the client's cwd is mounted from the same path.
+        The container always sees the code at the client's project root, so node
+        ids and absolute arguments are the client's; the source is the run's
+        snapshot when it has one, else the client's own directory.
         """
-        root = project_root(run.manifest.worker.cwd)
-        digest = run.manifest.snapshot
-        if not digest:
-            return root, root
-        task = self._snapshots.get(digest)
-        if task is None or (task.done() and task.exception() is not None):
-            task = asyncio.ensure_future(self._pull_snapshot(run, digest))
-            self._snapshots[digest] = task
-        return await asyncio.shield(task), root
-
-    async def _pull_snapshot(self, run: RunContext, digest: str) -> str:
-        import pokedex  # the farm needs pokedex only for runs that ship a snapshot
-
-        dest = self._cache_dir / "snapshots" / digest.replace(":", "-")
-        if dest.is_dir():
-            return str(dest)
-        if not run.pokedex_urls:
-            raise HostError(
-                f"host {self.name}: run has snapshot {digest} but the farm has no pokedex"
-            )
-        partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
-        async with pokedex.Client(run.pokedex_urls, run.pokedex_token) as client:
-            try:
-                await client.pull_tree(digest, partial, self._cache_dir / "blobs")
-            except pokedex.PokedexError as exc:
-                raise HostError(f"host {self.name}: cannot pull snapshot {digest}: {exc}") from exc
-        os.replace(partial, dest)
-        return str(dest)
+        root = run.manifest.worker.project_root
+        return await self.snapshots.tree(run) or root, root
 
     async def spawn(
         self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import paramiko
 from docker.transport import SSHHTTPAdapter
 
 from farm.hosts.base import HostError
-from farm.hosts.docker import API_TIMEOUT, API_VERSION, DockerHost
+from farm.hosts.docker import API_TIMEOUT, API_VERSION, HOST_OPTIONS, DockerHost, host_options
 
 #: Seconds between SSH keep-alive messages on an idle connection.
 KEEPALIVE_SECONDS = 10
@@ -195,9 +195,22 @@ def ssh_engine(target: SshTarget, pool: int = 16):
     return connect
 
 
-def ssh_host(spec: str, **options: Any) -> DockerHost:
-    """``ssh://…`` → a DockerHost on the remote engine (slots default to its CPU count)."""
+#: farm.toml fields of an ssh host, on top of the docker ones.
+SSH_OPTIONS = {"key": str, "known_hosts": str, "accept_new_host_keys": bool}
+
+
+def ssh_host(spec: str, options: dict[str, Any] | None = None) -> DockerHost:
+    """``ssh://…`` → a DockerHost on the remote engine (slots default to its CPU count).
+
+    farm.toml fields (``key``, ``known_hosts``, ``accept_new_host_keys`` and the
+    docker host fields) override the spec's query parameters.
+    """
     target, slots = parse_ssh_spec(spec)
+    chosen = host_options(options or {}, {**HOST_OPTIONS, **SSH_OPTIONS})
+    ssh = {name: chosen.pop(name) for name in list(chosen) if name in SSH_OPTIONS}
+    if "key" in ssh:
+        ssh["key_file"] = ssh.pop("key")
+    target = replace(target, **ssh)
     return DockerHost(
-        slots, ssh_engine(target), name=f"ssh:{target.display}", labels={"kind": "ssh"}, **options
+        slots, ssh_engine(target), name=f"ssh:{target.display}", labels={"kind": "ssh"}, **chosen
     )
