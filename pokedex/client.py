@@ -388,7 +388,8 @@ class Client:
                         peer=peer,
                         timeout=self._small,
                     )
-                except StoreError:  # a peer sent bad bytes: fall back to the origin
+                except (StoreError, swarm.SwarmError, aiohttp.ClientError):
+                    # Bad bytes from a peer, no progress, or no tracker: plain download.
                     await self._fetch_into(cache, d)
 
             sem = asyncio.Semaphore(2)

@@ -46,6 +46,13 @@ MAX_WANT = 256
 ORIGIN = "origin"
 
 
+MAX_FAILURES = 50  # chunk fetches failing in a row before the swarm gives up on a blob
+
+
+class SwarmError(Exception):
+    """The swarm made no progress; the caller falls back to a plain download."""
+
+
 def chunk_count(size: int, chunk_size: int = CHUNK_SIZE) -> int:
     return max(1, -(-size // chunk_size))
 
@@ -267,7 +274,10 @@ async def fetch_blob(
     concurrency: int = 4,
     timeout: aiohttp.ClientTimeout,
 ) -> None:
-    """Fetch one blob into ``cache`` via the swarm; raises DigestMismatch if it is corrupt.
+    """Fetch one blob into ``cache`` via the swarm.
+
+    Raises DigestMismatch if the assembled blob is corrupt (a bad peer), SwarmError if it
+    makes no progress.
 
     The blob is written in place into a temp file (chunks at their offsets), served to
     others while incomplete, then verified and renamed into the cache.
@@ -288,6 +298,7 @@ async def fetch_blob(
     inflight: dict[asyncio.Task[bool], tuple[int, str]] = {}
     news: list[int] = []
     failed: list[list[Any]] = []
+    failures = 0
 
     async def fetch(index: int, source: str) -> bool:
         start, end = chunk_range(index, size)
@@ -347,10 +358,14 @@ async def fetch_blob(
             for task in finished:
                 index, source = inflight.pop(task)
                 if task.result():
+                    failures = 0
                     need.discard(index)
                     part.complete.add(index)
                     news.append(index)
                 else:
+                    failures += 1
+                    if failures > MAX_FAILURES:
+                        raise SwarmError(f"{digest}: {failures} chunk fetches failed in a row")
                     failed.append([index, source])
                     if source == ORIGIN:
                         await asyncio.sleep(0.1)  # origin trouble: back off a little

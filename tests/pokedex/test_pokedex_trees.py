@@ -175,3 +175,43 @@ def test_swarm_pull_shares_chunks_between_hosts(tmp_path: Path) -> None:
                 assert (tmp_path / f"out{i}/f1").read_bytes() == (src / "f1").read_bytes()
 
     asyncio.run(go())
+
+
+def test_swarm_survives_a_lying_peer(tmp_path: Path) -> None:
+    """A peer that announced every chunk but serves garbage: the blob fails verification,
+    the client falls back to the origin and still materializes the right bytes."""
+    from aiohttp import web
+
+    from pokedex.swarm import chunk_count, chunk_range
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(20 << 20))
+
+    async def liar(request: web.Request) -> web.Response:
+        size = (src / "big").stat().st_size
+        start, end = chunk_range(int(request.match_info["index"]), size)
+        return web.Response(body=b"\0" * (end - start + 1))
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_get("/swarm/chunk/{digest}/{index}", liar)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        liar_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        try:
+            async with nodes(tmp_path / "n") as [n], Client(n.url) as c:
+                t = await c.push_tree(src)
+                d = dg.of_file(str(src / "big"))
+                count = chunk_count((src / "big").stat().st_size)
+                n.node.tracker.plan(liar_url, d, have=range(count), now=0)
+                await c.pull_tree(
+                    t, tmp_path / "out", tmp_path / "cache", swarm_peer="127.0.0.1", seed_seconds=0
+                )
+            assert (tmp_path / "out/big").read_bytes() == (src / "big").read_bytes()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
