@@ -4,7 +4,7 @@
                   [--token-file F] [--auth-reads] [--repair-interval S]
     pokedex put FILE                     -> prints the digest
     pokedex get DIGEST -o FILE
-    pokedex push-tree DIR                -> prints the tree digest
+    pokedex push-tree DIR [--hash-cache F]  -> prints the tree digest
     pokedex pull-tree DIGEST DIR [--cache DIR] [--swarm HOST] [--link]
     pokedex status                       -> JSON: nodes, bytes, blobs, replication health
     pokedex repair
@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     g = client_cmd("get", "fetch a blob into a file")
     g.add_argument("digest")
     g.add_argument("-o", "--output", required=True)
-    client_cmd("push-tree", "store a directory, print its digest").add_argument("dir")
+    pt = client_cmd("push-tree", "store a directory, print its digest")
+    pt.add_argument("dir")
+    pt.add_argument("--hash-cache", help="file remembering digests of unchanged files")
     t = client_cmd("pull-tree", "materialize a stored directory")
     t.add_argument("digest")
     t.add_argument("dir")
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "get":
                 c.get_file(args.digest, args.output)
             elif args.command == "push-tree":
-                print(c.push_tree(args.dir))
+                print(c.push_tree(args.dir, hash_cache=args.hash_cache))
             elif args.command == "pull-tree":
                 c.pull_tree(
                     args.digest, args.dir, args.cache, swarm_peer=args.swarm, link=args.link

@@ -314,15 +314,22 @@ class Client:
 
         return await asyncio.gather(*(run(j) for j in jobs))
 
-    async def push_tree(self, directory: str | os.PathLike[str]) -> str:
+    async def push_tree(
+        self, directory: str | os.PathLike[str], *, hash_cache: str | os.PathLike[str] | None = None
+    ) -> str:
         """Store a directory tree; returns the digest of its manifest.
 
         Only blobs the cluster lacks are uploaded, so re-pushing an unchanged tree sends no
         file bytes, and changing one file sends that file and the new manifest. In a git work
         tree, only what ``git ls-files -co --exclude-standard`` lists is included (so
-        .gitignore is respected). File modes and symlinks are kept.
+        .gitignore is respected). File modes and symlinks are kept. ``hash_cache``: a file
+        remembering digests by (size, mtime, inode), so unchanged files are not re-read on
+        the next push (see :func:`pokedex.tree.scan`).
         """
-        entries, sources = await asyncio.to_thread(tree.scan, directory)
+        cache = _load_hash_cache(hash_cache)
+        entries, sources = await asyncio.to_thread(tree.scan, directory, 4, cache)
+        if hash_cache is not None:
+            await asyncio.to_thread(_save_hash_cache, Path(hash_cache), cache)
         manifest = tree.encode(entries)
         manifest_digest = dg.of_bytes(manifest)
         absent = set(await self.missing([*sources, manifest_digest]))
@@ -422,6 +429,24 @@ class Client:
             await peer.close()
 
 
+def _load_hash_cache(path: str | os.PathLike[str] | None) -> tree.HashCache:
+    """The hash cache at ``path``; empty if absent or unreadable (it is only a cache)."""
+    if path is None:
+        return {}
+    try:
+        value = msgpack.unpackb(Path(path).read_bytes())
+    except (OSError, ValueError, msgpack.UnpackException):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _save_hash_cache(path: Path, cache: tree.HashCache) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(msgpack.packb(cache))
+    os.replace(tmp, path)
+
+
 class SyncClient:
     """Blocking wrapper around :class:`Client` (one private event loop; not for use inside
     a running event loop). Same constructor arguments and methods."""
@@ -454,8 +479,10 @@ class SyncClient:
     def set_ref(self, name: str, digest: str | None, *, expected: Any = ANY) -> None:
         self._run(self.client.set_ref(name, digest, expected=expected))
 
-    def push_tree(self, directory: str | os.PathLike[str]) -> str:
-        return self._run(self.client.push_tree(directory))
+    def push_tree(
+        self, directory: str | os.PathLike[str], *, hash_cache: str | os.PathLike[str] | None = None
+    ) -> str:
+        return self._run(self.client.push_tree(directory, hash_cache=hash_cache))
 
     def pull_tree(
         self,

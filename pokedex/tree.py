@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -171,15 +172,38 @@ def list_paths(root: Path) -> list[str]:
     return sorted(found)
 
 
-def scan(root: str | os.PathLike[str], workers: int = 4) -> tuple[list[Entry], dict[str, Path]]:
+HashCache = dict[str, list[int | str]]  # absolute path -> [size, mtime_ns, inode, digest]
+RACY_NS = 2_000_000_000  # files modified this recently are re-hashed next time too
+
+
+def scan(
+    root: str | os.PathLike[str], workers: int = 4, hash_cache: HashCache | None = None
+) -> tuple[list[Entry], dict[str, Path]]:
     """Entries of the tree at ``root`` and, for each file digest, one local path holding it.
 
     Files are hashed in ``workers`` threads (hashlib releases the GIL). Paths that vanished,
-    directories (git submodules) and special files are skipped.
+    directories (git submodules) and special files are skipped. With ``hash_cache`` (updated
+    in place), a file whose size, mtime and inode are unchanged is not read again — what
+    makes re-pushing a multi-gigabyte working tree cheap. As in git's "racy" rule, a file
+    modified within RACY_NS of the scan is not cached, since a later change within the same
+    timestamp could go unnoticed.
     """
     base = Path(root)
     if not base.is_dir():
         raise TreeError(f"{root} is not a directory")
+    cache = hash_cache if hash_cache is not None else {}
+    now = time.time_ns()
+
+    def file_digest(full: Path, st: os.stat_result) -> str:
+        key = str(full.absolute())
+        sig = [st.st_size, st.st_mtime_ns, st.st_ino]
+        hit = cache.get(key)
+        if hit is not None and hit[:3] == sig:
+            return str(hit[3])
+        d = dg.of_file(str(full))
+        if now - st.st_mtime_ns > RACY_NS:
+            cache[key] = [*sig, d]
+        return d
 
     def one(rel: str) -> Entry | None:
         full = base / rel
@@ -192,7 +216,7 @@ def scan(root: str | os.PathLike[str], workers: int = 4) -> tuple[list[Entry], d
                     path=rel,
                     mode=stat.S_IMODE(st.st_mode),
                     size=st.st_size,
-                    digest=dg.of_file(str(full)),
+                    digest=file_digest(full, st),
                 )
         except FileNotFoundError:
             pass

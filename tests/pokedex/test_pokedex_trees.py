@@ -215,3 +215,32 @@ def test_swarm_survives_a_lying_peer(tmp_path: Path) -> None:
             await runner.cleanup()
 
     asyncio.run(go())
+
+
+def test_hash_cache_skips_rehashing_unchanged_files(tmp_path: Path, monkeypatch) -> None:
+    from pokedex import tree
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}").write_bytes(os.urandom(1000))
+        os.utime(src / f"f{i}", ns=(10**18, 10**18))  # long ago: not "racy"
+    hashed: list[str] = []
+    real = tree.dg.of_file
+    monkeypatch.setattr(tree.dg, "of_file", lambda p: hashed.append(p) or real(p))
+    cache_file = tmp_path / "hashes"
+
+    async def go() -> None:
+        async with nodes(tmp_path / "n") as [n], Client(n.url) as c:
+            t1 = await c.push_tree(src, hash_cache=cache_file)
+            assert len(hashed) == 5
+            assert await c.push_tree(src, hash_cache=cache_file) == t1
+            assert len(hashed) == 5  # nothing re-read
+            (src / "f0").write_bytes(b"new content")
+            os.utime(src / "f0", ns=(2 * 10**18, 2 * 10**18))
+            t2 = await c.push_tree(src, hash_cache=cache_file)
+            assert len(hashed) == 6 and t2 != t1
+            await c.pull_tree(t2, tmp_path / "out", tmp_path / "cache")
+            assert (tmp_path / "out/f0").read_bytes() == b"new content"
+
+    asyncio.run(go())
