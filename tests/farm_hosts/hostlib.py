@@ -12,31 +12,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import docker
+
+from tests.conftest import SESSION_TIMEOUT, start_pytest, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / ".ci" / "build-test-image"
 SSHD = "/usr/sbin/sshd"
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll *condition* until it returns something truthy; fail naming *what* at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def docker_problem() -> str | None:
@@ -74,29 +59,20 @@ def containers_of(pid: int) -> list[dict]:
 @dataclass
 class Finished:
     returncode: int
-    stdout: str
-    stderr: str
+    output: str
     pid: int
-
-
-def psyduck_session(path: Path, *args: str, timeout: float = 180) -> Finished:
-    """Run ``pytest --psyduck ARGS`` in *path*; the pid tells which containers were its own."""
-    process = start_session(path, *args)
-    stdout, stderr = process.communicate(timeout=timeout)
-    return Finished(process.returncode, stdout, stderr, process.pid)
 
 
 def start_session(path: Path, *args: str, cache: bool = False) -> subprocess.Popen:
     """Start ``pytest --psyduck ARGS`` in *path* (without pytest's cache unless *cache*)."""
-    options = [] if cache else ["-p", "no:cacheprovider"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--psyduck", *options, *args],
-        cwd=path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_pytest(path, "--psyduck", *([] if cache else ["-p", "no:cacheprovider"]), *args)
+
+
+def psyduck_session(path: Path, *args: str, timeout: float = SESSION_TIMEOUT) -> Finished:
+    """Run ``pytest --psyduck ARGS`` in *path*; the pid tells which containers were its own."""
+    process = start_session(path, *args)
+    output, _ = process.communicate(timeout=timeout)
+    return Finished(process.returncode, output, process.pid)
 
 
 def seed_durations(path: Path, durations: dict[str, float]) -> None:
@@ -265,5 +241,5 @@ LogLevel ERROR
         except OSError:
             return False
 
-    wait_for(listening, 20, f"sshd on {address}:{port}")
+    wait_until(listening, f"sshd on {address}:{port}", timeout=20)
     return Sshd(address, port, directory, process)

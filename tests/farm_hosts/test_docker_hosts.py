@@ -11,13 +11,13 @@ import pytest
 
 from farm.hosts.containers import LABEL_FARM, farm_identity
 from farm.hosts.docker import DockerHost
-from tests.conftest import junit_cases, run_pytest
+from tests.conftest import junit_cases, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
     ROOT,
     containers_of,
+    free_port,
     psyduck_session,
     start_session,
-    wait_for,
 )
 
 pytestmark = pytest.mark.docker
@@ -34,13 +34,15 @@ def test_demo_suite_in_containers_matches_plain_pytest(docker_image, tmp_path):
         docker_image,
         f"--junitxml={tmp_path / 'farm.xml'}",
     )
-    assert farm.returncode == plain.returncode == 1, farm.stdout + farm.stderr
+    assert farm.returncode == plain.returncode == 1, farm.output
     assert (
-        farm.stdout.splitlines()[-1].split(" in ")[0]
+        farm.output.splitlines()[-1].split(" in ")[0]
         == plain.stdout.splitlines()[-1].split(" in ")[0]
     )
     assert junit_cases(tmp_path / "farm.xml") == junit_cases(tmp_path / "plain.xml")
-    wait_for(lambda: not containers_of(farm.pid), 30, "the run's containers to be removed")
+    wait_until(
+        lambda: not containers_of(farm.pid), "the run's containers to be removed", timeout=30
+    )
 
 
 ISOLATION = """
@@ -90,10 +92,12 @@ def test_containers_are_isolated_and_removed(docker_image, suite):
     done = psyduck_session(
         path, "--psyduck-hosts", "docker:2", "--psyduck-image", docker_image, "-rA"
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "7 passed" in done.stdout
+    assert done.returncode == 0, done.output
+    assert "7 passed" in done.output
     assert not (path / "written-by-test.txt").exists(), "a container wrote into the user's tree"
-    wait_for(lambda: not containers_of(done.pid), 30, "the run's containers to be removed")
+    wait_until(
+        lambda: not containers_of(done.pid), "the run's containers to be removed", timeout=30
+    )
 
 
 MEMORY_HOG = """
@@ -124,7 +128,7 @@ def test_a_test_past_its_memory_limit_is_killed_for_memory(docker_image, suite, 
         f"--junitxml={tmp_path / 'out.xml'}",
     )
     cases = junit_cases(tmp_path / "out.xml")
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 1, done.output
     outcome, message = cases["test_memory::test_hog"]
     assert outcome == "failure"
     assert "killed for memory" in message and "64 MiB" in message, message
@@ -151,17 +155,16 @@ def test_client_going_away_removes_its_containers(docker_image, suite, how):
     process = start_session(path, "--psyduck-hosts", "docker:2", "--psyduck-image", docker_image)
     try:
         # Unknown durations put all tests in one shard: one container.
-        wait_for(
+        wait_until(
             lambda: any(c["State"] == "running" for c in containers_of(process.pid)),
-            60,
             "a running container",
         )
         process.send_signal(how)
         process.communicate(timeout=60)
-        wait_for(
+        wait_until(
             lambda: all(c["State"] == "created" for c in containers_of(process.pid)),
-            15,
             "the containers to stop",
+            timeout=15,
         )
         # A container whose creation was in flight when the client was killed was never
         # started (no process); the next farm on the engine reaps it at once.
@@ -215,4 +218,49 @@ def test_missing_image_is_a_clear_host_error(docker_image, suite):
         path, "--psyduck-hosts", "docker:1", "--psyduck-image", "psyduck-test:no-such-tag"
     )
     assert done.returncode != 0
-    assert "'psyduck-test:no-such-tag' is not present" in done.stdout + done.stderr
+    assert "'psyduck-test:no-such-tag' is not present" in done.output
+
+
+def test_a_served_farm_runs_the_shipped_snapshot_in_containers(docker_image, suite, tmp_path):
+    """Remote client → pokedex snapshot → pulled once on the host → mounted at the client's path."""
+    from tests.test_cli import serve_farm
+
+    port = free_port("127.0.0.1")
+    (tmp_path / "token").write_text("tok")
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        f'[farm]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{tmp_path / "token"}"\n\n'
+        f'[[hosts]]\nurl = "docker"\nslots = 2\nimage = "{docker_image}"\n\n'
+        f'[pokedex]\ndata = "{tmp_path / "store"}"\n'
+    )
+    project = (
+        suite(
+            {
+                "proj/pytest.ini": "[pytest]\npythonpath = .\n",
+                "proj/pkg/__init__.py": "VALUE = 41\n",
+                "proj/tests/test_snap.py": "import os, pathlib, pkg\n"
+                "def test_code_comes_from_the_snapshot():\n"
+                "    mounts = pathlib.Path('/proc/self/mountinfo').read_text().splitlines()\n"
+                "    [source] = [m.split()[3] for m in mounts if m.split()[4] == '/psyduck/src']\n"
+                "    assert '/trees/' in source, source\n"
+                "    assert os.getcwd().endswith('/proj/tests')\n"
+                "def test_import():\n"
+                "    assert pkg.VALUE == 41\n",
+            }
+        )
+        / "proj"
+    )
+    url, proc = serve_farm(config, port, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    try:
+        result = run_pytest(
+            project / "tests",
+            "-p",
+            "no:cacheprovider",
+            "--psyduck",
+            f"--psyduck-farm={url}",
+            env={"PSYDUCK_TOKEN": "tok"},
+        )
+        assert result.outcomes() == {"passed": 2}, result.stdout + result.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

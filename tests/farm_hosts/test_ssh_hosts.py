@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from farm.hosts.ssh import HostKeyRefused, SshTarget, open_ssh
-from tests.conftest import junit_cases, run_pytest
+from tests.conftest import junit_cases, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
     CURRENT_TEST_CONFTEST,
     ROOT,
@@ -19,7 +19,6 @@ from tests.farm_hosts.hostlib import (
     psyduck_session,
     seed_durations,
     start_session,
-    wait_for,
 )
 
 pytestmark = pytest.mark.docker
@@ -78,9 +77,11 @@ def test_demo_suite_on_two_ssh_hosts_matches_plain_pytest(sshd, client_key, know
         "psyduck-test:latest",
         f"--junitxml={tmp_path / 'farm.xml'}",
     )
-    assert farm.returncode == plain.returncode == 1, farm.stdout + farm.stderr
+    assert farm.returncode == plain.returncode == 1, farm.output
     assert junit_cases(tmp_path / "farm.xml") == junit_cases(tmp_path / "plain.xml")
-    wait_for(lambda: not containers_of(farm.pid), 30, "the run's containers to be removed")
+    wait_until(
+        lambda: not containers_of(farm.pid), "the run's containers to be removed", timeout=30
+    )
 
 
 def test_a_session_names_an_unknown_host_key(sshd, client_key, known_hosts, suite):
@@ -94,7 +95,7 @@ def test_a_session_names_an_unknown_host_key(sshd, client_key, known_hosts, suit
         "psyduck-test:latest",
     )
     assert done.returncode != 0
-    assert f"host key of [127.0.0.2]:{server.port} is not known" in done.stdout + done.stderr
+    assert f"host key of [127.0.0.2]:{server.port} is not known" in done.output
 
 
 SLEEPERS = """
@@ -129,36 +130,41 @@ def test_losing_a_host_reschedules_its_work_once_and_quarantines_it(
         cache=True,
     )
     try:
+        interrupted: list[str] = []
 
-        def running_on_doomed() -> str | None:
+        def running_on_doomed() -> bool:
             for container in psyduck_containers(psyduck_host=doomed.host_name):
                 if container["State"] == "running" and (test := current_test_in(container)):
-                    return test
-            return None
+                    interrupted.append(test)
+                    return True
+            return False
 
-        interrupted = wait_for(running_on_doomed, 60, "a test running on the doomed host")
+        wait_until(running_on_doomed, "a test running on the doomed host")
         doomed.stop()
-        stdout, stderr = process.communicate(timeout=120)
+        stdout, _ = process.communicate(timeout=120)
     finally:
         process.kill()
         process.communicate()
-    assert process.returncode == 0, stdout + stderr
+    [interrupted_test] = interrupted
+    assert process.returncode == 0, stdout
     assert "12 passed" in stdout
     names = [
         f"{c.get('classname')}::{c.get('name')}"
         for c in ET.parse(tmp_path / "out.xml").getroot().iter("testcase")
     ]
     assert len(names) == len(set(names)) == 12, "a test was reported twice or not at all"
-    lost = f"host {doomed.host_name} was lost while running {interrupted}"
+    lost = f"host {doomed.host_name} was lost while running {interrupted_test}"
     assert lost in stdout and "retrying it elsewhere" in stdout, stdout
     assert f"host {doomed.host_name} quarantined" in stdout, stdout
     retried = (
         ET.parse(tmp_path / "out.xml")
         .getroot()
         .find(
-            f".//testcase[@name='{interrupted.split('::')[1]}']"
-            f"[@classname='{interrupted.split('::')[0].removesuffix('.py')}']/properties/property"
+            f".//testcase[@name='{interrupted_test.split('::')[1]}']"
+            f"[@classname='{interrupted_test.split('::')[0].removesuffix('.py')}']/properties/property"
         )
     )
     assert retried is not None and "retrying it elsewhere" in retried.get("value", "")
-    wait_for(lambda: not containers_of(process.pid), 30, "the run's containers to be removed")
+    wait_until(
+        lambda: not containers_of(process.pid), "the run's containers to be removed", timeout=30
+    )
