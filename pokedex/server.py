@@ -25,6 +25,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,25 @@ class Node:
             raise ApiError(404, "BLOB_UNKNOWN", f"{d} not on this node")
         return await self.proxy_blob(request, d)
 
+    async def read_blob(self, d: str) -> AsyncIterator[bytes]:
+        """A blob's bytes in pieces, from local disk or else a replica."""
+        path = self.store.path(d)
+        if path.is_file():
+            with open(path, "rb") as f:
+                while data := await asyncio.to_thread(f.read, 8 << 20):
+                    yield data
+            return
+        upstream = await self.cluster.open_remote(d, None)
+        if upstream is None:
+            raise ApiError(404, "BLOB_UNKNOWN", f"{d} is on no reachable node")
+        try:
+            if upstream.status != 200:
+                raise ApiError(404, "BLOB_UNKNOWN", f"{d} is on no reachable node")
+            async for data in upstream.content.iter_chunked(8 << 20):
+                yield data
+        finally:
+            upstream.release()
+
     async def get_blob(self, request: web.Request) -> web.StreamResponse:
         return await self.serve_blob(request, _blob_digest(request))
 
@@ -395,7 +415,7 @@ class Node:
         app.router.add_put("/refs/{name:.+}", self.put_ref)
         app.router.add_get("/status", self.status)
         app.router.add_post("/repair", self.repair)
-        swarm.add_tracker_routes(app, self.tracker, self.store)
+        swarm.add_tracker_routes(app, self.tracker, self.read_blob)
         registry.Registry(self).add_routes(app)
         app.on_response_prepare.append(self.count_egress)
         return app

@@ -8,8 +8,9 @@ once, and origin egress stays near one copy of the payload however many hosts pu
 
 Each pulling client runs a tiny HTTP server (:class:`PeerServer`) that serves the chunks it
 has; chunk reads are unauthenticated, the digest being the capability. A host may serve bad
-bytes, but the whole blob is verified against its digest at the end and refetched from the
-origin on mismatch, so the worst a bad peer can cause is extra work.
+bytes, but the tracker publishes per-chunk digests (it reads each blob once), every chunk is checked
+before a host writes or re-offers it, and the whole blob is verified at the end; so the
+worst a bad peer can cause is extra work.
 
 Tracker protocol (JSON, on the origin node, token required)::
 
@@ -25,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +45,7 @@ from .store import BlobStore
 CHUNK_SIZE = 8 << 20
 LEASE_SECONDS = 30.0
 MAX_WANT = 256
+MAX_INDEXED = 4096  # blobs whose chunk digests the tracker keeps in memory
 ORIGIN = "origin"
 
 
@@ -61,6 +64,32 @@ def chunk_range(index: int, size: int, chunk_size: int = CHUNK_SIZE) -> tuple[in
     """Inclusive byte range of chunk ``index`` of a blob of ``size`` bytes."""
     start = index * chunk_size
     return start, min(size, start + chunk_size) - 1
+
+
+class ChunkHasher:
+    """Per-chunk sha256 hex digests of a byte stream fed in arbitrary pieces."""
+
+    def __init__(self, chunk_size: int = CHUNK_SIZE) -> None:
+        self.chunk_size = chunk_size
+        self.hashes: list[str] = []
+        self._h = hashlib.sha256()
+        self._filled = 0
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.chunk_size - self._filled)
+            self._h.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.chunk_size:
+                self.hashes.append(self._h.hexdigest())
+                self._h, self._filled = hashlib.sha256(), 0
+
+    def finish(self) -> list[str]:
+        if self._filled or not self.hashes:
+            self.hashes.append(self._h.hexdigest())
+        return self.hashes
 
 
 @dataclass
@@ -143,8 +172,16 @@ def _check_indexes(value: Any, limit: int) -> list[int]:
     return value
 
 
-def add_tracker_routes(app: web.Application, tracker: Tracker, store: BlobStore) -> None:
-    """Mount the tracker endpoints on a node's application."""
+def add_tracker_routes(
+    app: web.Application, tracker: Tracker, read_blob: Callable[[str], AsyncIterator[bytes]]
+) -> None:
+    """Mount the tracker endpoints on a node's application.
+
+    ``read_blob(digest)`` yields a blob's bytes (from this node or a replica); the tracker
+    reads each blob once to publish its chunk digests, so hosts can verify every chunk they
+    get from a peer before passing it on: a lying peer's bytes never spread.
+    """
+    index: dict[str, asyncio.Task[list[str]]] = {}
 
     async def body(request: web.Request) -> dict[str, Any]:
         try:
@@ -201,6 +238,22 @@ def add_tracker_routes(app: web.Application, tracker: Tracker, store: BlobStore)
         d = digest_of(request.match_info["digest"])
         return web.json_response({"pulling": tracker.active(d)})
 
+    async def compute(d: str) -> list[str]:
+        hasher = ChunkHasher()
+        async for data in read_blob(d):
+            await asyncio.to_thread(hasher.feed, data)
+        return hasher.finish()
+
+    async def chunks(request: web.Request) -> web.Response:
+        d = digest_of(request.match_info["digest"])
+        task = index.get(d)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            while len(index) >= MAX_INDEXED:  # bounded: forget the oldest blobs
+                index.pop(next(iter(index)))
+            task = index[d] = asyncio.ensure_future(compute(d))
+        return web.json_response({"chunk_size": CHUNK_SIZE, "chunks": await asyncio.shield(task)})
+
+    app.router.add_get("/swarm/chunks/{digest}", chunks)
     app.router.add_post("/swarm/plan", plan)
     app.router.add_post("/swarm/done", done)
     app.router.add_post("/swarm/leave", leave)
@@ -276,19 +329,30 @@ async def fetch_blob(
 ) -> None:
     """Fetch one blob into ``cache`` via the swarm.
 
-    Raises DigestMismatch if the assembled blob is corrupt (a bad peer), SwarmError if it
-    makes no progress.
+    Every chunk is checked against the tracker's chunk digests before it is written or
+    offered to others; the whole blob is verified again at the end. Raises DigestMismatch if
+    the assembled blob is still corrupt, SwarmError if the swarm makes no progress.
 
     The blob is written in place into a temp file (chunks at their offsets), served to
     others while incomplete, then verified and renamed into the cache.
     """
+    async with http.get(f"{tracker}/swarm/chunks/{digest}", headers=headers, timeout=timeout) as r:
+        r.raise_for_status()
+        index = await r.json()
+    count = chunk_count(size)
+    hashes = index.get("chunks")
+    if (
+        index.get("chunk_size") != CHUNK_SIZE
+        or not isinstance(hashes, list)
+        or len(hashes) != count
+    ):
+        raise SwarmError(f"tracker's chunk index for {digest} does not fit size {size}")
     final = cache.path(digest)
     tmp = final.parent / f".tmp-swarm-{digest[7:23]}-{os.getpid()}-{id(peer)}"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     os.ftruncate(fd, size)
     part = _Partial(fd=fd, size=size, complete=set())
     peer.blobs[digest] = part
-    count = chunk_count(size)
     need = set(range(count))
     # Each host walks the chunks in order from its own random starting point: hosts begin
     # with different chunks (so there is soon something to trade), and each host's writes
@@ -316,8 +380,14 @@ async def fetch_blob(
             return False
         if len(data) != end - start + 1:
             return False
-        await asyncio.to_thread(os.pwrite, fd, data, start)
-        return True
+
+        def check_and_write() -> bool:
+            if hashlib.sha256(data).hexdigest() != hashes[index]:
+                return False  # reported as failed: the tracker forgets this source
+            os.pwrite(fd, data, start)
+            return True
+
+        return await asyncio.to_thread(check_and_write)
 
     async def call(path: str, payload: dict[str, Any]) -> dict[str, Any]:
         async with http.post(

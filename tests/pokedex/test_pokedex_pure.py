@@ -14,7 +14,7 @@ from pokedex import digest as dg
 from pokedex import names, placement, tree
 from pokedex.registry import parse_manifest
 from pokedex.replies import ApiError, authorized, needs_auth, parse_ref_update
-from pokedex.swarm import ORIGIN, Tracker, chunk_count, chunk_range
+from pokedex.swarm import ORIGIN, ChunkHasher, Tracker, chunk_count, chunk_range
 
 hexdigits = st.text("0123456789abcdef", min_size=64, max_size=64)
 digests = hexdigits.map(lambda h: f"sha256:{h}")
@@ -279,3 +279,16 @@ def test_tracker_hands_each_chunk_to_the_origin_once() -> None:
 def test_chunk_arithmetic() -> None:
     assert chunk_count(0) == 1 and chunk_count(10, 4) == 3
     assert chunk_range(2, 10, 4) == (8, 9) and chunk_range(0, 10, 4) == (0, 3)
+
+
+@given(st.binary(max_size=100), st.lists(st.integers(1, 30), max_size=10))
+def test_chunk_hasher_matches_slicing(data: bytes, cuts: list[int]) -> None:
+    h = ChunkHasher(chunk_size=7)
+    pos = 0
+    for c in cuts:
+        h.feed(data[pos : pos + c])
+        pos += c
+    h.feed(data[pos:])
+    expected = [hashlib.sha256(data[i : i + 7]).hexdigest() for i in range(0, len(data), 7)]
+    assert h.finish() == (expected or [hashlib.sha256(b"").hexdigest()])
+    assert len(h.hashes) == chunk_count(len(data), 7)

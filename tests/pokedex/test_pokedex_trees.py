@@ -178,8 +178,9 @@ def test_swarm_pull_shares_chunks_between_hosts(tmp_path: Path) -> None:
 
 
 def test_swarm_survives_a_lying_peer(tmp_path: Path) -> None:
-    """A peer that announced every chunk but serves garbage: the blob fails verification,
-    the client falls back to the origin and still materializes the right bytes."""
+    """A peer that announced every chunk but serves garbage: every chunk from it fails
+    verification, the tracker forgets it, and the host gets the right bytes from the origin,
+    fetching each chunk from the origin only once."""
     from aiohttp import web
 
     from pokedex.swarm import chunk_count, chunk_range
