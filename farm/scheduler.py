@@ -190,7 +190,7 @@ class _Run:
     cancelled: bool = False
 
 
-def _placeable(requires: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+def placeable(requires: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Every required dimension is among the host's values (comma-separated in a label)."""
     return all(v in labels.get(k, "").split(",") for k, v in requires.items())
 
@@ -243,7 +243,7 @@ class Scheduler:
         return []
 
     def _any_slot_fits(self, requires: Mapping[str, str]) -> bool:
-        return any(_placeable(requires, s.labels) for s in self._slots.values())
+        return any(placeable(requires, s.labels) for s in self._slots.values())
 
     def next_shard(self, slot_id: str) -> Shard | None:
         """Pick work for an idle slot: the neediest run's longest unit that fits the slot."""
@@ -258,7 +258,7 @@ class Scheduler:
                 (
                     i
                     for i, unit in enumerate(run.queue)
-                    if _placeable(unit.requires, slot.labels)
+                    if placeable(unit.requires, slot.labels)
                     and (unit.avoid_host != slot.host or not self._other_host_fits(unit, slot))
                 ),
                 None,
@@ -295,7 +295,7 @@ class Scheduler:
 
     def _other_host_fits(self, unit: _Unit, slot: _Slot) -> bool:
         return any(
-            s.host != slot.host and _placeable(unit.requires, s.labels)
+            s.host != slot.host and placeable(unit.requires, s.labels)
             for s in self._slots.values()
         )
 

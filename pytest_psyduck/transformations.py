@@ -312,16 +312,16 @@ def _contains(args: Sequence[str], part: Sequence[str]) -> bool:
 @cache
 def _local_labels() -> Mapping[str, str]:
     """The labels a local host on this machine advertises (imported late: few runs need it)."""
-    from farm.hosts.local import LocalHost
+    from farm.hosts.local import local_labels
 
-    return LocalHost(slots=1).labels
+    return local_labels()
 
 
 def _unmet(requires: Mapping[str, str]) -> dict[str, str]:
-    from farm.scheduler import _placeable
+    from farm.scheduler import placeable
 
     labels = _local_labels()
-    return {key: value for key, value in requires.items() if not _placeable({key: value}, labels)}
+    return {key: value for key, value in requires.items() if not placeable({key: value}, labels)}
 
 
 def _check_name(name: str, source: str, sources: Mapping[str, str]) -> None:

@@ -213,6 +213,11 @@ def default_cache_dir(host: str) -> Path:
     return Path(base) / "psyduck" / "hosts" / host
 
 
+def local_labels() -> dict[str, str]:
+    """The labels of a local host: what this machine is, for transformations' ``requires``."""
+    return {"kind": "local", "arch": platform.machine(), "cpu": cpu_flags()}
+
+
 def cpu_flags() -> str:
     """The CPU feature flags of this machine as a comma-separated label value."""
     try:
@@ -238,7 +243,7 @@ class LocalHost(Host):
         self.name = name
         self.slots = slots
         self.launcher = launcher or ExecLauncher()
-        self.labels = {"kind": "local", "arch": platform.machine(), "cpu": cpu_flags()}
+        self.labels = local_labels()
         self.snapshots = SnapshotCache(cache_dir or default_cache_dir(name), name)
 
     async def spawn(
