@@ -77,7 +77,12 @@ async def create_run(request: web.Request) -> web.Response:
     if run is None:
         names = "\n  ".join(f"{t.id} requires {dict(t.requires)}" for t in unplaceable[:50])
         more = f"\n  … and {len(unplaceable) - 50} more" if len(unplaceable) > 50 else ""
-        return error(request, 422, f"no host can run {len(unplaceable)} test(s):\n  {names}{more}")
+        return error(
+            request,
+            422,
+            f"no host can run {len(unplaceable)} test(s):\n  {names}{more}\n"
+            "(add hosts with those labels, or deselect the tests: -k, --psyduck-transform)",
+        )
     return reply(request, {"t": "created", "run": run.id}, 201)
 
 
