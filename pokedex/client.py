@@ -375,14 +375,17 @@ class Client:
         host: str,
         seed_seconds: float,
     ) -> None:
+        """Fetch ``wanted`` into ``cache``: blobs of at least one chunk via the swarm (two at a
+        time, each with several chunks in flight), smaller ones straight from the nodes."""
         small = [d for d in wanted if sizes[d] < swarm.CHUNK_SIZE]
         large = [d for d in wanted if sizes[d] >= swarm.CHUNK_SIZE]
         peer = swarm.PeerServer(host)
         await peer.start()
         tracker = placement.rank("swarm", self.urls)[0]
-        try:
+        two_at_a_time = asyncio.Semaphore(2)
 
-            async def one(d: str) -> None:
+        async def via_swarm(d: str) -> None:
+            async with two_at_a_time:
                 try:
                     await swarm.fetch_blob(
                         self._http,
@@ -396,29 +399,18 @@ class Client:
                         timeout=self._small,
                     )
                 except (StoreError, swarm.SwarmError, aiohttp.ClientError):
-                    # Bad bytes from a peer, no progress, or no tracker: plain download.
+                    # Corrupt after all, no progress, or no tracker: plain download.
                     await self._fetch_into(cache, d)
 
-            sem = asyncio.Semaphore(2)
-
-            async def limited(d: str) -> None:
-                async with sem:
-                    await one(d)
-
+        try:
             await asyncio.gather(
                 self._gather_limited(self._fetch_into(cache, d) for d in small),
-                *(limited(d) for d in large),
+                *(via_swarm(d) for d in large),
             )
-            deadline = time.monotonic() + seed_seconds
-            while large and time.monotonic() < deadline:
-                counts = await asyncio.gather(
-                    *(self._json("GET", f"/swarm/active/{d}", "swarm") for d in large)
-                )
-                if not any(c["pulling"] for c in counts):
-                    break
-                await asyncio.sleep(0.1)
-        finally:
             with contextlib.suppress(*RETRY_ERRORS, PokedexError):
+                await self._seed(tracker, large, seed_seconds)
+        finally:
+            with contextlib.suppress(*RETRY_ERRORS):
                 async with self._http.post(
                     f"{tracker}/swarm/leave",
                     json={"peer": peer.url},
@@ -427,6 +419,23 @@ class Client:
                 ) as r:
                     r.release()
             await peer.close()
+
+    async def _seed(self, tracker: str, digests: list[str], seconds: float) -> None:
+        """Keep serving (the caller's peer server stays up) while other hosts still pull
+        ``digests``, for at most ``seconds``: chunks only this host has would otherwise have
+        to come from the origin again."""
+        deadline = time.monotonic() + seconds
+        while digests and time.monotonic() < deadline:
+            pulling = 0
+            for d in digests:
+                async with self._http.get(
+                    f"{tracker}/swarm/active/{d}", headers=self._headers(), timeout=self._small
+                ) as r:
+                    await self._check(r, (200,))
+                    pulling += (await r.json())["pulling"]
+            if not pulling:
+                return
+            await asyncio.sleep(0.1)
 
 
 def _load_hash_cache(path: str | os.PathLike[str] | None) -> tree.HashCache:
