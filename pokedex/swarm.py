@@ -436,9 +436,10 @@ async def fetch_blob(
                     failures += 1
                     if failures > MAX_FAILURES:
                         raise SwarmError(f"{digest}: {failures} chunk fetches failed in a row")
-                    failed.append([index, source])
                     if source == ORIGIN:
-                        await asyncio.sleep(0.1)  # origin trouble: back off a little
+                        await asyncio.sleep(0.1)  # origin trouble: back off, keep the lease
+                    else:
+                        failed.append([index, source])
         await call("/swarm/plan", {"peer": peer.url, "digest": digest, "have": news, "want": []})
         await asyncio.to_thread(cache.adopt, tmp, digest)
         await call("/swarm/done", {"peer": peer.url, "digest": digest})
