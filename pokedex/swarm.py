@@ -363,11 +363,13 @@ async def fetch_blob(
     news: list[int] = []
     failed: list[list[Any]] = []
     failures = 0
+    tries: dict[int, int] = {}
 
     async def fetch(index: int, source: str) -> bool:
         start, end = chunk_range(index, size)
         if source == ORIGIN:
-            url = f"{origins[index % len(origins)]}/blobs/{digest}"
+            origin = origins[(index + tries.get(index, 0)) % len(origins)]  # rotate on failure
+            url = f"{origin}/blobs/{digest}"
             hdrs = {**headers, "Range": f"bytes={start}-{end}"}
         else:
             url, hdrs = f"{source}/swarm/chunk/{digest}/{index}", {}
@@ -437,6 +439,7 @@ async def fetch_blob(
                     if failures > MAX_FAILURES:
                         raise SwarmError(f"{digest}: {failures} chunk fetches failed in a row")
                     if source == ORIGIN:
+                        tries[index] = tries.get(index, 0) + 1
                         await asyncio.sleep(0.1)  # origin trouble: back off, keep the lease
                     else:
                         failed.append([index, source])

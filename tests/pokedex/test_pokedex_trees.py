@@ -245,3 +245,23 @@ def test_hash_cache_skips_rehashing_unchanged_files(tmp_path: Path, monkeypatch)
             assert (tmp_path / "out/f0").read_bytes() == b"new content"
 
     asyncio.run(go())
+
+
+def test_swarm_pull_with_a_dead_node_in_the_list(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(20 << 20))
+
+    async def go() -> None:
+        async with nodes(tmp_path / "n", 2) as cluster:
+            urls = [n.url for n in cluster]
+            async with Client(urls) as c:
+                t = await c.push_tree(src)
+            await cluster[1].close()  # whether it was the tracker or an origin, pulls work
+            async with Client(urls) as c:
+                await c.pull_tree(
+                    t, tmp_path / "out", tmp_path / "cache", swarm_peer="127.0.0.1", seed_seconds=0
+                )
+            assert (tmp_path / "out/big").read_bytes() == (src / "big").read_bytes()
+
+    asyncio.run(go())
