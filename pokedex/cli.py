@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--replicas", type=int, default=2)
     s.add_argument("--token-file")
     s.add_argument("--auth-reads", action="store_true", help="reads need the token too")
-    s.add_argument("--repair-interval", type=float, default=300.0, help="seconds; 0 = off")
+    s.add_argument("--repair-interval", type=float, default=60.0, help="seconds; 0 = off")
     s.add_argument("--advertise", help="URL peers know this node by")
 
     def client_cmd(name: str, help_: str) -> argparse.ArgumentParser:

@@ -452,7 +452,7 @@ async def start_node(
     token: str | None = None,
     *,
     auth_reads: bool = False,
-    repair_interval: float | None = 300.0,
+    repair_interval: float | None = 60.0,
     advertise: str | None = None,
     max_blob: int = DEFAULT_MAX_BLOB,
 ) -> RunningNode:

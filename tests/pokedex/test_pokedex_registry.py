@@ -198,12 +198,16 @@ def test_docker_push_pull_and_skopeo_both_ways(registry_node: ThreadedNode, tmp_
     reg = f"127.0.0.1:{registry_node.port}"
     ref = f"{reg}/psyduck/test:v1"
     _import_image(ref, {"hello.txt": b"hello pokedex\n", "data.bin": os.urandom(100_000)})
+    image_id = _run("docker", "image", "inspect", "-f", "{{.Id}}", ref).strip()
+    cleanup = [image_id]
     try:
-        image_id = _run("docker", "image", "inspect", "-f", "{{.Id}}", ref).strip()
         _run("docker", "push", ref)
         _run("docker", "rmi", ref)
         _run("docker", "pull", ref)
         assert _run("docker", "image", "inspect", "-f", "{{.Id}}", ref).strip() == image_id
+        by_digest = _run("docker", "image", "inspect", "-f", "{{index .RepoDigests 0}}", ref)
+        _run("docker", "rmi", ref)
+        _run("docker", "pull", by_digest.strip())  # manifests by digest too
         # skopeo: registry -> directory -> (OCI format) registry, and registry -> registry.
         _run(
             "skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}", f"dir:{tmp_path / 'img'}"
@@ -229,11 +233,11 @@ def test_docker_push_pull_and_skopeo_both_ways(registry_node: ThreadedNode, tmp_
             _run("skopeo", "inspect", "--tls-verify=false", f"docker://{reg}/psyduck/copy:v2")
         )
         assert inspect["Digest"].startswith("sha256:")
-        _run("docker", "pull", f"{reg}/psyduck/copy:v2")
+        copy = f"{reg}/psyduck/copy:v2"
+        _run("docker", "pull", copy)
+        cleanup.append(_run("docker", "image", "inspect", "-f", "{{.Id}}", copy).strip())
     finally:
-        subprocess.run(
-            ["docker", "rmi", "-f", ref, f"{reg}/psyduck/copy:v2"], capture_output=True, timeout=120
-        )
+        subprocess.run(["docker", "rmi", "-f", *cleanup], capture_output=True, timeout=120)
 
 
 @pytest.mark.docker
