@@ -269,6 +269,8 @@ class DockerWorker(WorkerConnection):
         self._tail = OutputTail()
         self._exit: asyncio.Future[ExitInfo] = self._loop.create_future()
         self._eof = asyncio.Event()
+        #: Set by the worker's first message (``ready``) or its end.
+        self.heard = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._oom = False
         self._killed = False
@@ -291,6 +293,7 @@ class DockerWorker(WorkerConnection):
                     if kind == 1:
                         for message in decoder.feed(chunk):
                             self._to_loop(self._inbox.put_nowait, message)
+                            self._to_loop(self.heard.set)
                     else:
                         self._to_loop(self._output, chunk)
         except ProtocolError as exc:
@@ -301,6 +304,7 @@ class DockerWorker(WorkerConnection):
             self._to_loop(self._output, f"\n[psyduck] attach stream failed: {exc}\n".encode())
         self._to_loop(self._inbox.put_nowait, None)
         self._to_loop(self._eof.set)
+        self._to_loop(self.heard.set)
 
     def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -592,17 +596,30 @@ class DockerHost(Host):
     ) -> WorkerConnection:
         """A worker for the slot: the slot's spare if it fits, else a new container.
 
-        Either way a spare for the slot's next shard starts now, so that its
-        create, start and collection overlap this shard instead of following it.
+        Either way a spare for the slot's next shard starts as soon as this
+        worker is up (not before: two starting containers would slow each other
+        down), so that its create, start and collection overlap this shard
+        instead of following it.
         """
         key = (run.run_id, run.profile)
         worker = await self._take_spare(slot, key)
         if worker is None:
             worker = await self._create_worker(run, slot, worker_id, on_output)
-        task = asyncio.ensure_future(self._create_worker(run, slot, worker_id, on_output))
+        task = asyncio.ensure_future(self._spare_after(worker, run, slot, worker_id, on_output))
         expiry = asyncio.get_running_loop().call_later(SPARE_TTL, self._expire_spare, slot, task)
         self._spares[slot] = _Spare(key, task, expiry)
         return worker
+
+    async def _spare_after(
+        self,
+        current: DockerWorker,
+        run: RunContext,
+        slot: int,
+        worker_id: str,
+        on_output: OutputHandler,
+    ) -> DockerWorker:
+        await current.heard.wait()
+        return await self._create_worker(run, slot, worker_id, on_output)
 
     async def _take_spare(self, slot: int, key: tuple[str, str]) -> DockerWorker | None:
         spare = self._spares.pop(slot, None)
