@@ -7,6 +7,7 @@ host key, and containers are inspected on the real engine.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -48,6 +49,21 @@ def psyduck_containers(**labels: str) -> list[dict]:
     filters = [f"{k.replace('_', '.')}={v}" for k, v in labels.items()] or ["psyduck.farm"]
     with docker.APIClient(timeout=30) as api:
         return api.containers(all=True, filters={"label": filters})
+
+
+def reap_orphans() -> list[str]:
+    """What a farm starting on this engine does first: remove containers of dead farms."""
+    from farm.hosts.docker import DockerHost
+
+    async def reap() -> list[str]:
+        host = DockerHost(1)
+        await host.start()  # reaps
+        try:
+            return await host.reap()
+        finally:
+            await host.close()
+
+    return asyncio.run(reap())
 
 
 def containers_of(pid: int) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 
@@ -10,13 +9,13 @@ import docker
 import pytest
 
 from farm.hosts.containers import LABEL_FARM, farm_identity
-from farm.hosts.docker import DockerHost
 from tests.conftest import junit_cases, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
     ROOT,
     containers_of,
     free_port,
     psyduck_session,
+    reap_orphans,
     start_session,
 )
 
@@ -168,20 +167,11 @@ def test_client_going_away_removes_its_containers(docker_image, suite, how):
         )
         # A container whose creation was in flight when the client was killed was never
         # started (no process); the next farm on the engine reaps it at once.
-        asyncio.run(reap())
+        reap_orphans()
         assert containers_of(process.pid) == []
     finally:
         process.kill()
         process.communicate()
-
-
-async def reap() -> list[str]:
-    host = DockerHost(1)
-    await host.start()
-    try:
-        return await host.reap()
-    finally:
-        await host.close()
 
 
 def test_reaper_removes_containers_of_dead_coordinators_only(docker_image):
@@ -199,7 +189,7 @@ def test_reaper_removes_containers_of_dead_coordinators_only(docker_image):
             )["Id"]
             api.start(ids[owner])
 
-        asyncio.run(reap())
+        reap_orphans()
         remaining = {c["Id"] for c in api.containers(all=True, filters={"label": LABEL_FARM})}
         assert ids[dead] not in remaining
         assert ids[alive] in remaining
