@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -238,6 +239,12 @@ def test_losing_the_farm_mid_run_interrupts_and_keeps_what_arrived(farm, suite, 
         env={"PSYDUCK_TOKEN": "s3cret-token"},
     )
     wait_until(lambda: started.exists() or client.poll() is not None, "the slow test to start")
+
+    def quick_test_reported() -> bool:
+        status = json.loads(_psyduck("farm", "status", "--farm", farm, "--json").stdout)
+        return any(run["done"] >= 1 for run in status["runs"])
+
+    wait_until(quick_test_reported, "the quick test's result")
     farm_processes[farm].kill()
     out, _ = client.communicate(timeout=60)
     assert client.returncode == 2, out
