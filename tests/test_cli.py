@@ -127,7 +127,7 @@ def test_a_small_run_is_not_starved_by_a_huge_one(farm, suite, tmp_path):
     huge = suite(
         {
             "huge/test_huge.py": "\n".join(
-                f"def test_{i}(): __import__('time').sleep(0.2)" for i in range(200)
+                f"def test_{i}(): __import__('time').sleep(0.1)" for i in range(100)
             )
         }
     )
@@ -160,7 +160,7 @@ def test_a_small_run_is_not_starved_by_a_huge_one(farm, suite, tmp_path):
     assert small.outcomes() == {"passed": 4}
     assert thread.is_alive(), "the small run had to wait for the huge one"
     thread.join(timeout=120)
-    assert huge_result["r"].outcomes() == {"passed": 200}
+    assert huge_result["r"].outcomes() == {"passed": 100}
 
 
 @pytest.mark.parametrize(
