@@ -30,7 +30,7 @@ from aiohttp import web
 
 from . import digest as dg
 from . import names
-from .replies import ApiError
+from .replies import ApiError, require_digest
 from .store import DigestMismatch, SizeError, pump
 
 if TYPE_CHECKING:
@@ -100,13 +100,6 @@ def _repo(request: web.Request) -> str:
         raise ApiError(400, "NAME_INVALID", str(e)) from None
 
 
-def _digest(value: str | None) -> str:
-    if not dg.is_digest(value):
-        raise ApiError(400, "DIGEST_INVALID", f"not a sha256 digest: {str(value)[:100]!r}")
-    assert value is not None
-    return value
-
-
 class Registry:
     """Handlers of the ``/v2/`` API for one node."""
 
@@ -163,7 +156,7 @@ class Registry:
 
     async def get_blob(self, request: web.Request) -> web.StreamResponse:
         _repo(request)
-        d = _digest(request.match_info["digest"])
+        d = require_digest(request.match_info["digest"])
         if request.method == "HEAD":
             return await self.node.head_blob(request, d)
         return await self.node.serve_blob(request, d)
@@ -204,7 +197,7 @@ class Registry:
         if mount is not None and dg.is_digest(mount) and await self.node.exists(mount):
             return self._created(repo, mount)
         if "digest" in request.query:  # monolithic: POST with the whole blob
-            d = _digest(request.query["digest"])
+            d = require_digest(request.query["digest"])
             await self.node.store_blob(request, d)
             return self._created(repo, d)
         sid = uuid.uuid4().hex
@@ -252,7 +245,7 @@ class Registry:
 
     async def finish_upload(self, request: web.Request) -> web.Response:
         repo = _repo(request)
-        d = _digest(request.query.get("digest"))
+        d = require_digest(request.query.get("digest"))
         sid, path = self._session_path(request)
         await self._append(request, sid, path)
         hasher = self.hashers.pop(sid, None)

@@ -32,6 +32,15 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def require_digest(value: Any, what: str = "digest") -> str:
+    """``value`` if it is a well-formed digest, else ApiError(400, DIGEST_INVALID)."""
+    if not dg.is_digest(value):
+        raise ApiError(
+            400, "DIGEST_INVALID", f"{what} is not sha256:<64 hex>: {str(value)[:100]!r}"
+        )
+    return value
+
+
 def error_body(path: str, code: str, message: str, detail: Any = None) -> dict[str, Any]:
     """The JSON error document: the OCI spec shape under ``/v2``, a flat one elsewhere."""
     if path.startswith("/v2"):
@@ -110,8 +119,7 @@ def parse_digest_list(value: Any) -> list[str]:
     if len(value) > MAX_MISSING:
         raise ApiError(413, "TOO_MANY", f"at most {MAX_MISSING} digests per request")
     for item in value:
-        if not dg.is_digest(item):
-            raise ApiError(400, "DIGEST_INVALID", f"not a digest: {str(item)[:100]!r}")
+        require_digest(item)
     return value
 
 
@@ -127,11 +135,11 @@ def parse_ref_update(value: Any) -> tuple[str | None, bool, str | None]:
     if not isinstance(value, dict) or "digest" not in value:
         raise ApiError(400, "BAD_BODY", 'want {"digest": "sha256:...", "expected": ...}')
     new = value["digest"]
-    if new is not None and not dg.is_digest(new):
-        raise ApiError(400, "DIGEST_INVALID", f"not a digest: {str(new)[:100]!r}")
+    if new is not None:
+        require_digest(new)
     expected = value.get("expected", _UNSET)
     if expected is _UNSET:
         return new, False, None
-    if expected is not None and not dg.is_digest(expected):
-        raise ApiError(400, "DIGEST_INVALID", f"expected is not a digest: {str(expected)[:100]!r}")
+    if expected is not None:
+        require_digest(expected, "expected")
     return new, True, expected

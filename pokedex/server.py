@@ -47,6 +47,7 @@ from .replies import (
     needs_auth,
     parse_digest_list,
     parse_ref_update,
+    require_digest,
 )
 from .store import BlobStore, DigestMismatch, RefConflict, SizeError, StoreError
 
@@ -101,10 +102,7 @@ def _set_cork(sock: Any, on: bool) -> bool:
 
 
 def _blob_digest(request: web.Request) -> str:
-    value = request.match_info["digest"]
-    if not dg.is_digest(value):
-        raise ApiError(400, "DIGEST_INVALID", f"not a sha256:<64 hex> digest: {value[:100]!r}")
-    return value
+    return require_digest(request.match_info["digest"])
 
 
 def _ref_name(request: web.Request) -> str:

@@ -52,12 +52,16 @@ class RefConflict(Exception):
         self.current = current
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    _fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -292,11 +296,7 @@ class BlobStore:
 
         Blocking (fsync): call from a worker thread.
         """
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(src)
         self._commit(src, self.path(digest))
 
     def adopt(self, src: Path, expected: str) -> int:
@@ -370,10 +370,6 @@ class BlobStore:
             else:
                 tmp = self.ref_root / f".tmp-{secrets.token_hex(6)}"
                 tmp.write_text(value + "\n")
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _fsync_path(tmp)
                 os.replace(tmp, path)
             _fsync_dir(self.ref_root)

@@ -38,8 +38,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from . import digest as dg
-from .replies import ApiError
+from .replies import ApiError, require_digest
 from .store import BlobStore
 
 CHUNK_SIZE = 8 << 20
@@ -192,11 +191,6 @@ def add_tracker_routes(
             raise ApiError(400, "BAD_BODY", "body must be a JSON object")
         return value
 
-    def digest_of(value: Any) -> str:
-        if not dg.is_digest(value):
-            raise ApiError(400, "DIGEST_INVALID", f"not a digest: {str(value)[:100]!r}")
-        return value
-
     async def plan(request: web.Request) -> web.Response:
         b = await body(request)
         failed_raw = b.get("failed", [])
@@ -216,7 +210,7 @@ def add_tracker_routes(
             raise ApiError(400, "BAD_BODY", "slots must be an int in 0..64")
         assign = tracker.plan(
             _check_peer(b.get("peer")),
-            digest_of(b.get("digest")),
+            require_digest(b.get("digest")),
             have=_check_indexes(b.get("have", []), 1 << 16),
             want=_check_indexes(b.get("want", []), MAX_WANT),
             failed=failed,
@@ -227,7 +221,7 @@ def add_tracker_routes(
 
     async def done(request: web.Request) -> web.Response:
         b = await body(request)
-        tracker.done(_check_peer(b.get("peer")), digest_of(b.get("digest")))
+        tracker.done(_check_peer(b.get("peer")), require_digest(b.get("digest")))
         return web.json_response({})
 
     async def leave(request: web.Request) -> web.Response:
@@ -235,7 +229,7 @@ def add_tracker_routes(
         return web.json_response({})
 
     async def active(request: web.Request) -> web.Response:
-        d = digest_of(request.match_info["digest"])
+        d = require_digest(request.match_info["digest"])
         return web.json_response({"pulling": tracker.active(d)})
 
     async def compute(d: str) -> list[str]:
@@ -245,7 +239,7 @@ def add_tracker_routes(
         return hasher.finish()
 
     async def chunks(request: web.Request) -> web.Response:
-        d = digest_of(request.match_info["digest"])
+        d = require_digest(request.match_info["digest"])
         task = index.get(d)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             while len(index) >= MAX_INDEXED:  # bounded: forget the oldest blobs
