@@ -269,3 +269,40 @@ def test_docker_login_and_push_with_token(tmp_path: Path, docker_env: None) -> N
     finally:
         subprocess.run(["docker", "rmi", "-f", ref], capture_output=True, timeout=120)
         n.close()
+
+
+def test_oci_manifest_and_index_content_types(tmp_path: Path) -> None:
+    """OCI manifests may omit mediaType: the type comes from the shape; indexes reference
+    manifests that must exist."""
+    oci_manifest = "application/vnd.oci.image.manifest.v1+json"
+    oci_index = "application/vnd.oci.image.index.v1+json"
+
+    async def go() -> None:
+        async with nodes(tmp_path) as [n], aiohttp.ClientSession() as http:
+            base = f"{n.url}/v2/multi/arch"
+            config_d = dg.of_bytes(b"{}")
+            async with http.post(f"{base}/blobs/uploads/?digest={config_d}", data=b"{}") as r:
+                assert r.status == 201  # monolithic POST
+            manifest = json.dumps(
+                {"schemaVersion": 2, "config": {"digest": config_d}, "layers": []}
+            ).encode()
+            m_d = dg.of_bytes(manifest)
+            index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": m_d}]}).encode()
+            async with http.put(f"{base}/manifests/latest", data=index) as r:
+                assert r.status == 400  # its manifest is not there yet
+            async with http.put(
+                f"{base}/manifests/{m_d}", data=manifest, headers={"Content-Type": oci_manifest}
+            ) as r:
+                assert r.status == 201
+            async with http.put(
+                f"{base}/manifests/latest", data=index, headers={"Content-Type": oci_index}
+            ) as r:
+                assert r.status == 201
+            async with http.get(f"{base}/manifests/latest") as r:
+                assert r.headers["Content-Type"] == oci_index and await r.read() == index
+            async with http.head(f"{base}/manifests/{m_d}") as r:
+                assert r.headers["Content-Type"] == oci_manifest
+            async with http.put(f"{base}/manifests/{dg.of_bytes(b'other')}", data=manifest) as r:
+                assert r.status == 400  # digest in the URL must match the body
+
+    asyncio.run(go())
