@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -375,17 +376,22 @@ class Client:
         host: str,
         seed_seconds: float,
     ) -> None:
-        """Fetch ``wanted`` into ``cache``: blobs of at least one chunk via the swarm (two at a
-        time, each with several chunks in flight), smaller ones straight from the nodes."""
-        small = [d for d in wanted if sizes[d] < swarm.CHUNK_SIZE]
-        large = [d for d in wanted if sizes[d] >= swarm.CHUNK_SIZE]
+        """Fetch ``wanted`` into ``cache``: blobs of MIN_SWARM_SIZE or more via the swarm (a few
+        at a time, each with several chunks in flight), smaller ones straight from the nodes.
+
+        Each host takes the swarm blobs in its own random order, so that hosts start on
+        different blobs and soon have something to trade instead of queueing on the same one.
+        """
+        small = [d for d in wanted if sizes[d] < swarm.MIN_SWARM_SIZE]
+        large = [d for d in wanted if sizes[d] >= swarm.MIN_SWARM_SIZE]
+        random.shuffle(large)
         peer = swarm.PeerServer(host)
         await peer.start()
         tracker = placement.rank("swarm", self.urls)[0]
-        two_at_a_time = asyncio.Semaphore(2)
+        few_at_a_time = asyncio.Semaphore(4)
 
         async def via_swarm(d: str) -> None:
-            async with two_at_a_time:
+            async with few_at_a_time:
                 try:
                     await swarm.fetch_blob(
                         self._http,

@@ -42,6 +42,7 @@ from .replies import ApiError, require_digest
 from .store import BlobStore, start_writeback
 
 CHUNK_SIZE = 8 << 20
+MIN_SWARM_SIZE = 1 << 20  # smaller blobs: the tracker round trips would cost more than they save
 LEASE_SECONDS = 30.0
 MAX_WANT = 256
 MAX_INDEXED = 4096  # blobs whose chunk digests the tracker keeps in memory

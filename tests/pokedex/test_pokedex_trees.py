@@ -145,12 +145,15 @@ def test_sync_client(tmp_path: Path) -> None:
 
 
 def test_swarm_pull_shares_chunks_between_hosts(tmp_path: Path) -> None:
-    """Four clients pull the same 24 MiB tree at once; the origin sends ~one copy."""
+    """Four clients pull the same 30 MiB tree (multi-chunk and single-chunk files) at once;
+    the origin sends about one copy."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(2):
         (src / f"f{i}").write_bytes(os.urandom(12 << 20))
-    payload = 24 << 20
+    for i in range(4):
+        (src / f"small{i}").write_bytes(os.urandom(3 << 19))
+    payload = 30 << 20
 
     async def go() -> None:
         async with nodes(tmp_path / "n") as [n]:
