@@ -93,7 +93,7 @@ class Client:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=max(16, 2 * self.concurrency)),
+                connector=aiohttp.TCPConnector(limit=max(64, 2 * self.concurrency)),
                 auto_decompress=False,
             )
         return self._session
