@@ -130,3 +130,21 @@ def test_refs_are_consistent_across_nodes(tmp_path: Path) -> None:
                     await c.close()
 
     asyncio.run(go())
+
+
+def test_refs_survive_the_loss_of_their_deciding_node(tmp_path: Path) -> None:
+    a = dg.of_bytes(b"a")
+
+    async def go() -> None:
+        async with nodes(tmp_path, 3) as cluster:
+            urls = [n.url for n in cluster]
+            async with Client(urls) as c:
+                await c.set_ref("tags/release", a, expected=None)
+            primary = placement.rank("ref:tags/release", urls)[0]
+            await next(n for n in cluster if n.url == primary).close()
+            for url in urls:
+                if url != primary:
+                    async with Client([url]) as c:
+                        assert await c.get_ref("tags/release") == a
+
+    asyncio.run(go())
