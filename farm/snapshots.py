@@ -18,9 +18,13 @@ from farm.hosts.base import HostError, RunContext
 
 
 class SnapshotCache:
-    def __init__(self, directory: str | os.PathLike[str], host: str) -> None:
+    """*link*: hard-link tree files to the blob cache instead of copying them — only
+    for hosts that mount trees read-only, since a write would change the cache."""
+
+    def __init__(self, directory: str | os.PathLike[str], host: str, *, link: bool = False) -> None:
         self.directory = Path(directory)
         self.host = host
+        self.link = link
         self._pulls: dict[str, asyncio.Future[str]] = {}
 
     async def tree(self, run: RunContext) -> str | None:
@@ -48,7 +52,7 @@ class SnapshotCache:
         shutil.rmtree(partial, ignore_errors=True)
         async with pokedex.Client(run.pokedex_urls, run.pokedex_token) as client:
             try:
-                await client.pull_tree(digest, partial, self.directory / "blobs")
+                await client.pull_tree(digest, partial, self.directory / "blobs", link=self.link)
             except pokedex.PokedexError as exc:
                 raise HostError(f"host {self.host}: cannot pull snapshot {digest}: {exc}") from exc
         os.replace(partial, dest)

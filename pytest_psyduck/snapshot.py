@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from farm.hosts.local import user_cache_dir
 from farm.manifest import RunManifest
 
 
@@ -18,7 +19,11 @@ async def ship_snapshot(manifest: RunManifest, urls: list[str], token: str) -> R
 
     async with pokedex.Client(urls, token) as client:
         try:
-            digest = await client.push_tree(manifest.worker.project_root)
+            # The hash cache remembers digests by (path, size, mtime): a large
+            # tree is not re-read on every run.
+            digest = await client.push_tree(
+                manifest.worker.project_root, hash_cache=user_cache_dir() / "snapshot-hashes"
+            )
         except pokedex.PokedexError as exc:
             raise SnapshotError(
                 f"cannot ship the snapshot to pokedex at {', '.join(urls)}: {exc}"

@@ -207,10 +207,15 @@ class LocalWorker(WorkerConnection):
         return self._tail.text()
 
 
-def default_cache_dir(host: str) -> Path:
-    """Per-host cache of snapshots, under ``$XDG_CACHE_HOME`` (or ``~/.cache``)."""
+def user_cache_dir() -> Path:
+    """psyduck's cache directory: ``$XDG_CACHE_HOME/psyduck`` (or ``~/.cache/psyduck``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "psyduck" / "hosts" / host
+    return Path(base) / "psyduck"
+
+
+def default_cache_dir(host: str) -> Path:
+    """Per-host cache of snapshots."""
+    return user_cache_dir() / "hosts" / host
 
 
 def local_labels() -> dict[str, str]:
