@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from farm.protocol import ProtocolError
@@ -94,7 +94,16 @@ def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
             "root": manifest.worker.root,
         },
         "tests": [
-            {k: (dict(v) if k == "requires" else v) for k, v in asdict(t).items()}
+            {
+                "id": t.id,
+                "group": t.group,
+                "estimate": t.estimate,
+                "timeout": t.timeout,
+                "requires": dict(t.requires),
+                "cpus": t.cpus,
+                "memory": t.memory,
+                "profile": t.profile,
+            }
             for t in manifest.tests
         ],
     }

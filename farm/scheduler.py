@@ -19,7 +19,6 @@ Two decisions are separate and swappable:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -168,7 +167,12 @@ def fill_estimates(tests: Sequence[TestSpec]) -> list[TestSpec]:
     """Give tests without history (estimate 0) the median of those with one."""
     known = [t.estimate for t in tests if t.estimate > 0]
     median = statistics.median(known) if known else DEFAULT_ESTIMATE
-    return [t if t.estimate > 0 else dataclasses.replace(t, estimate=median) for t in tests]
+    return [
+        t
+        if t.estimate > 0
+        else TestSpec(t.id, t.group, median, t.timeout, t.requires, t.cpus, t.memory, t.profile)
+        for t in tests
+    ]
 
 
 @dataclass

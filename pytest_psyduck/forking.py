@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import gc
 import os
 import signal
 import socket
@@ -47,6 +48,9 @@ class ForkLauncher:
             return self._exec.launch(run, worker_id, env, where)
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
+        # Objects alive at the fork stay out of the child's garbage collections,
+        # which would otherwise touch (and so copy) every page of the session.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, measured through its reports
             status = 1
@@ -57,6 +61,7 @@ class ForkLauncher:
                 status = 0
             finally:
                 os._exit(status)
+        gc.unfreeze()
         try:
             os.setpgid(pid, pid)
         except (PermissionError, ProcessLookupError):

@@ -55,6 +55,8 @@ class Watchdog:
         thread.start()
 
     def arm(self, test_id: str, timeout: float | None) -> None:
+        if not timeout and self._current is None:
+            return  # nothing to watch: do not wake the watchdog thread for every test
         with self._cond:
             self._current = None if not timeout else (test_id, timeout, time.monotonic() + timeout)
             self._cond.notify()
