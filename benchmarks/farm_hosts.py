@@ -9,7 +9,8 @@ Needs root, a Docker engine and sshd (like ``tests/farm_hosts``).  Prints
 reaching the same engine.  Each command runs once to warm up (and record
 durations, which the scheduler uses to size shards), then ``--repeat`` times;
 the best wall time counts.  The overhead is measured on the host API itself:
-container create → the first test report, for a one-test shard.
+asking for a worker → its first test report, for a one-test shard, both for a
+slot's first (cold) container and for a next shard that finds its spare ready.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from farm.manifest import RunManifest, TestSpec, WorkerSpec  # noqa: E402
 from tests.farm_hosts.hostlib import build_image, keygen, start_sshd  # noqa: E402
 
 TESTS_PER_MODULE = 100
+#: How long the overhead measurement lets a shard "run" before the slot's next one.
+SHARD_SECONDS = 3.0
 MODULES = 20
 
 
@@ -61,8 +64,12 @@ def best_wall(cwd: Path, args: list[str], repeat: int) -> float:
     return best
 
 
-async def shard_overhead(host: Host, image: str, path: Path, samples: int) -> float:
-    """Median seconds from asking for a container to receiving its first test report."""
+async def shard_overhead(host: Host, image: str, path: Path, samples: int) -> tuple[float, float]:
+    """Median seconds from asking for a worker to its first test report: (cold, with a spare).
+
+    Cold: a slot's first container (create, start, collect).  With a spare: the
+    slot's next shard, whose container the host started ahead of time.
+    """
     (path / "test_one.py").write_text("def test_one():\n    pass\n")
     manifest = RunManifest(
         tests=(TestSpec(id="test_one.py::test_one", group="test_one.py"),),
@@ -71,29 +78,32 @@ async def shard_overhead(host: Host, image: str, path: Path, samples: int) -> fl
     )
     run = RunContext("bench", manifest, workers=1)
     await host.start()
-    times = []
+    cold, warm = [], []
     try:
-        for i in range(samples + 1):
+        for i in range(2 * samples + 1):
+            slot = i // 2  # even i: the slot's first worker; odd i: its spare
+            if i % 2:
+                await asyncio.sleep(SHARD_SECONDS)  # the slot's shard runs; its spare starts
             started = time.perf_counter()
-            worker = await host.spawn(run, 0, f"gw{i}", lambda data: None)
+            worker = await host.spawn(run, slot, f"gw{i}", lambda data: None)
             await worker.send({"t": "run", "tests": [{"id": "test_one.py::test_one"}]})
             await worker.send({"t": "drain"})
             while (message := await worker.recv()) is not None and message["t"] != "result":
                 pass
-            if i:  # the first container warms the engine's caches
-                times.append(time.perf_counter() - started)
+            if i:  # the very first container warms the engine's caches
+                (warm if i % 2 else cold).append(time.perf_counter() - started)
             await worker.kill()
             await worker.wait()
     finally:
         await host.close()
-    return statistics.median(times)
+    return statistics.median(cold), statistics.median(warm)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--slots", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--image", default=None, help="test image (default: build it)")
     args = parser.parse_args()
     image = args.image or build_image()
@@ -107,10 +117,10 @@ def main() -> None:
             ssh_spec = server.spec(key, known_hosts, slots=args.slots)
             overhead_dir = tmp_path / "one"
             overhead_dir.mkdir()
-            docker_overhead = asyncio.run(
+            docker_cold, docker_warm = asyncio.run(
                 shard_overhead(parse_hosts("docker:1")[0], image, overhead_dir, args.samples)
             )
-            ssh_overhead = asyncio.run(
+            ssh_cold, ssh_warm = asyncio.run(
                 shard_overhead(parse_hosts(ssh_spec)[0], image, overhead_dir, args.samples)
             )
             (tmp_path / "suite").mkdir()
@@ -133,8 +143,10 @@ def main() -> None:
                 f"docker_vs_local: {walls['docker'] / walls['local']:.2f}",
                 f"ssh_vs_local: {walls['ssh'] / walls['local']:.2f}",
                 f"local_vs_ideal: {walls['local'] / ideal:.2f}",
-                f"docker_shard_overhead_seconds: {docker_overhead:.3f}",
-                f"ssh_shard_overhead_seconds: {ssh_overhead:.3f}",
+                f"docker_shard_overhead_cold_seconds: {docker_cold:.3f}",
+                f"docker_shard_overhead_with_spare_seconds: {docker_warm:.3f}",
+                f"ssh_shard_overhead_cold_seconds: {ssh_cold:.3f}",
+                f"ssh_shard_overhead_with_spare_seconds: {ssh_warm:.3f}",
                 f"local_seconds: {walls['local']:.2f}",
                 f"docker_seconds: {walls['docker']:.2f}",
                 f"ssh_seconds: {walls['ssh']:.2f}",

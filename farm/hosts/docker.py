@@ -27,7 +27,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -104,6 +104,17 @@ def host_options(options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, 
     return chosen
 
 
+async def bounded(awaitable: Awaitable[T], seconds: float) -> T:
+    """``await`` with a deadline (TimeoutError).
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that
+    arrives as the awaited call finishes, and a coordinator closing its slots
+    would then wait forever.
+    """
+    async with asyncio.timeout(seconds):
+        return await awaitable
+
+
 class EngineLost(HostError):
     """The engine or the connection to it failed."""
 
@@ -166,7 +177,7 @@ class Engine:
         if not self.alive:
             raise EngineLost(f"lost the connection to the Docker engine of host {self.name}")
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), API_TIMEOUT + 5)
+            return await bounded(asyncio.to_thread(fn, *args, **kwargs), API_TIMEOUT + 5)
         except docker.errors.APIError:
             raise  # the engine answered: the request was refused, the engine is fine
         except Exception as exc:  # connection refused/reset, SSH errors, timeouts
@@ -237,7 +248,7 @@ class Engine:
     async def close(self) -> None:
         self._closing = True
         self.alive = False
-        await asyncio.wait_for(asyncio.to_thread(self._close_connections), API_TIMEOUT)
+        await bounded(asyncio.to_thread(self._close_connections), API_TIMEOUT)
 
     def _close_connections(self) -> None:
         if self._events is not None:
@@ -342,9 +353,7 @@ class DockerWorker(WorkerConnection):
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
             try:
-                await asyncio.wait_for(
-                    asyncio.to_thread(self._stream.sendall, frame(message)), API_TIMEOUT
-                )
+                await bounded(asyncio.to_thread(self._stream.sendall, frame(message)), API_TIMEOUT)
             except Exception:
                 pass  # the worker or its connection is gone; recv() and wait() report it
 
@@ -367,7 +376,7 @@ class DockerWorker(WorkerConnection):
 
     async def wait(self) -> ExitInfo:
         try:
-            info = await asyncio.wait_for(asyncio.shield(self._exit), EXIT_TIMEOUT)
+            info = await bounded(asyncio.shield(self._exit), EXIT_TIMEOUT)
         except TimeoutError:
             info = ExitInfo(
                 host_lost=True,
@@ -376,7 +385,7 @@ class DockerWorker(WorkerConnection):
                 memory_limit=self._memory_limit,
             )
         try:
-            await asyncio.wait_for(self._eof.wait(), 5)
+            await bounded(self._eof.wait(), 5)
         except TimeoutError:
             pass
         self._close_stream()
@@ -482,7 +491,7 @@ class DockerHost(Host):
             if self._engine is not None:
                 await self._engine.close()
             try:
-                api = await asyncio.wait_for(asyncio.to_thread(self._connect), API_TIMEOUT + 5)
+                api = await bounded(asyncio.to_thread(self._connect), API_TIMEOUT + 5)
             except HostError:
                 raise
             except Exception as exc:
