@@ -41,8 +41,19 @@ def make_sleep(root: Path) -> Path:
 
 def make_more_itertools(root: Path) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         "-q", "-d", str(root), "more-itertools"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-q",
+            "-d",
+            str(root),
+            "more-itertools",
+        ],
         check=True,
     )
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "more-itertools"], check=True)
@@ -99,7 +110,9 @@ def main() -> None:
             path = make(root)
             plain, _ = timed(path, [], args.repeat)
             xdist, _ = timed(path, ["-n", str(slots)], args.repeat)
-            psy, psy_after = timed(path, ["--psyduck", f"--psyduck-hosts=local:{slots}"], args.repeat)
+            psy, psy_after = timed(
+                path, ["--psyduck", f"--psyduck-hosts=local:{slots}"], args.repeat
+            )
             ratios.append(f"{name}_psyduck_vs_plain: {psy / plain:.2f}")
             ratios.append(f"{name}_psyduck_vs_xdist: {psy / xdist:.2f}")
             if name == "sleep":

@@ -299,8 +299,7 @@ class Scheduler:
 
     def _other_host_fits(self, unit: _Unit, slot: _Slot) -> bool:
         return any(
-            s.host != slot.host and placeable(unit.requires, s.labels)
-            for s in self._slots.values()
+            s.host != slot.host and placeable(unit.requires, s.labels) for s in self._slots.values()
         )
 
     def _slots_held(self) -> dict[str, int]:
