@@ -21,7 +21,7 @@ from farm.client import FarmClient, FarmError
 from farm.config import ConfigError, FarmConfig, build_host, load_config, parse_listen, read_token
 from farm.coordinator import Coordinator
 from farm.hosts import HostSpecError, parse_hosts
-from farm.hosts.base import Host
+from farm.hosts.base import Host, HostError
 from farm.service import make_app
 
 
@@ -75,7 +75,7 @@ async def status(url: str, token: str) -> dict[str, Any]:
 def format_status(report: dict[str, Any]) -> str:
     lines = ["HOST                      SLOTS  BUSY  STATE"]
     for host in report["hosts"]:
-        state = "quarantined" if host["quarantined"] else "ok"
+        state = f"quarantined: {host['problem']}" if host["quarantined"] else "ok"
         if host["failures"] and not host["quarantined"]:
             state += f" ({host['failures']} recent failures)"
         lines.append(f"{host['name']:<25} {host['slots']:>5}  {host['busy']:>4}  {state}")
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(check_hosts(hosts, args.image))
         print(json.dumps(results, indent=2, default=str) if args.json else format_checks(results))
         return 0 if all(r.get("reachable") and not r.get("problem") for r in results) else 1
-    except (ConfigError, HostSpecError, FarmError) as exc:
+    except (ConfigError, HostSpecError, HostError, FarmError) as exc:
         print(f"psyduck: {exc}", file=sys.stderr)
         return 2
 

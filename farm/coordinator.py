@@ -68,6 +68,7 @@ class _HostState:
     host: Host
     failures: int = 0
     quarantined: bool = False
+    problem: str = ""
     busy: int = 0
     slot_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -114,8 +115,20 @@ class Coordinator:
         return sum(h.host.slots for h in self.hosts if not h.quarantined)
 
     async def start(self) -> None:
+        """Connect every host; one that cannot serve is quarantined, with its reason.
+
+        Raises :class:`HostError` only when no host at all can serve.
+        """
+        problems = []
         for state in self.hosts:
-            await state.host.start()
+            try:
+                await state.host.start()
+            except HostError as exc:
+                state.quarantined = True
+                state.problem = str(exc)
+                problems.append(str(exc))
+                log.warning("host %s cannot serve: %s", state.host.name, exc)
+                continue
             for index in range(state.host.slots):
                 slot_id = f"{state.host.name}/{index}"
                 self.scheduler.add_slot(slot_id, state.host.name, state.host.labels)
@@ -123,6 +136,8 @@ class Coordinator:
                 state.slot_tasks.append(
                     asyncio.create_task(self._slot_loop(state, index, slot_id), name=slot_id)
                 )
+        if len(problems) == len(self.hosts):
+            raise HostError("no host can serve:\n  " + "\n  ".join(problems))
 
     async def close(self) -> None:
         self._closing = True
@@ -149,6 +164,14 @@ class Coordinator:
             return None, unplaceable
         run = Run(run_id, manifest, owner, tests={t.id: t for t in manifest.tests})
         self.runs[run_id] = run
+        for state in self.hosts:
+            if state.quarantined:
+                run.emit(
+                    {
+                        "t": "notice",
+                        "message": f"host {state.host.name} is quarantined: {state.problem}",
+                    }
+                )
         asyncio.get_running_loop().call_later(ATTACH_TIMEOUT, self._cancel_unattached, run_id)
         self._wake_all()
         return run, []
@@ -213,6 +236,8 @@ class Coordinator:
             ):
                 await self._drain(worker)
                 worker = None
+                if self._closing:
+                    return
             if shard is None:
                 self.scheduler.release(slot_id)
                 await wakeup.wait()
@@ -243,7 +268,10 @@ class Coordinator:
             self._host_failed(state, run, list(shard.tests), None, str(exc))
             return None
         try:
-            ready = await asyncio.wait_for(conn.recv(), READY_TIMEOUT)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+            # cancellation that shuts the farm down.
+            async with asyncio.timeout(READY_TIMEOUT):
+                ready = await conn.recv()
         except TimeoutError:
             ready = None
         if ready is None or ready.get("t") != "ready":
@@ -445,6 +473,7 @@ class Coordinator:
 
     def _quarantine(self, state: _HostState, detail: str) -> None:
         state.quarantined = True
+        state.problem = detail
         for index in range(state.host.slots):
             self.scheduler.remove_slot(f"{state.host.name}/{index}")
         log.warning("quarantined host %s: %s", state.host.name, detail)
@@ -474,6 +503,7 @@ class Coordinator:
                     **s.host.describe(),
                     "busy": s.busy,
                     "quarantined": s.quarantined,
+                    "problem": s.problem,
                     "failures": s.failures,
                 }
                 for s in self.hosts

@@ -32,7 +32,11 @@ class EmbeddedFarm:
 async def start_embedded_farm(hosts: list[Host]) -> EmbeddedFarm:
     """Start a coordinator with *hosts* on 127.0.0.1 and a random port and token."""
     coordinator = Coordinator(hosts)
-    await coordinator.start()
+    try:
+        await coordinator.start()
+    except BaseException:
+        await coordinator.close()
+        raise
     token = secrets.token_urlsafe(24)
     runner = web.AppRunner(make_app(coordinator, token), access_log=None)
     await runner.setup()

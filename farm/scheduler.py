@@ -285,15 +285,17 @@ class Scheduler:
 
         Guided self-scheduling: a shard is at most half of an equal share of
         the work still queued, so shards shrink as the run nears its end and
-        the last slots finish together.
+        the last slots finish together.  A remainder smaller than a worthwhile
+        shard (hosts that pay per shard say how small) stays with the head.
         """
         unit = run.queue[index]
         remaining = sum(u.estimate for u in run.queue)
         limit = max(self.min_shard_seconds, remaining / (2 * max(len(self._slots), 1)), SPLIT_FLOOR)
-        if unit.estimate <= limit or len(unit.tests) == 1:
+        head = _split(unit.tests, limit)[0] if unit.estimate > limit else unit.tests
+        rest = unit.estimate - sum(t.estimate for t in head)
+        if len(head) == len(unit.tests) or rest < self.min_shard_seconds:
             del run.queue[index]
             return unit.tests, unit.retry
-        head = _split(unit.tests, limit)[0]
         unit.tests = unit.tests[len(head) :]
         return head, unit.retry
 

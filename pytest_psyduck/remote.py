@@ -13,6 +13,7 @@ import pytest
 from farm.client import FarmClient, FarmError
 from farm.embedded import EmbeddedFarm, start_embedded_farm
 from farm.hosts import HostSpecError, parse_hosts
+from farm.hosts.base import HostError
 from farm.manifest import RunManifest
 from pytest_psyduck.forking import ForkLauncher
 from pytest_psyduck.replay import Replayer
@@ -46,7 +47,10 @@ async def _start_farm(session: pytest.Session) -> EmbeddedFarm:
         hosts = parse_hosts(spec or f"local:{os.cpu_count() or 1}", launcher=launcher)
     except HostSpecError as exc:
         raise pytest.UsageError(f"--psyduck-hosts: {exc}") from exc
-    return await start_embedded_farm(hosts)
+    try:
+        return await start_embedded_farm(hosts)
+    except HostError as exc:
+        raise pytest.UsageError(f"--psyduck-hosts: {exc}") from exc
 
 
 async def _with_snapshot(

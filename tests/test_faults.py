@@ -173,3 +173,13 @@ def _is_alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_farm_whose_hosts_cannot_serve_is_a_usage_error(suite):
+    path = suite({"test_a.py": "def test_ok(): pass"})
+    result = run_pytest(
+        path, "-p", "no:cacheprovider", "--psyduck", "--psyduck-hosts=ssh://nobody@127.0.0.1:1"
+    )
+    assert result.returncode == 4
+    assert "no host can serve" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
