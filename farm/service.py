@@ -55,14 +55,8 @@ async def require_token(request: web.Request, handler):
     return await handler(request)
 
 
-def _run_or_404(request: web.Request):
-    run = request.app[COORDINATOR_KEY].runs.get(request.match_info["run_id"])
-    if run is None:
-        raise web.HTTPNotFound(
-            body=encode({"t": "error", "message": f"unknown run {request.match_info['run_id']!r}"}),
-            content_type=MSGPACK,
-        )
-    return run
+def _unknown_run(request: web.Request) -> web.Response:
+    return error(request, 404, f"unknown run {request.match_info['run_id']!r}")
 
 
 async def create_run(request: web.Request) -> web.Response:
@@ -87,7 +81,9 @@ async def create_run(request: web.Request) -> web.Response:
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
-    run = _run_or_404(request)
+    run = request.app[COORDINATOR_KEY].runs.get(request.match_info["run_id"])
+    if run is None:
+        return _unknown_run(request)
     if run.attached:
         return error(request, 409, f"run {run.id} already has a client attached")
     run.attached = True
@@ -120,7 +116,9 @@ async def run_events(request: web.Request) -> web.StreamResponse:
 
 
 async def cancel_run(request: web.Request) -> web.Response:
-    run = _run_or_404(request)
+    run = request.app[COORDINATOR_KEY].runs.get(request.match_info["run_id"])
+    if run is None:
+        return _unknown_run(request)
     await request.app[COORDINATOR_KEY].cancel(run.id, "cancelled by request")
     return reply(request, {"t": "cancelled", "run": run.id})
 
