@@ -163,6 +163,7 @@ def plan_container(
     user: str,
     limits: Limits,
     module_dirs: Mapping[str, str],
+    inject_volume: str | None = None,
 ) -> ContainerPlan:
     """The container for one worker: locked down, limited, labelled, removed when done.
 
@@ -172,8 +173,15 @@ def plan_container(
     mounted read-only at :data:`SOURCE_DIR` and copied at start into a private
     tmpfs at *code_root*, so tests may write next to themselves; otherwise it is
     mounted read-only at *code_root* itself.
+
+    For an engine on another machine, *code_dir* is instead the name of a volume
+    holding the code and *inject_volume* one holding psyduck's packages (see
+    :mod:`farm.hosts.docker`): the same read-only mounts, with volumes as sources.
     """
-    binds = injected_binds(module_dirs)
+    if inject_volume:
+        binds = {inject_volume: {"bind": INJECT_DIR, "mode": "ro"}}
+    else:
+        binds = injected_binds(module_dirs)
     tmpfs = {SCRATCH_DIR: "rw,exec,mode=1777"}
     environment = {
         **worker_environment(run, worker_id),

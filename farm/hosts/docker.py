@@ -13,6 +13,17 @@ stdin and exits.  The same event stream is the host's pulse: when it breaks,
 the engine (or the connection to it) is gone and every worker on it reports
 ``host_lost``.
 
+A local engine (``docker:N``) shares the coordinator's disk, so psyduck's own
+packages and the run's code are bind-mounted read-only.  An engine on another
+machine (``remote``: ssh hosts) cannot see that disk: there both payloads go
+through the Docker API instead — once per host and content (the snapshot's
+digest, else the run), the coordinator streams a tar of them with
+``put_archive`` into a named volume, through a helper container that is created
+from the run's image (no network, no capabilities) and never started.  The
+volumes are then mounted read-only where the binds would be, carry the farm's
+label, and are removed when the host closes, when a host keeps too many run
+volumes, or by the reaper once their coordinator is gone.
+
 The docker SDK is blocking; every call runs in a thread with a timeout.  Each
 attach stream has one reader thread that demultiplexes it and hands complete
 messages to the event loop.
@@ -21,15 +32,18 @@ messages to the event loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import logging
 import os
 import struct
+import tarfile
+import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import docker
 import docker.errors
@@ -44,9 +58,11 @@ from farm.hosts.base import (
     WorkerConnection,
 )
 from farm.hosts.containers import (
+    COPY_SKIP,
     FARM_ID,
     INJECTED_PACKAGES,
     LABEL_FARM,
+    LABEL_HOST,
     ContainerPlan,
     owner_is_gone,
     plan_container,
@@ -71,6 +87,12 @@ SPARE_TTL = 30.0
 #: A container of another farm still in state "created" is left alone this long:
 #: its coordinator may be about to start it.
 CREATED_GRACE = 120.0
+#: Seconds building and uploading one payload (code or psyduck's packages) may take.
+PAYLOAD_TIMEOUT = 300.0
+#: Run-code volumes a remote host keeps (older ones not in use are removed).
+CODE_VOLUMES_KEPT = 4
+#: Where a payload helper container mounts the volume it fills.
+PAYLOAD_DIR = "/psyduck-payload"
 
 T = TypeVar("T")
 Connect = Callable[[], docker.APIClient]
@@ -172,12 +194,14 @@ class Engine:
         self._events: Any = None
         self._closing = False
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def call(
+        self, fn: Callable[..., T], *args: Any, deadline: float = API_TIMEOUT + 5, **kwargs: Any
+    ) -> T:
         """Run a blocking SDK call in a thread; engine failures become :class:`EngineLost`."""
         if not self.alive:
             raise EngineLost(f"lost the connection to the Docker engine of host {self.name}")
         try:
-            return await bounded(asyncio.to_thread(fn, *args, **kwargs), API_TIMEOUT + 5)
+            return await bounded(asyncio.to_thread(fn, *args, **kwargs), deadline)
         except docker.errors.APIError:
             raise  # the engine answered: the request was refused, the engine is fine
         except Exception as exc:  # connection refused/reset, SSH errors, timeouts
@@ -438,6 +462,35 @@ def _owner(path: str) -> str:
     return f"{st.st_uid}:{st.st_gid}"
 
 
+def _skip_cached(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    return None if os.path.basename(info.name) in COPY_SKIP else info
+
+
+def payload_tar(sources: Mapping[str, str]) -> IO[bytes]:
+    """A tar (in a temporary file, rewound) of each ``arcname → local path``.
+
+    Caches and VCS data (:data:`COPY_SKIP`) are left out; owners and modes are
+    kept, so the container's user (the code's owner) can read what it could read
+    through a bind mount.
+    """
+    archive = tempfile.TemporaryFile()
+    try:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for arcname, path in sources.items():
+                tar.add(path, arcname=arcname, filter=_skip_cached)
+        archive.seek(0)
+    except BaseException:
+        archive.close()
+        raise
+    return archive
+
+
+def volume_name(kind: str, key: str) -> str:
+    """This farm's volume for one payload: the farm and the content key, hashed."""
+    digest = hashlib.sha256(f"{FARM_ID}\0{key}".encode()).hexdigest()[:20]
+    return f"psyduck-{kind}-{digest}"
+
+
 def _raw_socket(sock: Any) -> Any:
     """The object to recv/sendall on: a socket (local engine) or a paramiko channel (SSH)."""
     return getattr(sock, "_sock", sock)
@@ -465,8 +518,11 @@ class DockerHost(Host):
         memory: int | None = None,
         cpus: float | None = None,
         cache_dir: str | None = None,
+        remote: bool = False,
     ) -> None:
         self.name = name
+        #: The engine does not share the coordinator's disk: payloads go in volumes.
+        self.remote = remote
         self.slots = slots or 0
         self._connect = connect or local_engine()
         self.labels = {"kind": "docker", **(labels or {})}
@@ -482,6 +538,8 @@ class DockerHost(Host):
         self._spares: dict[int, _Spare] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._module_dirs = _module_dirs()
+        #: Payload volumes by name (filled, or being filled), oldest first.
+        self._volumes: dict[str, asyncio.Future[str]] = {}
 
     # -- engine ------------------------------------------------------------------
     async def _ensure_engine(self) -> Engine:
@@ -544,6 +602,16 @@ class DockerHost(Host):
                 pass  # already being removed
         if removed:
             log.info("host %s: removed %d orphaned psyduck containers", self.name, len(removed))
+        volumes = await engine.call(engine.api.volumes, filters={"label": LABEL_FARM})
+        orphans = [
+            v["Name"]
+            for v in (volumes or {}).get("Volumes") or []
+            if (farm := (v.get("Labels") or {}).get(LABEL_FARM, "")) != FARM_ID
+            and owner_is_gone(farm)
+        ]
+        if orphans:
+            gone = await self._remove_volumes(engine, orphans)
+            log.info("host %s: removed %d orphaned psyduck volumes", self.name, len(gone))
         return removed
 
     async def close(self) -> None:
@@ -553,6 +621,13 @@ class DockerHost(Host):
         await asyncio.gather(
             *(_discard(spare.task) for spare in spares.values()), *self._background
         )
+        volumes, self._volumes = self._volumes, {}
+        if volumes and self._engine is not None and self._engine.alive:
+            await asyncio.gather(*volumes.values(), return_exceptions=True)
+            try:
+                await self._remove_volumes(self._engine, list(volumes), patience=10.0)
+            except EngineLost:
+                pass  # the next farm's reaper removes them
         if self._engine is not None:
             await self._engine.close()
             self._engine = None
@@ -671,6 +746,10 @@ class DockerHost(Host):
             )
         await self._check_image(engine, image)
         code_dir, code_root = await self._code_dir(run)
+        user = _owner(code_dir)
+        inject_volume = None
+        if self.remote:
+            inject_volume, code_dir = await self._payloads(engine, run, image, code_dir)
         info = engine.info
         slots = max(self.slots, 1)
         limits = shard_limits(
@@ -688,9 +767,10 @@ class DockerHost(Host):
             code_dir=code_dir,
             code_root=code_root,
             copy_code=self.copy_code,
-            user=_owner(code_dir),
+            user=user,
             limits=limits,
             module_dirs=self._module_dirs,
+            inject_volume=inject_volume,
         )
         # Not interruptible: a create cancelled halfway would leave a container nobody
         # knows about, so a cancelled caller hands the finished worker to _discard.
@@ -704,6 +784,117 @@ class DockerHost(Host):
             raise
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
+
+    # -- payload volumes (remote engines) ------------------------------------------
+    async def _payloads(
+        self, engine: Engine, run: RunContext, image: str, code_dir: str
+    ) -> tuple[str, str]:
+        """(volume of psyduck's packages, volume of the run's code) on the engine."""
+        inject = self._volume(engine, image, "inject", "inject", dict(self._module_dirs))
+        code = self._volume(
+            engine, image, "code", run.manifest.snapshot or f"run:{run.run_id}", {".": code_dir}
+        )
+        try:
+            return tuple(await asyncio.gather(inject, code))  # type: ignore[return-value]
+        except docker.errors.APIError as exc:
+            raise HostError(f"host {self.name}: cannot ship the run's code: {exc}") from exc
+        except TimeoutError as exc:
+            raise HostError(f"host {self.name}: shipping the run's code timed out") from exc
+
+    async def _volume(
+        self, engine: Engine, image: str, kind: str, key: str, sources: dict[str, str]
+    ) -> str:
+        """The filled volume for one payload; concurrent shards wait for one upload."""
+        name = volume_name(kind, key)
+        filling = self._volumes.get(name)
+        if filling is None or (
+            filling.done() and (filling.cancelled() or filling.exception() is not None)
+        ):
+            filling = asyncio.ensure_future(self._fill_volume(engine, image, name, sources))
+            self._volumes[name] = filling
+            if kind == "code":
+                self._in_background(self._trim_volumes(engine))
+        return await asyncio.shield(filling)
+
+    async def _fill_volume(
+        self, engine: Engine, image: str, name: str, sources: dict[str, str]
+    ) -> str:
+        api = engine.api
+        labels = {LABEL_FARM: FARM_ID, LABEL_HOST: self.name}
+        await engine.call(api.create_volume, name, labels=labels)
+        try:
+            helper = await engine.call(
+                api.create_container,
+                image,
+                ["true"],
+                labels=labels,
+                network_disabled=True,
+                host_config=api.create_host_config(
+                    binds={name: {"bind": PAYLOAD_DIR, "mode": "rw"}},
+                    network_mode="none",
+                    cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"],
+                    log_config={"type": "none", "config": {}},
+                ),
+                use_config_proxy=False,
+            )
+            try:
+                archive = await bounded(asyncio.to_thread(payload_tar, sources), PAYLOAD_TIMEOUT)
+                try:
+                    ok = await engine.call(
+                        api.put_archive,
+                        helper["Id"],
+                        PAYLOAD_DIR,
+                        archive,
+                        deadline=PAYLOAD_TIMEOUT,
+                    )
+                finally:
+                    archive.close()
+                if not ok:
+                    raise HostError(f"host {self.name}: the engine refused the payload for {name}")
+            finally:
+                try:
+                    await engine.call(api.remove_container, helper["Id"], force=True)
+                except docker.errors.APIError:
+                    pass  # the reaper takes it
+        except BaseException:
+            try:
+                await engine.call(api.remove_volume, name, force=True)
+            except Exception:
+                pass  # the reaper takes it
+            raise
+        log.info("host %s: shipped %s", self.name, name)
+        return name
+
+    async def _trim_volumes(self, engine: Engine) -> None:
+        """Remove the oldest run-code volumes beyond :data:`CODE_VOLUMES_KEPT` (if unused)."""
+        code = [n for n, f in self._volumes.items() if n.startswith("psyduck-code-") and f.done()]
+        old = code[: max(len(code) - CODE_VOLUMES_KEPT, 0)]
+        try:
+            for name in await self._remove_volumes(engine, old):
+                self._volumes.pop(name, None)
+        except EngineLost:
+            pass
+
+    async def _remove_volumes(
+        self, engine: Engine, names: list[str], patience: float = 0.0
+    ) -> list[str]:
+        """Remove volumes; one still in use is retried for *patience* seconds, then left."""
+        removed = []
+        deadline = time.monotonic() + patience
+        for name in names:
+            while True:
+                try:
+                    await engine.call(engine.api.remove_volume, name)
+                    removed.append(name)
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError:
+                    if time.monotonic() >= deadline:
+                        break  # in use: by a container still being removed, or another run
+                    await asyncio.sleep(0.25)
+        return removed
 
     async def _start_container(
         self, engine: Engine, plan: ContainerPlan, memory_limit: int, on_output: OutputHandler

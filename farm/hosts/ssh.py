@@ -202,6 +202,9 @@ SSH_OPTIONS = {"key": str, "known_hosts": str, "accept_new_host_keys": bool}
 def ssh_host(spec: str, options: dict[str, Any] | None = None) -> DockerHost:
     """``ssh://…`` → a DockerHost on the remote engine (slots default to its CPU count).
 
+    The engine does not share the coordinator's disk, so the host ships
+    psyduck's packages and the run's code in volumes (``remote``), not binds.
+
     farm.toml fields (``key``, ``known_hosts``, ``accept_new_host_keys`` and the
     docker host fields) override the spec's query parameters.
     """
@@ -212,5 +215,10 @@ def ssh_host(spec: str, options: dict[str, Any] | None = None) -> DockerHost:
         ssh["key_file"] = ssh.pop("key")
     target = replace(target, **ssh)
     return DockerHost(
-        slots, ssh_engine(target), name=f"ssh:{target.display}", labels={"kind": "ssh"}, **chosen
+        slots,
+        ssh_engine(target),
+        name=f"ssh:{target.display}",
+        labels={"kind": "ssh"},
+        remote=True,
+        **chosen,
     )

@@ -14,13 +14,14 @@ from farm.hosts import HostSpecError, parse_hosts
 from farm.hosts.base import RunContext
 from farm.hosts.containers import (
     FARM_ID,
+    INJECT_DIR,
     SOURCE_DIR,
     farm_identity,
     owner_is_gone,
     plan_container,
     shard_limits,
 )
-from farm.hosts.docker import StreamDemux, exit_info
+from farm.hosts.docker import StreamDemux, exit_info, payload_tar
 from farm.hosts.ssh import parse_ssh_spec
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
 
@@ -36,7 +37,12 @@ def run_context(network: bool = False, tests: tuple[TestSpec, ...] = ()) -> RunC
     return RunContext("run1", manifest, workers=4)
 
 
-def plan(copy_code: bool = True, network: bool = False):
+def plan(
+    copy_code: bool = True,
+    network: bool = False,
+    code_dir: str = "/cache/tree",
+    inject_volume: str | None = None,
+):
     return plan_container(
         run_context(network),
         "gw3",
@@ -44,12 +50,13 @@ def plan(copy_code: bool = True, network: bool = False):
         slot=1,
         image="img",
         python="python3",
-        code_dir="/cache/tree",
+        code_dir=code_dir,
         code_root="/src/proj",
         copy_code=copy_code,
         user="1000:1000",
         limits=shard_limits([], memory_share=1 << 30, cpu_share=1.0),
         module_dirs={"farm": "/site/farm"},
+        inject_volume=inject_volume,
     )
 
 
@@ -65,6 +72,26 @@ def test_containers_are_locked_down_by_default():
     assert config["pids_limit"] > 0
     assert not any("docker.sock" in path for path in config["binds"])
     assert all(bind["mode"] == "ro" for bind in config["binds"].values())
+
+
+def test_remote_plans_mount_volumes_where_the_binds_would_be():
+    binds = plan(code_dir="psyduck-code-x", inject_volume="psyduck-inject-y").host_config["binds"]
+    assert binds == {
+        "psyduck-inject-y": {"bind": INJECT_DIR, "mode": "ro"},
+        "psyduck-code-x": {"bind": SOURCE_DIR, "mode": "ro"},
+    }
+
+
+def test_payload_tar_keeps_code_and_leaves_caches_out(tmp_path):
+    import tarfile
+
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "mod.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "__pycache__" / "mod.pyc").write_bytes(b"")
+    (tmp_path / ".git").mkdir()
+    with payload_tar({".": str(tmp_path)}) as archive, tarfile.open(fileobj=archive) as tar:
+        names = {os.path.normpath(n) for n in tar.getnames()}
+    assert names == {".", "pkg", "pkg/mod.py"}
 
 
 def test_network_only_when_the_run_asks():

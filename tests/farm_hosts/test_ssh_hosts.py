@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
+import docker
 import pytest
 
 from farm.hosts.ssh import HostKeyRefused, SshTarget, open_ssh
@@ -175,3 +177,58 @@ def test_losing_a_host_reschedules_its_work_once_and_quarantines_it(
     )
     reap_orphans()
     assert containers_of(process.pid) == []
+
+
+SHIPPED = {
+    "helper.py": "ANSWER = 42\n",
+    "test_shipped.py": (
+        "import time\n"
+        "from helper import ANSWER\n\n"
+        "def test_code_arrived():\n"
+        "    time.sleep(3)\n"
+        "    assert ANSWER == 42\n"
+    ),
+}
+
+
+def volumes_of(pid: int) -> list[str]:
+    """psyduck volumes created by the coordinator in process *pid* (on this machine)."""
+    prefix = f"{socket.gethostname()}:{pid}:"
+    with docker.APIClient(timeout=30) as api:
+        volumes = api.volumes(filters={"label": "psyduck.farm"}).get("Volumes") or []
+    return [v["Name"] for v in volumes if v["Labels"]["psyduck.farm"].startswith(prefix)]
+
+
+def test_ssh_hosts_get_code_through_the_api_not_bind_mounts(sshd, client_key, known_hosts, suite):
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    path = suite(SHIPPED)
+    process = start_session(
+        path,
+        "--psyduck-hosts",
+        server.spec(client_key, known_hosts),
+        "--psyduck-image",
+        "psyduck-test:latest",
+    )
+    try:
+        mounts: list[dict] = []
+
+        def running() -> bool:
+            for container in psyduck_containers(psyduck_host=server.host_name):
+                if container["State"] == "running":
+                    with docker.APIClient(timeout=30) as api:
+                        mounts.extend(api.inspect_container(container["Id"])["Mounts"])
+                    return True
+            return False
+
+        wait_until(running, "a container on the ssh host")
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 0 and "1 passed" in stdout, stdout
+    assert [m for m in mounts if m["Type"] == "bind"] == [], mounts
+    shipped = {m["Destination"]: m for m in mounts if m["Type"] == "volume"}
+    assert set(shipped) == {"/opt/psyduck", "/psyduck/src"}, mounts
+    assert not any(m["RW"] for m in shipped.values()), mounts
+    wait_until(lambda: not volumes_of(process.pid), "the run's volumes to be removed", timeout=30)
