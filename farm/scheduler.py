@@ -43,10 +43,6 @@ class Shard:
     retry: bool = False
 
     @property
-    def estimate(self) -> float:
-        return sum(t.estimate for t in self.tests)
-
-    @property
     def profile(self) -> str:
         return self.tests[0].profile
 
@@ -144,12 +140,6 @@ class PerTest:
         return [[t] for t in tests]
 
 
-POLICIES: dict[str, type[ShardingPolicy]] = {
-    p.name: p
-    for p in (LongestFirst, PerGroup, PerTest)  # type: ignore[misc]
-}
-
-
 def _split(group: list[TestSpec], target: float) -> list[list[TestSpec]]:
     """Cut *group* into contiguous pieces of about *target* seconds each."""
     pieces: list[list[TestSpec]] = [[]]
@@ -228,10 +218,6 @@ class Scheduler:
         """The slot finished (or gave up) its shard and holds no run any more."""
         if slot_id in self._slots:
             self._slots[slot_id].run = None
-
-    @property
-    def slots(self) -> list[str]:
-        return list(self._slots)
 
     # -- runs ------------------------------------------------------------------
     def add_run(self, run_id: str, tests: Sequence[TestSpec]) -> list[TestSpec]:
@@ -364,10 +350,6 @@ class Scheduler:
     def is_done(self, run_id: str) -> bool:
         run = self._runs.get(run_id)
         return run is None or run.cancelled or len(run.finished) >= run.total
-
-    def has_work(self, run_id: str) -> bool:
-        run = self._runs.get(run_id)
-        return run is not None and bool(run.queue)
 
     def unplaceable(self, run_id: str) -> list[TestSpec]:
         """Queued tests that no remaining slot can run (e.g. after quarantine)."""

@@ -36,6 +36,11 @@ def _outer_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST_", "PSYDUCK_"))}
 
 
+def on_farm(url: str) -> tuple[str, ...]:
+    """pytest arguments that send a run to the farm at *url* (token from the environment)."""
+    return ("-p", "no:cacheprovider", "--psyduck", f"--psyduck-farm={url}")
+
+
 def run_pytest(
     path: Path, *args: str, timeout: float = SESSION_TIMEOUT, env: dict | None = None
 ) -> Session:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from farm.config import ConfigError, parse_config
-from tests.conftest import run_pytest, start_pytest, wait_until
+from tests.conftest import on_farm, run_pytest, start_pytest, wait_until
 
 
 def _free_port() -> int:
@@ -88,20 +88,14 @@ def test_pytest_runs_on_a_served_farm(farm, suite):
     )
     result = run_pytest(
         path,
-        "-p",
-        "no:cacheprovider",
-        "--psyduck",
-        f"--psyduck-farm={farm}",
+        *on_farm(farm),
         env={"PSYDUCK_TOKEN": "s3cret-token"},
     )
     assert result.outcomes() == {"failed": 1, "passed": 11}, result.stdout + result.stderr
 
     wrong = run_pytest(
         path,
-        "-p",
-        "no:cacheprovider",
-        "--psyduck",
-        f"--psyduck-farm={farm}",
+        *on_farm(farm),
         env={"PSYDUCK_TOKEN": "wrong"},
     )
     assert wrong.returncode == 4
@@ -140,10 +134,7 @@ def test_a_small_run_is_not_starved_by_a_huge_one(farm, suite, tmp_path):
         target=lambda: huge_result.update(
             r=run_pytest(
                 huge / "huge",
-                "-p",
-                "no:cacheprovider",
-                "--psyduck",
-                f"--psyduck-farm={farm}",
+                *on_farm(farm),
                 env=env,
             )
         )
@@ -154,9 +145,7 @@ def test_a_small_run_is_not_starved_by_a_huge_one(farm, suite, tmp_path):
         lambda: "running" in _psyduck("farm", "status", "--farm", farm).stdout,
         "the huge run to hold the farm",
     )
-    small = run_pytest(
-        small_dir, "-p", "no:cacheprovider", "--psyduck", f"--psyduck-farm={farm}", env=env
-    )
+    small = run_pytest(small_dir, *on_farm(farm), env=env)
     assert small.outcomes() == {"passed": 4}
     assert thread.is_alive(), "the small run had to wait for the huge one"
     thread.join(timeout=120)
@@ -206,10 +195,7 @@ def test_a_remote_run_ships_its_snapshot_through_the_farms_pokedex(tmp_path, sui
         env = {"PSYDUCK_TOKEN": "tok"}
         result = run_pytest(
             project / "tests",
-            "-p",
-            "no:cacheprovider",
-            "--psyduck",
-            f"--psyduck-farm={url}",
+            *on_farm(url),
             env=env,
         )
         assert result.outcomes() == {"passed": 2}, result.stdout + result.stderr
@@ -232,10 +218,7 @@ def test_losing_the_farm_mid_run_interrupts_and_keeps_what_arrived(farm, suite, 
     )
     client = start_pytest(
         path,
-        "-p",
-        "no:cacheprovider",
-        "--psyduck",
-        f"--psyduck-farm={farm}",
+        *on_farm(farm),
         env={"PSYDUCK_TOKEN": "s3cret-token"},
     )
     wait_until(lambda: started.exists() or client.poll() is not None, "the slow test to start")

@@ -9,7 +9,7 @@ import docker
 import pytest
 
 from farm.hosts.containers import LABEL_FARM, farm_identity
-from tests.conftest import junit_cases, run_pytest, wait_until
+from tests.conftest import junit_cases, on_farm, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
     ROOT,
     containers_of,
@@ -244,10 +244,7 @@ def test_a_served_farm_runs_the_shipped_snapshot_in_containers(docker_image, sui
     try:
         result = run_pytest(
             project / "tests",
-            "-p",
-            "no:cacheprovider",
-            "--psyduck",
-            f"--psyduck-farm={url}",
+            *on_farm(url),
             env={"PSYDUCK_TOKEN": "tok"},
         )
         assert result.outcomes() == {"passed": 2}, result.stdout + result.stderr
