@@ -174,6 +174,6 @@ def read_token(token_file: str | None) -> str:
         token = os.environ.get("PSYDUCK_TOKEN", "").strip()
     if not token:
         raise ConfigError(
-            "no token: set [farm] token_file or PSYDUCK_TOKEN (the farm never runs open)"
+            "no token: give a token file or set PSYDUCK_TOKEN (the farm never runs open)"
         )
     return token

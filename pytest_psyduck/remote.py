@@ -11,6 +11,7 @@ import os
 import pytest
 
 from farm.client import FarmClient, FarmError
+from farm.config import ConfigError, read_token
 from farm.embedded import EmbeddedFarm, start_embedded_farm
 from farm.hosts import HostSpecError, parse_hosts
 from farm.hosts.base import HostError
@@ -23,19 +24,10 @@ __all__ = ["FarmError", "run"]
 
 
 def farm_token(config: pytest.Config) -> str:
-    path = config.getoption("psyduck_token_file")
-    if path:
-        try:
-            with open(path) as f:
-                return f.read().strip()
-        except OSError as exc:
-            raise pytest.UsageError(f"--psyduck-token-file: cannot read {path}: {exc}") from exc
-    token = os.environ.get("PSYDUCK_TOKEN")
-    if not token:
-        raise pytest.UsageError(
-            "--psyduck-farm needs a token: set PSYDUCK_TOKEN or pass --psyduck-token-file"
-        )
-    return token
+    try:
+        return read_token(config.getoption("psyduck_token_file"))
+    except ConfigError as exc:
+        raise pytest.UsageError(f"--psyduck-farm: {exc}") from exc
 
 
 async def _start_farm(session: pytest.Session) -> EmbeddedFarm:
