@@ -348,16 +348,23 @@ class Coordinator:
         if kind in ("started", "result", "missing") and test_id not in worker.outstanding:
             raise ValueError(f"{kind} message for {test_id!r}, which the worker was not given")
         if kind == "started":
-            worker.current = test_id
-            self._arm_hard_timeout(worker, test_id)
+            self._started(worker, test_id)
         elif kind == "result":
+            following = message.get("next")
+            if following is not None and following not in worker.outstanding:
+                raise ValueError(f"result names {following!r} next, which the worker was not given")
             self._disarm_hard_timeout(worker)
             worker.current = None
             worker.outstanding.pop(test_id, None)
             self._report(
                 run, test_id, {"t": "result", "id": test_id, "payload": message["payload"]}
             )
+            if following is not None:
+                self._started(worker, following)
         elif kind == "missing":
+            if worker.current == test_id:
+                self._disarm_hard_timeout(worker)
+                worker.current = None
             worker.outstanding.pop(test_id, None)
             self._crashed(run, test_id, f"psyduck: {test_id}: {message.get('message', '')}")
         elif kind == "warning":
@@ -366,6 +373,11 @@ class Coordinator:
         elif kind == "timeout":
             worker.timed_out = message
         return False
+
+    def _started(self, worker: _ActiveWorker, test_id: str) -> None:
+        """*test_id* is now running on *worker*: a crash from here on is its crash."""
+        worker.current = test_id
+        self._arm_hard_timeout(worker, test_id)
 
     def _arm_hard_timeout(self, worker: _ActiveWorker, test_id: str) -> None:
         spec = worker.run.tests.get(test_id)

@@ -5,8 +5,11 @@ forked from the user's process after collection by :mod:`forking`) driven over
 a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
 
 * worker → host: ``ready``; ``started`` {id}; ``result`` {id, payload,
-  duration}; ``warning`` {data}; ``missing`` {id, message}; ``idle`` (wants more
-  work); ``timeout`` {id, stack, timeout} just before it kills itself; ``done``.
+  duration, next}; ``warning`` {data}; ``missing`` {id, message}; ``idle``
+  (wants more work); ``timeout`` {id, stack, timeout} just before it kills
+  itself; ``done``.  A result's ``next`` names the test the worker starts right
+  after it, which then sends no ``started`` of its own: one message a test
+  instead of two, and the host still always knows which test is running.
 * host → worker: ``run`` {tests: [{id, timeout}]}; ``drain`` (no more work:
   finish and exit).
 
@@ -96,6 +99,8 @@ class WorkerPlugin:
         self.items: dict[str, pytest.Item] = {}
         self.collect_errors: list[str] = []
         self._logged: list[pytest.TestReport] | None = None
+        #: The test that starts as soon as the current one is reported, if any.
+        self.following: str | None = None
 
     # -- configuration ------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -141,6 +146,7 @@ class WorkerPlugin:
                 "id": item.nodeid,
                 "payload": reports_to_payload(item.config, reports),
                 "duration": time.perf_counter() - started,
+                "next": self.following,
             }
         )
         return True
@@ -194,16 +200,27 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
     channel.send({"t": "ready", "pid": os.getpid(), "collected": len(items)})
     queue: deque[dict[str, Any]] = deque()
 
-    def run_one(test: dict[str, Any], next_test: dict[str, Any] | None) -> None:
+    announced: str | None = None  # named as ``next`` by the last result sent
+
+    def run_one(test: dict[str, Any], next_test: dict[str, Any] | None, keep: int) -> None:
+        """Run *test*; the test after it starts at once if more than *keep* remain queued."""
+        nonlocal announced
         item = items.get(test["id"])
         if item is None:
             message = "the worker did not collect this test"
             if plugin.collect_errors:
                 message += "; collection errors on the worker:\n" + "\n".join(plugin.collect_errors)
             channel.send({"t": "missing", "id": test["id"], "message": message})
+            announced = None
             return
         nextitem = items.get(next_test["id"]) if next_test else None
-        channel.send({"t": "started", "id": test["id"]})
+        if announced != test["id"]:
+            channel.send({"t": "started", "id": test["id"]})
+        plugin.following = announced = (
+            next_test["id"]
+            if next_test is not None and next_test["id"] in items and len(queue) > keep
+            else None
+        )
         watchdog.arm(test["id"], test.get("timeout"))
         try:
             item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
@@ -218,10 +235,10 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
         if message["t"] == "run":
             queue.extend(message["tests"])
             while len(queue) > 1:
-                run_one(queue.popleft(), queue[0])
+                run_one(queue.popleft(), queue[0], keep=1)
             channel.send({"t": "idle"})
         elif message["t"] == "drain":
             while queue:
-                run_one(queue.popleft(), queue[0] if queue else None)
+                run_one(queue.popleft(), queue[0] if queue else None, keep=0)
             channel.send({"t": "done"})
             return
