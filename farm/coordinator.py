@@ -309,6 +309,7 @@ class Coordinator:
             return False
         for test in shard.tests:
             worker.outstanding[test.id] = test
+        await worker.conn.fit(shard.tests)
         await worker.conn.send(
             {"t": "run", "tests": [{"id": t.id, "timeout": t.timeout} for t in shard.tests]}
         )

@@ -10,11 +10,11 @@ all implement these two small interfaces, so the coordinator treats them alike.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.manifest import RunManifest
+from farm.manifest import RunManifest, TestSpec
 
 OutputHandler = Callable[[bytes], None]
 
@@ -92,6 +92,24 @@ class WorkerConnection(abc.ABC):
     @abc.abstractmethod
     def output(self) -> str:
         """The tail of the worker's own output."""
+
+    async def fit(self, tests: Sequence[TestSpec]) -> None:
+        """Give the worker the resources of the shard of *tests* it is about to run.
+
+        The coordinator calls this right before it sends a shard.  A host that
+        starts a worker before knowing its shard (docker and ssh hosts start
+        each slot's next container while the current one runs, so that its
+        start-up overlaps work) cannot give that worker the shard's own CPU and
+        memory limits at start; it narrows or widens them here instead.  Hosts
+        without per-worker limits (local processes) have nothing to do.
+
+        Never raises and never waits unbounded: an implementation bounds its
+        calls; when the host fails on the way, the worker is reported lost with
+        its host (as for any other host failure), and when the host refuses the
+        limits, the worker ends with the shard's first test blamed and the
+        reason in its output, so the coordinator accounts for it as for any
+        worker that died.
+        """
 
 
 class Host(abc.ABC):

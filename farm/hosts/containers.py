@@ -105,15 +105,24 @@ def owner_is_gone(farm_id: str) -> bool:
     return _process_start(int(pid)) != start
 
 
+#: CFS period (µs) of a container's hard CPU quota.
+CPU_PERIOD = 100_000
+
+
 @dataclass(frozen=True)
 class Limits:
-    """A container's resources.  ``nano_cpus`` is a hard CPU quota, set only when tests ask
-    for a number of CPUs: CFS quotas stall latency-bound tests, so the host's share is
-    otherwise a relative weight (``cpu_shares``) that binds only when CPUs are contended."""
+    """A container's resources.  ``cpu_quota`` (µs per :data:`CPU_PERIOD`) is a hard CPU
+    limit, set only when tests ask for a number of CPUs: CFS quotas stall latency-bound
+    tests, so the host's share is otherwise a relative weight (``cpu_shares``) that binds
+    only when CPUs are contended.  A quota, not ``NanoCpus``: the engine cannot change
+    ``NanoCpus`` on a running container (nor set a quota next to it), and a container
+    started ahead of its shard receives that shard's limits once it already runs
+    (:func:`update_fields`).
+    """
 
     memory: int
     cpu_shares: int
-    nano_cpus: int | None = None
+    cpu_quota: int | None = None
     pids: int = PIDS_LIMIT
 
 
@@ -125,8 +134,24 @@ def shard_limits(tests: Iterable[TestSpec], memory_share: int, cpu_share: float)
     return Limits(
         memory=memory,
         cpu_shares=max(int(1024 * (cpus or cpu_share)), 2),
-        nano_cpus=max(int(cpus * 1e9), 10_000_000) if cpus else None,
+        cpu_quota=max(int(cpus * CPU_PERIOD), 1000) if cpus else None,
     )
+
+
+def update_fields(limits: Limits) -> dict[str, int]:
+    """``update_container`` arguments that set a running container to *limits*.
+
+    Memory and memory+swap move together (no swap); a quota of -1 lifts a
+    hard CPU limit the container's previous shard had.  The pids limit is the
+    same for every shard and is not touched.
+    """
+    return {
+        "mem_limit": limits.memory,
+        "memswap_limit": limits.memory,
+        "cpu_shares": limits.cpu_shares,
+        "cpu_period": CPU_PERIOD,
+        "cpu_quota": limits.cpu_quota or -1,
+    }
 
 
 def injected_binds(module_dirs: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -227,7 +252,8 @@ def plan_container(
             "mem_limit": limits.memory,
             "memswap_limit": limits.memory,
             "cpu_shares": limits.cpu_shares,
-            "nano_cpus": limits.nano_cpus,
+            "cpu_period": CPU_PERIOD if limits.cpu_quota else None,
+            "cpu_quota": limits.cpu_quota,
             "pids_limit": limits.pids,
         },
     )

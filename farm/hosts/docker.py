@@ -41,7 +41,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
@@ -64,11 +64,14 @@ from farm.hosts.containers import (
     LABEL_FARM,
     LABEL_HOST,
     ContainerPlan,
+    Limits,
     owner_is_gone,
     plan_container,
     shard_limits,
+    update_fields,
 )
 from farm.hosts.local import default_cache_dir
+from farm.manifest import TestSpec
 from farm.protocol import FrameDecoder, ProtocolError, frame
 from farm.snapshots import SnapshotCache
 
@@ -291,13 +294,16 @@ class DockerWorker(WorkerConnection):
         engine: Engine,
         container: str,
         stream: Any,
-        memory_limit: int,
+        limits: Limits,
         on_output: OutputHandler,
+        limits_for: Callable[[Sequence[TestSpec]], Limits] | None = None,
     ) -> None:
         self.container = container
         self._engine = engine
         self._stream = stream
-        self._memory_limit = memory_limit
+        #: The limits the container has now, and how to compute a shard's.
+        self.limits = limits
+        self._limits_for = limits_for
         self._on_output = on_output
         self._loop = asyncio.get_running_loop()
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -364,12 +370,12 @@ class DockerWorker(WorkerConnection):
 
     def _resolve(self, code: int) -> None:
         if not self._exit.done():
-            self._exit.set_result(exit_info(code, self._oom, self._memory_limit))
+            self._exit.set_result(exit_info(code, self._oom, self.limits.memory))
 
     def host_lost(self, detail: str) -> None:
         if not self._exit.done():
             self._exit.set_result(
-                ExitInfo(host_lost=True, detail=detail, memory_limit=self._memory_limit)
+                ExitInfo(host_lost=True, detail=detail, memory_limit=self.limits.memory)
             )
         self._close_stream()
 
@@ -380,6 +386,51 @@ class DockerWorker(WorkerConnection):
                 await bounded(asyncio.to_thread(self._stream.sendall, frame(message)), API_TIMEOUT)
             except Exception:
                 pass  # the worker or its connection is gone; recv() and wait() report it
+
+    async def fit(self, tests: Sequence[TestSpec]) -> None:
+        """Narrow or widen the running container to the limits of the shard of *tests*.
+
+        The container was started ahead of its shard with the host's share
+        (see :meth:`DockerHost.spawn`).  Shards without hints fit that share and
+        cost no call.  The update is one bounded API call: an engine that fails
+        or does not answer is lost, with every worker on it.  An engine that
+        refuses (typically: the worker already uses more memory than the shard
+        allows) ends this worker before it receives the shard, and the shard's
+        first test is reported crashed with the engine's reason; the rest of the
+        shard goes back to the queue.
+        """
+        if self._limits_for is None or not tests:
+            return
+        limits = self._limits_for(tests)
+        if limits == self.limits or not self.alive:
+            return
+        try:
+            await self._engine.call(
+                self._engine.api.update_container, self.container, **update_fields(limits)
+            )
+        except EngineLost:
+            return  # the engine marked every worker lost, this one included
+        except docker.errors.APIError as exc:
+            await self._refuse(tests[0].id, limits, exc)
+            return
+        self.limits = limits
+
+    async def _refuse(self, first: str, limits: Limits, exc: docker.errors.APIError) -> None:
+        """End the worker before its shard: the engine would not give it *limits*."""
+        reason = exc.explanation or str(exc)
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        self._tail.add(
+            f"\n[psyduck] host {self._engine.name} could not give this worker its shard's "
+            f"limits (memory {limits.memory // (1024 * 1024)} MiB, cpu shares "
+            f"{limits.cpu_shares}, cpu quota {limits.cpu_quota or 'none'}): "
+            f"{reason.strip()}\n".encode()
+        )
+        # The worker dies before it runs anything; "started" makes the coordinator
+        # blame the first test, so a shard that can never fit ends instead of
+        # going round the queue for ever.
+        self._inbox.put_nowait({"t": "started", "id": first})
+        await self.kill()
 
     async def recv(self) -> dict[str, Any] | None:
         message = await self._inbox.get()
@@ -406,7 +457,7 @@ class DockerWorker(WorkerConnection):
                 host_lost=True,
                 detail=f"the engine of host {self._engine.name} did not report the end of "
                 f"container {self.container[:12]}",
-                memory_limit=self._memory_limit,
+                memory_limit=self.limits.memory,
             )
         try:
             await bounded(self._eof.wait(), 5)
@@ -684,7 +735,9 @@ class DockerHost(Host):
         Either way a spare for the slot's next shard starts as soon as this
         worker is up (not before: two starting containers would slow each other
         down), so that its create, start and collection overlap this shard
-        instead of following it.
+        instead of following it.  Its shard is not known yet, so every
+        container starts with the host's share; :meth:`DockerWorker.fit` gives
+        it its shard's limits.
         """
         key = (run.run_id, run.profile)
         worker = await self._take_spare(slot, key)
@@ -750,13 +803,8 @@ class DockerHost(Host):
         inject_volume = None
         if self.remote:
             inject_volume, code_dir = await self._payloads(engine, run, image, code_dir)
-        info = engine.info
-        slots = max(self.slots, 1)
-        limits = shard_limits(
-            run.manifest.tests,
-            memory_share=self._memory or int(info.get("MemTotal", 1 << 32)) // slots,
-            cpu_share=self._cpus or int(info.get("NCPU", 1)) / slots,
-        )
+        limits_for = self._limits_for(engine)
+        limits = limits_for(())  # the host's share, until the worker's shard is known
         plan = plan_container(
             run,
             worker_id,
@@ -775,7 +823,7 @@ class DockerHost(Host):
         # Not interruptible: a create cancelled halfway would leave a container nobody
         # knows about, so a cancelled caller hands the finished worker to _discard.
         starting = asyncio.ensure_future(
-            self._start_container(engine, plan, limits.memory, on_output)
+            self._start_container(engine, plan, limits, limits_for, on_output)
         )
         try:
             return await asyncio.shield(starting)
@@ -784,6 +832,18 @@ class DockerHost(Host):
             raise
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
+
+    def _limits_for(self, engine: Engine) -> Callable[[Sequence[TestSpec]], Limits]:
+        """Limits of a container running given tests: their hints, else the host's share."""
+        info = engine.info
+        slots = max(self.slots, 1)
+        memory_share = self._memory or int(info.get("MemTotal", 1 << 32)) // slots
+        cpu_share = self._cpus or int(info.get("NCPU", 1)) / slots
+
+        def limits_for(tests: Sequence[TestSpec]) -> Limits:
+            return shard_limits(tests, memory_share=memory_share, cpu_share=cpu_share)
+
+        return limits_for
 
     # -- payload volumes (remote engines) ------------------------------------------
     async def _payloads(
@@ -897,7 +957,12 @@ class DockerHost(Host):
         return removed
 
     async def _start_container(
-        self, engine: Engine, plan: ContainerPlan, memory_limit: int, on_output: OutputHandler
+        self,
+        engine: Engine,
+        plan: ContainerPlan,
+        limits: Limits,
+        limits_for: Callable[[Sequence[TestSpec]], Limits],
+        on_output: OutputHandler,
     ) -> DockerWorker:
         api = engine.api
         host_config = api.create_host_config(**plan.host_config)
@@ -923,7 +988,7 @@ class DockerHost(Host):
             )
             stream = _raw_socket(sock)
             stream.settimeout(None)
-            worker = DockerWorker(engine, container, stream, memory_limit, on_output)
+            worker = DockerWorker(engine, container, stream, limits, on_output, limits_for)
             engine.register(container, worker)
             worker.start_reading()
             await engine.call(api.start, container)

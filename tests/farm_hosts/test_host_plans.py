@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from farm.hosts import HostSpecError, parse_hosts
 from farm.hosts.base import RunContext
 from farm.hosts.containers import (
+    CPU_PERIOD,
     FARM_ID,
     INJECT_DIR,
     SOURCE_DIR,
@@ -20,6 +21,7 @@ from farm.hosts.containers import (
     owner_is_gone,
     plan_container,
     shard_limits,
+    update_fields,
 )
 from farm.hosts.docker import StreamDemux, exit_info, payload_tar
 from farm.hosts.ssh import parse_ssh_spec
@@ -136,10 +138,34 @@ def test_limits_come_from_hints_else_the_host_share():
     ]
     limits = shard_limits(hinted, memory_share=1 << 30, cpu_share=0.5)
     assert limits.memory == 64 << 20
-    assert limits.nano_cpus == 2_000_000_000
+    assert limits.cpu_quota == 2 * CPU_PERIOD
     assert limits.cpu_shares == 2048
     default = shard_limits([TestSpec(id="c", group="g")], memory_share=1 << 30, cpu_share=0.5)
-    assert default.memory == 1 << 30 and default.nano_cpus is None and default.cpu_shares == 512
+    assert default.memory == 1 << 30 and default.cpu_quota is None and default.cpu_shares == 512
+    assert shard_limits([], memory_share=1 << 30, cpu_share=0.5) == default
+
+
+def test_a_running_container_is_updated_to_exactly_its_shards_limits():
+    """Narrowing sets every field; widening back lifts the quota (-1) instead of leaving it."""
+    hinted = shard_limits(
+        [TestSpec(id="a", group="g", memory=64 << 20, cpus=0.5)], memory_share=1 << 30, cpu_share=1
+    )
+    assert update_fields(hinted) == {
+        "mem_limit": 64 << 20,
+        "memswap_limit": 64 << 20,
+        "cpu_shares": 512,
+        "cpu_period": CPU_PERIOD,
+        "cpu_quota": CPU_PERIOD // 2,
+    }
+    share = update_fields(shard_limits([], memory_share=1 << 30, cpu_share=1))
+    assert share["mem_limit"] == share["memswap_limit"] == 1 << 30
+    assert share["cpu_quota"] == -1 and share["cpu_shares"] == 1024
+
+
+def test_a_plan_sets_a_quota_only_for_cpu_hints():
+    config = plan().host_config
+    assert config["cpu_quota"] is None and config["cpu_period"] is None
+    assert "nano_cpus" not in config
 
 
 def test_exit_codes_above_128_are_signals():
