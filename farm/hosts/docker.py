@@ -297,6 +297,7 @@ class DockerWorker(WorkerConnection):
         limits: Limits,
         on_output: OutputHandler,
         limits_for: Callable[[Sequence[TestSpec]], Limits] | None = None,
+        background: Callable[[Coroutine[Any, Any, None]], None] | None = None,
     ) -> None:
         self.container = container
         self._engine = engine
@@ -315,6 +316,10 @@ class DockerWorker(WorkerConnection):
         self._send_lock = asyncio.Lock()
         self._oom = False
         self._killed = False
+        #: The worker said ``done``: everything it had to report has been received.
+        self._finished = False
+        self._background = background
+        self._retiring = False
         self._reader = threading.Thread(
             target=self._read, name=f"psyduck-attach-{container[:12]}", daemon=True
         )
@@ -333,6 +338,8 @@ class DockerWorker(WorkerConnection):
                 for kind, chunk in demux.feed(data):
                     if kind == 1:
                         for message in decoder.feed(chunk):
+                            if message.get("t") == "done":
+                                self._to_loop(self._said_done)
                             self._to_loop(self._inbox.put_nowait, message)
                             self._to_loop(self.heard.set)
                     else:
@@ -356,6 +363,9 @@ class DockerWorker(WorkerConnection):
     def _output(self, chunk: bytes) -> None:
         self._tail.add(chunk)
         self._on_output(chunk)
+
+    def _said_done(self) -> None:
+        self._finished = True
 
     # -- called by the engine's event pump -----------------------------------------
     def oom_seen(self) -> None:
@@ -442,6 +452,15 @@ class DockerWorker(WorkerConnection):
         if self._exit.done():
             return
         self._killed = True
+        if self._finished and self._background is not None:
+            # The worker said done: it has nothing left to report, and the slot's next
+            # container (the spare) is already up.  The engine's kill waits until the
+            # container has stopped (~0.1 s): that wait leaves the slot's critical path
+            # for the host's background tasks, which closing the host awaits.
+            self._retiring = True
+            self._exit.set_result(ExitInfo(status=0, memory_limit=self.limits.memory))
+            self._background(self._retire())
+            return
         try:
             await self._engine.call(self._engine.api.kill, self.container)
         except docker.errors.APIError:
@@ -449,7 +468,22 @@ class DockerWorker(WorkerConnection):
         except EngineLost:
             pass  # the engine marked every worker lost, this one included
 
+    async def _retire(self) -> None:
+        """Stop a finished worker's container and release its stream, off the critical path."""
+        try:
+            await self._engine.call(self._engine.api.kill, self.container)
+        except (docker.errors.APIError, EngineLost):
+            pass  # already stopped or removed, or the engine is gone with it
+        try:
+            await bounded(self._eof.wait(), EXIT_TIMEOUT)
+        except TimeoutError:
+            pass
+        self._close_stream()
+        self._engine.unregister(self.container)
+
     async def wait(self) -> ExitInfo:
+        if self._retiring:
+            return self._exit.result()  # _retire releases the rest
         try:
             info = await bounded(asyncio.shield(self._exit), EXIT_TIMEOUT)
         except TimeoutError:
@@ -551,10 +585,16 @@ class DockerHost(Host):
     """``docker:N`` — N slots on a Docker engine, one ephemeral container per shard."""
 
     reuse_workers = False
-    #: A container costs ~0.4 s to create and start plus the suite's collection
-    #: (~1 s for 2,000 tests), mostly hidden by spares but paid in CPU; shards of at
-    #: least this many estimated seconds keep that a small part of the work.
-    min_shard_seconds = 6.0
+    #: A container costs ~0.3 s to create and start plus the worker's start and the
+    #: suite's collection (~0.4 s for 2,000 tests), but a slot's next container (its
+    #: spare) does all that while the slot's current shard runs: once it is up, a shard
+    #: costs the slot's critical path only its hand-off (tens of ms).  A shard must
+    #: outlast its spare's start-up, or the slot waits for it; bigger shards only save
+    #: containers' CPU.  Shards get this small only in a run's tail (the scheduler
+    #: shrinks them as the queue empties), where small shards let the slots finish
+    #: together: with 6 s, a 20 s suite on 2 slots ended with one slot running a 6 s
+    #: shard alone.
+    min_shard_seconds = 1.0
 
     def __init__(
         self,
@@ -988,7 +1028,9 @@ class DockerHost(Host):
             )
             stream = _raw_socket(sock)
             stream.settimeout(None)
-            worker = DockerWorker(engine, container, stream, limits, on_output, limits_for)
+            worker = DockerWorker(
+                engine, container, stream, limits, on_output, limits_for, self._in_background
+            )
             engine.register(container, worker)
             worker.start_reading()
             await engine.call(api.start, container)
