@@ -32,6 +32,8 @@ from farm.hosts.docker import API_TIMEOUT, API_VERSION, HOST_OPTIONS, DockerHost
 KEEPALIVE_SECONDS = 10
 CONNECT_TIMEOUT = 10.0
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+#: The one key under which the SSH adapter pools its connections to the engine.
+POOL_KEY = "http+docker://ssh"
 
 
 class HostKeyRefused(HostError):
@@ -172,6 +174,18 @@ class _ConnectedAdapter(SSHHTTPAdapter):
 
     def _connect(self) -> None:
         """Already connected: a broken connection is replaced by a new engine, not here."""
+
+    def get_connection(self, url: str, proxies: Any = None) -> Any:
+        """One connection pool for every request.
+
+        The SDK keys its pools by the whole URL, so every container's own
+        requests (start, kill, update, …) found an empty pool and opened a new
+        SSH channel running a new ``docker system dial-stdio`` on the remote
+        side: ~0.1 s, and a process, for each.  All requests go to the same
+        engine, so they share kept-alive channels.  Attach streams are hijacked
+        and never return to the pool.
+        """
+        return super().get_connection(POOL_KEY, proxies)
 
 
 def ssh_engine(target: SshTarget, pool: int = 16):
