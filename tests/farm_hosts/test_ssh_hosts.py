@@ -5,17 +5,19 @@ from __future__ import annotations
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import replace
+from pathlib import Path
 
 import docker
 import pytest
 
-from farm.hosts.ssh import HostKeyRefused, SshTarget, open_ssh
+from farm.hosts.ssh import HostKeyRefused, SshTarget, open_ssh, parse_ssh_spec, ssh_engine
 from tests.conftest import junit_cases, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
     CURRENT_TEST_CONFTEST,
     ROOT,
     containers_of,
     current_test_in,
+    descendants,
     keygen,
     psyduck_containers,
     psyduck_session,
@@ -85,6 +87,40 @@ def test_demo_suite_on_two_ssh_hosts_matches_plain_pytest(sshd, client_key, know
     wait_until(
         lambda: not containers_of(farm.pid), "the run's containers to be removed", timeout=30
     )
+
+
+def dial_stdio_processes(server) -> list[int]:
+    """``docker system dial-stdio`` processes serving *server*'s sessions: one per SSH channel
+    that carries Docker API requests."""
+    found = []
+    for pid in descendants(server.process.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"dial-stdio" in argv and argv[0].endswith(b"docker"):
+            found.append(pid)
+    return found
+
+
+def test_api_requests_share_one_channel_whatever_their_url(docker_image, sshd, client_key):
+    """The SDK pools connections per URL; every container's own URLs would open new channels."""
+    server = sshd("127.0.0.2")
+    known = Path(client_key).parent / f"known_hosts-{server.port}"
+    known.write_text(server.known_hosts_line())
+    target, _ = parse_ssh_spec(server.spec(client_key, known))
+    api = ssh_engine(target)()
+    try:
+        api.ping()
+        api.version()
+        api.inspect_image(docker_image)
+        for _ in range(3):
+            container = api.create_container(docker_image, ["true"])["Id"]
+            api.inspect_container(container)
+            api.remove_container(container)
+        assert len(dial_stdio_processes(server)) == 1
+    finally:
+        api.close()
 
 
 def test_a_session_names_an_unknown_host_key(sshd, client_key, known_hosts, suite):
