@@ -218,6 +218,12 @@ def start_sshd(directory: Path, address: str, authorized_key: Path) -> Sshd:
     keygen(directory / "host_key")
     (directory / "authorized_keys").write_text(authorized_key.with_suffix(".pub").read_text())
     port = free_port(address)
+    # Sessions get a home of their own: the machine user's shell start-up files (bash
+    # reads ~/.bashrc for commands run by sshd; here it runs pyenv's init and rehash)
+    # stay out of every channel, so stop() killing sessions mid-start-up leaves no
+    # stale lock behind that would stall every later session on this machine.
+    home = directory / "home"
+    home.mkdir(exist_ok=True)
     config = directory / "sshd_config"
     config.write_text(
         f"""\
@@ -237,6 +243,7 @@ MaxStartups 64
 ClientAliveInterval 5
 ClientAliveCountMax 3
 LogLevel ERROR
+SetEnv HOME={home}
 """
     )
     with open(directory / "sshd.log", "wb") as log:
