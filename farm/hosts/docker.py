@@ -318,6 +318,9 @@ class DockerWorker(WorkerConnection):
         self._killed = False
         #: The worker said ``done``: everything it had to report has been received.
         self._finished = False
+        #: The shard's first test, while the worker has said nothing since its
+        #: memory limit was narrowed for that shard.
+        self._blame: str | None = None
         self._background = background
         self._retiring = False
         self._reader = threading.Thread(
@@ -338,10 +341,7 @@ class DockerWorker(WorkerConnection):
                 for kind, chunk in demux.feed(data):
                     if kind == 1:
                         for message in decoder.feed(chunk):
-                            if message.get("t") == "done":
-                                self._to_loop(self._said_done)
-                            self._to_loop(self._inbox.put_nowait, message)
-                            self._to_loop(self.heard.set)
+                            self._to_loop(self._deliver, message)
                     else:
                         self._to_loop(self._output, chunk)
         except ProtocolError as exc:
@@ -350,9 +350,7 @@ class DockerWorker(WorkerConnection):
             pass  # closed under us by kill()/wait(), or the connection broke
         except Exception as exc:  # paramiko raises its own errors for broken channels
             self._to_loop(self._output, f"\n[psyduck] attach stream failed: {exc}\n".encode())
-        self._to_loop(self._inbox.put_nowait, None)
-        self._to_loop(self._eof.set)
-        self._to_loop(self.heard.set)
+        self._to_loop(self._ended)
 
     def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -364,8 +362,23 @@ class DockerWorker(WorkerConnection):
         self._tail.add(chunk)
         self._on_output(chunk)
 
-    def _said_done(self) -> None:
-        self._finished = True
+    def _deliver(self, message: dict[str, Any]) -> None:
+        if message.get("t") == "done":
+            self._finished = True
+        self._blame = None
+        self._inbox.put_nowait(message)
+        self.heard.set()
+
+    def _ended(self) -> None:
+        if self._blame is not None:
+            # Its limits were narrowed and it died before saying anything: on cgroup v2
+            # the kernel OOM-kills a worker already above its new limit instead of
+            # refusing the limit.  Blaming the shard's first test ends a shard that
+            # can never fit instead of sending it round the queue for ever.
+            self._inbox.put_nowait({"t": "started", "id": self._blame})
+        self._inbox.put_nowait(None)
+        self._eof.set()
+        self.heard.set()
 
     # -- called by the engine's event pump -----------------------------------------
     def oom_seen(self) -> None:
@@ -403,11 +416,13 @@ class DockerWorker(WorkerConnection):
         The container was started ahead of its shard with the host's share
         (see :meth:`DockerHost.spawn`).  Shards without hints fit that share and
         cost no call.  The update is one bounded API call: an engine that fails
-        or does not answer is lost, with every worker on it.  An engine that
-        refuses (typically: the worker already uses more memory than the shard
-        allows) ends this worker before it receives the shard, and the shard's
-        first test is reported crashed with the engine's reason; the rest of the
-        shard goes back to the queue.
+        or does not answer is lost, with every worker on it.  A worker already
+        using more memory than the shard allows cannot run it: a cgroup v1 engine
+        refuses the update, and this worker ends before it receives the shard,
+        its first test reported crashed with the engine's reason; under cgroup v2
+        the kernel OOM-kills the worker instead, and its death before any word
+        is blamed on that first test, as killed for memory.  Either way the rest
+        of the shard goes back to the queue.
         """
         if self._limits_for is None or not tests:
             return
@@ -423,6 +438,8 @@ class DockerWorker(WorkerConnection):
         except docker.errors.APIError as exc:
             await self._refuse(tests[0].id, limits, exc)
             return
+        if limits.memory < self.limits.memory:
+            self._blame = tests[0].id
         self.limits = limits
 
     async def _refuse(self, first: str, limits: Limits, exc: docker.errors.APIError) -> None:
