@@ -1,8 +1,10 @@
 """The farm protocol's client side: submit a run, stream its events, cancel it.
 
 Used by the pytest plugin (against the embedded farm or a remote one) and by
-the ``psyduck`` CLI.  Every call has a timeout; the event stream relies on
-websocket heartbeats, because a test may legitimately stay silent for hours.
+the ``psyduck`` CLI.  It runs on :mod:`farm.http`, not aiohttp, so that the
+user's pytest process never pays aiohttp's import.  Every call has a timeout;
+the event stream counts on the farm's heartbeat pings, because a test may
+legitimately stay silent for hours.
 """
 
 from __future__ import annotations
@@ -10,44 +12,59 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-
+from farm import http
 from farm.manifest import RunManifest, manifest_to_wire
-from farm.protocol import ProtocolError, decode, encode
-from farm.service import HEARTBEAT, MSGPACK
+from farm.protocol import HEARTBEAT, MAX_MESSAGE_BYTES, MSGPACK, ProtocolError, decode, encode
 
-CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 120.0
+ATTACH_TIMEOUT = 30.0
+#: Silence after which the event stream is taken for dead (the farm pings every HEARTBEAT).
+STREAM_IDLE_TIMEOUT = 2 * HEARTBEAT + 5.0
 
 
 class FarmError(RuntimeError):
     """The farm refused or failed a request; the text is the farm's explanation."""
 
 
+def _refusal(url: str, status: int, body: bytes) -> FarmError:
+    try:
+        message = decode(body).get("message")
+    except ProtocolError as exc:
+        return FarmError(f"the farm at {url} answered {status} with an unreadable body: {exc}")
+    return FarmError(f"the farm refused ({status}): {message}")
+
+
 class RunStream:
     """The events of one run, and the means to cancel it."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: http.WebSocket, url: str) -> None:
         self._ws = ws
+        self._url = url
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        async for msg in self._ws:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                try:
-                    events = decode(msg.data)["events"]
-                except (ProtocolError, KeyError) as exc:
-                    raise FarmError(f"the farm sent a malformed event: {exc}") from exc
-                for event in events:
-                    yield event
-                    if event["t"] == "done":
-                        return
-            elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+        while True:
+            try:
+                data = await self._ws.receive()
+            except http.HTTPError as exc:
+                raise FarmError(f"lost the event stream from {self._url}: {exc}") from exc
+            if data is None:
                 break
+            try:
+                events = decode(data)["events"]
+            except (ProtocolError, KeyError) as exc:
+                raise FarmError(f"the farm sent a malformed event: {exc}") from exc
+            for event in events:
+                yield event
+                if event["t"] == "done":
+                    return
         raise FarmError("the farm closed the event stream before the run finished")
 
     async def cancel(self) -> None:
         if not self._ws.closed:
-            await self._ws.send_bytes(encode({"t": "cancel"}))
+            try:
+                await self._ws.send(encode({"t": "cancel"}))
+            except http.HTTPError:
+                pass  # the stream is gone; the farm cancels runs whose client left
 
     async def close(self) -> None:
         await self._ws.close()
@@ -57,56 +74,51 @@ class FarmClient:
     def __init__(self, url: str, token: str) -> None:
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
-        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> FarmClient:
-        self._session = aiohttp.ClientSession(
-            headers=self._headers,
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, sock_connect=CONNECT_TIMEOUT),
-        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        assert self._session is not None
-        await self._session.close()
+        pass  # every request has its own connection, closed when it is answered
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict:
-        assert self._session is not None, "use FarmClient as an async context manager"
         try:
-            async with self._session.request(
+            response = await http.request(
                 method,
                 self.url + path,
-                data=None if body is None else encode(body),
-                headers={"Content-Type": MSGPACK},
-            ) as response:
-                data = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                headers={**self._headers, "Content-Type": MSGPACK, "Accept": MSGPACK},
+                body=b"" if body is None else encode(body),
+                timeout=REQUEST_TIMEOUT,
+                max_bytes=MAX_MESSAGE_BYTES,
+            )
+        except http.HTTPError as exc:
             raise FarmError(f"cannot reach the farm at {self.url}: {exc}") from exc
+        if response.status >= 400:
+            raise _refusal(self.url, response.status, response.body)
         try:
-            message = decode(data)
+            return decode(response.body)
         except ProtocolError as exc:
             raise FarmError(
                 f"the farm at {self.url} answered {response.status} with an unreadable body: {exc}"
             ) from exc
-        if response.status >= 400:
-            raise FarmError(f"the farm refused ({response.status}): {message.get('message')}")
-        return message
 
     async def submit(self, manifest: RunManifest) -> str:
         return (await self._request("POST", "/v1/runs", manifest_to_wire(manifest)))["run"]
 
     async def attach(self, run_id: str) -> RunStream:
-        assert self._session is not None
         try:
-            ws = await self._session.ws_connect(
+            ws = await http.WebSocket.connect(
                 f"{self.url}/v1/runs/{run_id}/events",
-                heartbeat=HEARTBEAT,
-                max_msg_size=0,
-                timeout=aiohttp.ClientWSTimeout(ws_close=10.0),
+                headers=self._headers,
+                timeout=ATTACH_TIMEOUT,
+                max_bytes=MAX_MESSAGE_BYTES,
+                idle_timeout=STREAM_IDLE_TIMEOUT,
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except http.Refused as exc:
+            raise _refusal(self.url, exc.response.status, exc.response.body) from exc
+        except http.HTTPError as exc:
             raise FarmError(f"cannot attach to run {run_id} at {self.url}: {exc}") from exc
-        return RunStream(ws)
+        return RunStream(ws, self.url)
 
     async def cancel(self, run_id: str) -> None:
         await self._request("POST", f"/v1/runs/{run_id}/cancel")

@@ -1,19 +1,37 @@
-"""The embedded farm: a coordinator on a loopback port inside the caller's event loop.
+"""The embedded farm: the private farm that ``pytest --psyduck`` starts for itself.
 
-``pytest --psyduck`` without ``--psyduck-farm`` starts one of these, so the
-default path speaks exactly the protocol a remote farm speaks; only the hosts
-differ (and a forking launcher may be supplied for local workers).
+It speaks exactly the protocol of a served farm, on a random loopback port with
+a random token.  The plugin runs it in a process of its own, started as soon as
+the pytest session starts (``python -m farm.embedded``): importing aiohttp and
+starting the coordinator then overlap collection instead of delaying the first
+test, and the coordinator's work runs beside the replay of results, not in
+turn with it.  Local workers are still forked from the user's collected
+session: the farm asks for them over a launch socket
+(:class:`~farm.hosts.local.RemoteLauncher`).
+
+The process reads one JSON line on stdin — ``{"hosts": SPEC, "token": TOKEN,
+"launcher_fd": FD}`` — answers one JSON line on stdout — ``{"url": URL}`` or
+``{"error": TEXT}`` — and serves until stdin closes, which also happens when
+its pytest dies; then it stops its workers and containers and exits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
+import signal
+import socket
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from farm.coordinator import Coordinator
-from farm.hosts.base import Host
+from farm.hosts import HostSpecError, parse_hosts
+from farm.hosts.base import Host, HostError
+from farm.hosts.local import RemoteLauncher
 from farm.service import make_app
 
 
@@ -29,18 +47,62 @@ class EmbeddedFarm:
         await self.runner.cleanup()
 
 
-async def start_embedded_farm(hosts: list[Host]) -> EmbeddedFarm:
-    """Start a coordinator with *hosts* on 127.0.0.1 and a random port and token."""
+async def start_embedded_farm(hosts: list[Host], token: str | None = None) -> EmbeddedFarm:
+    """Start a coordinator with *hosts* on 127.0.0.1 and a random port (and token, unless given)."""
     coordinator = Coordinator(hosts)
     try:
         await coordinator.start()
     except BaseException:
         await coordinator.close()
         raise
-    token = secrets.token_urlsafe(24)
+    token = token or secrets.token_urlsafe(24)
     runner = web.AppRunner(make_app(coordinator, token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return EmbeddedFarm(f"http://127.0.0.1:{port}", token, coordinator, runner)
+
+
+def _answer(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+class _Lifeline(asyncio.Protocol):
+    """Stdin, held open by the pytest that started this farm until it wants the farm gone."""
+
+    def __init__(self, closed: asyncio.Event) -> None:
+        self.closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+
+async def serve(settings: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await loop.connect_read_pipe(lambda: _Lifeline(stop), sys.stdin)
+    fd = settings.get("launcher_fd")
+    launcher = RemoteLauncher(socket.socket(fileno=fd)) if fd is not None else None
+    try:
+        hosts = parse_hosts(settings["hosts"], launcher=launcher)
+        farm = await start_embedded_farm(hosts, settings["token"])
+    except (HostSpecError, HostError) as exc:
+        _answer({"error": f"--psyduck-hosts: {exc}"})
+        return
+    _answer({"url": farm.url})
+    try:
+        await stop.wait()
+    finally:
+        await farm.close()
+
+
+def main() -> None:
+    settings = json.loads(sys.stdin.readline())
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

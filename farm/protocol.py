@@ -25,6 +25,12 @@ VERSION = 1
 #: far smaller.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+#: Content type of every HTTP body of the farm protocol.
+MSGPACK = "application/x-msgpack"
+#: Seconds an event stream may stay silent before the farm pings it; a peer
+#: that hears nothing for twice as long takes the other end for dead.
+HEARTBEAT = 15.0
+
 _LENGTH = struct.Struct(">I")
 
 

@@ -25,13 +25,18 @@ from aiohttp import WSMsgType, web
 
 from farm.coordinator import Coordinator, event_batches
 from farm.manifest import parse_manifest
-from farm.protocol import MAX_MESSAGE_BYTES, VERSION, ProtocolError, decode, encode
+from farm.protocol import (
+    HEARTBEAT,
+    MAX_MESSAGE_BYTES,
+    MSGPACK,
+    VERSION,
+    ProtocolError,
+    decode,
+    encode,
+)
 
 COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
 TOKEN_KEY = web.AppKey("token", str)
-MSGPACK = "application/x-msgpack"
-#: Seconds a websocket may stay silent before aiohttp's heartbeat declares it dead.
-HEARTBEAT = 15.0
 
 
 def reply(request: web.Request, message: dict[str, Any], status: int = 200) -> web.Response:

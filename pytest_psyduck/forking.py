@@ -1,10 +1,14 @@
-"""Local workers forked from the user's process after collection.
+"""The embedded farm's local workers, started in the user's process on the farm's request.
 
 Collection is the dominant cost of small and medium suites (2,000 trivial
 tests: ~2 s of collection, under 1 s of running).  A worker forked from the
 process that already collected starts with every test module imported and
-every item built, so it pays nothing of that again.  The embedded farm's local
-host uses this launcher; remote farms start workers with ``workermain``.
+every item built, so it pays nothing of that again.  The embedded farm runs in
+a process of its own, so it asks this one for each worker over the launch
+socket (protocol in :mod:`farm.hosts.local`); this process forks it — or execs
+a fresh interpreter when the run's profile adds pytest arguments or
+``--psyduck-spawn exec`` was given — and, being the parent, reaps it and tells
+the farm how it ended.
 """
 
 from __future__ import annotations
@@ -15,11 +19,19 @@ import gc
 import os
 import signal
 import socket
+import sys
+from typing import Any
 
 import pytest
 
-from farm.hosts.base import RunContext
-from farm.hosts.local import ExecLauncher, LaunchedProcess, Workdir
+from farm.hosts.local import (
+    MAX_LAUNCH_MESSAGE,
+    LaunchedProcess,
+    Workdir,
+    exec_worker,
+    exit_info,
+)
+from farm.protocol import ProtocolError, decode, encode
 from pytest_psyduck.channel import Channel
 from pytest_psyduck.worker import (
     WORKER_PLUGIN_NAME,
@@ -33,19 +45,89 @@ from pytest_psyduck.worker import (
 CONTROLLER_PLUGINS = ("psyduck-session", "psyduck-replay")
 
 
-class ForkLauncher:
-    """Fork base workers from the collected session; exec workers whose profile adds arguments."""
+class LaunchServer:
+    """This process's end of the embedded farm's launch socket."""
 
-    def __init__(self, session: pytest.Session) -> None:
+    def __init__(self, session: pytest.Session, fork: bool) -> None:
         self.session = session
-        self._exec = ExecLauncher()
+        self.fork = fork
+        self.sock, self.farm_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._children: dict[int, int] = {}  # pid → pidfd
+        #: Descriptors of this process that a forked worker must not keep open.
+        self.private_fds: list[int] = []
 
-    def launch(
-        self, run: RunContext, worker_id: str, env: dict[str, str], where: Workdir
-    ) -> LaunchedProcess:
-        if run.manifest.profiles.get(run.profile):
+    def serve(self) -> None:
+        """Answer the farm's requests from the running event loop."""
+        asyncio.get_running_loop().add_reader(self.sock, self._on_request)
+
+    def close(self) -> None:
+        """Stop serving; kill and reap any worker the farm left behind."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.sock)
+        for pid, pidfd in list(self._children.items()):
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os.waitpid(pid, 0)
+        self._children.clear()
+        self.sock.close()
+
+    def _on_request(self) -> None:
+        try:
+            data = self.sock.recv(MAX_LAUNCH_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.sock)
+            return
+        request: dict[str, Any] = {}
+        try:
+            request = decode(data, max_bytes=MAX_LAUNCH_MESSAGE)
+            if request["t"] == "launch":
+                self._launch(request)
+        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+            self._send({"t": "failed", "id": request.get("id", -1), "message": str(exc)})
+        except OSError as exc:
+            self._send({"t": "failed", "id": request["id"], "message": f"cannot start: {exc}"})
+
+    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        try:
+            socket.send_fds(self.sock, [encode(message)], fds or [])
+        except OSError:
+            pass  # the farm is gone; it stops its runs without us
+
+    def _launch(self, request: dict[str, Any]) -> None:
+        env = {str(k): str(v) for k, v in request["env"].items()}
+        if self.fork and not request["fresh"]:
+            process = self._fork(request, env)
+        else:
             # Extra pytest arguments change configuration: only a fresh process honours them.
-            return self._exec.launch(run, worker_id, env, where)
+            process = exec_worker(
+                sys.executable, Workdir(request["cwd"], tuple(request["argv"])), env
+            )
+        pidfd = os.pidfd_open(process.pid)
+        self._children[process.pid] = pidfd
+        asyncio.get_running_loop().add_reader(pidfd, self._reap, process.pid)
+        self._send(
+            {"t": "launched", "id": request["id"], "pid": process.pid},
+            [process.channel.fileno(), process.output_fd],
+        )
+        process.channel.close()
+        os.close(process.output_fd)
+
+    def _reap(self, pid: int) -> None:
+        pidfd = self._children.pop(pid)
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        info = exit_info(status)
+        self._send({"t": "exited", "pid": pid, "status": info.status, "signal": info.signal})
+
+    def _fork(self, request: dict[str, Any], env: dict[str, str]) -> LaunchedProcess:
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
         # Objects alive at the fork stay out of the child's garbage collections,
@@ -57,7 +139,7 @@ class ForkLauncher:
             try:
                 ours.close()
                 os.close(read_fd)
-                self._become_worker(run, worker_id, env, theirs, write_fd)
+                self._become_worker(request, env, theirs, write_fd)
                 status = 0
             finally:
                 os._exit(status)
@@ -65,21 +147,19 @@ class ForkLauncher:
         try:
             os.setpgid(pid, pid)
         except (PermissionError, ProcessLookupError):
-            pass  # the child already did it (or exec'd); both sides try, to close the race
+            pass  # the child already did it; both sides try, to close the race
         theirs.close()
         os.close(write_fd)
         return LaunchedProcess(pid, ours, read_fd)
 
     def _become_worker(
-        self,
-        run: RunContext,
-        worker_id: str,
-        env: dict[str, str],
-        sock: socket.socket,
-        output_fd: int,
+        self, request: dict[str, Any], env: dict[str, str], sock: socket.socket, output_fd: int
     ) -> None:
         os.setpgid(0, 0)
         die_with_parent()
+        self.sock.close()
+        for fd in [*self._children.values(), *self.private_fds]:
+            os.close(fd)
         # Leave the parent's event loop and signal plumbing behind: a test that
         # calls asyncio.run() must not see a running loop, and Ctrl-C is the parent's.
         asyncio.events._set_running_loop(None)
@@ -103,9 +183,9 @@ class ForkLauncher:
         faulthandler.enable(file=output_fd, all_threads=True)
         os.environ.update(env)
         workerinput = {
-            "workerid": worker_id,
-            "workercount": run.workers,
-            "testrunuid": run.run_id,
+            "workerid": request["worker_id"],
+            "workercount": request["workers"],
+            "testrunuid": request["run_id"],
         }
         config.workerinput = workerinput  # type: ignore[attr-defined]
         for name in CONTROLLER_PLUGINS:

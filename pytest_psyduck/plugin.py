@@ -8,6 +8,8 @@ never activates, even though the worker sees the user's ``--psyduck`` argument.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pytest_psyduck import hookspecs, transformations
@@ -77,6 +79,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="linelist",
         default=[],
     )
+
+
+def remote_farm_url(config: pytest.Config) -> str | None:
+    """The farm named by ``--psyduck-farm`` or ``PSYDUCK_FARM``; None means the embedded one."""
+    return config.getoption("psyduck_farm") or os.environ.get("PSYDUCK_FARM") or None
 
 
 def pytest_configure(config: pytest.Config) -> None:

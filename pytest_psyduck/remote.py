@@ -1,24 +1,20 @@
-"""The controller's networking side: the embedded farm, the farm client, snapshots.
+"""The controller's networking side: the farm client, the run's event stream, snapshots.
 
-Imported only when a run is about to start, because aiohttp alone costs about
-0.3 s: ``--collect-only`` and runs that collect nothing never pay it.
+Imported only when a run is about to start.  It never imports aiohttp: the
+client is :mod:`farm.http`, and the embedded farm runs in its own process
+(:mod:`pytest_psyduck.sidecar`).
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from farm.client import FarmClient, FarmError
 from farm.config import ConfigError, read_token
-from farm.embedded import EmbeddedFarm, start_embedded_farm
-from farm.hosts import HostSpecError, parse_hosts
-from farm.hosts.base import HostError
 from farm.manifest import RunManifest
-from pytest_psyduck.forking import ForkLauncher
+from pytest_psyduck.plugin import remote_farm_url
 from pytest_psyduck.replay import Replayer
-from pytest_psyduck.snapshot import SnapshotError, ship_snapshot
+from pytest_psyduck.sidecar import Sidecar, SidecarError
 
 __all__ = ["FarmError", "run"]
 
@@ -30,21 +26,6 @@ def farm_token(config: pytest.Config) -> str:
         raise pytest.UsageError(f"--psyduck-farm: {exc}") from exc
 
 
-async def _start_farm(session: pytest.Session) -> EmbeddedFarm:
-    config = session.config
-    spec = config.getoption("psyduck_hosts") or config.getini("psyduck_hosts")
-    spawn = config.getoption("psyduck_spawn") or "fork"
-    launcher = ForkLauncher(session) if spawn == "fork" else None
-    try:
-        hosts = parse_hosts(spec or f"local:{os.cpu_count() or 1}", launcher=launcher)
-    except HostSpecError as exc:
-        raise pytest.UsageError(f"--psyduck-hosts: {exc}") from exc
-    try:
-        return await start_embedded_farm(hosts)
-    except HostError as exc:
-        raise pytest.UsageError(f"--psyduck-hosts: {exc}") from exc
-
-
 async def _with_snapshot(
     config: pytest.Config, client: FarmClient, manifest: RunManifest, token: str
 ) -> RunManifest:
@@ -52,6 +33,8 @@ async def _with_snapshot(
     urls = (await client.info()).get("pokedex") or []
     if not urls:
         return manifest
+    from pytest_psyduck.snapshot import SnapshotError, ship_snapshot
+
     try:
         shipped = await ship_snapshot(manifest, urls, token)
     except SnapshotError as exc:
@@ -62,19 +45,24 @@ async def _with_snapshot(
     return shipped
 
 
-async def run(session: pytest.Session, manifest: RunManifest, replayer: Replayer) -> None:
-    """Run *manifest* on the farm (embedded unless one is named), replaying its events."""
+async def run(
+    session: pytest.Session, manifest: RunManifest, replayer: Replayer, sidecar: Sidecar | None
+) -> None:
+    """Run *manifest* on the farm (*sidecar*'s unless one is named), replaying its events."""
     config = session.config
-    url = config.getoption("psyduck_farm") or os.environ.get("PSYDUCK_FARM")
-    farm = None
-    if url:
+    if sidecar is None:
+        url = remote_farm_url(config)
         token = farm_token(config)
     else:
-        farm = await _start_farm(session)
-        url, token = farm.url, farm.token
+        sidecar.launcher.serve()
     try:
+        if sidecar is not None:
+            try:
+                url, token = sidecar.ready(), sidecar.token
+            except SidecarError as exc:
+                raise FarmError(str(exc)) from exc
         async with FarmClient(url, token) as client:
-            if farm is None:
+            if sidecar is None:
                 manifest = await _with_snapshot(config, client, manifest, token)
             run_id = await client.submit(manifest)
             stream = await client.attach(run_id)
@@ -91,5 +79,6 @@ async def run(session: pytest.Session, manifest: RunManifest, replayer: Replayer
                 replayer.flush()
                 await stream.close()
     finally:
-        if farm is not None:
-            await farm.close()
+        if sidecar is not None:
+            await sidecar.stop()
+            sidecar.launcher.close()

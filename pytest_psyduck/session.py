@@ -1,8 +1,9 @@
 """The controller: replaces pytest's run loop with a run on a psyduck farm.
 
-Collection has already happened here, with every selection option applied.
-The controller builds the manifest, starts the embedded farm unless a remote
-one is named, submits the run, and hands each streamed event to the
+Unless a remote farm is named, the embedded farm's process starts with the
+session and gets ready while this process collects.  Once collection is done,
+with every selection option applied, the controller builds the manifest,
+submits the run, and hands each streamed event to the
 :class:`~pytest_psyduck.replay.Replayer`.  ``-x``/``--maxfail`` and Ctrl-C
 cancel the remote run at once; pytest's own stop logic then ends the session
 exactly as it would have without psyduck.
@@ -11,12 +12,17 @@ exactly as it would have without psyduck.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.plugin import remote_farm_url
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.runmanifest import build_manifest
+
+if TYPE_CHECKING:
+    from pytest_psyduck.sidecar import Sidecar
 
 
 class DistributedSession:
@@ -25,6 +31,14 @@ class DistributedSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.history = DurationHistory(config)
+        self.sidecar: Sidecar | None = None  # the embedded farm, until the run takes it
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if remote_farm_url(self.config) is None and not self.config.option.collectonly:
+            from pytest_psyduck.sidecar import Sidecar
+
+            # Start the embedded farm now: it gets ready while this process collects.
+            self.sidecar = Sidecar(session)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
@@ -37,11 +51,12 @@ class DistributedSession:
             return True
         manifest = build_manifest(session.items, self.config, self.history)
         replayer = Replayer(session, self.history)
-        from pytest_psyduck import remote  # aiohttp costs ~0.3 s: only when tests will run
+        from pytest_psyduck import remote
 
         self.config.pluginmanager.register(replayer, "psyduck-replay")
+        sidecar, self.sidecar = self.sidecar, None
         try:
-            asyncio.run(remote.run(session, manifest, replayer))
+            asyncio.run(remote.run(session, manifest, replayer, sidecar))
         except remote.FarmError as exc:
             raise pytest.UsageError(f"psyduck: {exc}") from exc
         finally:
@@ -53,4 +68,7 @@ class DistributedSession:
         return True
 
     def pytest_sessionfinish(self) -> None:
+        if self.sidecar is not None:
+            self.sidecar.abandon()
+            self.sidecar = None
         self.history.save()

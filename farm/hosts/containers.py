@@ -87,8 +87,10 @@ def farm_identity(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
 
 
-#: This coordinator process's identity, put on every container it starts.
-FARM_ID = farm_identity()
+#: The identity put on every container this coordinator starts: its own
+#: process's, or for an embedded farm that of the pytest process owning it
+#: (``PSYDUCK_FARM_OWNER``), whose end is what makes the containers orphans.
+FARM_ID = farm_identity(int(os.environ.get("PSYDUCK_FARM_OWNER") or os.getpid()))
 
 
 def owner_is_gone(farm_id: str) -> bool:

@@ -1,16 +1,29 @@
 """Local hosts: worker processes on the coordinator's own machine.
 
-A :class:`Launcher` creates the process and hands back a connected socket; the
-default :class:`ExecLauncher` starts ``python -m pytest_psyduck.workermain``
-fresh, and the pytest plugin supplies a forking launcher to its embedded farm so
-that workers start from an already collected session.  Either way the worker's
-exit is observed through a pidfd, its own output is piped back for crash
-messages, and it lives in its own process group so a kill takes its children too.
+A :class:`Launcher` creates the process and hands back a connected socket.  A
+served farm uses :class:`ExecLauncher`, which starts ``python -m
+pytest_psyduck.workermain`` fresh.  The embedded farm runs beside the user's
+pytest, which alone can fork workers from its collected session; there a
+:class:`RemoteLauncher` asks that process for each worker over a launch socket
+and hears from it how each one ended, since it is their parent.  Either way the
+worker's own output is piped back for crash messages, and it lives in its own
+process group so a kill takes its children too.
+
+The launch socket is a ``SOCK_SEQPACKET`` pair carrying farm-protocol maps;
+file descriptors ride along as ``SCM_RIGHTS``:
+
+* farm → launcher: ``launch`` {id, worker_id, run_id, workers, env, cwd, argv,
+  fresh} — ``fresh`` when the run's profile adds pytest arguments, which only a
+  new interpreter honours;
+* launcher → farm: ``launched`` {id, pid} with the channel and output fds;
+  ``failed`` {id, message}; ``exited`` {pid, status, signal}.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import os
 import platform
 import signal
@@ -24,13 +37,21 @@ from typing import Any, Protocol
 from farm.hosts.base import (
     ExitInfo,
     Host,
+    HostError,
     OutputHandler,
     OutputTail,
     RunContext,
     WorkerConnection,
 )
-from farm.protocol import FrameDecoder, ProtocolError, frame
+from farm.protocol import FrameDecoder, ProtocolError, decode, encode, frame
 from farm.snapshots import SnapshotCache, relocate
+
+log = logging.getLogger(__name__)
+
+#: Largest message on a launch socket (a worker's environment is the bulk).
+MAX_LAUNCH_MESSAGE = 1024 * 1024
+#: Seconds the launching process may take to start one worker.
+LAUNCH_TIMEOUT = 60.0
 
 
 @dataclass
@@ -38,6 +59,9 @@ class LaunchedProcess:
     pid: int
     channel: socket.socket
     output_fd: int
+    #: How the worker ended, when another process is its parent and reaps it;
+    #: None when it is this process's own child.
+    exited: asyncio.Future[ExitInfo] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +84,7 @@ def workdir(run: RunContext, tree: str | None) -> Workdir:
 
 
 class Launcher(Protocol):
-    def launch(
+    async def launch(
         self, run: RunContext, worker_id: str, env: dict[str, str], where: Workdir
     ) -> LaunchedProcess:
         """Start a worker process whose channel is the returned socket."""
@@ -81,38 +105,158 @@ def worker_environment(run: RunContext, worker_id: str) -> dict[str, str]:
     }
 
 
+def exec_worker(python: str, where: Workdir, env: dict[str, str]) -> LaunchedProcess:
+    """Start ``python -m <where.argv>`` as a worker; the caller reaps it (through a pidfd)."""
+    ours, theirs = socket.socketpair()
+    read_fd, write_fd = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [python, "-m", *where.argv],
+            cwd=where.cwd,
+            env={**os.environ, **env, "PSYDUCK_WORKER_FD": str(theirs.fileno())},
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            pass_fds=[theirs.fileno()],
+            start_new_session=True,
+        )
+    except BaseException:
+        ours.close()
+        os.close(read_fd)
+        raise
+    finally:
+        theirs.close()
+        os.close(write_fd)
+    # The worker is reaped through its pidfd; tell Popen not to wait for it.
+    process.returncode = 0
+    return LaunchedProcess(process.pid, ours, read_fd)
+
+
+def exit_info(status: int) -> ExitInfo:
+    """How a process ended, from its ``waitpid`` status."""
+    if os.WIFSIGNALED(status):
+        return ExitInfo(signal=os.WTERMSIG(status))
+    return ExitInfo(status=os.waitstatus_to_exitcode(status))
+
+
 class ExecLauncher:
     """Start each worker as a fresh interpreter running the manifest's worker command."""
 
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
 
-    def launch(
+    async def launch(
         self, run: RunContext, worker_id: str, env: dict[str, str], where: Workdir
     ) -> LaunchedProcess:
-        ours, theirs = socket.socketpair()
-        read_fd, write_fd = os.pipe()
+        return exec_worker(self.python, where, env)
+
+
+class RemoteLauncher:
+    """Has the process at the other end of a launch socket start workers (see the module doc)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._ids = itertools.count()
+        self._pending: dict[int, asyncio.Future[LaunchedProcess]] = {}
+        self._exits: dict[int, asyncio.Future[ExitInfo]] = {}
+        self._listening = False
+        self._gone = False
+
+    async def launch(
+        self, run: RunContext, worker_id: str, env: dict[str, str], where: Workdir
+    ) -> LaunchedProcess:
+        if self._gone:
+            raise HostError("the pytest session that launches local workers is gone")
+        loop = asyncio.get_running_loop()
+        if not self._listening:
+            loop.add_reader(self._sock, self._receive)
+            self._listening = True
+        request = next(self._ids)
+        future: asyncio.Future[LaunchedProcess] = loop.create_future()
+        self._pending[request] = future
+        message = {
+            "t": "launch",
+            "id": request,
+            "worker_id": worker_id,
+            "run_id": run.run_id,
+            "workers": run.workers,
+            "env": env,
+            "cwd": where.cwd,
+            "argv": list(where.argv),
+            "fresh": bool(run.manifest.profiles.get(run.profile)),
+        }
         try:
-            process = subprocess.Popen(
-                [self.python, "-m", *where.argv],
-                cwd=where.cwd,
-                env={**os.environ, **env, "PSYDUCK_WORKER_FD": str(theirs.fileno())},
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                pass_fds=[theirs.fileno()],
-                start_new_session=True,
-            )
-        except BaseException:
-            ours.close()
-            os.close(read_fd)
-            raise
+            self._sock.send(encode(message))
+            async with asyncio.timeout(LAUNCH_TIMEOUT):
+                return await future
+        except OSError as exc:
+            raise HostError(f"cannot ask for a worker: {exc}") from exc
+        except TimeoutError as exc:
+            raise HostError(f"no worker started within {LAUNCH_TIMEOUT:g}s") from exc
         finally:
-            theirs.close()
-            os.close(write_fd)
-        # The worker is reaped through its pidfd; tell Popen not to wait for it.
-        process.returncode = 0
-        return LaunchedProcess(process.pid, ours, read_fd)
+            self._pending.pop(request, None)
+
+    def _receive(self) -> None:
+        """One message per call: the event loop calls again while more are queued."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self._sock, MAX_LAUNCH_MESSAGE, 2)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            self._lose()
+            return
+        try:
+            message = decode(data, max_bytes=MAX_LAUNCH_MESSAGE)
+            kind = message["t"]
+            if kind == "launched" and len(fds) == 2:
+                self._launched(message["id"], message["pid"], fds)
+                fds = []
+            elif kind == "failed":
+                future = self._pending.get(message["id"])
+                if future is not None and not future.done():
+                    future.set_exception(HostError(str(message["message"])))
+            elif kind == "exited":
+                exited = self._exits.pop(message["pid"], None)
+                if exited is not None and not exited.done():
+                    exited.set_result(ExitInfo(status=message["status"], signal=message["signal"]))
+        except (ProtocolError, KeyError, TypeError) as exc:
+            log.warning("bad message on the launch socket: %r", exc)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _launched(self, request: int, pid: int, fds: list[int]) -> None:
+        channel = socket.socket(fileno=fds[0])
+        exited = asyncio.get_running_loop().create_future()
+        self._exits[pid] = exited
+        process = LaunchedProcess(pid, channel, fds[1], exited=exited)
+        future = self._pending.get(request)
+        if future is None or future.done():  # given up on: the worker is not wanted
+            channel.close()
+            os.close(fds[1])
+            _kill_group(pid)
+            return
+        future.set_result(process)
+
+    def _lose(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._sock)
+        self._gone = True
+        self._sock.close()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(HostError("the pytest session that launches workers left"))
+        for exited in self._exits.values():
+            if not exited.done():
+                exited.set_result(ExitInfo(host_lost=True, detail="the pytest session left"))
+        self._exits.clear()
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 class _OutputProtocol(asyncio.Protocol):
@@ -139,9 +283,12 @@ class LocalWorker(WorkerConnection):
         self._decoder = FrameDecoder()
         self._inbox: list[dict[str, Any]] = []
         self._tail = OutputTail()
-        self._exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
-        self._pidfd = os.pidfd_open(process.pid)
-        asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
+        if process.exited is not None:
+            self._exit = process.exited
+        else:
+            self._exit = asyncio.get_running_loop().create_future()
+            self._pidfd = os.pidfd_open(process.pid)
+            asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
         self._output: _OutputProtocol | None = None
 
     async def start(self, on_output: OutputHandler) -> None:
@@ -158,11 +305,7 @@ class LocalWorker(WorkerConnection):
         os.close(self._pidfd)
         _, status = os.waitpid(self.pid, 0)
         if not self._exit.done():
-            self._exit.set_result(
-                ExitInfo(status=os.waitstatus_to_exitcode(status))
-                if os.WIFEXITED(status)
-                else ExitInfo(signal=os.WTERMSIG(status))
-            )
+            self._exit.set_result(exit_info(status))
 
     async def send(self, message: dict[str, Any]) -> None:
         self._writer.write(frame(message))
@@ -188,13 +331,8 @@ class LocalWorker(WorkerConnection):
         return self._inbox.pop(0)
 
     async def kill(self) -> None:
-        if self._exit.done():
-            return
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if not self._exit.done():
+            _kill_group(self.pid)
 
     async def wait(self) -> ExitInfo:
         info = await self._exit
@@ -255,7 +393,9 @@ class LocalHost(Host):
         self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
     ) -> WorkerConnection:
         where = workdir(run, await self.snapshots.tree(run))
-        process = self.launcher.launch(run, worker_id, worker_environment(run, worker_id), where)
+        process = await self.launcher.launch(
+            run, worker_id, worker_environment(run, worker_id), where
+        )
         worker = LocalWorker(process)
         await worker.start(on_output)
         return worker
