@@ -31,7 +31,7 @@ from farm.hosts.local import (
     exec_worker,
     exit_info,
 )
-from farm.protocol import ProtocolError, decode, encode
+from farm.protocol import decode, encode
 from pytest_psyduck.channel import Channel
 from pytest_psyduck.worker import (
     WORKER_PLUGIN_NAME,
@@ -89,10 +89,9 @@ class LaunchServer:
             request = decode(data, max_bytes=MAX_LAUNCH_MESSAGE)
             if request["t"] == "launch":
                 self._launch(request)
-        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
-            self._send({"t": "failed", "id": request.get("id", -1), "message": str(exc)})
-        except OSError as exc:
-            self._send({"t": "failed", "id": request["id"], "message": f"cannot start: {exc}"})
+        except Exception as exc:  # whatever failed, the farm must hear it rather than wait
+            how = "cannot start a worker" if isinstance(exc, OSError) else "bad launch request"
+            self._send({"t": "failed", "id": request.get("id", -1), "message": f"{how}: {exc!r}"})
 
     def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         try:

@@ -167,6 +167,31 @@ def test_slow():
     wait_until(lambda: not any(_is_alive(pid) for pid in workers), "workers to go", timeout=10)
 
 
+def test_a_killed_session_takes_its_embedded_farm_and_workers_along(suite, tmp_path):
+    started_file = tmp_path / "started"
+    path = suite(
+        {
+            "test_slow.py": f"""
+import time, pathlib
+def test_slow():
+    pathlib.Path({str(started_file)!r}).write_text("x")
+    time.sleep(120)
+""",
+        }
+    )
+    proc = start_pytest(path, "-p", "no:cacheprovider", "--psyduck")
+    wait_until(lambda: started_file.exists() or proc.poll() is not None, "the test to start")
+    descendants = _children_of(proc.pid)
+    assert len(descendants) >= 2  # the embedded farm and at least one worker
+    proc.kill()
+    proc.communicate(timeout=60)
+    wait_until(
+        lambda: not any(_is_alive(pid) for pid in descendants),
+        "the farm and its workers to go",
+        timeout=30,
+    )
+
+
 def _is_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
