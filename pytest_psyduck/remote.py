@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 from farm.client import FarmClient, FarmError
-from farm.config import ConfigError, read_token
 from farm.manifest import RunManifest
 from pytest_psyduck.plugin import remote_farm_url
 from pytest_psyduck.replay import Replayer
@@ -20,6 +19,8 @@ __all__ = ["FarmError", "run"]
 
 
 def farm_token(config: pytest.Config) -> str:
+    from farm.config import ConfigError, read_token
+
     try:
         return read_token(config.getoption("psyduck_token_file"))
     except ConfigError as exc:
