@@ -1,11 +1,16 @@
 """Plain pytest vs pytest-xdist vs psyduck on the same suites, in one run.
 
     python benchmarks/suites.py [--repeat 3] [--only trivial,sleep,more-itertools]
+                                [--bytecode-cache on|off]
 
 Prints ``name: value`` lines, ratios first (below 1.0 means psyduck is faster).
 Each command runs once to warm caches, then ``--repeat`` times; the best wall
-time counts.  Suites: 2,000 trivial tests; 400 tests sleeping 25 ms each with
-8 slots; more-itertools' own test suite, downloaded from PyPI.
+time counts.  Python's bytecode cache is on, as it is by default, unless
+``--bytecode-cache off`` (what ``PYTHONDONTWRITEBYTECODE=1`` does, common in CI
+images: then pytest rewrites every test module's asserts on every run).
+
+Suites: 2,000 trivial tests; 400 tests sleeping 25 ms each with 8 slots;
+more-itertools' own test suite, downloaded from PyPI.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ def make_more_itertools(root: Path) -> Path:
     return source / "tests"
 
 
-def timed(cwd: Path, args: list[str], repeat: int) -> tuple[float, float]:
+def timed(cwd: Path, args: list[str], repeat: int, bytecode_cache: bool) -> tuple[float, float]:
     """Best wall time and best time after collection of ``pytest ARGS``."""
     times_file = cwd / ".bench-times.json"
     env = {
@@ -72,6 +77,9 @@ def timed(cwd: Path, args: list[str], repeat: int) -> tuple[float, float]:
         "PSYDUCK_BENCH_TIMES": str(times_file),
         "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if not bytecode_cache:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "_phase_timer", *args]
     best_wall = best_after = float("inf")
     for attempt in range(repeat + 1):
@@ -93,7 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default="trivial,sleep,more-itertools")
+    parser.add_argument("--bytecode-cache", choices=("on", "off"), default="on")
     args = parser.parse_args()
+    cache = args.bytecode_cache == "on"
     cpus = os.cpu_count() or 1
     suites = {
         "trivial": (make_trivial, cpus),
@@ -108,10 +118,10 @@ def main() -> None:
             root = Path(tmp) / name
             root.mkdir()
             path = make(root)
-            plain, _ = timed(path, [], args.repeat)
-            xdist, _ = timed(path, ["-n", str(slots)], args.repeat)
+            plain, _ = timed(path, [], args.repeat, cache)
+            xdist, _ = timed(path, ["-n", str(slots)], args.repeat, cache)
             psy, psy_after = timed(
-                path, ["--psyduck", f"--psyduck-hosts=local:{slots}"], args.repeat
+                path, ["--psyduck", f"--psyduck-hosts=local:{slots}"], args.repeat, cache
             )
             ratios.append(f"{name}_psyduck_vs_plain: {psy / plain:.2f}")
             ratios.append(f"{name}_psyduck_vs_xdist: {psy / xdist:.2f}")
@@ -123,7 +133,7 @@ def main() -> None:
                 f"{name}_xdist_seconds: {xdist:.2f}",
                 f"{name}_psyduck_seconds: {psy:.2f}",
             ]
-    print("\n".join(ratios + details + [f"cpus: {cpus}"]))
+    print("\n".join(ratios + details + [f"cpus: {cpus}", f"bytecode_cache: {args.bytecode_cache}"]))
 
 
 if __name__ == "__main__":
