@@ -49,37 +49,44 @@ async def _with_snapshot(
 async def run(
     session: pytest.Session, manifest: RunManifest, replayer: Replayer, sidecar: Sidecar | None
 ) -> None:
-    """Run *manifest* on the farm (*sidecar*'s unless one is named), replaying its events."""
+    """Run *manifest* on the remote farm, or on *sidecar*'s embedded one, replaying its events."""
     config = session.config
     if sidecar is None:
         url = remote_farm_url(config)
+        assert url is not None, "no embedded farm was started, so a remote one is named"
         token = farm_token(config)
-    else:
-        sidecar.launcher.serve()
-    try:
-        if sidecar is not None:
-            try:
-                url, token = sidecar.ready(), sidecar.token
-            except SidecarError as exc:
-                raise FarmError(str(exc)) from exc
         async with FarmClient(url, token) as client:
-            if sidecar is None:
-                manifest = await _with_snapshot(config, client, manifest, token)
-            run_id = await client.submit(manifest)
-            stream = await client.attach(run_id)
-            try:
-                async for event in stream:
-                    replayer.handle(event)
-                    if session.shouldfail or session.shouldstop:
-                        await stream.cancel()
-                        break
-            except FarmError as exc:
-                # Lost mid-run: keep what arrived and stop as pytest stops on -x.
-                session.shouldstop = f"psyduck: {exc}"
-            finally:
-                replayer.flush()
-                await stream.close()
+            manifest = await _with_snapshot(config, client, manifest, token)
+            await _follow(session, client, manifest, replayer)
+        return
+    sidecar.launcher.serve()
+    try:
+        try:
+            url = sidecar.ready()
+        except SidecarError as exc:
+            raise FarmError(str(exc)) from exc
+        async with FarmClient(url, sidecar.token) as client:
+            await _follow(session, client, manifest, replayer)
     finally:
-        if sidecar is not None:
-            await sidecar.stop()
-            sidecar.launcher.close()
+        await sidecar.stop()
+        sidecar.launcher.close()
+
+
+async def _follow(
+    session: pytest.Session, client: FarmClient, manifest: RunManifest, replayer: Replayer
+) -> None:
+    """Submit the run and replay its events; -x, Ctrl-C or a lost farm end it early."""
+    run_id = await client.submit(manifest)
+    stream = await client.attach(run_id)
+    try:
+        async for event in stream:
+            replayer.handle(event)
+            if session.shouldfail or session.shouldstop:
+                await stream.cancel()
+                break
+    except FarmError as exc:
+        # Lost mid-run: keep what arrived and stop as pytest stops on -x.
+        session.shouldstop = f"psyduck: {exc}"
+    finally:
+        replayer.flush()
+        await stream.close()
