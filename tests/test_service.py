@@ -7,8 +7,11 @@ import asyncio
 import aiohttp
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from farm.client import FarmClient, FarmError
+from farm.coordinator import MAX_BATCH, Run, event_batches
 from farm.embedded import start_embedded_farm
 from farm.hosts.local import LocalHost
 from farm.manifest import RunManifest, TestSpec, WorkerSpec, manifest_to_wire
@@ -170,3 +173,33 @@ def test_a_run_through_the_real_protocol_and_cancel(tmp_path):
             assert status["runs"][0]["workers"] == 0
 
     run(_with_farm(body))
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 10**6), max_size=300), max_size=6),
+    st.sampled_from([0.0, 0.005]),
+)
+@settings(deadline=None, max_examples=40)
+def test_event_batches_keep_every_event_in_order_and_end_at_done(bursts, linger):
+    """Events arrive in bursts with pauses between; batches never lose, reorder or overfill."""
+
+    async def scenario() -> list[list[dict]]:
+        stream = Run("r", _manifest(), owner="me")
+
+        async def produce() -> None:
+            for burst in bursts:
+                for n in burst:
+                    stream.emit({"t": "result", "n": n})
+                await asyncio.sleep(0.002)
+            stream.emit({"t": "done"})
+
+        producer = asyncio.ensure_future(produce())
+        batches = [batch async for batch in event_batches(stream, linger=linger)]
+        await producer
+        return batches
+
+    batches = run(scenario())
+    events = [event for batch in batches for event in batch]
+    assert [e["n"] for e in events[:-1]] == [n for burst in bursts for n in burst]
+    assert events[-1] == {"t": "done"}
+    assert all(0 < len(batch) <= MAX_BATCH for batch in batches)
