@@ -55,17 +55,20 @@ class LaunchServer:
         self._children: dict[int, int] = {}  # pid → pidfd
         #: Descriptors of this process that a forked worker must not keep open.
         self.private_fds: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def serve(self) -> None:
         """Answer the farm's requests from the running event loop."""
-        asyncio.get_running_loop().add_reader(self.sock, self._on_request)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock, self._on_request)
 
     def close(self) -> None:
         """Stop serving; kill and reap any worker the farm left behind."""
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self.sock)
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock)
         for pid, pidfd in list(self._children.items()):
-            loop.remove_reader(pidfd)
+            if self._loop is not None:
+                self._loop.remove_reader(pidfd)
             os.close(pidfd)
             for kill in (os.killpg, os.kill):
                 try:
@@ -82,7 +85,8 @@ class LaunchServer:
         except OSError:
             data = b""
         if not data:
-            asyncio.get_running_loop().remove_reader(self.sock)
+            assert self._loop is not None
+            self._loop.remove_reader(self.sock)
             return
         request: dict[str, Any] = {}
         try:
@@ -110,7 +114,8 @@ class LaunchServer:
             )
         pidfd = os.pidfd_open(process.pid)
         self._children[process.pid] = pidfd
-        asyncio.get_running_loop().add_reader(pidfd, self._reap, process.pid)
+        assert self._loop is not None
+        self._loop.add_reader(pidfd, self._reap, process.pid)
         self._send(
             {"t": "launched", "id": request["id"], "pid": process.pid},
             [process.channel.fileno(), process.output_fd],
@@ -120,7 +125,8 @@ class LaunchServer:
 
     def _reap(self, pid: int) -> None:
         pidfd = self._children.pop(pid)
-        asyncio.get_running_loop().remove_reader(pidfd)
+        assert self._loop is not None
+        self._loop.remove_reader(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         info = exit_info(status)

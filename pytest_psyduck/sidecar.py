@@ -119,8 +119,11 @@ class Sidecar:
             self._process.kill()
             self._process.wait()
         self._stderr.close()
+        self.launcher.close()
 
     def _close_lifeline(self) -> None:
         assert self._process.stdin is not None and self._process.stdout is not None
+        # Once closed, its number may be reused: a worker forked later must not close that.
+        self.launcher.private_fds.remove(self._process.stdin.fileno())
         self._process.stdin.close()
         self._process.stdout.close()
