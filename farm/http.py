@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -130,6 +132,33 @@ async def _read_body(
         raise HTTPError(f"malformed response body: {exc}") from exc
 
 
+@contextlib.asynccontextmanager
+async def _deadline(target: _Target, timeout: float) -> AsyncIterator[None]:
+    """Run the block within *timeout*; a lapse or a socket error becomes :class:`HTTPError`."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError as exc:
+        raise HTTPError(f"no answer from {target.authority} within {timeout:g}s") from exc
+    except OSError as exc:
+        raise HTTPError(f"connection to {target.authority} failed: {exc}") from exc
+
+
+async def _ask(
+    target: _Target, method: str, headers: dict[str, str], body: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, dict[str, str]]:
+    """Connect, send one request and read the head of its answer."""
+    reader, writer = await _connect(target)
+    try:
+        writer.write(_head(method, target, headers) + body)
+        await writer.drain()
+        status, response_headers = await _read_head(reader)
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer, status, response_headers
+
+
 async def request(
     method: str,
     url: str,
@@ -141,29 +170,19 @@ async def request(
 ) -> Response:
     """One request on its own connection; raise :class:`HTTPError` on any transport failure."""
     target = _target(url)
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await _connect(target)
-            try:
-                writer.write(
-                    _head(
-                        method,
-                        target,
-                        {**headers, "Content-Length": str(len(body)), "Connection": "close"},
-                    )
-                    + body
-                )
-                await writer.drain()
-                status, response_headers = await _read_head(reader)
-                return Response(
-                    status, response_headers, await _read_body(reader, response_headers, max_bytes)
-                )
-            finally:
-                writer.close()
-    except TimeoutError as exc:
-        raise HTTPError(f"no answer from {target.authority} within {timeout:g}s") from exc
-    except OSError as exc:
-        raise HTTPError(f"connection to {target.authority} failed: {exc}") from exc
+    async with _deadline(target, timeout):
+        reader, writer, status, response_headers = await _ask(
+            target,
+            method,
+            {**headers, "Content-Length": str(len(body)), "Connection": "close"},
+            body,
+        )
+        try:
+            return Response(
+                status, response_headers, await _read_body(reader, response_headers, max_bytes)
+            )
+        finally:
+            writer.close()
 
 
 class Refused(HTTPError):
@@ -205,37 +224,22 @@ class WebSocket:
         target = _target(url)
         key = base64.b64encode(os.urandom(16))
         expected = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).decode()
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await _connect(target)
+        upgrade = {
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": key.decode(),
+            "Sec-WebSocket-Version": "13",
+        }
+        async with _deadline(target, timeout):
+            reader, writer, status, response_headers = await _ask(
+                target, "GET", {**headers, **upgrade}, b""
+            )
+            if status != 101:
                 try:
-                    writer.write(
-                        _head(
-                            "GET",
-                            target,
-                            {
-                                **headers,
-                                "Upgrade": "websocket",
-                                "Connection": "Upgrade",
-                                "Sec-WebSocket-Key": key.decode(),
-                                "Sec-WebSocket-Version": "13",
-                            },
-                        )
-                    )
-                    await writer.drain()
-                    status, response_headers = await _read_head(reader)
-                    if status != 101:
-                        body = await _read_body(reader, response_headers, max_bytes)
-                        raise Refused(Response(status, response_headers, body))
-                except BaseException:
+                    body = await _read_body(reader, response_headers, max_bytes)
+                finally:
                     writer.close()
-                    raise
-        except TimeoutError as exc:
-            raise HTTPError(
-                f"no websocket answer from {target.authority} within {timeout:g}s"
-            ) from exc
-        except OSError as exc:
-            raise HTTPError(f"connection to {target.authority} failed: {exc}") from exc
+                raise Refused(Response(status, response_headers, body))
         if response_headers.get("sec-websocket-accept") != expected:
             writer.close()
             raise HTTPError("the server answered the websocket upgrade with a wrong accept key")

@@ -142,8 +142,8 @@ def _children_of(pid: int) -> set[int]:
     return found
 
 
-@SPAWNS
-def test_ctrl_c_cancels_the_run_and_leaves_no_worker(suite, spawn, tmp_path):
+def _session_in_a_long_test(suite, tmp_path, *args: str) -> subprocess.Popen:
+    """A ``pytest --psyduck`` session whose one test is running (and would for two minutes)."""
     started_file = tmp_path / "started"
     path = suite(
         {
@@ -155,9 +155,15 @@ def test_slow():
 """,
         }
     )
-    proc = start_pytest(path, "-p", "no:cacheprovider", "--psyduck", f"--psyduck-spawn={spawn}")
+    proc = start_pytest(path, "-p", "no:cacheprovider", "--psyduck", *args)
     wait_until(lambda: started_file.exists() or proc.poll() is not None, "the test to start")
     assert proc.poll() is None
+    return proc
+
+
+@SPAWNS
+def test_ctrl_c_cancels_the_run_and_leaves_no_worker(suite, spawn, tmp_path):
+    proc = _session_in_a_long_test(suite, tmp_path, f"--psyduck-spawn={spawn}")
     workers = _children_of(proc.pid)
     assert workers
     proc.send_signal(signal.SIGINT)
@@ -168,19 +174,7 @@ def test_slow():
 
 
 def test_a_killed_session_takes_its_embedded_farm_and_workers_along(suite, tmp_path):
-    started_file = tmp_path / "started"
-    path = suite(
-        {
-            "test_slow.py": f"""
-import time, pathlib
-def test_slow():
-    pathlib.Path({str(started_file)!r}).write_text("x")
-    time.sleep(120)
-""",
-        }
-    )
-    proc = start_pytest(path, "-p", "no:cacheprovider", "--psyduck")
-    wait_until(lambda: started_file.exists() or proc.poll() is not None, "the test to start")
+    proc = _session_in_a_long_test(suite, tmp_path)
     descendants = _children_of(proc.pid)
     assert len(descendants) >= 2  # the embedded farm and at least one worker
     proc.kill()
