@@ -603,7 +603,7 @@ class DockerHost(Host):
 
     reuse_workers = False
     #: A container costs ~0.3 s to create and start plus the worker's start and the
-    #: suite's collection (~0.4 s for 2,000 tests), but a slot's next container (its
+    #: suite's collection (~1 s of CPU for 2,000 tests), but a slot's next container (its
     #: spare) does all that while the slot's current shard runs: once it is up, a shard
     #: costs the slot's critical path only its hand-off (tens of ms).  A shard must
     #: outlast its spare's start-up, or the slot waits for it; bigger shards only save
