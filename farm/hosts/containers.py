@@ -128,6 +128,12 @@ class Limits:
     pids: int = PIDS_LIMIT
 
 
+def host_share(memory: int, cpus: float, slots: int) -> tuple[int, float]:
+    """(memory, CPUs) of one slot of a host with *memory* bytes and *cpus* CPUs in all."""
+    slots = max(slots, 1)
+    return memory // slots, cpus / slots
+
+
 def shard_limits(tests: Iterable[TestSpec], memory_share: int, cpu_share: float) -> Limits:
     """Limits for a container running *tests*: their largest hints, else the host's share."""
     tests = list(tests)

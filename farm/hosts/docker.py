@@ -65,6 +65,7 @@ from farm.hosts.containers import (
     LABEL_HOST,
     ContainerPlan,
     Limits,
+    host_share,
     owner_is_gone,
     plan_container,
     shard_limits,
@@ -893,9 +894,11 @@ class DockerHost(Host):
     def _limits_for(self, engine: Engine) -> Callable[[Sequence[TestSpec]], Limits]:
         """Limits of a container running given tests: their hints, else the host's share."""
         info = engine.info
-        slots = max(self.slots, 1)
-        memory_share = self._memory or int(info.get("MemTotal", 1 << 32)) // slots
-        cpu_share = self._cpus or int(info.get("NCPU", 1)) / slots
+        memory_share, cpu_share = host_share(
+            self._memory or int(info.get("MemTotal", 1 << 32)),
+            self._cpus or int(info.get("NCPU", 1)),
+            self.slots,
+        )
 
         def limits_for(tests: Sequence[TestSpec]) -> Limits:
             return shard_limits(tests, memory_share=memory_share, cpu_share=cpu_share)

@@ -18,6 +18,7 @@ from farm.hosts.containers import (
     INJECT_DIR,
     SOURCE_DIR,
     farm_identity,
+    host_share,
     owner_is_gone,
     plan_container,
     shard_limits,
@@ -143,6 +144,12 @@ def test_limits_come_from_hints_else_the_host_share():
     default = shard_limits([TestSpec(id="c", group="g")], memory_share=1 << 30, cpu_share=0.5)
     assert default.memory == 1 << 30 and default.cpu_quota is None and default.cpu_shares == 512
     assert shard_limits([], memory_share=1 << 30, cpu_share=0.5) == default
+
+
+def test_a_slots_share_divides_the_hosts_totals_whoever_gives_them():
+    """farm.toml's ``memory`` and ``cpus`` are the host's totals, as the engine's are."""
+    assert host_share(64 << 30, 16, 4) == (16 << 30, 4.0)
+    assert host_share(1 << 30, 2, 0) == (1 << 30, 2.0)
 
 
 def test_a_running_container_is_updated_to_exactly_its_shards_limits():
