@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,3 +267,95 @@ SetEnv HOME={home}
 
     wait_until(listening, f"sshd on {address}:{port}", timeout=20)
     return Sshd(address, port, directory, process)
+
+
+#: Reads the limits of the container it runs in (cgroup v2, else v1).
+CGROUP_LIMITS = """
+import pathlib
+
+CGROUP = pathlib.Path("/sys/fs/cgroup")
+
+
+def memory_limit():
+    v2 = CGROUP / "memory.max"
+    if v2.exists():
+        return int(v2.read_text())
+    return int((CGROUP / "memory" / "memory.limit_in_bytes").read_text())
+
+
+def cpu_limit():
+    \"\"\"(quota, period) in µs, quota None when unlimited.\"\"\"
+    v2 = CGROUP / "cpu.max"
+    if v2.exists():
+        quota, period = v2.read_text().split()
+        return (None if quota == "max" else int(quota)), int(period)
+    quota = int((CGROUP / "cpu" / "cpu.cfs_quota_us").read_text())
+    period = int((CGROUP / "cpu" / "cpu.cfs_period_us").read_text())
+    return (None if quota < 0 else quota), period
+
+
+def host_share(slots):
+    kib = next(line for line in open("/proc/meminfo") if line.startswith("MemTotal:")).split()[1]
+    return int(kib) * 1024 // slots
+"""
+
+LIMITED_MODULE = """
+import pytest
+from cgroup_limits import cpu_limit, memory_limit
+
+pytestmark = pytest.mark.psyduck({hint})
+
+@pytest.mark.parametrize("n", range(2))
+def test_own_limits(n):
+    assert memory_limit() == {memory}
+    assert cpu_limit() == {cpu}
+"""
+
+UNLIMITED_MODULE = """
+from cgroup_limits import cpu_limit, host_share, memory_limit
+
+def test_host_share():
+    # The kernel rounds a limit down to whole pages.
+    assert host_share(2) - memory_limit() < 4096
+    assert cpu_limit()[0] is None
+"""
+
+
+def limits_suite(suite: Callable[[dict[str, str]], Path]) -> Path:
+    """Three modules with their own limits, each a shard of its own, in one run.
+
+    Long recorded durations make every module a shard, so one run mixes the
+    modules' limits, and the slots' later shards run in their spare containers.
+    Each test checks the limits of the container it runs in; the run has two
+    slots (the unhinted module expects half the machine's memory).
+    """
+    path = suite(
+        {
+            "cgroup_limits.py": CGROUP_LIMITS,
+            "test_big.py": LIMITED_MODULE.format(
+                hint='memory="300M", cpus=0.5', memory=300 << 20, cpu=(50_000, 100_000)
+            ),
+            "test_small.py": LIMITED_MODULE.format(
+                hint='memory="200M"', memory=200 << 20, cpu="(None, cpu_limit()[1])"
+            ),
+            "test_none.py": UNLIMITED_MODULE,
+        }
+    )
+    seed_durations(
+        path,
+        {
+            **{f"test_{m}.py::test_own_limits[{n}]": 20.0 for m in ("big", "small") for n in "01"},
+            "test_none.py::test_host_share": 20.0,
+        },
+    )
+    return path
+
+
+#: Junit outcomes of :func:`limits_suite` when every shard got its own limits.
+LIMITS_SUITE_PASSED = {
+    "test_big::test_own_limits[0]": "passed",
+    "test_big::test_own_limits[1]": "passed",
+    "test_small::test_own_limits[0]": "passed",
+    "test_small::test_own_limits[1]": "passed",
+    "test_none::test_host_share": "passed",
+}

@@ -11,9 +11,11 @@ import pytest
 from farm.hosts.containers import LABEL_FARM, farm_identity
 from tests.conftest import SESSION_TIMEOUT, junit_cases, on_farm, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
+    LIMITS_SUITE_PASSED,
     ROOT,
     containers_of,
     free_port,
+    limits_suite,
     psyduck_session,
     reap_orphans,
     seed_durations,
@@ -139,81 +141,9 @@ def test_a_test_past_its_memory_limit_is_killed_for_memory(docker_image, suite, 
     }
 
 
-#: Reads the limits of the container it runs in (cgroup v2, else v1).
-CGROUP_LIMITS = """
-import pathlib
-
-CGROUP = pathlib.Path("/sys/fs/cgroup")
-
-
-def memory_limit():
-    v2 = CGROUP / "memory.max"
-    if v2.exists():
-        return int(v2.read_text())
-    return int((CGROUP / "memory" / "memory.limit_in_bytes").read_text())
-
-
-def cpu_limit():
-    \"\"\"(quota, period) in µs, quota None when unlimited.\"\"\"
-    v2 = CGROUP / "cpu.max"
-    if v2.exists():
-        quota, period = v2.read_text().split()
-        return (None if quota == "max" else int(quota)), int(period)
-    quota = int((CGROUP / "cpu" / "cpu.cfs_quota_us").read_text())
-    period = int((CGROUP / "cpu" / "cpu.cfs_period_us").read_text())
-    return (None if quota < 0 else quota), period
-
-
-def host_share(slots):
-    kib = next(line for line in open("/proc/meminfo") if line.startswith("MemTotal:")).split()[1]
-    return int(kib) * 1024 // slots
-"""
-
-LIMITED_MODULE = """
-import pytest
-from cgroup_limits import cpu_limit, memory_limit
-
-pytestmark = pytest.mark.psyduck({hint})
-
-@pytest.mark.parametrize("n", range(2))
-def test_own_limits(n):
-    assert memory_limit() == {memory}
-    assert cpu_limit() == {cpu}
-"""
-
-UNLIMITED_MODULE = """
-from cgroup_limits import cpu_limit, host_share, memory_limit
-
-def test_host_share():
-    # The kernel rounds a limit down to whole pages.
-    assert host_share(2) - memory_limit() < 4096
-    assert cpu_limit()[0] is None
-"""
-
-
 def test_each_shard_gets_its_own_modules_limits(docker_image, suite, tmp_path):
     """Containers start ahead of their shard with the host's share, then fit the shard."""
-    path = suite(
-        {
-            "cgroup_limits.py": CGROUP_LIMITS,
-            "test_big.py": LIMITED_MODULE.format(
-                hint='memory="300M", cpus=0.5', memory=300 << 20, cpu=(50_000, 100_000)
-            ),
-            "test_small.py": LIMITED_MODULE.format(
-                hint='memory="200M"', memory=200 << 20, cpu="(None, cpu_limit()[1])"
-            ),
-            "test_none.py": UNLIMITED_MODULE,
-        }
-    )
-    # Long recorded durations: every module is a shard of its own, so one run mixes the
-    # three modules' limits, and the slots' later shards run in their spare containers.
-    seed_durations(
-        path,
-        {
-            **{f"test_{m}.py::test_own_limits[{n}]": 20.0 for m in ("big", "small") for n in "01"},
-            "test_none.py::test_host_share": 20.0,
-        },
-    )
+    path = limits_suite(suite)
     done = start_session(
         path,
         "--psyduck-hosts",
@@ -226,13 +156,7 @@ def test_each_shard_gets_its_own_modules_limits(docker_image, suite, tmp_path):
     output, _ = done.communicate(timeout=SESSION_TIMEOUT)
     assert done.returncode == 0, output
     cases = junit_cases(tmp_path / "out.xml")
-    assert {k: v[0] for k, v in cases.items()} == {
-        "test_big::test_own_limits[0]": "passed",
-        "test_big::test_own_limits[1]": "passed",
-        "test_small::test_own_limits[0]": "passed",
-        "test_small::test_own_limits[1]": "passed",
-        "test_none::test_host_share": "passed",
-    }, output
+    assert {k: v[0] for k, v in cases.items()} == LIMITS_SUITE_PASSED, output
 
 
 LIMIT_BELOW_COLLECTION = """
