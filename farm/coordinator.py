@@ -86,9 +86,6 @@ class _ActiveWorker:
         self.timed_out: dict[str, Any] | None = None
         self.hard_timeout: asyncio.TimerHandle | None = None
         self.killed_for_timeout: str | None = None
-        #: Whether any test has started or been answered for: a worker that dies
-        #: before that failed to start, however far it got.
-        self.began = False
 
 
 class Coordinator:
@@ -283,23 +280,19 @@ class Coordinator:
             if info.host_lost:
                 self._host_failed(state, run, list(shard.tests), None, info.detail)
                 return None
-            self._start_failed(run, list(shard.tests), conn.output())
+            run.start_failures += 1
+            if run.start_failures >= MAX_WORKER_START_FAILURES:
+                message = "psyduck: workers could not start:\n" + conn.output()
+                for test in run.tests.values():
+                    self._crashed(run, test.id, message)
+            else:
+                self.scheduler.requeue(run.id, shard.tests)
+                self._wake_all()
             return None
         state.failures = 0
         state.busy += 1
         run.workers.add(conn)
         return _ActiveWorker(conn, run, state.host, shard.profile)
-
-    def _start_failed(self, run: Run, tests: list[TestSpec], output: str) -> None:
-        """A worker died before its first test: retry its tests, up to a point."""
-        run.start_failures += 1
-        if run.start_failures >= MAX_WORKER_START_FAILURES:
-            message = "psyduck: workers could not start:\n" + output
-            for test in run.tests.values():
-                self._crashed(run, test.id, message)
-        else:
-            self.scheduler.requeue(run.id, tests)
-            self._wake_all()
 
     def _output_handler(self, run: Run):
         def forward(data: bytes) -> None:
@@ -318,12 +311,7 @@ class Coordinator:
             worker.outstanding[test.id] = test
         await worker.conn.fit(shard.tests)
         await worker.conn.send(
-            {
-                "t": "run",
-                "tests": [{"id": t.id, "timeout": t.timeout} for t in shard.tests],
-                # A worker that gets no other shard need not collect other modules.
-                "only": not worker.host.reuse_workers,
-            }
+            {"t": "run", "tests": [{"id": t.id, "timeout": t.timeout} for t in shard.tests]}
         )
         return await self._pump(worker, until="idle")
 
@@ -360,8 +348,6 @@ class Coordinator:
         test_id = message.get("id")
         if kind in ("started", "result", "missing") and test_id not in worker.outstanding:
             raise ValueError(f"{kind} message for {test_id!r}, which the worker was not given")
-        if kind in ("started", "result", "missing"):
-            worker.began = True
         if kind == "started":
             self._started(worker, test_id)
         elif kind == "result":
@@ -427,10 +413,6 @@ class Coordinator:
         if info.host_lost:
             interrupted = run.tests.get(current) if current else None
             self._host_failed(state, run, unfinished, interrupted, info.detail)
-            return
-        if current is None and not worker.began:
-            # Died collecting (workers started fresh collect after saying ready).
-            self._start_failed(run, unfinished, worker.conn.output())
             return
         if current is not None:
             self._crashed(run, current, self._crash_message(worker, current, info))

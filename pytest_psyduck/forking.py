@@ -198,6 +198,6 @@ class LaunchServer:
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
         silence_reporting(config)
-        plugin = WorkerPlugin(Channel(sock), workerinput, collected=True)
+        plugin = WorkerPlugin(Channel(sock), workerinput)
         config.pluginmanager.register(plugin, WORKER_PLUGIN_NAME)
         serve(self.session, plugin)

@@ -10,13 +10,8 @@ a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
   itself; ``done``.  A result's ``next`` names the test the worker starts right
   after it, which then sends no ``started`` of its own: one message a test
   instead of two, and the host still always knows which test is running.
-* host → worker: ``run`` {tests: [{id, timeout}], only}; ``drain`` (no more
-  work: finish and exit).  ``only`` says this worker gets no other shard.
-
-A worker started fresh says ``ready`` before it collects and waits for its
-first message: a worker whose first shard is its only one (a container's)
-then collects just that shard's modules, not the whole suite again.  A worker
-forked from the user's session has collected already.
+* host → worker: ``run`` {tests: [{id, timeout}]}; ``drain`` (no more work:
+  finish and exit).
 
 The last test received is held back until more work or ``drain`` arrives, so
 that it runs with the right ``nextitem`` and module/session fixtures are torn
@@ -98,15 +93,9 @@ class WorkerPlugin:
 
     __name__ = WORKER_PLUGIN_NAME
 
-    def __init__(
-        self, channel: Channel, workerinput: dict[str, Any], *, collected: bool = False
-    ) -> None:
+    def __init__(self, channel: Channel, workerinput: dict[str, Any]) -> None:
         self.channel = channel
         self.workerinput = workerinput
-        #: Forked from a collected session (True), or collecting on its own.
-        self.collected = collected
-        #: The first message, when it arrived before collection.
-        self.first: dict[str, Any] | None = None
         self.items: dict[str, pytest.Item] = {}
         self.collect_errors: list[str] = []
         self._logged: list[pytest.TestReport] | None = None
@@ -124,22 +113,6 @@ class WorkerPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         silence_reporting(config)
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_collection(self, session: pytest.Session) -> bool | None:
-        self.channel.send({"t": "ready", "pid": os.getpid()})
-        try:
-            self.first = self.channel.recv()
-        except ChannelClosed:
-            pytest.exit("psyduck: the host closed the channel before sending work", 2)
-        if self.first["t"] == "drain":
-            return True  # no work came: collect nothing
-        if self.first["t"] == "run" and self.first.get("only"):
-            root = session.config.rootpath
-            files = {root / test["id"].split("::", 1)[0] for test in self.first["tests"]}
-            if all(f.exists() for f in files):
-                session.config.args = sorted(map(str, files))
-        return None
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]):
@@ -224,10 +197,8 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
     channel = plugin.channel
     items = plugin.items or {item.nodeid: item for item in session.items}
     watchdog = Watchdog(channel)
-    if plugin.collected:
-        channel.send({"t": "ready", "pid": os.getpid()})
+    channel.send({"t": "ready", "pid": os.getpid(), "collected": len(items)})
     queue: deque[dict[str, Any]] = deque()
-    first, plugin.first = plugin.first, None
 
     announced: str | None = None  # named as ``next`` by the last result sent
 
@@ -258,10 +229,9 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
 
     while True:
         try:
-            message = first or channel.recv()
+            message = channel.recv()
         except ChannelClosed:
             return
-        first = None
         if message["t"] == "run":
             queue.extend(message["tests"])
             while len(queue) > 1:

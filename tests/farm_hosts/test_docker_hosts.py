@@ -159,31 +159,6 @@ def test_each_shard_gets_its_own_modules_limits(docker_image, suite, tmp_path):
     assert {k: v[0] for k, v in cases.items()} == LIMITS_SUITE_PASSED, output
 
 
-ONLY_MY_MODULE = """
-def test_only_my_module_was_collected(request):
-    assert {{item.path.name for item in request.session.items}} == {{"{name}"}}
-"""
-
-
-def test_a_container_collects_only_its_shards_modules(docker_image, suite, tmp_path):
-    """A container runs one shard, so it collects that shard's modules, not the suite."""
-    names = [f"test_{m}.py" for m in "abc"]
-    path = suite({name: ONLY_MY_MODULE.format(name=name) for name in names})
-    seed_durations(path, {f"{name}::test_only_my_module_was_collected": 20.0 for name in names})
-    done = start_session(
-        path,
-        "--psyduck-hosts",
-        "docker:2",
-        "--psyduck-image",
-        docker_image,
-        f"--junitxml={tmp_path / 'out.xml'}",
-        cache=True,
-    )
-    output, _ = done.communicate(timeout=SESSION_TIMEOUT)
-    assert done.returncode == 0, output
-    assert len(junit_cases(tmp_path / "out.xml")) == 3, output
-
-
 LIMIT_BELOW_COLLECTION = """
 import pytest
 
