@@ -76,10 +76,11 @@ class _HostState:
 class _ActiveWorker:
     """A worker bound to one run, with the bookkeeping needed when it dies."""
 
-    def __init__(self, conn: WorkerConnection, run: Run, host: Host, profile: str) -> None:
+    def __init__(self, conn: WorkerConnection, run: Run, state: _HostState, profile: str) -> None:
         self.conn = conn
         self.run = run
-        self.host = host
+        self.state = state
+        self.host = state.host
         self.profile = profile
         self.outstanding: dict[str, TestSpec] = {}
         self.current: str | None = None
@@ -289,10 +290,9 @@ class Coordinator:
                 self.scheduler.requeue(run.id, shard.tests)
                 self._wake_all()
             return None
-        state.failures = 0
         state.busy += 1
         run.workers.add(conn)
-        return _ActiveWorker(conn, run, state.host, shard.profile)
+        return _ActiveWorker(conn, run, state, shard.profile)
 
     def _output_handler(self, run: Run):
         def forward(data: bytes) -> None:
@@ -351,6 +351,9 @@ class Coordinator:
         if kind == "started":
             self._started(worker, test_id)
         elif kind == "result":
+            # A host counts as working again once a test finished on it, not when a
+            # worker merely started: a host failing every shard must reach quarantine.
+            worker.state.failures = 0
             following = message.get("next")
             if following is not None and following not in worker.outstanding:
                 raise ValueError(f"result names {following!r} next, which the worker was not given")
@@ -404,7 +407,7 @@ class Coordinator:
         info = await worker.conn.wait()
         run = worker.run
         run.workers.discard(worker.conn)
-        state = next(s for s in self.hosts if s.host is worker.host)
+        state = worker.state
         state.busy -= 1
         if run.finished:
             return
