@@ -48,7 +48,8 @@ CONTROLLER_PLUGINS = ("psyduck-session", "psyduck-replay")
 class LaunchServer:
     """This process's end of the embedded farm's launch socket."""
 
-    def __init__(self, session: pytest.Session, fork: bool) -> None:
+    def __init__(self, session: pytest.Session | None, fork: bool) -> None:
+        #: The collected session workers are forked from; set before the first launch.
         self.session = session
         self.fork = fork
         self.sock, self.farm_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -133,6 +134,7 @@ class LaunchServer:
         self._send({"t": "exited", "pid": pid, "status": info.status, "signal": info.signal})
 
     def _fork(self, request: dict[str, Any], env: dict[str, str]) -> LaunchedProcess:
+        assert self.session is not None, "workers are forked only once the session exists"
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
         # Objects alive at the fork stay out of the child's garbage collections,

@@ -86,6 +86,32 @@ def remote_farm_url(config: pytest.Config) -> str | None:
     return config.getoption("psyduck_farm") or os.environ.get("PSYDUCK_FARM") or None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Start the embedded farm's process now, if this session will need it.
+
+    Its start-up (~0.2 s, mostly importing aiohttp) then overlaps loading the
+    conftests and collecting instead of delaying the first test.
+    """
+    options = early_config.known_args_namespace
+    if (
+        not getattr(options, "psyduck", False)
+        or getattr(options, "collectonly", False)
+        or getattr(options, "psyduck_farm", None)
+        or os.environ.get("PSYDUCK_FARM")
+        or early_config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME)
+    ):
+        return
+    from pytest_psyduck.sidecar import SIDECAR_KEY, Sidecar
+
+    sidecar = Sidecar(
+        hosts=options.psyduck_hosts or early_config.getini("psyduck_hosts"),
+        fork=(options.psyduck_spawn or "fork") == "fork",
+    )
+    early_config.stash[SIDECAR_KEY] = sidecar
+    early_config.add_cleanup(sidecar.abandon)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARK_HELP)
     # Workers multiply tests exactly as the user's process does, and apply their env.

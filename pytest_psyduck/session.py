@@ -1,7 +1,7 @@
 """The controller: replaces pytest's run loop with a run on a psyduck farm.
 
-Unless a remote farm is named, the embedded farm's process starts with the
-session and gets ready while this process collects.  Once collection is done,
+Unless a remote farm is named, the embedded farm's process has started even
+before the session, and gets ready while this process collects.  Once collection is done,
 with every selection option applied, the controller builds the manifest,
 submits the run, and hands each streamed event to the
 :class:`~pytest_psyduck.replay.Replayer`.  ``-x``/``--maxfail`` and Ctrl-C
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_psyduck.durations import DurationHistory
-from pytest_psyduck.plugin import remote_farm_url
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.runmanifest import build_manifest
 
@@ -34,11 +33,12 @@ class DistributedSession:
         self.sidecar: Sidecar | None = None  # the embedded farm, until the run takes it
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        if remote_farm_url(self.config) is None and not self.config.option.collectonly:
-            from pytest_psyduck.sidecar import Sidecar
+        from pytest_psyduck.sidecar import SIDECAR_KEY
 
-            # Start the embedded farm now: it gets ready while this process collects.
-            self.sidecar = Sidecar(session)
+        # The embedded farm started early (see plugin.pytest_load_initial_conftests).
+        self.sidecar = self.config.stash.get(SIDECAR_KEY, None)
+        if self.sidecar is not None:
+            self.sidecar.launcher.session = session
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:

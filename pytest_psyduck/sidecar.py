@@ -1,7 +1,8 @@
 """The embedded farm's process, from the user's side: start it early, find it, stop it.
 
-Started when the session starts, before collection, so that the farm's
-imports and start-up run on another core while this process collects.  Its
+Started as early as pytest lets a plugin act (``pytest_load_initial_conftests``,
+where pytest-cov starts coverage), so that the farm's imports and start-up run
+on another core while this process loads conftests and collects.  Its
 stdin is its lifeline: closing it (or this process dying) makes the farm stop
 its workers and exit.  Its stderr goes to a temporary file, shown when the
 farm fails to start or dies.
@@ -29,6 +30,10 @@ START_TIMEOUT = 120.0
 STOP_TIMEOUT = 120.0
 
 
+#: Where the early hook leaves the started farm for the session to take.
+SIDECAR_KEY = pytest.StashKey["Sidecar"]()
+
+
 class SidecarError(RuntimeError):
     """The embedded farm did not start; the text says why."""
 
@@ -36,12 +41,9 @@ class SidecarError(RuntimeError):
 class Sidecar:
     """One embedded farm process and the launch server that starts its local workers."""
 
-    def __init__(self, session: pytest.Session) -> None:
-        config = session.config
-        spec = config.getoption("psyduck_hosts") or config.getini("psyduck_hosts")
-        self.launcher = LaunchServer(
-            session, fork=(config.getoption("psyduck_spawn") or "fork") == "fork"
-        )
+    def __init__(self, hosts: str, fork: bool) -> None:
+        # The session to fork workers from exists only later: DistributedSession sets it.
+        self.launcher = LaunchServer(None, fork=fork)
         self.token = secrets.token_urlsafe(24)
         self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
@@ -54,7 +56,7 @@ class Sidecar:
             start_new_session=True,  # Ctrl-C is this process's to handle, not the farm's
         )
         settings = {
-            "hosts": spec or f"local:{os.cpu_count() or 1}",
+            "hosts": hosts or f"local:{os.cpu_count() or 1}",
             "token": self.token,
             "launcher_fd": self.launcher.farm_end.fileno(),
         }
