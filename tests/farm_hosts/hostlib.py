@@ -19,7 +19,7 @@ from pathlib import Path
 
 import docker
 
-from tests.conftest import SESSION_TIMEOUT, start_pytest, wait_until
+from tests.conftest import SESSION_TIMEOUT, junit_cases, start_pytest, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / ".ci" / "build-test-image"
@@ -83,6 +83,14 @@ class Finished:
 def start_session(path: Path, *args: str, cache: bool = False) -> subprocess.Popen:
     """Start ``pytest --psyduck ARGS`` in *path* (without pytest's cache unless *cache*)."""
     return start_pytest(path, "--psyduck", *([] if cache else ["-p", "no:cacheprovider"]), *args)
+
+
+def recorded_session(path: Path, out: Path, *args: str) -> tuple[Finished, dict]:
+    """Run ``pytest --psyduck ARGS`` with pytest's cache (the recorded durations a test
+    seeded) and ``--junitxml=OUT``; the result and its junit cases."""
+    process = start_session(path, *args, f"--junitxml={out}", cache=True)
+    output, _ = process.communicate(timeout=SESSION_TIMEOUT)
+    return Finished(process.returncode, output, process.pid), junit_cases(out)
 
 
 def psyduck_session(path: Path, *args: str, timeout: float = SESSION_TIMEOUT) -> Finished:

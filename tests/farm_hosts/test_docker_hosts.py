@@ -9,7 +9,7 @@ import docker
 import pytest
 
 from farm.hosts.containers import LABEL_FARM, farm_identity
-from tests.conftest import SESSION_TIMEOUT, junit_cases, on_farm, run_pytest, wait_until
+from tests.conftest import junit_cases, on_farm, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
     LIMITS_SUITE_PASSED,
     ROOT,
@@ -18,6 +18,7 @@ from tests.farm_hosts.hostlib import (
     limits_suite,
     psyduck_session,
     reap_orphans,
+    recorded_session,
     seed_durations,
     start_session,
 )
@@ -143,20 +144,16 @@ def test_a_test_past_its_memory_limit_is_killed_for_memory(docker_image, suite, 
 
 def test_each_shard_gets_its_own_modules_limits(docker_image, suite, tmp_path):
     """Containers start ahead of their shard with the host's share, then fit the shard."""
-    path = limits_suite(suite)
-    done = start_session(
-        path,
+    done, cases = recorded_session(
+        limits_suite(suite),
+        tmp_path / "out.xml",
         "--psyduck-hosts",
         "docker:2",
         "--psyduck-image",
         docker_image,
-        f"--junitxml={tmp_path / 'out.xml'}",
-        cache=True,
     )
-    output, _ = done.communicate(timeout=SESSION_TIMEOUT)
-    assert done.returncode == 0, output
-    cases = junit_cases(tmp_path / "out.xml")
-    assert {k: v[0] for k, v in cases.items()} == LIMITS_SUITE_PASSED, output
+    assert done.returncode == 0, done.output
+    assert {k: v[0] for k, v in cases.items()} == LIMITS_SUITE_PASSED, done.output
 
 
 LIMIT_BELOW_COLLECTION = """
@@ -178,18 +175,11 @@ def test_a_shard_whose_limit_the_engine_refuses_fails_its_test_with_the_reason(
     run ends: the hinted test fails with the engine's answer, the other test passes."""
     path = suite({"test_tiny.py": LIMIT_BELOW_COLLECTION})
     seed_durations(path, {"test_tiny.py::test_tiny": 20.0, "test_tiny.py::test_fine": 20.0})
-    done = start_session(
-        path,
-        "--psyduck-hosts",
-        "docker:1",
-        "--psyduck-image",
-        docker_image,
-        f"--junitxml={tmp_path / 'out.xml'}",
-        cache=True,
+    done, cases = recorded_session(
+        path, tmp_path / "out.xml", "--psyduck-hosts", "docker:1", "--psyduck-image", docker_image
     )
-    output, _ = done.communicate(timeout=SESSION_TIMEOUT)
+    output = done.output
     assert done.returncode == 1, output
-    cases = junit_cases(tmp_path / "out.xml")
     assert cases["test_tiny::test_fine"][0] == "passed", output
     outcome, message = cases["test_tiny::test_tiny"]
     assert outcome == "failure"

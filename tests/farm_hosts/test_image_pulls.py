@@ -164,6 +164,24 @@ def make_host(kind: str, request: pytest.FixtureRequest) -> DockerHost:
     return ssh_host(server.spec(request.getfixturevalue("client_key"), known_hosts, slots=3))
 
 
+def pull_error(name: str, pokedex_url: str) -> str:
+    """The host error of a docker host asked for missing *name* with pokedex at *pokedex_url*."""
+
+    async def main() -> None:
+        host = DockerHost(1)
+        await host.start()
+        try:
+            engine = await host._ensure_engine()
+            async with asyncio.timeout(60):
+                await host._run_image(engine, name, run_context(name, (pokedex_url,)))
+        finally:
+            await host.close()
+
+    with pytest.raises(HostError) as error:
+        asyncio.run(main())
+    return str(error.value)
+
+
 @pytest.mark.parametrize("kind", ["docker", "ssh"])
 def test_slots_starting_together_wait_for_one_pull(docker_image, tmp_path, kind, request):
     """Three slots asking at once for a missing image: the engine pulls it once, through
@@ -214,18 +232,7 @@ def test_an_unreachable_pokedex_is_named_in_the_host_error(docker_image):
     name = unique_name()
     closed = free_port("127.0.0.1")  # nothing listens there
 
-    async def main() -> None:
-        host = DockerHost(1)
-        await host.start()
-        try:
-            engine = await host._ensure_engine()
-            await host._run_image(engine, name, run_context(name, (f"http://127.0.0.1:{closed}",)))
-        finally:
-            await host.close()
-
-    with pytest.raises(HostError) as error:
-        asyncio.run(main())
-    message = str(error.value)
+    message = pull_error(name, f"http://127.0.0.1:{closed}")
     assert f"{name!r} is not present" in message, message
     assert f"pulling 127.0.0.1:{closed}/{name} from pokedex's registry failed" in message, message
     assert "connection refused" in message, message
@@ -241,20 +248,7 @@ def test_a_registry_that_never_answers_ends_the_pull_in_time(docker_image, monke
         silent.listen(16)  # the kernel accepts; nobody ever reads or answers
         port = silent.getsockname()[1]
 
-        async def main() -> None:
-            host = DockerHost(1)
-            await host.start()
-            try:
-                engine = await host._ensure_engine()
-                run = run_context(name, (f"http://127.0.0.1:{port}",))
-                async with asyncio.timeout(60):
-                    await host._run_image(engine, name, run)
-            finally:
-                await host.close()
-
-        with pytest.raises(HostError) as error:
-            asyncio.run(main())
-    message = str(error.value)
+        message = pull_error(name, f"http://127.0.0.1:{port}")
     assert f"{name!r} is not present" in message, message
     assert f"pulling 127.0.0.1:{port}/{name} from pokedex's registry failed" in message, message
     assert "timed out" in message, message

@@ -11,7 +11,7 @@ import docker
 import pytest
 
 from farm.hosts.ssh import HostKeyRefused, SshTarget, open_ssh, parse_ssh_spec, ssh_engine
-from tests.conftest import SESSION_TIMEOUT, junit_cases, run_pytest, wait_until
+from tests.conftest import junit_cases, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
     CURRENT_TEST_CONFTEST,
     LIMITS_SUITE_PASSED,
@@ -24,6 +24,7 @@ from tests.farm_hosts.hostlib import (
     psyduck_containers,
     psyduck_session,
     reap_orphans,
+    recorded_session,
     seed_durations,
     start_session,
 )
@@ -129,20 +130,16 @@ def test_each_shard_gets_its_own_limits_over_ssh(sshd, client_key, known_hosts, 
     """The engine's container updates travel the SSH connection like every other call."""
     server = sshd("127.0.0.2")
     known_hosts.write_text(server.known_hosts_line())
-    path = limits_suite(suite)
-    done = start_session(
-        path,
+    done, cases = recorded_session(
+        limits_suite(suite),
+        tmp_path / "out.xml",
         "--psyduck-hosts",
         server.spec(client_key, known_hosts, slots=2),
         "--psyduck-image",
         "psyduck-test:latest",
-        f"--junitxml={tmp_path / 'out.xml'}",
-        cache=True,
     )
-    output, _ = done.communicate(timeout=SESSION_TIMEOUT)
-    assert done.returncode == 0, output
-    cases = junit_cases(tmp_path / "out.xml")
-    assert {k: v[0] for k, v in cases.items()} == LIMITS_SUITE_PASSED, output
+    assert done.returncode == 0, done.output
+    assert {k: v[0] for k, v in cases.items()} == LIMITS_SUITE_PASSED, done.output
 
 
 def test_a_session_names_an_unknown_host_key(sshd, client_key, known_hosts, suite):
