@@ -1,10 +1,10 @@
 """The embedded farm: the private farm that ``pytest --psyduck`` starts for itself.
 
 It speaks exactly the protocol of a served farm, on a random loopback port with
-a random token.  The plugin runs it in a process of its own, started as soon as
-the pytest session starts (``python -m farm.embedded``): importing aiohttp and
-starting the coordinator then overlap collection instead of delaying the first
-test, and the coordinator's work runs beside the replay of results, not in
+a random token.  The plugin runs it in a process of its own, started as early as
+pytest lets a plugin act (``python -m farm.embedded``): importing aiohttp and
+starting the coordinator then overlap loading conftests and collecting instead
+of delaying the first test, and the coordinator's work runs beside the replay of results, not in
 turn with it.  Local workers are still forked from the user's collected
 session: the farm asks for them over a launch socket
 (:class:`~farm.hosts.local.RemoteLauncher`).

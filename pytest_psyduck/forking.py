@@ -30,6 +30,7 @@ from farm.hosts.local import (
     Workdir,
     exec_worker,
     exit_info,
+    kill_group,
 )
 from farm.protocol import decode, encode
 from pytest_psyduck.channel import Channel
@@ -71,11 +72,7 @@ class LaunchServer:
             if self._loop is not None:
                 self._loop.remove_reader(pidfd)
             os.close(pidfd)
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_group(pid)
             os.waitpid(pid, 0)
         self._children.clear()
         self.sock.close()

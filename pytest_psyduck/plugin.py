@@ -8,6 +8,7 @@ never activates, even though the worker sees the user's ``--psyduck`` argument.
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import pytest
@@ -81,9 +82,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def remote_farm_url(config: pytest.Config) -> str | None:
-    """The farm named by ``--psyduck-farm`` or ``PSYDUCK_FARM``; None means the embedded one."""
-    return config.getoption("psyduck_farm") or os.environ.get("PSYDUCK_FARM") or None
+def remote_farm_url(options: argparse.Namespace) -> str | None:
+    """The farm named by ``--psyduck-farm`` or ``PSYDUCK_FARM``; None means the embedded one.
+
+    Takes parsed options rather than the config: the early hook has only those.
+    """
+    return getattr(options, "psyduck_farm", None) or os.environ.get("PSYDUCK_FARM") or None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -97,8 +101,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     if (
         not getattr(options, "psyduck", False)
         or getattr(options, "collectonly", False)
-        or getattr(options, "psyduck_farm", None)
-        or os.environ.get("PSYDUCK_FARM")
+        or remote_farm_url(options)
         or early_config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME)
     ):
         return

@@ -52,7 +52,7 @@ async def run(
     """Run *manifest* on the remote farm, or on *sidecar*'s embedded one, replaying its events."""
     config = session.config
     if sidecar is None:
-        url = remote_farm_url(config)
+        url = remote_farm_url(config.option)
         assert url is not None, "no embedded farm was started, so a remote one is named"
         token = farm_token(config)
         async with FarmClient(url, token) as client:

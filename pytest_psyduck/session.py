@@ -12,16 +12,12 @@ exactly as it would have without psyduck.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.runmanifest import build_manifest
-
-if TYPE_CHECKING:
-    from pytest_psyduck.sidecar import Sidecar
 
 
 class DistributedSession:
@@ -30,15 +26,6 @@ class DistributedSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.history = DurationHistory(config)
-        self.sidecar: Sidecar | None = None  # the embedded farm, until the run takes it
-
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        from pytest_psyduck.sidecar import SIDECAR_KEY
-
-        # The embedded farm started early (see plugin.pytest_load_initial_conftests).
-        self.sidecar = self.config.stash.get(SIDECAR_KEY, None)
-        if self.sidecar is not None:
-            self.sidecar.launcher.session = session
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
@@ -52,9 +39,14 @@ class DistributedSession:
         manifest = build_manifest(session.items, self.config, self.history)
         replayer = Replayer(session, self.history)
         from pytest_psyduck import remote
+        from pytest_psyduck.sidecar import SIDECAR_KEY
 
+        # The embedded farm started early (plugin.pytest_load_initial_conftests),
+        # which also stops it at the end if the run never comes.
+        sidecar = self.config.stash.get(SIDECAR_KEY, None)
+        if sidecar is not None:
+            sidecar.launcher.session = session
         self.config.pluginmanager.register(replayer, "psyduck-replay")
-        sidecar, self.sidecar = self.sidecar, None
         try:
             asyncio.run(remote.run(session, manifest, replayer, sidecar))
         except remote.FarmError as exc:
@@ -68,7 +60,4 @@ class DistributedSession:
         return True
 
     def pytest_sessionfinish(self) -> None:
-        if self.sidecar is not None:
-            self.sidecar.abandon()
-            self.sidecar = None
         self.history.save()

@@ -42,7 +42,7 @@ class Sidecar:
     """One embedded farm process and the launch server that starts its local workers."""
 
     def __init__(self, hosts: str, fork: bool) -> None:
-        # The session to fork workers from exists only later: DistributedSession sets it.
+        # The session to fork workers from exists only later: the run loop sets it.
         self.launcher = LaunchServer(None, fork=fork)
         self.token = secrets.token_urlsafe(24)
         self._stderr = tempfile.TemporaryFile()

@@ -234,7 +234,7 @@ class RemoteLauncher:
         if future is None or future.done():  # given up on: the worker is not wanted
             channel.close()
             os.close(fds[1])
-            _kill_group(pid)
+            kill_group(pid)
             return
         future.set_result(process)
 
@@ -251,7 +251,8 @@ class RemoteLauncher:
         self._exits.clear()
 
 
-def _kill_group(pid: int) -> None:
+def kill_group(pid: int) -> None:
+    """SIGKILL a worker and its process group, whichever of them is still there."""
     for kill in (os.killpg, os.kill):
         try:
             kill(pid, signal.SIGKILL)
@@ -332,7 +333,7 @@ class LocalWorker(WorkerConnection):
 
     async def kill(self) -> None:
         if not self._exit.done():
-            _kill_group(self.pid)
+            kill_group(self.pid)
 
     async def wait(self) -> ExitInfo:
         info = await self._exit
