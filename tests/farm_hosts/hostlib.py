@@ -67,6 +67,19 @@ def reap_orphans() -> list[str]:
     return asyncio.run(reap())
 
 
+def wait_containers_gone(pid: int, timeout: float) -> None:
+    """Wait until the containers of the farm of *pid* are gone, but for any whose creation
+    was in flight when it stopped (never started, no process): the next farm on the engine
+    reaps those at once, and so does this."""
+    wait_until(
+        lambda: all(c["State"] == "created" for c in containers_of(pid)),
+        "the run's containers to be removed",
+        timeout=timeout,
+    )
+    reap_orphans()
+    assert containers_of(pid) == []
+
+
 def containers_of(pid: int) -> list[dict]:
     """psyduck containers started by the coordinator in process *pid* (on this machine)."""
     prefix = f"{socket.gethostname()}:{pid}:"

@@ -21,6 +21,7 @@ from tests.farm_hosts.hostlib import (
     recorded_session,
     seed_durations,
     start_session,
+    wait_containers_gone,
 )
 
 pytestmark = pytest.mark.docker
@@ -208,15 +209,7 @@ def test_client_going_away_removes_its_containers(docker_image, suite, how):
         )
         process.send_signal(how)
         process.communicate(timeout=60)
-        wait_until(
-            lambda: all(c["State"] == "created" for c in containers_of(process.pid)),
-            "the containers to stop",
-            timeout=15,
-        )
-        # A container whose creation was in flight when the client was killed was never
-        # started (no process); the next farm on the engine reaps it at once.
-        reap_orphans()
-        assert containers_of(process.pid) == []
+        wait_containers_gone(process.pid, timeout=15)
     finally:
         process.kill()
         process.communicate()
