@@ -31,6 +31,9 @@ from farm.manifest import TestSpec
 DEFAULT_ESTIMATE = 0.01
 #: Groups shorter than this are never split: their fixtures cost more than the balance gains.
 SPLIT_FLOOR = 0.1
+#: Shards shrink towards a run's end, but not below this: a shard costs a round
+#: trip to its worker, and the last slots need only finish within about this much.
+TAIL_FLOOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,7 @@ class Scheduler:
         """
         unit = run.queue[index]
         remaining = sum(u.estimate for u in run.queue)
-        limit = max(self.min_shard_seconds, remaining / (2 * max(len(self._slots), 1)), SPLIT_FLOOR)
+        limit = max(self.min_shard_seconds, remaining / (2 * max(len(self._slots), 1)), TAIL_FLOOR)
         head = _split(unit.tests, limit)[0] if unit.estimate > limit else unit.tests
         rest = unit.estimate - sum(t.estimate for t in head)
         if len(head) == len(unit.tests) or rest < self.min_shard_seconds:

@@ -102,7 +102,8 @@ def test_sleep_suite_is_near_ideal():
         scheduler.add_slot(slot, "h")
     scheduler.add_run("r", tests)
     makespan, _ = simulate(scheduler, {t.id: 0.025 for t in tests}, slots)
-    assert makespan <= 1.15 * (400 * 0.025 / 8)
+    # The tail shrinks to single tests, so the last slots finish within one test of each other.
+    assert makespan <= 400 * 0.025 / 8 + 0.025 + 1e-9
 
 
 def test_fair_share_between_runs():
