@@ -81,27 +81,46 @@ class FrameDecoder:
     Feed it whatever the transport delivered; it yields every complete
     message.  A frame announcing more than *max_bytes* is rejected before its
     body is read, so a garbage length cannot make us buffer gigabytes.
+
+    A bad frame raises :class:`ProtocolError`, but never at the cost of the
+    good messages before it: when one chunk holds both, those are returned
+    first and the error is raised by the next call (``feed(b"")`` will do).
+    A worker's ``started`` that arrived with its garbage still names the test
+    that broke the channel.
     """
 
     def __init__(self, *, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._buffer = bytearray()
         self._max_bytes = max_bytes
+        self._error: ProtocolError | None = None
+
+    @property
+    def failed(self) -> bool:
+        """A bad frame was seen; the next :meth:`feed` raises it."""
+        return self._error is not None
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
+        if self._error is not None:
+            raise self._error
         self._buffer += data
-        messages = []
-        while len(self._buffer) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(self._buffer)
-            if length > self._max_bytes:
-                raise ProtocolError(
-                    f"frame of {length} bytes exceeds the limit of {self._max_bytes}"
-                )
-            end = _LENGTH.size + length
-            if len(self._buffer) < end:
-                break
-            body = bytes(self._buffer[_LENGTH.size : end])
-            del self._buffer[:end]
-            messages.append(decode(body, max_bytes=self._max_bytes))
+        messages: list[dict[str, Any]] = []
+        try:
+            while len(self._buffer) >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(self._buffer)
+                if length > self._max_bytes:
+                    raise ProtocolError(
+                        f"frame of {length} bytes exceeds the limit of {self._max_bytes}"
+                    )
+                end = _LENGTH.size + length
+                if len(self._buffer) < end:
+                    break
+                body = bytes(self._buffer[_LENGTH.size : end])
+                del self._buffer[:end]
+                messages.append(decode(body, max_bytes=self._max_bytes))
+        except ProtocolError as exc:
+            self._error = exc
+            if not messages:
+                raise
         return messages
 
     @property

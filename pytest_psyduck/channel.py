@@ -39,6 +39,8 @@ class Channel:
 
     def recv(self) -> dict[str, Any]:
         while not self._inbox:
+            if self._decoder.failed:
+                self._decoder.feed(b"")  # raises the bad frame that followed the last message
             chunk = self._sock.recv(1 << 16)
             if not chunk:
                 if self._decoder.pending:

@@ -70,6 +70,19 @@ def test_truncated_frame_is_pending_not_decoded(message, cut):
     assert decoder.pending == len(data) - cut
 
 
+@given(st.lists(messages, min_size=1, max_size=5), st.binary(min_size=1, max_size=20))
+def test_messages_before_a_bad_frame_are_delivered_then_it_is_raised(before, garbage):
+    decoder = FrameDecoder()
+    bad = (2**32 - 1).to_bytes(4, "big") + garbage
+    good = [{"v": VERSION, **m} for m in before]
+    assert decoder.feed(b"".join(frame(m) for m in before) + bad) == good
+    assert decoder.failed
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        decoder.feed(b"")
+    with pytest.raises(ProtocolError):
+        decoder.feed(frame(before[0]))  # nothing after a bad frame can be trusted
+
+
 def test_version_mismatch_is_explained():
     with pytest.raises(ProtocolError, match="protocol version mismatch: got 99"):
         decode(msgpack.packb({"v": 99, "t": "run"}))

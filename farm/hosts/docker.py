@@ -360,6 +360,8 @@ class DockerWorker(WorkerConnection):
                     if kind == 1:
                         for message in decoder.feed(chunk):
                             self._to_loop(self._deliver, message)
+                        if decoder.failed:
+                            decoder.feed(b"")  # raises it, the good messages before it delivered
                     else:
                         self._to_loop(self._output, chunk)
         except ProtocolError as exc:

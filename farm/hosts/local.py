@@ -322,15 +322,17 @@ class LocalWorker(WorkerConnection):
 
     async def recv(self) -> dict[str, Any] | None:
         while not self._inbox:
-            try:
-                chunk = await self._reader.read(1 << 16)
-            except (ConnectionError, OSError):
-                chunk = b""
-            if not chunk:
-                return None
-            transport = self._writer.transport
-            transport.pause_reading()
-            asyncio.get_running_loop().call_later(READ_REST, transport.resume_reading)
+            chunk = b""
+            if not self._decoder.failed:  # else the feed below raises what it saw
+                try:
+                    chunk = await self._reader.read(1 << 16)
+                except (ConnectionError, OSError):
+                    chunk = b""
+                if not chunk:
+                    return None
+                transport = self._writer.transport
+                transport.pause_reading()
+                asyncio.get_running_loop().call_later(READ_REST, transport.resume_reading)
             try:
                 self._inbox.extend(self._decoder.feed(chunk))
             except ProtocolError as exc:
