@@ -10,14 +10,18 @@ session: the farm asks for them over a launch socket
 (:class:`~farm.hosts.local.RemoteLauncher`).
 
 The process reads one JSON line on stdin — ``{"hosts": SPEC, "token": TOKEN,
-"launcher_fd": FD}`` — answers one JSON line on stdout — ``{"url": URL}`` or
-``{"error": TEXT}`` — and serves until stdin closes, which also happens when
-its pytest dies; then it stops its workers and containers and exits.
+"launcher_fd": FD, "standby": PATH}`` — answers one JSON line on stdout —
+``{"url": URL}`` or ``{"error": TEXT}`` — and serves until stdin closes, which
+also happens when its pytest dies; then it stops its workers and containers,
+starts a standby for the next session at ``PATH`` (:mod:`farm.standby`) and
+exits.  ``python -m farm.embedded --standby PATH`` is that standby: the same
+farm, handed its settings and pipes by the session that claims it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import secrets
@@ -25,15 +29,16 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from farm import standby
 
-from farm.coordinator import Coordinator
-from farm.hosts import HostSpecError, parse_hosts
-from farm.hosts.base import Host, HostError
-from farm.hosts.local import RemoteLauncher
-from farm.service import make_app
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from farm.coordinator import Coordinator
+    from farm.hosts.base import Host
 
 
 @dataclass
@@ -50,6 +55,11 @@ class EmbeddedFarm:
 
 async def start_embedded_farm(hosts: list[Host], token: str | None = None) -> EmbeddedFarm:
     """Start a coordinator with *hosts* on 127.0.0.1 and a random port (and token, unless given)."""
+    from aiohttp import web
+
+    from farm.coordinator import Coordinator
+    from farm.service import make_app
+
     coordinator = Coordinator(hosts)
     try:
         await coordinator.start()
@@ -85,6 +95,10 @@ async def serve(settings: dict[str, Any]) -> None:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await loop.connect_read_pipe(lambda: _Lifeline(stop), sys.stdin)
+    from farm.hosts import HostSpecError, parse_hosts
+    from farm.hosts.base import HostError
+    from farm.hosts.local import RemoteLauncher
+
     fd = settings.get("launcher_fd")
     launcher = RemoteLauncher(socket.socket(fileno=fd)) if fd is not None else None
     try:
@@ -100,9 +114,22 @@ async def serve(settings: dict[str, Any]) -> None:
         await farm.close()
 
 
+def _warm_up() -> None:
+    """Import what serving needs, so that a standby has it loaded before it is claimed."""
+    for module in ("farm.service", "farm.hosts"):
+        importlib.import_module(module)
+
+
 def main() -> None:
-    settings = json.loads(sys.stdin.readline())
+    if sys.argv[1:2] == ["--standby"]:
+        settings = standby.wait_for_session(Path(sys.argv[2]), _warm_up)
+        if settings is None:
+            return  # nobody came, or another standby serves that path
+    else:
+        settings = json.loads(sys.stdin.readline())
     asyncio.run(serve(settings))
+    if settings.get("standby"):
+        standby.start_successor(Path(settings["standby"]))
     # Everything is closed by now.  Tearing down the interpreter (aiohttp's
     # modules, mostly) would take ~70 ms that the user's pytest spends waiting
     # for this process to end, for nothing: exit at once.

@@ -2,10 +2,12 @@
 
 Started as early as pytest lets a plugin act (``pytest_load_initial_conftests``,
 where pytest-cov starts coverage), so that the farm's imports and start-up run
-on another core while this process loads conftests and collects.  Its
-stdin is its lifeline: closing it (or this process dying) makes the farm stop
-its workers and exit.  Its stderr goes to a temporary file, shown when the
-farm fails to start or dies.
+on another core while this process loads conftests and collects.  When an
+earlier session left a matching standby farm (:mod:`farm.standby`), the
+session claims it instead: it is already warm.  Either way the farm's stdin is
+its lifeline: closing it (or this process dying) makes the farm stop its
+workers and exit.  Its stderr goes to a temporary file, shown when the farm
+fails to start or dies.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import json
 import os
 import secrets
 import select
+import signal
 import subprocess
-import sys
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from farm import standby
 from pytest_psyduck.forking import LaunchServer
 
 #: Seconds the farm may take to start (importing aiohttp, starting hosts).
@@ -38,6 +43,43 @@ class SidecarError(RuntimeError):
     """The embedded farm did not start; the text says why."""
 
 
+class _FarmProcess:
+    """The farm's process as this session holds it: its lifeline, its answers, a pidfd.
+
+    A fresh farm is this process's child; a claimed standby is not, so exits
+    are watched through the pidfd, which works for both.
+    """
+
+    def __init__(self, pid: int, lifeline: int, answers: int, child: subprocess.Popen | None):
+        self.pidfd = os.pidfd_open(pid)
+        self.lifeline: int | None = lifeline
+        self.answers = os.fdopen(answers, "rb")
+        self.child = child
+        self.exited = False
+
+    def hang_up(self) -> None:
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
+        self.answers.close()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the farm has exited, waiting up to *timeout* seconds for it."""
+        if not self.exited and select.select([self.pidfd], [], [], timeout)[0]:
+            self.exited = True
+            os.close(self.pidfd)
+            if self.child is not None:
+                self.child.wait()
+        return self.exited
+
+    def kill(self) -> None:
+        if not self.exited:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 class Sidecar:
     """One embedded farm process and the launch server that starts its local workers."""
 
@@ -46,26 +88,60 @@ class Sidecar:
         self.launcher = LaunchServer(None, fork=fork)
         self.token = secrets.token_urlsafe(24)
         self._stderr = tempfile.TemporaryFile()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "farm.embedded"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            pass_fds=[self.launcher.farm_end.fileno()],
-            env={**os.environ, "PSYDUCK_FARM_OWNER": str(os.getpid())},
-            start_new_session=True,  # Ctrl-C is this process's to handle, not the farm's
-        )
-        settings = {
+        self._settings: dict[str, Any] = {
             "hosts": hosts or f"local:{os.cpu_count() or 1}",
             "token": self.token,
-            "launcher_fd": self.launcher.farm_end.fileno(),
+            "standby": None,
         }
-        self.launcher.farm_end.close()
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self.launcher.private_fds.append(self._process.stdin.fileno())
-        self._process.stdin.write(json.dumps(settings).encode() + b"\n")
-        self._process.stdin.flush()
+        self._env = {**os.environ, "PSYDUCK_FARM_OWNER": str(os.getpid())}
+        if standby.enabled():
+            try:
+                self._settings["standby"] = str(standby.standby_path())
+            except OSError:
+                pass  # no runtime directory to keep a standby in: always start fresh
+        self._farm = self._claim_standby() or self._spawn()
         self.url: str | None = None
+
+    def _pipes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        lifeline, answers = os.pipe(), os.pipe()
+        self.launcher.private_fds.append(lifeline[1])
+        return lifeline, answers
+
+    def _claim_standby(self) -> _FarmProcess | None:
+        path = self._settings["standby"]
+        if path is None:
+            return None
+        (lifeline_r, lifeline_w), (answers_r, answers_w) = self._pipes()
+        request = {**self._settings, "env": self._env, "cwd": os.getcwd()}
+        fds = [lifeline_r, answers_w, self._stderr.fileno(), self.launcher.farm_end.fileno()]
+        pid = standby.claim(Path(path), request, fds)
+        os.close(lifeline_r)
+        os.close(answers_w)
+        if pid is None:
+            self.launcher.private_fds.remove(lifeline_w)
+            os.close(lifeline_w)
+            os.close(answers_r)
+            return None
+        return _FarmProcess(pid, lifeline_w, answers_r, child=None)
+
+    def _spawn(self) -> _FarmProcess:
+        (lifeline_r, lifeline_w), (answers_r, answers_w) = self._pipes()
+        farm_end = self.launcher.farm_end.fileno()
+        process = subprocess.Popen(
+            standby.farm_command(),
+            stdin=lifeline_r,
+            stdout=answers_w,
+            stderr=self._stderr,
+            pass_fds=[farm_end],
+            env=self._env,
+            start_new_session=True,  # Ctrl-C is this process's to handle, not the farm's
+        )
+        os.close(lifeline_r)
+        os.close(answers_w)
+        os.write(
+            lifeline_w, json.dumps({**self._settings, "launcher_fd": farm_end}).encode() + b"\n"
+        )
+        return _FarmProcess(process.pid, lifeline_w, answers_r, child=process)
 
     def _output(self) -> str:
         self._stderr.seek(0)
@@ -76,56 +152,57 @@ class Sidecar:
         """The farm's URL once it serves; :class:`SidecarError` or UsageError if it cannot."""
         if self.url is not None:
             return self.url
-        stdout = self._process.stdout
-        assert stdout is not None
+        answers = self._farm.answers
         deadline = time.monotonic() + START_TIMEOUT
-        while not select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        while not select.select([answers], [], [], max(0.0, deadline - time.monotonic()))[0]:
             if time.monotonic() >= deadline:
                 raise SidecarError(f"the embedded farm did not start within {START_TIMEOUT:g}s")
-        line = stdout.readline()
+        line = answers.readline()
+        if not line and self._farm.child is None:
+            # The standby was on its way out and never took the request: start afresh.
+            self._farm.hang_up()
+            self._farm = self._spawn()
+            return self.ready()
         try:
             answer = json.loads(line)
         except ValueError:
             raise SidecarError(f"the embedded farm failed to start:{self._output()}") from None
         if "error" in answer:
             raise pytest.UsageError(answer["error"])
+        self.launcher.farm_end.close()
         self.url = answer["url"]
         return self.url
 
     async def stop(self) -> None:
         """Close the lifeline and wait, serving launch requests, until the farm has exited."""
-        self._close_lifeline()
+        self._hang_up()
         loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(self._process.pid)
         exited = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        loop.add_reader(self._farm.pidfd, lambda: exited.done() or exited.set_result(None))
         try:
             async with asyncio.timeout(STOP_TIMEOUT):
                 await exited
         except TimeoutError:
-            self._process.kill()
+            self._farm.kill()
         finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            self._process.wait()
+            loop.remove_reader(self._farm.pidfd)
+            self._farm.wait(STOP_TIMEOUT)
             self._stderr.close()
 
     def abandon(self) -> None:
         """Stop a farm that never ran anything (nothing was collected, or collection failed)."""
-        if self._process.returncode is not None:
+        if self._farm.exited:
             return
-        self._close_lifeline()
-        try:
-            self._process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        self._hang_up()
+        if not self._farm.wait(STOP_TIMEOUT):
+            self._farm.kill()
+            self._farm.wait(STOP_TIMEOUT)
         self._stderr.close()
+        self.launcher.farm_end.close()
         self.launcher.close()
 
-    def _close_lifeline(self) -> None:
-        assert self._process.stdin is not None and self._process.stdout is not None
+    def _hang_up(self) -> None:
         # Once closed, its number may be reused: a worker forked later must not close that.
-        self.launcher.private_fds.remove(self._process.stdin.fileno())
-        self._process.stdin.close()
-        self._process.stdout.close()
+        if self._farm.lifeline is not None:
+            self.launcher.private_fds.remove(self._farm.lifeline)
+        self._farm.hang_up()

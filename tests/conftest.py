@@ -33,7 +33,20 @@ class Session:
 
 def _outer_environment() -> dict[str, str]:
     """Our environment minus what a psyduck or xdist worker running this suite adds."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST_", "PSYDUCK_"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTEST_XDIST_", "PSYDUCK_")) or k == "PSYDUCK_STANDBY"
+    }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_farms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions start a fresh embedded farm each, so one test's farm never serves another's.
+
+    tests/test_standby.py turns standby farms back on, in a directory of its own.
+    """
+    monkeypatch.setenv("PSYDUCK_STANDBY", "0")
 
 
 def on_farm(url: str) -> tuple[str, ...]:
