@@ -1,13 +1,19 @@
 """Plain pytest vs pytest-xdist vs psyduck on the same suites, in one run.
 
     python benchmarks/suites.py [--repeat 3] [--only trivial,sleep,more-itertools]
-                                [--bytecode-cache on|off]
+                                [--bytecode-cache on|off] [--unbuffered on|off]
+                                [--standby on|off]
 
 Prints ``name: value`` lines, ratios first (below 1.0 means psyduck is faster).
-Each command runs once to warm caches, then ``--repeat`` times; the best wall
-time counts.  Python's bytecode cache is on, as it is by default, unless
-``--bytecode-cache off`` (what ``PYTHONDONTWRITEBYTECODE=1`` does, common in CI
-images: then pytest rewrites every test module's asserts on every run).
+Each command runs once to warm caches (and, for psyduck, to leave the standby
+farm the next run claims), then ``--repeat`` times; the best wall time counts.
+
+The environment is a developer's terminal unless told otherwise:
+``--bytecode-cache off`` is what ``PYTHONDONTWRITEBYTECODE=1`` does, common in
+CI images (pytest then rewrites every test module's asserts on every run);
+``--unbuffered on`` is ``PYTHONUNBUFFERED=1``, also common there (every
+progress dot is then a write of its own); ``--standby off`` starts a fresh
+embedded farm for every run (``PSYDUCK_STANDBY=0``).
 
 Suites: 2,000 trivial tests; 400 tests sleeping 25 ms each with 8 slots;
 more-itertools' own test suite, downloaded from PyPI.
@@ -16,8 +22,10 @@ more-itertools' own test suite, downloaded from PyPI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -69,17 +77,10 @@ def make_more_itertools(root: Path) -> Path:
     return source / "tests"
 
 
-def timed(cwd: Path, args: list[str], repeat: int, bytecode_cache: bool) -> tuple[float, float]:
-    """Best wall time and best time after collection of ``pytest ARGS``."""
+def timed(cwd: Path, args: list[str], repeat: int, base: dict[str, str]) -> tuple[float, float]:
+    """Best wall time and best time after collection of ``pytest ARGS`` in environment *base*."""
     times_file = cwd / ".bench-times.json"
-    env = {
-        **os.environ,
-        "PSYDUCK_BENCH_TIMES": str(times_file),
-        "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    if not bytecode_cache:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env = {**base, "PSYDUCK_BENCH_TIMES": str(times_file)}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "_phase_timer", *args]
     best_wall = best_after = float("inf")
     for attempt in range(repeat + 1):
@@ -102,8 +103,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default="trivial,sleep,more-itertools")
     parser.add_argument("--bytecode-cache", choices=("on", "off"), default="on")
+    parser.add_argument("--unbuffered", choices=("on", "off"), default="off")
+    parser.add_argument("--standby", choices=("on", "off"), default="on")
     args = parser.parse_args()
-    cache = args.bytecode_cache == "on"
     cpus = os.cpu_count() or 1
     suites = {
         "trivial": (make_trivial, cpus),
@@ -113,15 +115,16 @@ def main() -> None:
     ratios: list[str] = []
     details: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
+        env = environment(args, Path(tmp))
         for name in args.only.split(","):
             make, slots = suites[name]
             root = Path(tmp) / name
             root.mkdir()
             path = make(root)
-            plain, _ = timed(path, [], args.repeat, cache)
-            xdist, _ = timed(path, ["-n", str(slots)], args.repeat, cache)
+            plain, _ = timed(path, [], args.repeat, env)
+            xdist, _ = timed(path, ["-n", str(slots)], args.repeat, env)
             psy, psy_after = timed(
-                path, ["--psyduck", f"--psyduck-hosts=local:{slots}"], args.repeat, cache
+                path, ["--psyduck", f"--psyduck-hosts=local:{slots}"], args.repeat, env
             )
             ratios.append(f"{name}_psyduck_vs_plain: {psy / plain:.2f}")
             ratios.append(f"{name}_psyduck_vs_xdist: {psy / xdist:.2f}")
@@ -133,7 +136,39 @@ def main() -> None:
                 f"{name}_xdist_seconds: {xdist:.2f}",
                 f"{name}_psyduck_seconds: {psy:.2f}",
             ]
-    print("\n".join(ratios + details + [f"cpus: {cpus}", f"bytecode_cache: {args.bytecode_cache}"]))
+        stop_standbys(Path(tmp))
+    settings = [f"{k}: {v}" for k, v in vars(args).items() if k not in ("only", "repeat")]
+    print("\n".join(ratios + details + [f"cpus: {cpus}", *settings]))
+
+
+def environment(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
+    """The benchmark's environment; standby farms live in *tmp*, not the user's runtime dir."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "XDG_RUNTIME_DIR": str(tmp / "run"),
+        "PSYDUCK_STANDBY": "1" if args.standby == "on" else "0",
+    }
+    for name, wanted in (
+        ("PYTHONDONTWRITEBYTECODE", args.bytecode_cache == "off"),
+        ("PYTHONUNBUFFERED", args.unbuffered == "on"),
+    ):
+        env.pop(name, None)
+        if wanted:
+            env[name] = "1"
+    return env
+
+
+def stop_standbys(tmp: Path) -> None:
+    """End the standby farms the psyduck runs left in *tmp*."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--standby" in args and any(str(tmp).encode() in a for a in args):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(cmdline.parent.name), signal.SIGTERM)
 
 
 if __name__ == "__main__":
