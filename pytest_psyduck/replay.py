@@ -136,9 +136,13 @@ class Replayer:
         reports = self._pending.pop(item.nodeid, None)
         if reports is None:
             return None
+        # The location came with the reports, worked out where the test ran (as
+        # pytest-xdist's controller also logs it): computing it again here would
+        # cost as much as all the terminal's reporting.
+        location = reports[0].location
         ihook = item.ihook
-        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
         for report in reports:
             ihook.pytest_runtest_logreport(report=report)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
         return True
