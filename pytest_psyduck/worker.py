@@ -10,6 +10,8 @@ a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
   itself; ``done``.  A result's ``next`` names the test the worker starts right
   after it, which then sends no ``started`` of its own: one message a test
   instead of two, and the host still always knows which test is running.
+  ``idle`` goes out as the last test but one of a shard starts, so that the
+  next shard's round trip overlaps that test instead of following it.
 * host → worker: ``run`` {tests: [{id, timeout}]}; ``drain`` (no more work:
   finish and exit).
 
@@ -234,9 +236,16 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
             return
         if message["t"] == "run":
             queue.extend(message["tests"])
+            asked = False
             while len(queue) > 1:
+                if len(queue) == 2:
+                    # Ask for more while the last test but one runs: the answer is
+                    # here by the time the held-back last test needs its successor.
+                    channel.send({"t": "idle"})
+                    asked = True
                 run_one(queue.popleft(), queue[0], keep=1)
-            channel.send({"t": "idle"})
+            if not asked:
+                channel.send({"t": "idle"})
         elif message["t"] == "drain":
             while queue:
                 run_one(queue.popleft(), queue[0] if queue else None, keep=0)
