@@ -5,8 +5,9 @@
                                 [--standby on|off]
 
 Prints ``name: value`` lines, ratios first (below 1.0 means psyduck is faster).
-Each command runs once to warm caches (and, for psyduck, to leave the standby
-farm the next run claims), then ``--repeat`` times; the best wall time counts.
+The three commands take turns: one warm-up round (caches, durations, and the
+standby farm the next psyduck run claims), then ``--repeat`` rounds; the best
+wall time of each counts.
 
 The environment is a developer's terminal unless told otherwise:
 ``--bytecode-cache off`` is what ``PYTHONDONTWRITEBYTECODE=1`` does, common in
@@ -77,25 +78,33 @@ def make_more_itertools(root: Path) -> Path:
     return source / "tests"
 
 
-def timed(cwd: Path, args: list[str], repeat: int, base: dict[str, str]) -> tuple[float, float]:
-    """Best wall time and best time after collection of ``pytest ARGS`` in environment *base*."""
+def timed(
+    cwd: Path, variants: dict[str, list[str]], repeat: int, base: dict[str, str]
+) -> dict[str, tuple[float, float]]:
+    """Best wall time and best time after collection of ``pytest ARGS`` for each variant.
+
+    The variants take turns, round after round, so that a machine slowing down
+    or speeding up over the minutes of a run weighs on all of them alike.
+    """
     times_file = cwd / ".bench-times.json"
     env = {**base, "PSYDUCK_BENCH_TIMES": str(times_file)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "_phase_timer", *args]
-    best_wall = best_after = float("inf")
+    best = {name: (float("inf"), float("inf")) for name in variants}
     for attempt in range(repeat + 1):
-        started = time.perf_counter()
-        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if done.returncode not in (0, 1):
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
-        if attempt == 0:
-            continue  # warm-up: bytecode, assertion rewriting, duration history
-        best_wall = min(best_wall, wall)
-        if times_file.exists():  # pytest-xdist's controller never collects
-            best_after = min(best_after, json.loads(times_file.read_text())["after_collection"])
-            times_file.unlink()
-    return best_wall, best_after
+        for name, args in variants.items():
+            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "_phase_timer", *args]
+            started = time.perf_counter()
+            done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            if done.returncode not in (0, 1):
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+            after = float("inf")
+            if times_file.exists():  # pytest-xdist's controller never collects
+                after = json.loads(times_file.read_text())["after_collection"]
+                times_file.unlink()
+            if attempt == 0:
+                continue  # warm-up: bytecode, assertion rewriting, durations, standby farm
+            best[name] = (min(best[name][0], wall), min(best[name][1], after))
+    return best
 
 
 def main() -> None:
@@ -121,11 +130,13 @@ def main() -> None:
             root = Path(tmp) / name
             root.mkdir()
             path = make(root)
-            plain, _ = timed(path, [], args.repeat, env)
-            xdist, _ = timed(path, ["-n", str(slots)], args.repeat, env)
-            psy, psy_after = timed(
-                path, ["--psyduck", f"--psyduck-hosts=local:{slots}"], args.repeat, env
-            )
+            variants = {
+                "plain": [],
+                "xdist": ["-n", str(slots)],
+                "psyduck": ["--psyduck", f"--psyduck-hosts=local:{slots}"],
+            }
+            best = timed(path, variants, args.repeat, env)
+            (plain, _), (xdist, _), (psy, psy_after) = (best[v] for v in variants)
             ratios.append(f"{name}_psyduck_vs_plain: {psy / plain:.2f}")
             ratios.append(f"{name}_psyduck_vs_xdist: {psy / xdist:.2f}")
             if name == "sleep":
