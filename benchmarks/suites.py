@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from farm.standby import standby_pids
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -172,14 +174,9 @@ def environment(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
 
 def stop_standbys(tmp: Path) -> None:
     """End the standby farms the psyduck runs left in *tmp*."""
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--standby" in args and any(str(tmp).encode() in a for a in args):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(cmdline.parent.name), signal.SIGTERM)
+    for pid in standby_pids(tmp):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,19 @@ def standby_path() -> Path:
     return path
 
 
+def standby_pids(runtime_dir: Path) -> list[int]:
+    """Pids of the standby farms, waiting or claimed, whose socket is under *runtime_dir*."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if b"--standby" in args and any(os.fsencode(runtime_dir) in a for a in args):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
 def farm_command(*args: str) -> list[str]:
     """The embedded farm's command line.  ``-P``: the working directory is the
     user's project, and a package of theirs must not shadow psyduck's."""

@@ -28,22 +28,9 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
     monkeypatch.setenv("PSYDUCK_STANDBY", "1")
     yield path
-    for pid in farms_of(path):
+    for pid in standby.standby_pids(path):
         os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
-
-
-def farms_of(runtime_dir: Path) -> list[int]:
-    """Pids of the standby farms started for *runtime_dir*, waiting or claimed."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--standby" in args and any(str(runtime_dir).encode() in a for a in args):
-            pids.append(int(cmdline.parent.name))
-    return pids
 
 
 def sockets_in(runtime_dir: Path) -> list[Path]:
@@ -53,10 +40,10 @@ def sockets_in(runtime_dir: Path) -> list[Path]:
 def waiting_standby(runtime_dir: Path) -> int:
     """The pid of the one standby waiting in *runtime_dir*, once its socket is there."""
     wait_until(
-        lambda: len(farms_of(runtime_dir)) == 1 and sockets_in(runtime_dir),
+        lambda: len(standby.standby_pids(runtime_dir)) == 1 and sockets_in(runtime_dir),
         "a standby farm to wait",
     )
-    [pid] = farms_of(runtime_dir)
+    [pid] = standby.standby_pids(runtime_dir)
     return pid
 
 
@@ -194,7 +181,7 @@ def test_the_socket_names_the_interpreter_and_its_import_path(monkeypatch, runti
 def test_standbys_can_be_turned_off(suite, runtime_dir):
     result = run_pytest(suite(SUITE), *ON_ONE_WORKER, env={"PSYDUCK_STANDBY": "0"})
     assert result.outcomes() == {"passed": 1, "failed": 1}
-    assert farms_of(runtime_dir) == [] and sockets_in(runtime_dir) == []
+    assert standby.standby_pids(runtime_dir) == [] and sockets_in(runtime_dir) == []
 
 
 def test_the_farm_command_ignores_the_working_directory(tmp_path):
