@@ -137,6 +137,9 @@ class LaunchServer:
         # Objects alive at the fork stay out of the child's garbage collections,
         # which would otherwise touch (and so copy) every page of the session.
         gc.freeze()
+        # Unflushed output would be written twice: by this process and by the child.
+        sys.stdout.flush()
+        sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, measured through its reports
             status = 1

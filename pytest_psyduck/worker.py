@@ -142,6 +142,10 @@ class WorkerPlugin:
             reports = interleave(phases, self._logged)
         finally:
             self._logged = None
+        # What the test printed uncaptured (-s) goes out before its result: a
+        # block-buffered stdout would otherwise hold it until the worker exits.
+        sys.stdout.flush()
+        sys.stderr.flush()
         self.channel.send(
             {
                 "t": "result",

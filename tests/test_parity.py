@@ -278,6 +278,9 @@ def session_resource(tmp_path_factory):
 
 def test_capture_no_shows_test_output(suite):
     path = suite({"test_a.py": "def test_talks():\n    print('hello from the worker')\n"})
-    result = run_pytest(path, "-p", "no:cacheprovider", "--psyduck", "-s")
+    # Block-buffered, as stdout to a pipe is without PYTHONUNBUFFERED.
+    result = run_pytest(
+        path, "-p", "no:cacheprovider", "--psyduck", "-s", env={"PYTHONUNBUFFERED": ""}
+    )
     assert result.returncode == 0
     assert "hello from the worker" in result.stdout

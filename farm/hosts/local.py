@@ -22,6 +22,7 @@ file descriptors ride along as ``SCM_RIGHTS``:
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 import os
@@ -296,13 +297,14 @@ class LocalWorker(WorkerConnection):
             self._pidfd = os.pidfd_open(process.pid)
             asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
         self._output: _OutputProtocol | None = None
+        self._output_pipe: io.RawIOBase | None = None
 
     async def start(self, on_output: OutputHandler) -> None:
         loop = asyncio.get_running_loop()
         self._reader, self._writer = await asyncio.open_unix_connection(sock=self._process.channel)
+        self._output_pipe = os.fdopen(self._process.output_fd, "rb", 0)
         _, self._output = await loop.connect_read_pipe(
-            lambda: _OutputProtocol(self._tail, on_output),
-            os.fdopen(self._process.output_fd, "rb", 0),
+            lambda: _OutputProtocol(self._tail, on_output), self._output_pipe
         )
 
     def _reap(self) -> None:
@@ -339,7 +341,23 @@ class LocalWorker(WorkerConnection):
                 self._tail.add(f"\n[psyduck] bad message from worker: {exc}\n".encode())
                 await self.kill()
                 return None
+        self._take_output()
         return self._inbox.pop(0)
+
+    def _take_output(self) -> None:
+        """Deliver what the worker printed before its latest message, ahead of that message.
+
+        Output and messages come on two pipes; the event loop may serve the
+        message first, and output arriving after a run's last result is lost.
+        """
+        pipe = self._output_pipe
+        if pipe is None or self._output is None:
+            return
+        try:
+            while data := os.read(pipe.fileno(), 1 << 16):
+                self._output.data_received(data)
+        except (BlockingIOError, InterruptedError, ValueError, OSError):
+            pass  # nothing more now, or the pipe is already closed
 
     async def kill(self) -> None:
         if not self._exit.done():
