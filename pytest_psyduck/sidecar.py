@@ -117,12 +117,15 @@ class Sidecar:
         pid = standby.claim(Path(path), request, fds)
         os.close(lifeline_r)
         os.close(answers_w)
-        if pid is None:
-            self.launcher.private_fds.remove(lifeline_w)
-            os.close(lifeline_w)
-            os.close(answers_r)
-            return None
-        return _FarmProcess(pid, lifeline_w, answers_r, child=None)
+        if pid is not None:
+            try:
+                return _FarmProcess(pid, lifeline_w, answers_r, child=None)
+            except ProcessLookupError:
+                pass  # it ended right after taking the request: start afresh
+        self.launcher.private_fds.remove(lifeline_w)
+        os.close(lifeline_w)
+        os.close(answers_r)
+        return None
 
     def _spawn(self) -> _FarmProcess:
         (lifeline_r, lifeline_w), (answers_r, answers_w) = self._pipes()
