@@ -160,8 +160,6 @@ def claim(path: Path, settings: dict[str, Any], fds: list[int]) -> int | None:
 
 def start_successor(path: Path) -> None:
     """Start a standby at *path* unless one is already there (it holds the lock)."""
-    if not enabled():
-        return
     try:
         with open(f"{path}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -240,16 +240,14 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
             return
         if message["t"] == "run":
             queue.extend(message["tests"])
-            asked = False
+            if len(queue) == 1:
+                channel.send({"t": "idle"})  # nothing to run before the next shard
             while len(queue) > 1:
                 if len(queue) == 2:
                     # Ask for more while the last test but one runs: the answer is
                     # here by the time the held-back last test needs its successor.
                     channel.send({"t": "idle"})
-                    asked = True
                 run_one(queue.popleft(), queue[0], keep=1)
-            if not asked:
-                channel.send({"t": "idle"})
         elif message["t"] == "drain":
             while queue:
                 run_one(queue.popleft(), queue[0] if queue else None, keep=0)

@@ -341,11 +341,11 @@ class LocalWorker(WorkerConnection):
                 self._tail.add(f"\n[psyduck] bad message from worker: {exc}\n".encode())
                 await self.kill()
                 return None
-        self._take_output()
+            self._take_output()
         return self._inbox.pop(0)
 
     def _take_output(self) -> None:
-        """Deliver what the worker printed before its latest message, ahead of that message.
+        """Deliver what the worker printed before the messages just read, ahead of them.
 
         Output and messages come on two pipes; the event loop may serve the
         message first, and output arriving after a run's last result is lost.
@@ -356,8 +356,8 @@ class LocalWorker(WorkerConnection):
         try:
             while data := os.read(pipe.fileno(), 1 << 16):
                 self._output.data_received(data)
-        except (BlockingIOError, InterruptedError, ValueError, OSError):
-            pass  # nothing more now, or the pipe is already closed
+        except (OSError, ValueError):
+            pass  # nothing more now (EAGAIN), or the pipe is already closed
 
     async def kill(self) -> None:
         if not self._exit.done():
