@@ -14,8 +14,9 @@ The process reads one JSON line on stdin — ``{"hosts": SPEC, "token": TOKEN,
 ``{"url": URL}`` or ``{"error": TEXT}`` — and serves until stdin closes, which
 also happens when its pytest dies; then it stops its workers and containers,
 starts a standby for the next session at ``PATH`` (:mod:`farm.standby`) and
-exits.  ``python -m farm.embedded --standby PATH`` is that standby: the same
-farm, handed its settings and pipes by the session that claims it.
+exits.  ``python -m farm.embedded --standby PATH [PID]`` is that standby: the
+same farm, handed its settings and pipes by the session that claims it; it
+warms up once the process PID (that session's pytest) has exited.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def _warm_up() -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["--standby"]:
-        settings = standby.wait_for_session(Path(sys.argv[2]), _warm_up)
+        after = int(sys.argv[3]) if len(sys.argv) > 3 else None
+        settings = standby.wait_for_session(Path(sys.argv[2]), _warm_up, after)
         if settings is None:
             return  # nobody came, or another standby serves that path
     else:

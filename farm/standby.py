@@ -30,6 +30,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -49,6 +50,8 @@ REQUEST_TIMEOUT = 5.0
 HANDED_FDS = 4
 #: Longest path a Unix socket can be bound to on Linux (``sun_path`` less its NUL).
 MAX_SOCKET_PATH = 107
+#: Seconds a successor waits for the pytest it follows to exit before it warms up anyway.
+QUIET_LIMIT = 10.0
 
 
 def enabled() -> bool:
@@ -159,15 +162,20 @@ def claim(path: Path, settings: dict[str, Any], fds: list[int]) -> int | None:
 
 
 def start_successor(path: Path) -> None:
-    """Start a standby at *path* unless one is already there (it holds the lock)."""
+    """Start a standby at *path* unless one is already there (it holds the lock).
+
+    The successor warms up only once the pytest this farm served has exited
+    (see :func:`wait_for_session`).
+    """
     try:
         with open(f"{path}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return  # held: a standby is already waiting there (or the directory is gone)
-    env = {k: v for k, v in os.environ.items() if k != "PSYDUCK_FARM_OWNER"}
+    env = dict(os.environ)
+    owner = env.pop("PSYDUCK_FARM_OWNER", None)
     subprocess.Popen(
-        farm_command("--standby", str(path)),
+        farm_command("--standby", str(path), *([owner] if owner else [])),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -184,12 +192,19 @@ def _idle_seconds() -> float:
         return IDLE_SECONDS
 
 
-def wait_for_session(path: Path, warm_up: Callable[[], None]) -> dict[str, Any] | None:
+def wait_for_session(
+    path: Path, warm_up: Callable[[], None], after: int | None = None
+) -> dict[str, Any] | None:
     """Be the standby at *path*: the claiming session's settings, or None when idle too long.
 
     Binds before *warm_up* (the heavy imports), so a session that arrives
-    meanwhile is already queued.  On return the session's fds are this
-    process's 0, 1 and 2, and its environment and working directory are ours.
+    meanwhile is already queued.  With *after*, the pid of the pytest whose
+    farm started this one, warming up waits until that process has exited (or
+    a session connects, or :data:`QUIET_LIMIT` passes): on a small machine,
+    ~0.3 s of imports beside that pytest's last steps (its final garbage
+    collection, reports, plugins' summaries) make them markedly slower.  On
+    return the session's fds are this process's 0, 1 and 2, and its
+    environment and working directory are ours.
     """
     lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -203,6 +218,8 @@ def wait_for_session(path: Path, warm_up: Callable[[], None]) -> dict[str, Any] 
             os.unlink(path)  # we hold the lock: whatever is there is stale
         listener.bind(str(path))
         listener.listen(8)
+        if after is not None:
+            _wait_for_exit(after, listener)
         warm_up()
         deadline = time.monotonic() + _idle_seconds()
         while (remaining := deadline - time.monotonic()) > 0:
@@ -220,6 +237,18 @@ def wait_for_session(path: Path, warm_up: Callable[[], None]) -> dict[str, Any] 
             os.unlink(path)
         listener.close()
         os.close(lock)
+
+
+def _wait_for_exit(pid: int, listener: socket.socket) -> None:
+    """Return once *pid* has exited, a session is connecting, or :data:`QUIET_LIMIT` passed."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return  # already gone
+    try:
+        select.select([pidfd, listener], [], [], QUIET_LIMIT)
+    finally:
+        os.close(pidfd)
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]] | None:

@@ -34,16 +34,13 @@ from farm.hosts.local import (
 )
 from farm.protocol import decode, encode
 from pytest_psyduck.channel import Channel
+from pytest_psyduck.roles import CONTROLLER_PLUGINS, WORKER_PLUGIN_NAME
 from pytest_psyduck.worker import (
-    WORKER_PLUGIN_NAME,
     WorkerPlugin,
     die_with_parent,
     serve,
     silence_reporting,
 )
-
-#: Names under which the controller registers its plugins; a child must not run them.
-CONTROLLER_PLUGINS = ("psyduck-session", "psyduck-replay")
 
 
 class LaunchServer:

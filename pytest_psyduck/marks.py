@@ -56,19 +56,16 @@ class Hints:
     memory: int | None = None
 
 
-def _closest(item: pytest.Item, key: str) -> Any:
-    for mark in item.iter_markers(MARK):
-        if key in mark.kwargs:
-            return mark.kwargs[key]
-    return None
-
-
 def hints_for(item: pytest.Item, default_timeout: float | None) -> Hints:
-    """The item's farm hints; a malformed mark is a usage error naming the test."""
+    """The item's farm hints, each from the closest mark that gives it; a malformed
+    mark is a usage error naming the test."""
+    found: dict[str, Any] = {}
+    for mark in item.iter_markers(MARK):
+        for key in ("timeout", "cpus", "memory"):
+            if key in mark.kwargs:
+                found.setdefault(key, mark.kwargs[key])
+    timeout, cpus, memory = found.get("timeout"), found.get("cpus"), found.get("memory")
     try:
-        timeout = _closest(item, "timeout")
-        cpus = _closest(item, "cpus")
-        memory = _closest(item, "memory")
         return Hints(
             timeout=float(timeout) if timeout is not None else default_timeout,
             cpus=float(cpus) if cpus is not None else None,

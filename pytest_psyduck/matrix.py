@@ -119,6 +119,9 @@ class TransformationMatrix:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.variants = {item.nodeid: variant_of(item) for item in session.items}
+        if all(variant.transformation.is_baseline for variant in self.variants.values()):
+            # No variants, no matrix: stop taking every report of the run.
+            self.config.pluginmanager.unregister(self)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.nodeid in self.variants:

@@ -16,7 +16,12 @@ import pytest
 from pytest_psyduck import hookspecs, transformations
 from pytest_psyduck.marks import MARK_HELP
 from pytest_psyduck.matrix import TransformationMatrix
-from pytest_psyduck.worker import WORKER_PLUGIN_NAME
+from pytest_psyduck.roles import (
+    MATRIX_PLUGIN_NAME,
+    SESSION_PLUGIN_NAME,
+    TRANSFORMATIONS_PLUGIN_NAME,
+    WORKER_PLUGIN_NAME,
+)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -118,10 +123,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARK_HELP)
     # Workers multiply tests exactly as the user's process does, and apply their env.
-    config.pluginmanager.register(transformations, "psyduck-transformations")
+    config.pluginmanager.register(transformations, TRANSFORMATIONS_PLUGIN_NAME)
     if config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME):
         return
-    config.pluginmanager.register(TransformationMatrix(config), "psyduck-matrix")
+    config.pluginmanager.register(TransformationMatrix(config), MATRIX_PLUGIN_NAME)
     if not config.getoption("psyduck"):
         return
     if getattr(config.option, "usepdb", False) or getattr(config.option, "trace", False):
@@ -132,4 +137,4 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--psyduck and pytest-xdist's -n cannot be combined")
     from pytest_psyduck.session import DistributedSession
 
-    config.pluginmanager.register(DistributedSession(config), "psyduck-session")
+    config.pluginmanager.register(DistributedSession(config), SESSION_PLUGIN_NAME)

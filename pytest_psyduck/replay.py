@@ -7,6 +7,8 @@ implementation logs the remote reports with ``pytest_runtest_logstart``,
 ``pytest_runtest_logreport`` and ``pytest_runtest_logfinish`` instead of
 running the test.  The terminal, ``--junitxml``, the last-failed cache and IDE
 reporters therefore see each result exactly once, as from plain pytest.
+pytest's own wrappers that only prepare running a test in this process
+(:data:`RUNNING_ONLY`) are left out: the test ran on a worker, under them.
 
 Workers run several modules at once, but pytest shows one module at a time.
 Results of other modules are held back until the module on display is
@@ -18,13 +20,23 @@ from __future__ import annotations
 
 import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 
 from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.roles import TRANSFORMATIONS_PLUGIN_NAME
 from pytest_psyduck.runmanifest import group_of
 from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
+
+#: Plugins whose ``pytest_runtest_protocol`` wrappers serve running the test
+#: in this process — catching its warnings, rewriting its asserts' messages,
+#: arming faulthandler's timeout, patching twisted, applying its
+#: transformation's environment — which the worker already did.  Their 2,000
+#: no-op wraps would cost a fifth of replaying a trivial suite.
+RUNNING_ONLY = ("warnings", "assertion", "faulthandler", "unittest", TRANSFORMATIONS_PLUGIN_NAME)
 
 
 def crash_report(item: pytest.Item, message: str) -> pytest.TestReport:
@@ -57,6 +69,27 @@ class Replayer:
         self._remaining = Counter(group_of(item) for item in session.items)
         self._held: dict[str, list[tuple[pytest.Item, list[pytest.TestReport]]]] = defaultdict(list)
         self._showing: str | None = None
+        self._hooks: dict[Path, tuple[pluggy.HookRelay, pluggy.HookCaller]] = {}
+
+    def _hooks_at(self, path: Path) -> tuple[pluggy.HookRelay, pluggy.HookCaller]:
+        """The hooks that apply at *path* (its conftests', as ``item.ihook``), and
+        ``pytest_runtest_protocol`` among them less :data:`RUNNING_ONLY`.
+
+        Looked up once per test file: ``item.ihook`` searches the conftests anew each time.
+        """
+        hooks = self._hooks.get(path)
+        if hooks is None:
+            relay = self.session.gethookproxy(path)
+            pm = self.config.pluginmanager
+            applicable = {impl.plugin for impl in relay.pytest_runtest_protocol.get_hookimpls()}
+            left_out = {
+                impl.plugin
+                for impl in pm.hook.pytest_runtest_protocol.get_hookimpls()
+                if impl.plugin not in applicable or pm.get_name(impl.plugin) in RUNNING_ONLY
+            }
+            protocol = pm.subset_hook_caller("pytest_runtest_protocol", left_out)
+            hooks = self._hooks[path] = (relay, protocol)
+        return hooks
 
     def handle(self, event: dict[str, Any]) -> None:
         kind = event["t"]
@@ -126,7 +159,7 @@ class Replayer:
             for report in reports:
                 report.user_properties.append(("psyduck", note))
         self._pending[item.nodeid] = reports
-        item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
+        self._hooks_at(item.path)[1](item=item, nextitem=None)
         self._remaining[group_of(item)] -= 1
 
     @pytest.hookimpl(tryfirst=True)
@@ -140,7 +173,7 @@ class Replayer:
         # pytest-xdist's controller also logs it): computing it again here would
         # cost as much as all the terminal's reporting.
         location = reports[0].location
-        ihook = item.ihook
+        ihook = self._hooks_at(item.path)[0]
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
         for report in reports:
             ihook.pytest_runtest_logreport(report=report)

@@ -18,7 +18,7 @@ import pytest
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
 from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.marks import hints_for
-from pytest_psyduck.transformations import transformation_of
+from pytest_psyduck.transformations import Transformation, transformation_of
 
 WORKER_MODULE = "pytest_psyduck.workermain"
 
@@ -29,31 +29,24 @@ def group_of(item: pytest.Item) -> str:
 
 
 def test_spec(
-    item: pytest.Item, history: DurationHistory, default_timeout: float | None
+    item: pytest.Item,
+    transformation: Transformation,
+    history: DurationHistory,
+    default_timeout: float | None,
 ) -> TestSpec:
     """A variant adds its transformation's host requirements, and its profile if it has args."""
+    nodeid = item.nodeid
     hints = hints_for(item, default_timeout)
-    transformation = transformation_of(item)
     return TestSpec(
-        id=item.nodeid,
-        group=group_of(item),
-        estimate=history.estimate(item.nodeid),
+        id=nodeid,
+        group=nodeid.split("::", 1)[0],
+        estimate=history.estimate(nodeid),
         timeout=hints.timeout,
         requires={**(getattr(item, "psyduck_requires", None) or {}), **transformation.requires},
         cpus=hints.cpus,
         memory=hints.memory,
         profile=transformation.name if transformation.args else "",
     )
-
-
-def worker_profiles(items: list[pytest.Item]) -> dict[str, tuple[str, ...]]:
-    """One worker profile per transformation with args: its workers start with those arguments."""
-    profiles = {}
-    for item in items:
-        transformation = transformation_of(item)
-        if transformation.args:
-            profiles[transformation.name] = transformation.args
-    return profiles
 
 
 def project_root(config: pytest.Config) -> str:
@@ -65,8 +58,16 @@ def build_manifest(
     items: list[pytest.Item], config: pytest.Config, history: DurationHistory
 ) -> RunManifest:
     default_timeout = config.getoption("psyduck_timeout") or _ini_timeout(config)
+    tests = []
+    # One worker profile per transformation with args: its workers start with those arguments.
+    profiles = {}
+    for item in items:
+        transformation = transformation_of(item)
+        if transformation.args:
+            profiles[transformation.name] = transformation.args
+        tests.append(test_spec(item, transformation, history, default_timeout))
     return RunManifest(
-        tests=tuple(test_spec(item, history, default_timeout) for item in items),
+        tests=tuple(tests),
         worker=WorkerSpec(
             argv=(WORKER_MODULE, *config.invocation_params.args),
             cwd=str(config.invocation_params.dir),
@@ -74,7 +75,7 @@ def build_manifest(
         ),
         name=f"{getpass.getuser()}@{socket.gethostname()}:{config.rootpath.name}",
         image=config.getoption("psyduck_image") or config.getini("psyduck_image") or None,
-        profiles=worker_profiles(items),
+        profiles=profiles,
     )
 
 

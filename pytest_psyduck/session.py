@@ -17,6 +17,7 @@ import pytest
 
 from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.replay import Replayer
+from pytest_psyduck.roles import REPLAY_PLUGIN_NAME
 from pytest_psyduck.runmanifest import build_manifest
 
 
@@ -46,7 +47,7 @@ class DistributedSession:
         sidecar = self.config.stash.get(SIDECAR_KEY, None)
         if sidecar is not None:
             sidecar.launcher.session = session
-        self.config.pluginmanager.register(replayer, "psyduck-replay")
+        self.config.pluginmanager.register(replayer, REPLAY_PLUGIN_NAME)
         try:
             asyncio.run(remote.run(session, manifest, replayer, sidecar))
         except remote.FarmError as exc:

@@ -49,7 +49,7 @@ from _pytest.python import CallSpec
 from _pytest.unittest import TestCaseFunction
 
 from pytest_psyduck.marks import NO_CHOICE, TransformationChoice, transformation_choice
-from pytest_psyduck.worker import WORKER_PLUGIN_NAME
+from pytest_psyduck.roles import WORKER_PLUGIN_NAME
 
 BASELINE_NAME = "baseline"
 #: Names that mean something else on the command line and in marks.

@@ -40,12 +40,11 @@ import pytest
 from _pytest.runner import runtestprotocol
 
 from pytest_psyduck.channel import Channel, ChannelClosed
+from pytest_psyduck.roles import WORKER_PLUGIN_NAME
 from pytest_psyduck.serialize import reports_to_payload, warning_to_wire
 
 #: Exit status a worker uses when it kills itself over a test timeout.
 TIMEOUT_EXIT_STATUS = 86
-
-WORKER_PLUGIN_NAME = "psyduck-worker"
 
 
 class Watchdog:

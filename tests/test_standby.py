@@ -170,6 +170,45 @@ def test_a_killed_session_takes_its_claimed_standby_and_workers_along(suite, run
     )
 
 
+def aiohttp_loaded(pid: int) -> bool:
+    """Whether *pid* has imported aiohttp (its compiled parser shows in the memory map)."""
+    return "/aiohttp/" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_successor_warms_up_only_once_the_pytest_it_follows_has_exited(runtime_dir):
+    """Its imports would otherwise compete with that pytest's last steps for the CPU."""
+    path = standby.standby_path()
+    session = subprocess.Popen(["sleep", "600"])  # stands in for the pytest that just ran
+    process = subprocess.Popen(standby.farm_command("--standby", str(path), str(session.pid)))
+    try:
+        wait_until(path.exists, "the standby's socket")
+        assert not aiohttp_loaded(process.pid)
+        session.kill()
+        session.wait()
+        wait_until(lambda: aiohttp_loaded(process.pid), "the standby to warm up")
+    finally:
+        session.kill()
+        process.kill()
+        process.communicate()
+
+
+def test_a_standby_still_waiting_for_its_predecessor_to_exit_serves_a_new_session(
+    suite, runtime_dir
+):
+    path = standby.standby_path()
+    previous = subprocess.Popen(["sleep", "600"])
+    process = subprocess.Popen(standby.farm_command("--standby", str(path), str(previous.pid)))
+    try:
+        wait_until(path.exists, "the standby's socket")
+        result = run_pytest(suite(SUITE), *ON_ONE_WORKER)
+        assert result.outcomes() == {"passed": 1, "failed": 1}, result.stdout + result.stderr
+        process.wait(timeout=60)  # the standby served it, not a fresh farm
+    finally:
+        previous.kill()
+        process.kill()
+        process.communicate()
+
+
 def test_the_socket_names_the_interpreter_and_its_import_path(monkeypatch, runtime_dir):
     here = standby.standby_path()
     assert standby.standby_path() == here

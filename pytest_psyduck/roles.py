@@ -1,0 +1,17 @@
+"""The names psyduck's plugins are registered under, which tell the processes apart.
+
+A worker sees the user's ``--psyduck`` too, so the early hooks decide which
+process they are in by the plugins registered.  The names live here rather than
+with the plugins so that asking costs no import of the worker's machinery.
+"""
+
+#: The worker side (:class:`~pytest_psyduck.worker.WorkerPlugin`), in a worker only.
+WORKER_PLUGIN_NAME = "psyduck-worker"
+#: The controller's run loop and its replay, in the user's process during ``--psyduck``.
+SESSION_PLUGIN_NAME = "psyduck-session"
+REPLAY_PLUGIN_NAME = "psyduck-replay"
+#: What a worker forked from the user's process must unregister.
+CONTROLLER_PLUGINS = (SESSION_PLUGIN_NAME, REPLAY_PLUGIN_NAME)
+#: The transformation hooks and the matrix summary, registered in every process.
+TRANSFORMATIONS_PLUGIN_NAME = "psyduck-transformations"
+MATRIX_PLUGIN_NAME = "psyduck-matrix"
