@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import secrets
 import signal
 import time
@@ -549,14 +550,19 @@ BATCH_LINGER = 0.01
 async def event_batches(run: Run, linger: float = BATCH_LINGER):
     """Yield lists of a run's events until its ``done`` event.
 
-    A batch waits up to *linger* seconds after its first event for more: fast
-    tests then travel a few dozen to a message instead of one each, which
-    halves what the stream costs both ends in CPU, for a delay nobody sees.
+    While events keep coming, a batch waits up to *linger* seconds after its
+    first event for more: fast tests then travel a few dozen to a message
+    instead of one each, which halves what the stream costs both ends in CPU.
+    The first event after a quiet spell (the run's first result, above all)
+    goes at once with whatever is already queued: the client is idle then, and
+    waiting would only delay it.
     """
     loop = asyncio.get_running_loop()
+    last_sent = -math.inf
     while True:
         batch = [await run.events.get()]
-        deadline = loop.time() + linger
+        now = loop.time()
+        deadline = now + linger if now - last_sent < linger else now
         while len(batch) < MAX_BATCH and batch[-1]["t"] != "done":
             if not run.events.empty():
                 batch.append(run.events.get_nowait())
@@ -572,3 +578,4 @@ async def event_batches(run: Run, linger: float = BATCH_LINGER):
         yield batch
         if batch[-1]["t"] == "done":
             return
+        last_sent = loop.time()
