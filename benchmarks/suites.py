@@ -90,6 +90,7 @@ def timed(
     """
     times_file = cwd / ".bench-times.json"
     env = {**base, "PSYDUCK_BENCH_TIMES": str(times_file)}
+    runtime_dir = Path(base["XDG_RUNTIME_DIR"])
     best = {name: (float("inf"), float("inf")) for name in variants}
     for attempt in range(repeat + 1):
         for name, args in variants.items():
@@ -99,6 +100,10 @@ def timed(
             wall = time.perf_counter() - started
             if done.returncode not in (0, 1):
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+            # The standby a psyduck run leaves warms up once that pytest exits; let
+            # it finish rather than slow the next command, as a developer's
+            # editing between two runs would.
+            settle_standbys(runtime_dir)
             after = float("inf")
             if times_file.exists():  # pytest-xdist's controller never collects
                 after = json.loads(times_file.read_text())["after_collection"]
@@ -170,6 +175,27 @@ def environment(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
         if wanted:
             env[name] = "1"
     return env
+
+
+def settle_standbys(runtime_dir: Path, timeout: float = 10.0) -> None:
+    """Wait until the standby farms under *runtime_dir* use no more CPU (warmed up, waiting)."""
+    deadline = time.monotonic() + timeout
+
+    def cpu_ticks() -> int:
+        total = 0
+        for pid in standby_pids(runtime_dir):
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total
+
+    before = cpu_ticks()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = cpu_ticks()
+        if now == before:
+            return
+        before = now
 
 
 def stop_standbys(tmp: Path) -> None:
