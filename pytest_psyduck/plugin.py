@@ -13,9 +13,7 @@ import os
 
 import pytest
 
-from pytest_psyduck import hookspecs, transformations
-from pytest_psyduck.marks import MARK_HELP
-from pytest_psyduck.matrix import TransformationMatrix
+from pytest_psyduck import hookspecs
 from pytest_psyduck.roles import (
     MATRIX_PLUGIN_NAME,
     SESSION_PLUGIN_NAME,
@@ -23,9 +21,36 @@ from pytest_psyduck.roles import (
     WORKER_PLUGIN_NAME,
 )
 
+#: The packages of psyduck's distribution.
+OWN_PACKAGES = ("pytest_psyduck", "farm", "pokedex")
+
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
+    exempt_from_assertion_rewriting(pluginmanager, OWN_PACKAGES)
+
+
+def exempt_from_assertion_rewriting(
+    pluginmanager: pytest.PytestPluginManager, packages: tuple[str, ...]
+) -> None:
+    """Have pytest import *packages* as plain Python, not assertion-rewritten.
+
+    pytest marks every package of a plugin's distribution for rewriting — the
+    farm and pokedex too — and where bytecode is not written
+    (``PYTHONDONTWRITEBYTECODE``, common in CI images) it then parses and
+    compiles each of them anew in every run, in the user's pytest and in every
+    worker that starts fresh: ~60 ms a run.  Their asserts are internal checks
+    that need no rewritten messages.  pytest has no public way to unmark a
+    package, so this reaches into its rewrite hook and does nothing if that has
+    changed shape.  Modules imported before this hook ran (this one, the
+    package's ``__init__``) stay rewritten; the plugin imports the rest later.
+    """
+    hook = getattr(pluginmanager, "rewrite_hook", None)
+    marked = getattr(hook, "_must_rewrite", None)
+    decided = getattr(hook, "_marked_for_rewrite_cache", None)
+    if isinstance(marked, set) and isinstance(decided, dict):
+        marked.difference_update(packages)
+        decided.clear()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -121,6 +146,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from pytest_psyduck import transformations
+    from pytest_psyduck.marks import MARK_HELP
+    from pytest_psyduck.matrix import TransformationMatrix
+
     config.addinivalue_line("markers", MARK_HELP)
     # Workers multiply tests exactly as the user's process does, and apply their env.
     config.pluginmanager.register(transformations, TRANSFORMATIONS_PLUGIN_NAME)

@@ -35,12 +35,11 @@ def test_spec(
     default_timeout: float | None,
 ) -> TestSpec:
     """A variant adds its transformation's host requirements, and its profile if it has args."""
-    nodeid = item.nodeid
     hints = hints_for(item, default_timeout)
     return TestSpec(
-        id=nodeid,
-        group=nodeid.split("::", 1)[0],
-        estimate=history.estimate(nodeid),
+        id=item.nodeid,
+        group=group_of(item),
+        estimate=history.estimate(item.nodeid),
         timeout=hints.timeout,
         requires={**(getattr(item, "psyduck_requires", None) or {}), **transformation.requires},
         cpus=hints.cpus,
