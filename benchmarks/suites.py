@@ -2,7 +2,7 @@
 
     python benchmarks/suites.py [--repeat 3] [--only trivial,sleep,more-itertools]
                                 [--bytecode-cache on|off] [--unbuffered on|off]
-                                [--standby on|off]
+                                [--standby on|off] [--install editable|wheel]
 
 Prints ``name: value`` lines, ratios first (below 1.0 means psyduck is faster).
 The three commands take turns: one warm-up round (caches, durations, and the
@@ -14,7 +14,10 @@ The environment is a developer's terminal unless told otherwise:
 CI images (pytest then rewrites every test module's asserts on every run);
 ``--unbuffered on`` is ``PYTHONUNBUFFERED=1``, also common there (every
 progress dot is then a write of its own); ``--standby off`` starts a fresh
-embedded farm for every run (``PSYDUCK_STANDBY=0``).
+embedded farm for every run (``PSYDUCK_STANDBY=0``).  ``--install wheel`` runs
+all three from a virtual environment with psyduck installed as users install
+it, not from this checkout's editable install (pytest treats the two
+differently: it marks an installed plugin's packages for assertion rewriting).
 
 Suites: 2,000 trivial tests; 400 tests sleeping 25 ms each with 8 slots;
 more-itertools' own test suite, downloaded from PyPI.
@@ -81,7 +84,7 @@ def make_more_itertools(root: Path) -> Path:
 
 
 def timed(
-    cwd: Path, variants: dict[str, list[str]], repeat: int, base: dict[str, str]
+    python: str, cwd: Path, variants: dict[str, list[str]], repeat: int, base: dict[str, str]
 ) -> dict[str, tuple[float, float]]:
     """Best wall time and best time after collection of ``pytest ARGS`` for each variant.
 
@@ -94,7 +97,7 @@ def timed(
     best = {name: (float("inf"), float("inf")) for name in variants}
     for attempt in range(repeat + 1):
         for name, args in variants.items():
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "_phase_timer", *args]
+            cmd = [python, "-m", "pytest", "-q", "-p", "_phase_timer", *args]
             started = time.perf_counter()
             done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - started
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--bytecode-cache", choices=("on", "off"), default="on")
     parser.add_argument("--unbuffered", choices=("on", "off"), default="off")
     parser.add_argument("--standby", choices=("on", "off"), default="on")
+    parser.add_argument("--install", choices=("editable", "wheel"), default="editable")
     args = parser.parse_args()
     cpus = os.cpu_count() or 1
     suites = {
@@ -132,6 +136,7 @@ def main() -> None:
     details: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         env = environment(args, Path(tmp))
+        python = sys.executable if args.install == "editable" else installed(Path(tmp))
         for name in args.only.split(","):
             make, slots = suites[name]
             root = Path(tmp) / name
@@ -142,7 +147,7 @@ def main() -> None:
                 "xdist": ["-n", str(slots)],
                 "psyduck": ["--psyduck", f"--psyduck-hosts=local:{slots}"],
             }
-            best = timed(path, variants, args.repeat, env)
+            best = timed(python, path, variants, args.repeat, env)
             (plain, _), (xdist, _), (psy, psy_after) = (best[v] for v in variants)
             ratios.append(f"{name}_psyduck_vs_plain: {psy / plain:.2f}")
             ratios.append(f"{name}_psyduck_vs_xdist: {psy / xdist:.2f}")
@@ -157,6 +162,22 @@ def main() -> None:
         stop_standbys(Path(tmp))
     settings = [f"{k}: {v}" for k, v in vars(args).items() if k not in ("only", "repeat")]
     print("\n".join(ratios + details + [f"cpus: {cpus}", *settings]))
+
+
+def installed(tmp: Path) -> str:
+    """A virtual environment's python with psyduck installed from this checkout, not editable.
+
+    It sees this interpreter's packages (pytest, xdist, aiohttp...): only psyduck differs.
+    """
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", str(HERE.parent)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return python
 
 
 def environment(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
