@@ -43,7 +43,8 @@ def exempt_from_assertion_rewriting(
     that need no rewritten messages.  pytest has no public way to unmark a
     package, so this reaches into its rewrite hook and does nothing if that has
     changed shape.  Modules imported before this hook ran (this one, the
-    package's ``__init__``) stay rewritten; the plugin imports the rest later.
+    package's ``__init__``, ``hookspecs`` and ``roles``) stay rewritten; the
+    plugin imports the rest later.
     """
     hook = getattr(pluginmanager, "rewrite_hook", None)
     marked = getattr(hook, "_must_rewrite", None)

@@ -12,6 +12,7 @@ SESSION_PLUGIN_NAME = "psyduck-session"
 REPLAY_PLUGIN_NAME = "psyduck-replay"
 #: What a worker forked from the user's process must unregister.
 CONTROLLER_PLUGINS = (SESSION_PLUGIN_NAME, REPLAY_PLUGIN_NAME)
-#: The transformation hooks and the matrix summary, registered in every process.
+#: The transformation hooks, registered in every process.
 TRANSFORMATIONS_PLUGIN_NAME = "psyduck-transformations"
+#: The matrix summary, in the user's process only.
 MATRIX_PLUGIN_NAME = "psyduck-matrix"
