@@ -4,7 +4,8 @@
                                 [--bytecode-cache on|off] [--unbuffered on|off]
                                 [--standby on|off] [--install editable|wheel]
 
-Prints ``name: value`` lines, ratios first (below 1.0 means psyduck is faster).
+Prints ``name: value`` lines, ratios first (below 1.0 means psyduck is faster),
+then the seconds behind them and the machine's speed at the end of the run.
 The three commands take turns: one warm-up round (caches, durations, and the
 standby farm the next psyduck run claims), then ``--repeat`` rounds; the best
 wall time of each counts.
@@ -161,7 +162,33 @@ def main() -> None:
             ]
         stop_standbys(Path(tmp))
     settings = [f"{k}: {v}" for k, v in vars(args).items() if k not in ("only", "repeat")]
-    print("\n".join(ratios + details + [f"cpus: {cpus}", *settings]))
+    single, pair = machine_speed()
+    machine = [
+        f"machine_spin_seconds: {single:.2f}",
+        f"machine_two_spins_vs_one: {pair / single:.2f}",
+    ]
+    print("\n".join(ratios + details + [f"cpus: {cpus}", *machine, *settings]))
+
+
+#: A fixed CPU-bound loop.
+SPIN = "for i in range(10_000_000): pass"
+
+
+def machine_speed() -> tuple[float, float]:
+    """Wall seconds of a fixed loop alone, and of two copies run at once.
+
+    On a shared VM both drift, and psyduck's ratios with them: only its side of
+    each comparison needs two cores at once.  Printed so that runs can be compared.
+    """
+
+    def spins(count: int) -> float:
+        started = time.perf_counter()
+        running = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(count)]
+        for process in running:
+            process.wait()
+        return time.perf_counter() - started
+
+    return spins(1), spins(2)
 
 
 def installed(tmp: Path) -> str:
