@@ -203,3 +203,22 @@ def test_event_batches_keep_every_event_in_order_and_end_at_done(bursts, linger)
     assert [e["n"] for e in events[:-1]] == [n for burst in bursts for n in burst]
     assert events[-1] == {"t": "done"}
     assert all(0 < len(batch) <= MAX_BATCH for batch in batches)
+
+
+def test_the_first_event_after_a_quiet_spell_goes_at_once_and_a_busy_stream_batches():
+    """With an hour's linger, the first result still leaves at once; those right after wait
+    for company (here: until ``done``)."""
+
+    async def scenario() -> tuple[list[dict], list[dict]]:
+        stream = Run("r", _manifest(), owner="me")
+        batches = event_batches(stream, linger=3600.0)
+        stream.emit({"t": "result", "n": 1})
+        first = await asyncio.wait_for(anext(batches), 30)
+        for event in ({"t": "result", "n": 2}, {"t": "result", "n": 3}, {"t": "done"}):
+            stream.emit(event)
+        second = await asyncio.wait_for(anext(batches), 30)
+        return first, second
+
+    first, second = run(scenario())
+    assert first == [{"t": "result", "n": 1}]
+    assert second == [{"t": "result", "n": 2}, {"t": "result", "n": 3}, {"t": "done"}]
