@@ -5,9 +5,9 @@ forked from the user's process after collection by :mod:`forking`) driven over
 a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
 
 * worker → host: ``ready``; ``started`` {id}; ``result`` {id, payload,
-  duration, next}; ``warning`` {data}; ``missing`` {id, message}; ``idle``
-  (wants more work); ``timeout`` {id, stack, timeout} just before it kills
-  itself; ``done``.  A result's ``next`` names the test the worker starts right
+  duration, next}; ``warning`` {data}, ahead of its test's result; ``missing``
+  {id, message}; ``idle`` (wants more work); ``timeout`` {id, stack, timeout}
+  just before it kills itself; ``done``.  A result's ``next`` names the test the worker starts right
   after it, which then sends no ``started`` of its own: one message a test
   instead of two, and the host still always knows which test is running.
   ``idle`` goes out as the last test but one of a shard starts, so that the
@@ -102,6 +102,8 @@ class WorkerPlugin:
         self._logged: list[pytest.TestReport] | None = None
         #: The test that starts as soon as the current one is reported, if any.
         self.following: str | None = None
+        #: The ``result`` message of the test that just ran, not yet sent.
+        self.result: dict[str, Any] | None = None
 
     # -- configuration ------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -141,19 +143,16 @@ class WorkerPlugin:
             reports = interleave(phases, self._logged)
         finally:
             self._logged = None
-        # What the test printed uncaptured (-s) goes out before its result: a
-        # block-buffered stdout would otherwise hold it until the worker exits.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.channel.send(
-            {
-                "t": "result",
-                "id": item.nodeid,
-                "payload": reports_to_payload(item.config, reports),
-                "duration": time.perf_counter() - started,
-                "next": self.following,
-            }
-        )
+        # Sent by serve() once every wrapper of this hook has returned: pytest's
+        # warnings plugin records the test's warnings only on its way out, and
+        # they must reach the farm before the result that may end the run.
+        self.result = {
+            "t": "result",
+            "id": item.nodeid,
+            "payload": reports_to_payload(item.config, reports),
+            "duration": time.perf_counter() - started,
+            "next": self.following,
+        }
         return True
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -231,6 +230,13 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
             item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
         finally:
             watchdog.disarm()
+        # What the test printed uncaptured (-s) goes out before its result: a
+        # block-buffered stdout would otherwise hold it until the worker exits.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if plugin.result is not None:
+            channel.send(plugin.result)
+            plugin.result = None
 
     while True:
         try:

@@ -31,7 +31,7 @@ class Session:
         return RunResult.parse_summary_nouns(self.stdout.splitlines())
 
 
-def _outer_environment() -> dict[str, str]:
+def outer_environment() -> dict[str, str]:
     """Our environment minus what a psyduck or xdist worker running this suite adds."""
     return {
         k: v
@@ -64,7 +64,7 @@ def run_pytest(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**_outer_environment(), **(env or {})},
+        env={**outer_environment(), **(env or {})},
         stdin=subprocess.DEVNULL,
     )
     return Session(completed.returncode, completed.stdout, completed.stderr)
@@ -78,7 +78,7 @@ def start_pytest(path: Path, *args: str, env: dict | None = None) -> subprocess.
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**_outer_environment(), **(env or {})},
+        env={**outer_environment(), **(env or {})},
     )
 
 

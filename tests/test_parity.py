@@ -8,10 +8,14 @@ exit codes.
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import junit_cases, run_pytest
+from pytest_psyduck.channel import Channel
+from tests.conftest import SESSION_TIMEOUT, junit_cases, outer_environment, run_pytest
 
 VARIED_SUITE = {
     "conftest.py": """
@@ -284,3 +288,35 @@ def test_capture_no_shows_test_output(suite):
     )
     assert result.returncode == 0
     assert "hello from the worker" in result.stdout
+
+
+def test_a_worker_sends_a_tests_warnings_before_its_result(suite):
+    # The result of the last test ends the run at the farm, and anything the
+    # worker sends after it is dropped: pytest records a test's warnings only
+    # after the protocol has run, so they must not trail its result.
+    path = suite(
+        {"test_w.py": "import warnings\n\ndef test_warns():\n    warnings.warn('careful now')\n"}
+    )
+    ours, theirs = socket.socketpair()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pytest_psyduck.workermain", "-p", "no:cacheprovider"],
+        cwd=path,
+        env={**outer_environment(), "PSYDUCK_WORKER_FD": str(theirs.fileno())},
+        pass_fds=[theirs.fileno()],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    theirs.close()
+    ours.settimeout(SESSION_TIMEOUT)
+    channel = Channel(ours)
+    try:
+        assert channel.recv()["t"] == "ready"
+        channel.send({"t": "run", "tests": [{"id": "test_w.py::test_warns"}]})
+        channel.send({"t": "drain"})
+        kinds = []
+        while not kinds or kinds[-1] != "done":
+            kinds.append(channel.recv()["t"])
+    finally:
+        channel.close()
+        worker.wait(SESSION_TIMEOUT)
+    assert [k for k in kinds if k in ("warning", "result")] == ["warning", "result"]
