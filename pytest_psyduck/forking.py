@@ -133,6 +133,7 @@ class LaunchServer:
         read_fd, write_fd = os.pipe()
         # Objects alive at the fork stay out of the child's garbage collections,
         # which would otherwise touch (and so copy) every page of the session.
+        # The controller keeps them frozen too (session.keep_out_of_garbage_collection).
         gc.freeze()
         # Unflushed output would be written twice: by this process and by the child.
         sys.stdout.flush()
@@ -147,7 +148,6 @@ class LaunchServer:
                 status = 0
             finally:
                 os._exit(status)
-        gc.unfreeze()
         try:
             os.setpgid(pid, pid)
         except (PermissionError, ProcessLookupError):
