@@ -320,3 +320,34 @@ def test_a_worker_sends_a_tests_warnings_before_its_result(suite):
         channel.close()
         worker.wait(SESSION_TIMEOUT)
     assert [k for k in kinds if k in ("warning", "result")] == ["warning", "result"]
+
+
+def test_the_controller_keeps_its_session_out_of_the_collector_and_tests_keep_theirs(
+    suite, tmp_path
+):
+    freeze_log = tmp_path / "frozen"
+    path = suite(
+        {
+            "conftest.py": (
+                "import gc, os\n\n"
+                "def pytest_sessionfinish(session):\n"
+                "    if not hasattr(session.config, 'workerinput'):\n"
+                "        with open(os.environ['FREEZE_LOG'], 'w') as f:\n"
+                "            f.write(str(gc.get_freeze_count()))\n"
+            ),
+            "test_gc.py": (
+                "import gc, weakref\n\n"
+                "class Node:\n    pass\n\n"
+                "def test_a_cycle_is_collected():\n"
+                "    node = Node()\n    node.itself = node\n"
+                "    ref = weakref.ref(node)\n    del node\n"
+                "    gc.collect()\n    assert ref() is None\n"
+            ),
+        }
+    )
+    env = {"FREEZE_LOG": str(freeze_log)}
+    plain = run_pytest(path, "-p", "no:cacheprovider", env=env)
+    assert plain.returncode == 0 and freeze_log.read_text() == "0"
+    psy = run_pytest(path, "-p", "no:cacheprovider", "--psyduck", env=env)
+    assert psy.returncode == 0, psy.stdout + psy.stderr
+    assert int(freeze_log.read_text()) > 1000  # the session, its items, pytest itself
