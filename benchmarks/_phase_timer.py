@@ -1,4 +1,8 @@
-"""A pytest plugin for the benchmarks: records when collection ended and the session finished."""
+"""A pytest plugin for the benchmarks: records when collection ended and the session finished.
+
+``finished_at`` is wall-clock time, for the benchmark to tell how long the
+process took to exit after its session ended.
+"""
 
 import json
 import os
@@ -16,4 +20,10 @@ def pytest_sessionfinish(session):
     path = os.environ.get("PSYDUCK_BENCH_TIMES")
     if path and "collected" in _marks and not hasattr(session.config, "workerinput"):
         with open(path, "w") as f:
-            json.dump({"after_collection": _marks["finished"] - _marks["collected"]}, f)
+            json.dump(
+                {
+                    "after_collection": _marks["finished"] - _marks["collected"],
+                    "finished_at": time.time(),
+                },
+                f,
+            )

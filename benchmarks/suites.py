@@ -90,8 +90,12 @@ def make_more_itertools(root: Path) -> Path:
 
 def timed(
     python: str, cwd: Path, variants: dict[str, list[str]], repeat: int, base: dict[str, str]
-) -> dict[str, tuple[float, float]]:
-    """Best wall time and best time after collection of ``pytest ARGS`` for each variant.
+) -> dict[str, tuple[float, float, float]]:
+    """Best wall time, time after collection and exit time of ``pytest ARGS`` for each variant.
+
+    The exit time runs from the end of the session (``pytest_sessionfinish``)
+    to the process's end: the terminal summary, unconfiguring, the interpreter's
+    teardown.
 
     The variants take turns, round after round, so that a machine slowing down
     or speeding up over the minutes of a run weighs on all of them alike.
@@ -99,26 +103,28 @@ def timed(
     times_file = cwd / ".bench-times.json"
     env = {**base, "PSYDUCK_BENCH_TIMES": str(times_file)}
     runtime_dir = Path(base["XDG_RUNTIME_DIR"])
-    best = {name: (float("inf"), float("inf")) for name in variants}
+    best = {name: (float("inf"), float("inf"), float("inf")) for name in variants}
     for attempt in range(repeat + 1):
         for name, args in variants.items():
             cmd = [python, "-m", "pytest", "-q", "-p", "_phase_timer", *args, *NO_BYSTANDERS]
             started = time.perf_counter()
             done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - started
+            ended = time.time()
             if done.returncode not in (0, 1):
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
             # The standby a psyduck run leaves warms up once that pytest exits; let
             # it finish rather than slow the next command, as a developer's
             # editing between two runs would.
             settle_standbys(runtime_dir)
-            after = float("inf")
+            after = exiting = float("inf")
             if times_file.exists():  # pytest-xdist's controller never collects
-                after = json.loads(times_file.read_text())["after_collection"]
+                phases = json.loads(times_file.read_text())
+                after, exiting = phases["after_collection"], ended - phases["finished_at"]
                 times_file.unlink()
             if attempt == 0:
                 continue  # warm-up: bytecode, assertion rewriting, durations, standby farm
-            best[name] = (min(best[name][0], wall), min(best[name][1], after))
+            best[name] = tuple(map(min, best[name], (wall, after, exiting)))
     return best
 
 
@@ -153,7 +159,9 @@ def main() -> None:
                 "psyduck": ["--psyduck", f"--psyduck-hosts=local:{slots}"],
             }
             best = timed(python, path, variants, args.repeat, env)
-            (plain, _), (xdist, _), (psy, psy_after) = (best[v] for v in variants)
+            (plain, _, plain_exit), (xdist, _, _), (psy, psy_after, psy_exit) = (
+                best[v] for v in variants
+            )
             ratios.append(f"{name}_psyduck_vs_plain: {psy / plain:.2f}")
             ratios.append(f"{name}_psyduck_vs_xdist: {psy / xdist:.2f}")
             if name == "sleep":
@@ -163,6 +171,8 @@ def main() -> None:
                 f"{name}_plain_seconds: {plain:.2f}",
                 f"{name}_xdist_seconds: {xdist:.2f}",
                 f"{name}_psyduck_seconds: {psy:.2f}",
+                f"{name}_plain_exit_seconds: {plain_exit:.3f}",
+                f"{name}_psyduck_exit_seconds: {psy_exit:.3f}",
             ]
         stop_standbys(Path(tmp))
     settings = [f"{k}: {v}" for k, v in vars(args).items() if k not in ("only", "repeat")]
