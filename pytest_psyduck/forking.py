@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
-import gc
 import os
 import signal
 import socket
@@ -131,10 +130,9 @@ class LaunchServer:
         assert self.session is not None, "workers are forked only once the session exists"
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
-        # Objects alive at the fork stay out of the child's garbage collections,
-        # which would otherwise touch (and so copy) every page of the session.
-        # The controller keeps them frozen too (session.keep_out_of_garbage_collection).
-        gc.freeze()
+        # The child inherits the session frozen out of its garbage collections
+        # (session.keep_out_of_garbage_collection), which would otherwise touch
+        # (and so copy) every page of it.
         # Unflushed output would be written twice: by this process and by the child.
         sys.stdout.flush()
         sys.stderr.flush()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import gc
+import os
 
 import pytest
 
@@ -29,6 +30,7 @@ class DistributedSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.history = DurationHistory(config)
+        self._frozen = False
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
@@ -39,7 +41,7 @@ class DistributedSession:
             )
         if self.config.option.collectonly or not session.items:
             return True
-        keep_out_of_garbage_collection()
+        self._frozen = keep_out_of_garbage_collection()
         manifest = build_manifest(session.items, self.config, self.history)
         replayer = Replayer(session, self.history)
         from pytest_psyduck import remote
@@ -66,19 +68,38 @@ class DistributedSession:
     def pytest_sessionfinish(self) -> None:
         self.history.save()
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self) -> None:
+        # A session run inside a test of another pytest (pytester's in-process
+        # runs; that pytest names its test in PYTEST_CURRENT_TEST) must leave the
+        # process's collector as it found it.  Anywhere else the process is about
+        # to exit, and thawing would only cost another full collection (~40 ms).
+        if self._frozen and os.environ.get("PYTEST_CURRENT_TEST"):
+            gc.unfreeze()
 
-def keep_out_of_garbage_collection() -> None:
+
+def keep_out_of_garbage_collection() -> bool:
     """Spare this process the garbage collector's passes over the collected session.
 
     Plain pytest's full collections walk every object of the session — all
     the collected items — a few times during the run and again as the
     interpreter exits: ~0.2 s for 2,000 trivial tests on a 2-core VM.  The
     controller runs no tests, so nothing it holds at the end of collection is
-    garbage it would miss; freezing it now, and whatever exists at exit (after
-    every ``atexit`` handler registered later has run), leaves the collector
-    only the replay's short-lived objects.  Forked workers start with the same
-    objects frozen (:mod:`pytest_psyduck.forking`); what their tests create is
-    collected as usual.
+    garbage it would miss; freezing it for the rest of the process's life
+    (inside another pytest's test, until this session is unconfigured), and
+    whatever exists at exit (after every ``atexit`` handler registered later
+    has run), leaves the collector only the replay's short-lived objects.
+    Forked workers start with the same objects frozen, which also keeps their
+    pages shared with this process; what their tests create is collected as
+    usual.
+
+    False, freezing nothing, when something is frozen already: this session
+    then runs inside a test on a forked worker, whose frozen objects are not
+    this session's to thaw.
     """
+    if gc.get_freeze_count():
+        return False
     gc.freeze()
+    atexit.unregister(gc.freeze)  # once per process, however many sessions it runs
     atexit.register(gc.freeze)
+    return True

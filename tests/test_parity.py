@@ -7,6 +7,7 @@ exit codes.
 
 from __future__ import annotations
 
+import gc
 import re
 import socket
 import subprocess
@@ -351,3 +352,15 @@ def test_the_controller_keeps_its_session_out_of_the_collector_and_tests_keep_th
     psy = run_pytest(path, "-p", "no:cacheprovider", "--psyduck", env=env)
     assert psy.returncode == 0, psy.stdout + psy.stderr
     assert int(freeze_log.read_text()) > 1000  # the session, its items, pytest itself
+
+
+def test_an_in_process_session_leaves_the_collector_as_it_found_it(pytester):
+    # Under `pytest --psyduck` this test runs on a forked worker, which starts
+    # with its controller's session frozen: that must stay frozen, no more.
+    pytester.makepyfile("def test_one():\n    pass\n")
+    ours = [object()]  # alive throughout, as every object of the outer session is
+    frozen = gc.get_freeze_count()
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--psyduck")
+    result.assert_outcomes(passed=1)
+    assert any(o is ours for o in gc.get_objects()), "left frozen by the inner session"
+    assert (gc.get_freeze_count() > 0) == (frozen > 0)
