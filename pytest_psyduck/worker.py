@@ -7,9 +7,10 @@ a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
 * worker → host: ``ready``; ``started`` {id}; ``result`` {id, payload,
   duration, next}; ``warning`` {data}, ahead of its test's result; ``missing``
   {id, message}; ``idle`` (wants more work); ``timeout`` {id, stack, timeout}
-  just before it kills itself; ``done``.  A result's ``next`` names the test the worker starts right
-  after it, which then sends no ``started`` of its own: one message a test
-  instead of two, and the host still always knows which test is running.
+  just before it kills itself; ``done``.  A result's ``next`` names the test
+  the worker starts right after it, which then sends no ``started`` of its own:
+  one message a test instead of two, and the host still always knows which
+  test is running.
   ``idle`` goes out as the last test but one of a shard starts, so that the
   next shard's round trip overlaps that test instead of following it.
 * host → worker: ``run`` {tests: [{id, timeout}]}; ``drain`` (no more work:
