@@ -136,6 +136,12 @@ def test_manifest_round_trips_through_the_wire(manifest):
     assert parse_manifest(decode(encode(manifest_to_wire(manifest)))) == manifest
 
 
+def test_a_tests_default_fields_stay_off_the_wire():
+    worker = WorkerSpec(argv=("m",), cwd="/")
+    plain = RunManifest(tests=(TestSpec(id="t.py::a", group="t.py"),), worker=worker)
+    assert manifest_to_wire(plain)["tests"] == [{"id": "t.py::a", "group": "t.py"}]
+
+
 @given(st.dictionaries(st.text(max_size=8), values, max_size=8))
 def test_arbitrary_maps_are_rejected_with_manifest_errors(data):
     try:
