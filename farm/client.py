@@ -81,13 +81,13 @@ class FarmClient:
     async def __aexit__(self, *exc_info: object) -> None:
         pass  # every request has its own connection, closed when it is answered
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict:
+    async def _request(self, method: str, path: str, body: bytes = b"") -> dict:
         try:
             response = await http.request(
                 method,
                 self.url + path,
                 headers={**self._headers, "Content-Type": MSGPACK, "Accept": MSGPACK},
-                body=b"" if body is None else encode(body),
+                body=body,
                 timeout=REQUEST_TIMEOUT,
                 max_bytes=MAX_MESSAGE_BYTES,
             )
@@ -103,7 +103,16 @@ class FarmClient:
             ) from exc
 
     async def submit(self, manifest: RunManifest) -> str:
-        return (await self._request("POST", "/v1/runs", manifest_to_wire(manifest)))["run"]
+        body = encode(manifest_to_wire(manifest))
+        if len(body) > MAX_MESSAGE_BYTES:
+            # Refused here, not by the farm: it would only answer 413 after the
+            # whole body had crossed the network.
+            raise FarmError(
+                f"the run's manifest ({len(manifest.tests)} tests) is {len(body) / 2**20:.0f} "
+                f"MiB, over the {MAX_MESSAGE_BYTES // 2**20} MiB a farm accepts; "
+                "run fewer tests at once (-k, -m or a directory)"
+            )
+        return (await self._request("POST", "/v1/runs", body))["run"]
 
     async def attach(self, run_id: str) -> RunStream:
         try:

@@ -146,6 +146,14 @@ def test_client_explains_refusals_and_unreachable_farms():
         async with FarmClient("http://127.0.0.1:9", farm.token) as client:
             with pytest.raises(FarmError, match="cannot reach the farm"):
                 await client.status()
+        oversized = RunManifest(
+            tests=_manifest().tests,
+            worker=WorkerSpec(argv=("m",), cwd="/", env={"BIG": "x" * MAX_MESSAGE_BYTES}),
+        )
+        async with FarmClient(farm.url, farm.token) as client:
+            with pytest.raises(FarmError, match=r"manifest \(1 tests\) is 64 MiB, over the 64 MiB"):
+                await client.submit(oversized)
+            assert (await client.status())["runs"] == []  # nothing reached the farm
 
     run(_with_farm(body))
 
