@@ -108,8 +108,8 @@ class FarmClient:
             # Refused here, not by the farm: it would only answer 413 after the
             # whole body had crossed the network.
             raise FarmError(
-                f"the run's manifest ({len(manifest.tests)} tests) is {len(body) / 2**20:.0f} "
-                f"MiB, over the {MAX_MESSAGE_BYTES // 2**20} MiB a farm accepts; "
+                f"the run's manifest ({len(manifest.tests):,} tests) is {len(body):,} bytes, "
+                f"over the {MAX_MESSAGE_BYTES:,} a farm accepts; "
                 "run fewer tests at once (-k, -m or a directory)"
             )
         return (await self._request("POST", "/v1/runs", body))["run"]

@@ -15,6 +15,8 @@ import asyncio
 import atexit
 import gc
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,9 @@ from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.roles import REPLAY_PLUGIN_NAME
 from pytest_psyduck.runmanifest import build_manifest
+
+#: The names pytest's command line goes by (its console scripts, on POSIX and Windows).
+CONSOLE_SCRIPTS = ("pytest", "py.test", "pytest.exe", "py.test.exe")
 
 
 class DistributedSession:
@@ -41,9 +46,9 @@ class DistributedSession:
             )
         if self.config.option.collectonly or not session.items:
             return True
-        self._frozen = keep_out_of_garbage_collection()
         manifest = build_manifest(session.items, self.config, self.history)
         replayer = Replayer(session, self.history)
+        self._frozen = keep_out_of_garbage_collection()
         from pytest_psyduck import remote
         from pytest_psyduck.sidecar import SIDECAR_KEY
 
@@ -70,12 +75,26 @@ class DistributedSession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self) -> None:
-        # A session run inside a test of another pytest (pytester's in-process
-        # runs; that pytest names its test in PYTEST_CURRENT_TEST) must leave the
-        # process's collector as it found it.  Anywhere else the process is about
-        # to exit, and thawing would only cost another full collection (~40 ms).
-        if self._frozen and os.environ.get("PYTEST_CURRENT_TEST"):
+        # A process that goes on after the session (pytester's in-process runs, a
+        # program calling pytest.main) gets its collector back as it was.  Only
+        # pytest's own command line stays frozen: it exits now, and the full
+        # collection a thaw would bring on costs its exit ~40 ms.
+        if self._frozen and not exits_after_the_session():
             gc.unfreeze()
+
+
+def exits_after_the_session() -> bool:
+    """Whether this process is pytest's command line, which exits once its session ends.
+
+    Not when it runs inside a test of another pytest (which names the test in
+    ``PYTEST_CURRENT_TEST``), as pytester's in-process runs do.
+    """
+    if os.environ.get("PYTEST_CURRENT_TEST"):
+        return False
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None:
+        return spec.name in ("pytest", "pytest.__main__")  # python -m pytest
+    return Path(sys.argv[0]).name in CONSOLE_SCRIPTS
 
 
 def keep_out_of_garbage_collection() -> bool:
@@ -86,16 +105,16 @@ def keep_out_of_garbage_collection() -> bool:
     interpreter exits: ~0.2 s for 2,000 trivial tests on a 2-core VM.  The
     controller runs no tests, so nothing it holds at the end of collection is
     garbage it would miss; freezing it for the rest of the process's life
-    (inside another pytest's test, until this session is unconfigured), and
-    whatever exists at exit (after every ``atexit`` handler registered later
+    (unless the process goes on after the session: :func:`exits_after_the_session`),
+    and whatever exists at exit (after every ``atexit`` handler registered later
     has run), leaves the collector only the replay's short-lived objects.
     Forked workers start with the same objects frozen, which also keeps their
     pages shared with this process; what their tests create is collected as
     usual.
 
     False, freezing nothing, when something is frozen already: this session
-    then runs inside a test on a forked worker, whose frozen objects are not
-    this session's to thaw.
+    then runs inside a test on a forked worker (or a program froze objects of
+    its own), and what is frozen is not this session's to thaw.
     """
     if gc.get_freeze_count():
         return False

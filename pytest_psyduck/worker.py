@@ -231,13 +231,15 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
             item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
         finally:
             watchdog.disarm()
-        # What the test printed uncaptured (-s) goes out before its result: a
-        # block-buffered stdout would otherwise hold it until the worker exits.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if plugin.result is not None:
-            channel.send(plugin.result)
-            plugin.result = None
+            # What the test printed uncaptured (-s) goes out before its result: a
+            # block-buffered stdout would otherwise hold it until the worker exits.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Even when a wrapper raised on its way out (pytest.exit() after its
+            # yield, say): the test ran, and its result must not be lost.
+            result, plugin.result = plugin.result, None
+            if result is not None:
+                channel.send(result)
 
     while True:
         try:

@@ -364,3 +364,31 @@ def test_an_in_process_session_leaves_the_collector_as_it_found_it(pytester):
     result.assert_outcomes(passed=1)
     assert any(o is ours for o in gc.get_objects()), "left frozen by the inner session"
     assert (gc.get_freeze_count() > 0) == (frozen > 0)
+
+
+def test_a_program_that_goes_on_after_its_sessions_gets_its_collector_back(suite):
+    path = suite(
+        {
+            "test_one.py": "def test_one():\n    pass\n",
+            "embedder.py": (
+                "import gc, sys, pytest\n"
+                "for _ in range(2):\n"
+                "    code = pytest.main(['-q', '-p', 'no:cacheprovider', '--psyduck'])\n"
+                "    assert code == 0, code\n"
+                "    assert gc.get_freeze_count() == 0, gc.get_freeze_count()\n"
+                "print('both sessions ran')\n"
+            ),
+        }
+    )
+    env = {k: v for k, v in outer_environment().items() if k != "PYTEST_CURRENT_TEST"}
+    done = subprocess.run(
+        [sys.executable, "embedder.py"],
+        cwd=path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SESSION_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "both sessions ran" in done.stdout

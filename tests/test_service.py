@@ -151,7 +151,8 @@ def test_client_explains_refusals_and_unreachable_farms():
             worker=WorkerSpec(argv=("m",), cwd="/", env={"BIG": "x" * MAX_MESSAGE_BYTES}),
         )
         async with FarmClient(farm.url, farm.token) as client:
-            with pytest.raises(FarmError, match=r"manifest \(1 tests\) is 64 MiB, over the 64 MiB"):
+            refusal = r"manifest \(1 tests\) is 67,108,\d+ bytes, over the 67,108,864"
+            with pytest.raises(FarmError, match=refusal):
                 await client.submit(oversized)
             assert (await client.status())["runs"] == []  # nothing reached the farm
 
