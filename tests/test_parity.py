@@ -392,3 +392,28 @@ def test_a_program_that_goes_on_after_its_sessions_gets_its_collector_back(suite
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "both sessions ran" in done.stdout
+
+
+def test_a_wrapper_that_exits_after_a_test_keeps_that_tests_result(suite):
+    # The wrapper runs on the worker, after the test's result exists, and again
+    # in your pytest as the result is replayed, which ends the session there.
+    path = suite(
+        {
+            "conftest.py": (
+                "import pytest\n\n"
+                "@pytest.hookimpl(wrapper=True)\n"
+                "def pytest_runtest_protocol(item, nextitem):\n"
+                "    result = yield\n"
+                "    if item.name == 'test_b':\n"
+                "        pytest.exit('enough after b')\n"
+                "    return result\n"
+            ),
+            "test_x.py": "".join(f"def test_{n}():\n    pass\n" for n in "abcd"),
+        }
+    )
+    plain = run_pytest(path, "-p", "no:cacheprovider", "-rA")
+    psy = run_pytest(path, "-p", "no:cacheprovider", "-rA", "--psyduck")
+    assert psy.returncode == plain.returncode == 2, psy.stdout + psy.stderr
+    assert "Exit: enough after b" in psy.stdout
+    assert "PASSED test_x.py::test_b" in psy.stdout, psy.stdout
+    assert "failed" not in psy.outcomes()
