@@ -32,11 +32,13 @@ class Session:
 
 
 def outer_environment() -> dict[str, str]:
-    """Our environment minus what a psyduck or xdist worker running this suite adds."""
+    """Our environment minus what the pytest running this suite (and a psyduck or
+    xdist worker of it) adds: a session started with it is a top-level one."""
     return {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("PYTEST_XDIST_", "PSYDUCK_")) or k == "PSYDUCK_STANDBY"
+        if not k.startswith(("PYTEST_XDIST_", "PSYDUCK_", "PYTEST_CURRENT_TEST"))
+        or k == "PSYDUCK_STANDBY"
     }
 
 

@@ -380,11 +380,10 @@ def test_a_program_that_goes_on_after_its_sessions_gets_its_collector_back(suite
             ),
         }
     )
-    env = {k: v for k, v in outer_environment().items() if k != "PYTEST_CURRENT_TEST"}
     done = subprocess.run(
         [sys.executable, "embedder.py"],
         cwd=path,
-        env=env,
+        env=outer_environment(),
         capture_output=True,
         text=True,
         timeout=SESSION_TIMEOUT,
