@@ -29,16 +29,13 @@ from farm.protocol import MAX_MESSAGE_BYTES, decode, encode
 
 
 def make_manifest(count: int, id_length: int) -> RunManifest:
-    def test_id(i: int) -> str:
+    tests = []
+    for i in range(count):
         group = f"tests/test_module_{i // 100}.py"
-        name = f"{group}::test_{i}"
-        return name + "_" * max(0, id_length - len(name))
-
-    tests = tuple(
-        TestSpec(id=test_id(i), group=f"tests/test_module_{i // 100}.py", estimate=0.01 + i * 1e-7)
-        for i in range(count)
-    )
-    return RunManifest(tests=tests, worker=WorkerSpec(argv=("pytest_psyduck.workermain",), cwd="/"))
+        test_id = f"{group}::test_{i}".ljust(id_length, "_")
+        tests.append(TestSpec(id=test_id, group=group, estimate=0.01 + i * 1e-7))
+    worker = WorkerSpec(argv=("pytest_psyduck.workermain",), cwd="/")
+    return RunManifest(tests=tuple(tests), worker=worker)
 
 
 def main() -> None:
