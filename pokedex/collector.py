@@ -96,7 +96,9 @@ class Collector:
             else:
                 chosen = retention.plan(blobs, keep, target, now, self.policy.grace)
                 result["evicted"], result["freed"] = await self._evict(chosen, now)
-                result["retry_at"] = retention.next_expiry(blobs, keep, now, self.policy.grace)
+                result["retry_at"] = retention.next_expiry(
+                    blobs, keep, set(recent), now, self.policy
+                )
             result.update(
                 reachable=sum(1 for b in blobs if b.digest in keep),
                 recent_trees=len(recent),

@@ -176,8 +176,18 @@ def plan(
 
 
 def next_expiry(
-    blobs: Iterable[Blob], keep: Collection[str], now: float, grace: float
+    blobs: Iterable[Blob],
+    keep: Collection[str],
+    recent_trees: Collection[str],
+    now: float,
+    policy: Policy,
 ) -> float | None:
-    """When the first unreachable blob still within its grace may be evicted (None: none is)."""
-    times = [b.used + grace for b in blobs if b.digest not in keep and now - b.used < grace]
+    """When protection by age next runs out here: an unreachable blob leaving its grace, or
+    a recent tree ceasing to be recent. None if nothing here is protected by age."""
+    times = []
+    for b in blobs:
+        if b.digest not in keep and now - b.used < policy.grace:
+            times.append(b.used + policy.grace)
+        if b.digest in recent_trees:
+            times.append(b.used + policy.keep_recent)
     return min(times, default=None)
