@@ -7,11 +7,15 @@ Time passing is simulated where a test needs blobs to be old: their files' use s
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +26,7 @@ import pytest
 from pokedex_testlib import TOKEN, cli_env, free_port, nodes, wait_until
 
 from pokedex import Client, Policy, SyncClient
+from pokedex import digest as dg
 from pokedex.store import BlobStore
 
 DAY = 86400.0
@@ -362,3 +367,76 @@ def test_budget_holds_while_uploads_pushes_and_pulls_run(
     assert counts["pulls"] >= 4 and counts["pushes"] >= 4, counts
     assert leftovers(node.data) == []
     assert "Traceback" not in node.log.read_text()
+
+
+# -- tagged images ---------------------------------------------------------------------------
+
+
+def _oci_layout(root: Path, tag: str, files: dict[str, bytes]) -> str:
+    """An OCI image layout with a one-layer image tagged ``tag``; returns the layer digest."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    layer = gzip.compress(raw.getvalue(), mtime=0)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [dg.of_bytes(raw.getvalue())]},
+        }
+    ).encode()
+
+    def put(data: bytes) -> dict[str, object]:
+        d = dg.of_bytes(data)
+        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (root / "blobs" / "sha256" / d.split(":")[1]).write_bytes(data)
+        return {"digest": d, "size": len(data)}
+
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(layer)}],
+        }
+    ).encode()
+    entry = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        **put(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return dg.of_bytes(layer)
+
+
+def _skopeo(*args: str) -> None:
+    run = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
+def test_a_tagged_image_pushed_with_skopeo_survives_gc(serve: type[Serve], tmp_path: Path) -> None:
+    node = serve(tmp_path / "data")
+    registry = node.url.removeprefix("http://")
+    push = ("copy", "--dest-tls-verify=false", "--dest-creds", f"farm:{TOKEN}")
+    kept_layer = _oci_layout(tmp_path / "kept", "v1", {"app.bin": os.urandom(1 << 20)})
+    gone_layer = _oci_layout(tmp_path / "gone", "v1", {"old.bin": os.urandom(1 << 20)})
+    _skopeo(*push, f"oci:{tmp_path / 'kept'}:v1", f"docker://{registry}/psyduck/kept:v1")
+    _skopeo(*push, f"oci:{tmp_path / 'gone'}:v1", f"docker://{registry}/psyduck/gone:v1")
+    with SyncClient(node.url, TOKEN) as c:
+        c.set_ref("oci/psyduck/gone:v1", None)  # untagged: nothing names it any more
+        age_all(node.data, 2 * DAY)
+        assert c.gc()["nodes"][0]["evicted"] >= 3  # the untagged image's manifest, config, layer
+        assert c.missing([kept_layer, gone_layer]) == [gone_layer]
+    _skopeo(
+        *("copy", "--src-tls-verify=false"),
+        f"docker://{registry}/psyduck/kept:v1",
+        f"oci:{tmp_path / 'pulled'}:v1",
+    )
+    hexd = kept_layer.split(":")[1]
+    pulled = (tmp_path / "pulled" / "blobs" / "sha256" / hexd).read_bytes()
+    assert pulled == (tmp_path / "kept" / "blobs" / "sha256" / hexd).read_bytes()
