@@ -33,14 +33,14 @@ from . import retention
 from .cluster import HOP, PEER_ERRORS, Cluster
 from .replies import ApiError, decode_body
 from .retention import Blob, Policy
-from .store import BlobStore, SizeError
+from .store import BlobStore
 
 log = logging.getLogger(__name__)
 
 GC_READ = "X-Pokedex-Gc"  # on a blob GET: a collector's read, which records no use
 PERIODIC = 60.0  # seconds between budget checks without writes
 MIN_GAP = 1.0  # seconds between automatic passes, at least
-PASS_TIMEOUT = aiohttp.ClientTimeout(total=3600, connect=5)
+PASS_TIMEOUT = aiohttp.ClientTimeout(total=3600, connect=5, sock_read=300)
 READS_AT_ONCE = 8
 
 
@@ -59,6 +59,21 @@ def parse_gc_request(value: Any) -> int:
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
         raise ApiError(400, "BAD_BODY", "keep_bytes must be an integer >= 0")
     return keep
+
+
+async def _document(body: aiohttp.StreamReader) -> bytes | None:
+    """A whole response body, or None as soon as it cannot be a document (not JSON, or
+    longer than :data:`retention.MAX_DOCUMENT`)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in body.iter_any():
+        if not chunks and not chunk.startswith(b"{"):
+            return None
+        size += len(chunk)
+        if size > retention.MAX_DOCUMENT:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Collector:
@@ -92,15 +107,14 @@ class Collector:
                 keep = await retention.closure(await self._roots(recent), self._read)
             except Incomplete as e:
                 result["skipped"] = f"nothing evicted: {e}"
-                keep = set()
             else:
                 chosen = retention.plan(blobs, keep, target, now, self.policy.grace)
                 result["evicted"], result["freed"] = await self._evict(chosen, now)
+                result["reachable"] = sum(1 for b in blobs if b.digest in keep)
                 result["retry_at"] = retention.next_expiry(
                     blobs, keep, set(recent), now, self.policy
                 )
             result.update(
-                reachable=sum(1 for b in blobs if b.digest in keep),
                 recent_trees=len(recent),
                 bytes=self.store.used_bytes,
                 max_bytes=self.policy.max_bytes,
@@ -142,15 +156,28 @@ class Collector:
             roots.update(v for v in values if dg.is_digest(v))
         return roots
 
+    def _read_local(self, d: str) -> bytes | None:
+        """The document ``d`` from this node's disk (blocking), without recording a use.
+
+        ``b""`` if it is not here, None if it is here but cannot be a document (too large,
+        or not JSON: a layer or a file is not read past its first byte).
+        """
+        try:
+            with open(self.store.path(d), "rb") as f:
+                if f.read(1) != b"{":
+                    return None
+                data = b"{" + f.read(retention.MAX_DOCUMENT)
+        except FileNotFoundError:
+            return b""
+        return None if len(data) > retention.MAX_DOCUMENT else data
+
     async def _read(self, d: str) -> bytes | None:
-        """A document for the walk: from here, else from a peer; None if too large or absent
-        everywhere. Raises :class:`Incomplete` if a peer that may hold it did not answer."""
+        """A document for the walk: from here, else from a peer; None if absent everywhere
+        or not a document. Raises :class:`Incomplete` if a peer that may hold it did not
+        answer."""
         async with self._reads:
-            try:
-                data = await asyncio.to_thread(self.store.read_bytes, d, retention.MAX_DOCUMENT)
-            except SizeError:
-                return None
-            if data is not None:
+            data = await asyncio.to_thread(self._read_local, d)
+            if data != b"":
                 return data
             unanswered = []
             for node in self.cluster.ranked(d):
@@ -169,13 +196,11 @@ class Collector:
                             continue
                         if (r.content_length or 0) > retention.MAX_DOCUMENT:
                             return None
-                        data = await r.content.read(retention.MAX_DOCUMENT + 1)
+                        data = await _document(r.content)
                 except PEER_ERRORS:
                     unanswered.append(node)
                     continue
-                if len(data) > retention.MAX_DOCUMENT:
-                    return None
-                if dg.of_bytes(data) == d:
+                if data is None or dg.of_bytes(data) == d:
                     return data
                 unanswered.append(node)
             if unanswered:
