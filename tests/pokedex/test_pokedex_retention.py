@@ -277,6 +277,32 @@ def test_roots_come_from_the_whole_cluster_and_a_silent_node_stops_eviction(
     assert same_tree(src, tmp_path / "out")
 
 
+def test_blobs_found_present_are_safe_until_a_ref_names_them(tmp_path: Path) -> None:
+    """The window between "the cluster has these" and "a ref names them": what a client
+    re-pushing an old tree, or tagging an old image, relies on."""
+    src = make_tree(tmp_path / "src", 150, 5)
+
+    async def go() -> None:
+        no_recent = Policy(keep_recent=0)  # only the use stamps protect the tree
+        async with (
+            nodes(tmp_path / "n", token=TOKEN, gc_policy=no_recent) as [n],
+            Client(n.url, TOKEN) as c,
+        ):
+            first = await c.push_tree(src)
+            junk = await c.put_bytes(os.urandom(50_000))
+            age_all(n.node.store.root, 2 * DAY)
+            again = await c.push_tree(src)  # uploads nothing: /missing finds it all
+            assert again == first
+            answer = await c.gc()
+            assert answer["nodes"][0]["evicted"] == 1  # only the junk
+            await c.set_ref("snapshots/old", first)
+            await c.pull_tree(first, tmp_path / "out", tmp_path / "cache")
+            assert await c.missing([junk]) == [junk]
+
+    asyncio.run(go())
+    assert same_tree(src, tmp_path / "out")
+
+
 # -- a budget under load ---------------------------------------------------------------------
 
 
