@@ -194,7 +194,9 @@ class Node:
     async def serve_blob(self, request: web.Request, d: str) -> web.StreamResponse:
         """GET: sendfile from local disk (with Range), else stream from a replica."""
         path = self.store.path(d)
-        if path.is_file() if request.headers.get(GC_READ) else self.store.has(d):
+        # A read counts as a use, except the collector's own (see collector.py).
+        here = path.is_file() if request.headers.get(GC_READ) else self.store.has(d)
+        if here:
             return CorkedFileResponse(
                 path,
                 chunk_size=1 << 20,

@@ -18,7 +18,7 @@ import sys
 import tarfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -73,7 +73,8 @@ class Serve:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[type[Serve]]:
+def serve() -> Iterator[Callable[..., Serve]]:
+    """Starts ``pokedex serve`` processes; stops them after the test."""
     started: list[Serve] = []
 
     def start(data: Path, *options: str) -> Serve:
@@ -81,7 +82,7 @@ def serve(tmp_path: Path) -> Iterator[type[Serve]]:
         started.append(node)
         return node
 
-    yield start  # type: ignore[misc]
+    yield start
     for node in started:
         node.stop()
 
@@ -164,7 +165,7 @@ def test_uses_refresh_stamps_and_eviction_spares_what_was_used(tmp_path: Path) -
 
 
 def test_gc_command_keeps_refs_and_recent_trees_and_frees_the_rest(
-    serve: type[Serve], tmp_path: Path
+    serve: Callable[..., Serve], tmp_path: Path
 ) -> None:
     node = serve(tmp_path / "data")
     shared = {"shared.bin": os.urandom(5000)}
@@ -307,7 +308,7 @@ def test_blobs_found_present_are_safe_until_a_ref_names_them(tmp_path: Path) -> 
 
 
 def test_budget_holds_while_uploads_pushes_and_pulls_run(
-    serve: type[Serve], tmp_path: Path
+    serve: Callable[..., Serve], tmp_path: Path
 ) -> None:
     """A real node with a 4 MiB budget while blobs are uploaded, trees pushed and two trees
     pulled, all at once: the ref'ed tree and the tree being pulled come back intact every
@@ -445,7 +446,9 @@ def _skopeo(*args: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
-def test_a_tagged_image_pushed_with_skopeo_survives_gc(serve: type[Serve], tmp_path: Path) -> None:
+def test_a_tagged_image_pushed_with_skopeo_survives_gc(
+    serve: Callable[..., Serve], tmp_path: Path
+) -> None:
     node = serve(tmp_path / "data")
     registry = node.url.removeprefix("http://")
     push = ("copy", "--dest-tls-verify=false", "--dest-creds", f"farm:{TOKEN}")
