@@ -469,3 +469,19 @@ def test_a_tagged_image_pushed_with_skopeo_survives_gc(
     hexd = kept_layer.split(":")[1]
     pulled = (tmp_path / "pulled" / "blobs" / "sha256" / hexd).read_bytes()
     assert pulled == (tmp_path / "kept" / "blobs" / "sha256" / hexd).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--max-bytes", "lots", "not a size"), ("--keep-recent", "soon", "not a duration")],
+)
+def test_serve_refuses_bad_budget_options(
+    tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "pokedex.cli", "serve", "--data", str(tmp_path), option, value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
