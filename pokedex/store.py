@@ -307,6 +307,7 @@ class BlobStore:
         with self._use_lock:  # exact count, and never racing evict() on the same name
             with contextlib.suppress(FileNotFoundError):
                 grew -= final.stat().st_size
+            os.utime(tmp)  # a registry session file may be old: the commit is the first use
             os.replace(tmp, final)
             self.used_bytes += grew
         _fsync_dir(final.parent)

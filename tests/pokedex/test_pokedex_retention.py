@@ -154,6 +154,12 @@ def test_uses_refresh_stamps_and_eviction_spares_what_was_used(tmp_path: Path) -
     store.put_bytes(b"x" * 1000)
     assert store.used_bytes == 1000
     assert BlobStore(tmp_path / "node", touch_every=10).used_bytes == 1000
+    # A registry upload session finished long after its last chunk: fresh when committed.
+    session = store.upload_root / "session"
+    session.write_bytes(b"layer")
+    os.utime(session, (old, old))
+    store.adopt(session, dg.of_bytes(b"layer"))
+    assert store.path(dg.of_bytes(b"layer")).stat().st_mtime > time.time() - 60
     # A client's cache records nothing: its files may be hard-linked into trees.
     cache = BlobStore(tmp_path / "cache")
     c = cache.put_bytes(b"cached")
