@@ -13,8 +13,9 @@ use, so the walk itself never keeps a tree "recent".
 
 Automatic passes (with ``max_bytes``): after a write takes the store past the budget (the
 store calls back) and on a periodic wake-up. A pass that cannot get under its target
-because blobs are still within their grace retries when the first of them expires, and
-passes are spaced so that a node spends at most a fifth of its time collecting.
+because blobs are protected by age (grace, recent trees) retries when the first such
+protection here runs out, and passes are spaced so that a node spends at most a fifth of
+its time collecting.
 """
 
 from __future__ import annotations

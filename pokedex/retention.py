@@ -19,6 +19,8 @@ The rules, decided here and applied by :mod:`pokedex.collector`:
 * The rest is evicted **oldest use first** until the node is under its target: a pass
   started by the budget evicts down to :data:`LOW_WATER` of ``max_bytes`` (so that not
   every write starts another pass); ``pokedex gc`` evicts all of it (or down to a size).
+  The budget counts blob files only (not uploads in flight) and is a target, not a quota:
+  writes are never refused, and protected blobs may keep a node above it.
 
 "Use" is the blob file's mtime: set when the file is written, bumped when a client reads the
 blob or is told it exists, at most once per :attr:`Policy.touch_every` (so a hot blob costs
