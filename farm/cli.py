@@ -34,7 +34,14 @@ async def serve(config: FarmConfig, token: str) -> None:
         import pokedex
 
         host, port = config.pokedex.listen
-        node = await pokedex.start_node(config.pokedex.data, host, port, replicas=1, token=token)
+        node = await pokedex.start_node(
+            config.pokedex.data,
+            host,
+            port,
+            replicas=1,
+            token=token,
+            gc_policy=pokedex.Policy(max_bytes=config.pokedex.max_bytes),
+        )
         pokedex_urls, pokedex_token = (node.url,), token
         print(f"pokedex node serving on {node.url}", flush=True)
     elif config.pokedex is not None:

@@ -17,6 +17,7 @@ Example::
 
     [pokedex]                       # where clients ship snapshots; either
     data = "/var/lib/psyduck/pokedex"   # run a node inside the farm (farm token), or
+    max_bytes = "50G"                   # its disk budget: past it, old unused blobs go
     # urls = ["http://store-1:7500"]    # use a cluster, with token_file = "…"
 
 Parsing is pure; building hosts goes through :data:`farm.hosts.HOST_KINDS`.
@@ -58,6 +59,7 @@ class PokedexConfig:
     token_file: str | None = None
     data: str | None = None
     listen: tuple[str, int] = ("127.0.0.1", 0)
+    max_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,22 @@ def _pokedex(table: Any) -> PokedexConfig | None:
         token_file=table.get("token_file"),
         data=data,
         listen=parse_listen(str(table.get("listen", "127.0.0.1:0"))),
+        max_bytes=_max_bytes(table.get("max_bytes"), bool(data)),
     )
+
+
+def _max_bytes(value: Any, runs_node: bool) -> int | None:
+    """``[pokedex] max_bytes``: the disk budget of the node the farm runs (``data = DIR``)."""
+    if value is None:
+        return None
+    if not runs_node:
+        raise ConfigError("[pokedex] max_bytes applies to the node the farm runs (data = DIR)")
+    from pokedex.units import parse_size  # the farm imports pokedex only when it uses it
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"[pokedex] max_bytes: {exc}") from None
 
 
 def parse_config(data: dict[str, Any]) -> FarmConfig:

@@ -2,12 +2,14 @@
 
     pokedex serve --data DIR --listen HOST:PORT [--peers URL,URL...] [--replicas R]
                   [--token-file F] [--auth-reads] [--repair-interval S]
+                  [--max-bytes SIZE] [--keep-recent DURATION] [--gc-grace DURATION]
     pokedex put FILE                     -> prints the digest
     pokedex get DIGEST -o FILE
     pokedex push-tree DIR [--hash-cache F]  -> prints the tree digest
     pokedex pull-tree DIGEST DIR [--cache DIR] [--swarm HOST] [--link]
     pokedex status                       -> JSON: nodes, bytes, blobs, replication health
     pokedex repair
+    pokedex gc [--keep SIZE] [--json]   -> evict unprotected blobs now; prints what was freed
 
 Client commands find the cluster with ``--url`` (repeatable or comma-separated) or
 ``$POKEDEX_URL``, and the token with ``--token-file`` or ``$POKEDEX_TOKEN``.
@@ -22,9 +24,13 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from . import units
 from .client import PokedexError, SyncClient
+from .retention import DEFAULT_GRACE, DEFAULT_KEEP_RECENT, Policy
 from .server import start_node
 
 
@@ -41,6 +47,35 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a parser raising ValueError (so the message reaches the user)."""
+
+    def convert(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return convert
+
+
+def format_gc(answer: dict[str, Any]) -> str:
+    """One line per node of a ``POST /gc`` answer: what was freed, what is left."""
+    lines = []
+    for r in answer["nodes"]:
+        if r.get("skipped"):
+            lines.append(f"{r['node']}: skipped: {r['skipped']}")
+            continue
+        budget = (
+            "no budget" if r["max_bytes"] is None else f"budget {units.format_size(r['max_bytes'])}"
+        )
+        lines.append(
+            f"{r['node']}: freed {units.format_size(r['freed'])} in {r['evicted']} blobs; "
+            f"{units.format_size(r['bytes'])} left ({budget})"
+        )
+    return "\n".join(lines)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     host, port = args.listen
     peers = [p for item in args.peers for p in item.split(",") if p.strip()]
@@ -54,6 +89,7 @@ async def _serve(args: argparse.Namespace) -> None:
         auth_reads=args.auth_reads,
         repair_interval=args.repair_interval or None,
         advertise=args.advertise,
+        gc_policy=Policy(args.max_bytes, args.gc_grace, args.keep_recent),
     )
     print(f"pokedex listening on {node.url}", flush=True)
     stop = asyncio.Event()
@@ -77,6 +113,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--auth-reads", action="store_true", help="reads need the token too")
     s.add_argument("--repair-interval", type=float, default=60.0, help="seconds; 0 = off")
     s.add_argument("--advertise", help="URL peers know this node by")
+    s.add_argument(
+        "--max-bytes",
+        type=_argument(units.parse_size),
+        help="disk budget for blobs (e.g. 500M, 10G): past it, evict unprotected blobs",
+    )
+    s.add_argument(
+        "--keep-recent",
+        type=_argument(units.parse_duration),
+        default=DEFAULT_KEEP_RECENT,
+        help="keep trees pushed or pulled within this long (e.g. 24h; default 24h)",
+    )
+    s.add_argument(
+        "--gc-grace",
+        type=_argument(units.parse_duration),
+        default=DEFAULT_GRACE,
+        help="never evict a blob used within this long (default 1h)",
+    )
 
     def client_cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
@@ -99,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--link", action="store_true", help="hard-link files from the cache")
     client_cmd("status", "cluster health as JSON")
     client_cmd("repair", "run a repair pass on the given nodes")
+    gc = client_cmd("gc", "evict unprotected blobs on every node now")
+    gc.add_argument(
+        "--keep",
+        type=_argument(units.parse_size),
+        default=0,
+        help="stop once a node holds this much (default: evict all that may go)",
+    )
+    gc.add_argument("--json", action="store_true", help="print the answer as JSON")
     return p
 
 
@@ -130,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(c.status(), indent=2))
             elif args.command == "repair":
                 print(json.dumps(c.repair(), indent=2))
+            elif args.command == "gc":
+                answer = c.gc(args.keep)
+                print(json.dumps(answer, indent=2) if args.json else format_gc(answer))
+                if any(r.get("skipped") for r in answer["nodes"]):
+                    return 1
     except (PokedexError, ValueError, OSError) as e:
         print(f"pokedex: {e}", file=sys.stderr)
         return 1

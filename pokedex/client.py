@@ -304,6 +304,22 @@ class Client:
                 results[url] = await r.json()
         return results
 
+    async def gc(self, keep_bytes: int = 0) -> dict[str, Any]:
+        """Ask the cluster to evict unprotected blobs now, down to ``keep_bytes`` on each
+        node (see :mod:`pokedex.retention`); returns ``{"nodes": [per-node result]}``."""
+
+        async def attempt(url: str) -> dict[str, Any]:
+            async with self._http.post(
+                f"{url}/gc",
+                json={"keep_bytes": keep_bytes},
+                headers=self._headers(),
+                timeout=self._stream,
+            ) as r:
+                await self._check(r, (200,))
+                return await r.json()
+
+        return await self._on_nodes("gc", attempt)
+
     # -- trees -------------------------------------------------------------------------------
 
     async def _gather_limited(self, jobs: Iterable[Awaitable[T]]) -> list[T]:
@@ -513,6 +529,9 @@ class SyncClient:
 
     def repair(self) -> dict[str, Any]:
         return self._run(self.client.repair())
+
+    def gc(self, keep_bytes: int = 0) -> dict[str, Any]:
+        return self._run(self.client.gc(keep_bytes))
 
     def close(self) -> None:
         try:

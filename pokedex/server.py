@@ -14,6 +14,8 @@ HTTP API (all bodies JSON unless noted; errors are ``{"error": CODE, "message": 
     GET  /refs?prefix=P          -> {"refs": {name: digest}}
     GET  /status[?cluster=1]     node (or whole-cluster) health and usage
     POST /repair                 run a repair pass now
+    POST /gc                     {"keep_bytes": N}? evict unprotected blobs now, on every node
+    GET  /gc/recent              this node's recent tree manifests (see collector.py)
     /swarm/...                   peer-assisted delivery tracker (see swarm.py)
     /v2/...                      OCI distribution API (see registry.py)
 """
@@ -37,6 +39,7 @@ from aiohttp import web
 from . import digest as dg
 from . import names, registry, swarm
 from .cluster import HOP, Cluster, normalize_url
+from .collector import GC_READ, Collector
 from .replies import (
     ApiError,
     authorized,
@@ -49,6 +52,7 @@ from .replies import (
     parse_ref_update,
     require_digest,
 )
+from .retention import Policy
 from .store import BlobStore, DigestMismatch, RefConflict, SizeError, StoreError
 
 MAX_SMALL_BODY = 8 << 20  # JSON bodies, manifests
@@ -118,6 +122,7 @@ class Node:
 
     store: BlobStore
     cluster: Cluster
+    collector: Collector
     token: str | None = None
     auth_reads: bool = False
     max_blob: int = DEFAULT_MAX_BLOB
@@ -189,7 +194,9 @@ class Node:
     async def serve_blob(self, request: web.Request, d: str) -> web.StreamResponse:
         """GET: sendfile from local disk (with Range), else stream from a replica."""
         path = self.store.path(d)
-        if path.is_file():
+        # A read counts as a use, except the collector's own (see collector.py).
+        here = path.is_file() if request.headers.get(GC_READ) else self.store.has(d)
+        if here:
             return CorkedFileResponse(
                 path,
                 chunk_size=1 << 20,
@@ -343,7 +350,7 @@ class Node:
 
     async def small_blob(self, d: str, limit: int) -> bytes | None:
         """A whole small blob (manifests, tree manifests) from here or a replica."""
-        data = self.store.read_bytes(d, limit)
+        data = self.store.read_bytes(d, limit) if self.store.has(d) else None
         if data is not None:
             return data
         upstream = await self.cluster.open_remote(d, None)
@@ -366,6 +373,8 @@ class Node:
             "up": True,
             "blobs": blobs,
             "bytes": size,
+            "max_bytes": self.collector.policy.max_bytes,
+            "last_gc": self.collector.last,
             "bytes_served": self.bytes_served,
             "bytes_received": self.bytes_received,
             "replicas": self.cluster.replicas,
@@ -413,6 +422,7 @@ class Node:
         app.router.add_put("/refs/{name:.+}", self.put_ref)
         app.router.add_get("/status", self.status)
         app.router.add_post("/repair", self.repair)
+        self.collector.add_routes(app)
         swarm.add_tracker_routes(app, self.tracker, self.read_blob)
         registry.Registry(self).add_routes(app)
         app.on_response_prepare.append(self.count_egress)
@@ -427,16 +437,18 @@ class RunningNode:
     node: Node
     runner: web.AppRunner
     repair_task: asyncio.Task[None] | None = None
+    gc_task: asyncio.Task[None] | None = None
 
     def set_peers(self, peers: list[str]) -> None:
         """Replace the static peer list (tests start nodes on port 0, then wire them up)."""
         self.node.cluster.set_peers(peers)
 
     async def close(self) -> None:
-        if self.repair_task is not None:
-            self.repair_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.repair_task
+        for task in (self.repair_task, self.gc_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.runner.cleanup()
         await self.node.cluster.close()
 
@@ -453,14 +465,19 @@ async def start_node(
     repair_interval: float | None = 60.0,
     advertise: str | None = None,
     max_blob: int = DEFAULT_MAX_BLOB,
+    gc_policy: Policy | None = None,
 ) -> RunningNode:
     """Start a node inside the running event loop and return once it accepts connections.
 
     ``port=0`` picks a free port; ``.url`` says which. ``peers`` are the other nodes' URLs
     (listing this node too is harmless). ``advertise`` is the URL peers know this node by
     (default ``http://host:port``). ``repair_interval=None`` disables periodic repair.
+    ``gc_policy``: retention (see :mod:`.retention`); with ``max_bytes``, passes run by
+    themselves.
     """
-    store = BlobStore(Path(data_dir))  # crash leftovers are gone before we accept anything
+    gc_policy = gc_policy or Policy()
+    # crash leftovers are gone before we accept anything
+    store = BlobStore(Path(data_dir), touch_every=gc_policy.touch_every)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -471,11 +488,22 @@ async def start_node(
     url = normalize_url(advertise or f"http://{shown}:{bound}")
     cluster = Cluster(url, peers, replicas, token, store)
     await cluster.start()
-    node = Node(store=store, cluster=cluster, token=token, auth_reads=auth_reads, max_blob=max_blob)
+    collector = Collector(store, cluster, gc_policy)
+    node = Node(
+        store=store,
+        cluster=cluster,
+        collector=collector,
+        token=token,
+        auth_reads=auth_reads,
+        max_blob=max_blob,
+    )
     runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock, backlog=1024).start()
     task = None
     if repair_interval:
         task = asyncio.create_task(cluster.repair_forever(repair_interval))
-    return RunningNode(url=url, node=node, runner=runner, repair_task=task)
+    gc_task = None
+    if gc_policy.max_bytes is not None:
+        gc_task = asyncio.create_task(collector.run_forever())
+    return RunningNode(url=url, node=node, runner=runner, repair_task=task, gc_task=gc_task)

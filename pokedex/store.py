@@ -11,6 +11,12 @@ Durability rule: a blob file appears under its final name only after its bytes w
 while streaming, matched the expected digest, were fsync'ed, renamed into place and the
 directory fsync'ed. So after ``kill -9`` or a power cut, every name that exists is a complete,
 correct blob, and a reader can never see a partial one.
+
+Use tracking (a node's store; see :mod:`pokedex.retention`): a blob file's mtime is its use
+stamp. Answering "present" (:meth:`BlobStore.has`, :meth:`BlobStore.size`) refreshes a stale
+stamp, and :meth:`BlobStore.evict` removes a blob only if its stamp is still old; one lock
+makes those two, and the rename that commits a blob, atomic with respect to each other, so
+an eviction never removes a blob that was just used or just (re)written.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import ctypes
 import os
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterable, Callable, Iterator
 from pathlib import Path
@@ -170,9 +177,15 @@ async def receive(
 
 
 class BlobStore:
-    """Content-addressed files under ``root``; safe against crashes at any instant."""
+    """Content-addressed files under ``root``; safe against crashes at any instant.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    ``touch_every`` (seconds) turns on use tracking, for a node's store; a client's cache
+    leaves it off (its files may be hard-linked into trees, whose mtimes must not change).
+    ``used_bytes`` counts blob bytes (from start-up with tracking, else only those added);
+    ``on_grow``, if set, is called from any thread after a commit added bytes.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, touch_every: float | None = None) -> None:
         self.root = Path(root)
         self.blob_root = self.root / "blobs" / dg.ALGORITHM
         self.ref_root = self.root / "refs"
@@ -184,6 +197,12 @@ class BlobStore:
         _fsync_dir(self.blob_root)
         self._ref_lock = asyncio.Lock()
         self.remove_partials()
+        self.touch_every = touch_every
+        self._use_lock = threading.Lock()
+        self.on_grow: Callable[[], None] | None = None
+        self.used_bytes = 0
+        if touch_every is not None:
+            self.used_bytes = sum(size for _, size, _ in self.inventory())
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -192,14 +211,49 @@ class BlobStore:
         hexd = dg.hex_part(digest)
         return self.blob_root / hexd[:2] / hexd
 
-    def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
-
-    def size(self, digest: str) -> int | None:
+    def _use(self, digest: str) -> os.stat_result | None:
+        """The blob file's stat, or None if absent; with use tracking, a stamp older than
+        ``touch_every`` is set to now first (the caller is about to rely on the blob)."""
+        path = self.path(digest)
         try:
-            return self.path(digest).stat().st_size
+            if self.touch_every is None:
+                return path.stat()
+            with self._use_lock:
+                st = path.stat()
+                if time.time() - st.st_mtime >= self.touch_every:
+                    os.utime(path)
+            return st
         except FileNotFoundError:
             return None
+
+    def has(self, digest: str) -> bool:
+        """Whether the blob is here; records a use (see the module docstring)."""
+        return self._use(digest) is not None
+
+    def size(self, digest: str) -> int | None:
+        """The blob's size, or None if it is not here; records a use."""
+        st = self._use(digest)
+        return None if st is None else st.st_size
+
+    def evict(self, digest: str, unused_since: float) -> int | None:
+        """Remove a blob unless it was used at or after ``unused_since`` (epoch seconds).
+
+        Returns the bytes freed, or None if the blob was kept or is already gone. Readers
+        that have the file open keep reading it; a later upload simply writes it again.
+        The directory is not fsync'ed: a crash that undoes the removal brings back a
+        complete, correct blob.
+        """
+        path = self.path(digest)
+        with self._use_lock:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return None
+            if st.st_mtime >= unused_since:
+                return None
+            path.unlink()
+            self.used_bytes -= st.st_size
+        return st.st_size
 
     def digests(self) -> Iterator[str]:
         """Every stored digest (no particular order)."""
@@ -208,15 +262,23 @@ class BlobStore:
                 if not entry.name.startswith("."):
                     yield f"{dg.ALGORITHM}:{entry.name}"
 
-    def stats(self) -> tuple[int, int]:
-        """(number of blobs, total bytes)."""
-        count = total = 0
+    def inventory(self) -> list[tuple[str, int, float]]:
+        """(digest, size, use stamp) of every stored blob, without recording a use."""
+        out = []
         for shard in self.blob_root.iterdir():
             for entry in os.scandir(shard):
                 if not entry.name.startswith("."):
-                    count += 1
-                    total += entry.stat().st_size
-        return count, total
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:  # evicted meanwhile
+                        continue
+                    out.append((f"{dg.ALGORITHM}:{entry.name}", st.st_size, st.st_mtime))
+        return out
+
+    def stats(self) -> tuple[int, int]:
+        """(number of blobs, total bytes)."""
+        blobs = self.inventory()
+        return len(blobs), sum(size for _, size, _ in blobs)
 
     def remove_partials(self, session_max_age: float = 86400.0) -> int:
         """Delete temp files left by a crash (they were never visible as blobs) and registry
@@ -241,8 +303,16 @@ class BlobStore:
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp
 
     def _commit(self, tmp: Path, final: Path) -> None:
-        os.replace(tmp, final)
+        grew = tmp.stat().st_size
+        with self._use_lock:  # exact count, and never racing evict() on the same name
+            with contextlib.suppress(FileNotFoundError):
+                grew -= final.stat().st_size
+            os.utime(tmp)  # a registry session file may be old: the commit is the first use
+            os.replace(tmp, final)
+            self.used_bytes += grew
         _fsync_dir(final.parent)
+        if grew > 0 and self.on_grow is not None:
+            self.on_grow()
 
     async def write_stream(
         self,
@@ -277,7 +347,7 @@ class BlobStore:
         if expected is not None and dg.parse(expected) != actual:
             raise DigestMismatch(f"content digest is {actual}, not {expected}")
         final = self.path(actual)
-        if not final.exists():
+        if not self.has(actual):
             fd, tmp = self._temp(final)
             try:
                 _write_all(fd, data)
