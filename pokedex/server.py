@@ -25,7 +25,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,9 @@ class Node:
     token: str | None = None
     auth_reads: bool = False
     max_blob: int = DEFAULT_MAX_BLOB
+    #: Tokens accepted besides *token*, asked at each request: a farm's own node
+    #: takes every farm token, and the farm changes them while it serves.
+    more_tokens: Callable[[], Iterable[str]] = tuple
     tracker: swarm.Tracker = field(default_factory=swarm.Tracker)
     bytes_served: int = 0
     bytes_received: int = 0
@@ -136,7 +139,10 @@ class Node:
             if (
                 self.token
                 and needs_auth(request.method, path, self.auth_reads)
-                and not authorized(request.headers.get("Authorization"), self.token)
+                and not any(
+                    authorized(request.headers.get("Authorization"), token)
+                    for token in (self.token, *self.more_tokens())
+                )
             ):
                 raise ApiError(401, "UNAUTHORIZED", "missing or wrong token")
             return await handler(request)
@@ -453,12 +459,14 @@ async def start_node(
     repair_interval: float | None = 60.0,
     advertise: str | None = None,
     max_blob: int = DEFAULT_MAX_BLOB,
+    more_tokens: Callable[[], Iterable[str]] = tuple,
 ) -> RunningNode:
     """Start a node inside the running event loop and return once it accepts connections.
 
     ``port=0`` picks a free port; ``.url`` says which. ``peers`` are the other nodes' URLs
     (listing this node too is harmless). ``advertise`` is the URL peers know this node by
     (default ``http://host:port``). ``repair_interval=None`` disables periodic repair.
+    ``more_tokens()`` lists tokens accepted besides ``token``, asked at each request.
     """
     store = BlobStore(Path(data_dir))  # crash leftovers are gone before we accept anything
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -471,7 +479,14 @@ async def start_node(
     url = normalize_url(advertise or f"http://{shown}:{bound}")
     cluster = Cluster(url, peers, replicas, token, store)
     await cluster.start()
-    node = Node(store=store, cluster=cluster, token=token, auth_reads=auth_reads, max_blob=max_blob)
+    node = Node(
+        store=store,
+        cluster=cluster,
+        token=token,
+        auth_reads=auth_reads,
+        max_blob=max_blob,
+        more_tokens=more_tokens,
+    )
     runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock, backlog=1024).start()
