@@ -42,7 +42,7 @@ from farm.tokens import Holder, Tokens
 COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
 TOKENS_KEY = web.AppKey("tokens", Tokens)
 #: Request key of the :class:`~farm.tokens.Holder` whose token the request carried.
-HOLDER = "psyduck.holder"
+HOLDER = web.RequestKey("holder", Holder)
 
 
 def reply(request: web.Request, message: dict[str, Any], status: int = 200) -> web.Response:
@@ -81,7 +81,7 @@ def _owned_run(request: web.Request, action: str) -> tuple[Run, None] | tuple[No
     run = request.app[COORDINATOR_KEY].runs.get(request.match_info["run_id"])
     if run is None:
         return None, error(request, 404, f"unknown run {request.match_info['run_id']!r}")
-    holder: Holder = request[HOLDER]
+    holder = request[HOLDER]
     if not holder.may_touch(run.owner):
         return None, error(
             request,
