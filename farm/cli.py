@@ -47,8 +47,12 @@ def listening_socket(address: tuple[str, int], what: str) -> socket.socket:
         )
     except OSError as exc:
         shown = f"[{host}]" if ":" in host else host
-        reason = (exc.strerror or str(exc)).lower()
-        raise ConfigError(f"{what}: cannot listen on {shown}:{port}: {reason}") from exc
+        raise ConfigError(f"{what}: cannot listen on {shown}:{port}: {_reason(exc)}") from exc
+
+
+def _reason(exc: OSError) -> str:
+    """What went wrong, in the words of ``strerror`` (without what Python appended)."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
 
 
 async def serve(config: FarmConfig, tokens: Tokens, single: str | None) -> None:
@@ -89,9 +93,8 @@ async def _serve_on(
                 more_tokens=tokens.values,
             )
         except OSError as exc:
-            reason = (exc.strerror or str(exc)).lower()
             raise ConfigError(
-                f"[pokedex]: cannot serve {config.pokedex.data} on {host}:{port}: {reason}"
+                f"[pokedex]: cannot serve {config.pokedex.data} on {host}:{port}: {_reason(exc)}"
             ) from exc
         pokedex_urls = (node.url,)
         print(f"pokedex node serving on {node.url}", flush=True)
