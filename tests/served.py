@@ -88,3 +88,40 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, st
             return response.status, response.read(), response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), exc.headers.get("Content-Type", "")
+
+
+SINGLE, ALICE, BOB = "single-farm-token", "alice-token-0001", "bob-token-00002"
+POKEDEX_SECRET = "pokedex-secret-77"
+
+#: A test that fails if any credential of the farm reached its worker.
+NO_CREDENTIALS = f"""
+import os
+
+SECRETS = {[SINGLE, ALICE, BOB, POKEDEX_SECRET]!r}
+
+def test_no_farm_credential_in_the_environment():
+    assert "PSYDUCK_TOKEN" not in os.environ
+    assert "POKEDEX_TOKEN" not in os.environ
+    leaks = sorted(k for k, v in os.environ.items() if any(s in v for s in SECRETS))
+    assert not leaks, leaks
+"""
+
+
+LOCAL_HOST = '[[hosts]]\nurl = "local"\nslots = 2\n'
+
+
+def farm_config(tmp_path: Path, port: int, pokedex: str = "", hosts: str = LOCAL_HOST) -> Path:
+    """farm.toml in *tmp_path*: alice and bob's tokens, *hosts* (two local slots)."""
+    (tmp_path / "tokens").write_text(f"alice {ALICE}\nbob {BOB}\n")
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        f'[farm]\nlisten = "127.0.0.1:{port}"\ntokens_file = "{tmp_path / "tokens"}"\n\n'
+        + hosts
+        + pokedex
+    )
+    return config
+
+
+def pokedex_table(tmp_path: Path, port: int) -> str:
+    """A ``[pokedex]`` table: a node the farm runs itself."""
+    return f'\n[pokedex]\ndata = "{tmp_path / "store"}"\nlisten = "127.0.0.1:{port}"\n'

@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import aiohttp
 import msgpack
@@ -28,38 +27,17 @@ from farm.manifest import parse_manifest
 from farm.protocol import MAX_DEPTH, MAX_MESSAGE_BYTES, MSGPACK, ProtocolError, decode, encode
 from tests.conftest import on_farm, run_pytest
 from tests.farm_hosts.hostlib import free_port
-from tests.served import ServedFarm, get
-
-SINGLE, ALICE, BOB = "single-farm-token", "alice-token-0001", "bob-token-00002"
-POKEDEX_SECRET = "pokedex-secret-77"
-
-#: A test that fails if any credential of the farm reached its worker.
-NO_CREDENTIALS = f"""
-import os
-
-SECRETS = {[SINGLE, ALICE, BOB, POKEDEX_SECRET]!r}
-
-def test_no_farm_credential_in_the_environment():
-    assert "PSYDUCK_TOKEN" not in os.environ
-    assert "POKEDEX_TOKEN" not in os.environ
-    leaks = sorted(k for k, v in os.environ.items() if any(s in v for s in SECRETS))
-    assert not leaks, leaks
-"""
-
-
-def _config(tmp_path: Path, port: int, extra: str = "", pokedex: str = "") -> Path:
-    (tmp_path / "tokens").write_text(f"alice {ALICE}\nbob {BOB}\n")
-    config = tmp_path / "farm.toml"
-    config.write_text(
-        f'[farm]\nlisten = "127.0.0.1:{port}"\ntokens_file = "{tmp_path / "tokens"}"\n{extra}\n'
-        '[[hosts]]\nurl = "local"\nslots = 2\n' + pokedex
-    )
-    return config
-
-
-def _pokedex(tmp_path: Path, port: int) -> str:
-    """A ``[pokedex]`` table: a node the farm runs itself."""
-    return f'\n[pokedex]\ndata = "{tmp_path / "store"}"\nlisten = "127.0.0.1:{port}"\n'
+from tests.served import (
+    ALICE,
+    BOB,
+    NO_CREDENTIALS,
+    POKEDEX_SECRET,
+    SINGLE,
+    ServedFarm,
+    farm_config,
+    get,
+    pokedex_table,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +46,7 @@ def farm(tmp_path_factory) -> ServedFarm:
     tmp_path = tmp_path_factory.mktemp("farm")
     port = free_port("127.0.0.1")
     served = ServedFarm(
-        _config(tmp_path, port), f"http://127.0.0.1:{port}", env={"PSYDUCK_TOKEN": SINGLE}
+        farm_config(tmp_path, port), f"http://127.0.0.1:{port}", env={"PSYDUCK_TOKEN": SINGLE}
     )
     yield served
     served.stop()
@@ -168,10 +146,10 @@ def test_no_credential_reaches_a_worker_of_a_served_farm(tmp_path, suite):
     a named user ships a snapshot to the farm's pokedex, whose reads need a token, and the
     local host pulls it."""
     port, pokedex_port = free_port("127.0.0.1"), free_port("127.0.0.1")
-    config = _config(
+    config = farm_config(
         tmp_path,
         port,
-        pokedex=_pokedex(tmp_path, pokedex_port),
+        pokedex=pokedex_table(tmp_path, pokedex_port),
     )
     served = ServedFarm(
         config,
@@ -215,10 +193,10 @@ def test_no_credential_of_the_user_reaches_an_embedded_farms_worker(suite, spawn
 
 def test_anonymous_reads_is_the_operators_choice(tmp_path):
     port, pokedex_port = free_port("127.0.0.1"), free_port("127.0.0.1")
-    config = _config(
+    config = farm_config(
         tmp_path,
         port,
-        pokedex=_pokedex(tmp_path, pokedex_port) + "anonymous_reads = true\n",
+        pokedex=pokedex_table(tmp_path, pokedex_port) + "anonymous_reads = true\n",
     )
     served = ServedFarm(config, f"http://127.0.0.1:{port}")
     try:
@@ -252,12 +230,12 @@ def _put_ref(node: str, token: str | None) -> int:
         return exc.code
 
 
-def test_listen_on_the_command_line_keeps_the_rest_of_the_config(tmp_path):
+def test_listen_on_the_command_line_keeps_the_rest_of_thefarm_config(tmp_path):
     port, other, pokedex_port = (free_port("127.0.0.1") for _ in range(3))
-    config = _config(
+    config = farm_config(
         tmp_path,
         port,
-        pokedex=_pokedex(tmp_path, pokedex_port),
+        pokedex=pokedex_table(tmp_path, pokedex_port),
     )
     served = ServedFarm(
         config, f"http://127.0.0.1:{other}", args=("--listen", f"127.0.0.1:{other}")
@@ -275,8 +253,8 @@ def test_a_port_in_use_is_one_clear_line_and_a_nonzero_exit(tmp_path, which):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         busy = taken.getsockname()[1]
         port = busy if which == "farm" else free_port("127.0.0.1")
-        pokedex = _pokedex(tmp_path, busy) if which == "pokedex" else ""
-        config = _config(tmp_path, port, pokedex=pokedex)
+        pokedex = pokedex_table(tmp_path, busy) if which == "pokedex" else ""
+        config = farm_config(tmp_path, port, pokedex=pokedex)
         done = subprocess.run(
             [sys.executable, "-m", "farm.cli", "farm", "serve", "--config", str(config)],
             capture_output=True,
