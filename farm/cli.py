@@ -1,7 +1,8 @@
 """The ``psyduck`` command: run a farm, look at it, check its hosts.
 
-* ``psyduck farm serve --config farm.toml`` — the coordinator as a long-lived service;
-* ``psyduck farm status`` — hosts, slots in use, runs and queued tests;
+* ``psyduck farm serve --config farm.toml`` — the coordinator as a long-lived service
+  (SIGHUP rereads its ``tokens_file``; no credential of it reaches a worker);
+* ``psyduck farm status`` — hosts, slots in use, runs (with their owners) and queued tests;
 * ``psyduck hosts check`` — reach each host and say what is wrong with it.
 """
 
@@ -159,7 +160,7 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append("RUN               OWNER       STATUS     DONE/TESTS  QUEUED  WORKERS  NAME")
     for run in report["runs"]:
         lines.append(
-            f"{run['id']:<17} {run.get('owner', ''):<11} {run['status']:<10} "
+            f"{run['id']:<17} {run['owner']:<11} {run['status']:<10} "
             f"{run['done']:>5}/{run['tests']:<5} {run['queued']:>6}  {run['workers']:>7}  "
             f"{run['name']}"
         )
