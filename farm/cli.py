@@ -63,14 +63,24 @@ async def serve(config: FarmConfig, tokens: Tokens, single: str | None) -> None:
     clear error, not a farm that started its hosts for nothing.
     """
     sock = listening_socket(config.listen, "[farm] listen")
+    # From here on, a signal during start-up is not lost (nor does SIGHUP kill the farm).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_tokens, config, tokens, single)
     try:
-        await _serve_on(sock, config, tokens, single)
+        await _serve_on(sock, config, tokens, stop, single)
     finally:
         sock.close()
 
 
 async def _serve_on(
-    sock: socket.socket, config: FarmConfig, tokens: Tokens, single: str | None
+    sock: socket.socket,
+    config: FarmConfig,
+    tokens: Tokens,
+    stop: asyncio.Event,
+    single: str | None,
 ) -> None:
     hosts = [build_host(h) for h in config.hosts]
     node = None
@@ -115,11 +125,6 @@ async def _serve_on(
         f"psyduck farm serving on http://{host}:{port} with {len(hosts)} host(s), {slots} slot(s)",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_tokens, config, tokens, single)
     try:
         await stop.wait()
     finally:
