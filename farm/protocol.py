@@ -86,6 +86,8 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]
 
 def _looks_like_json(data: bytes) -> bool:
     """A JSON object or array, which msgpack would misread as a small int and trailing bytes."""
+    if data[:1] not in (b"{", b"[", b" ", b"\t", b"\r", b"\n"):
+        return False  # every message (a msgpack map) ends here, at once
     text = data.lstrip(b" \t\r\n")
     return text[:1] in (b"{", b"[") and text.rstrip(b" \t\r\n")[-1:] in (b"}", b"]")
 
