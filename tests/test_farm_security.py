@@ -230,7 +230,7 @@ def _put_ref(node: str, token: str | None) -> int:
         return exc.code
 
 
-def test_listen_on_the_command_line_keeps_the_rest_of_thefarm_config(tmp_path):
+def test_listen_on_the_command_line_keeps_the_rest_of_the_config(tmp_path):
     port, other, pokedex_port = (free_port("127.0.0.1") for _ in range(3))
     config = farm_config(
         tmp_path,
