@@ -1,7 +1,8 @@
 """The ``psyduck`` command: run a farm, look at it, check its hosts.
 
-* ``psyduck farm serve --config farm.toml`` — the coordinator as a long-lived service;
-* ``psyduck farm status`` — hosts, slots in use, runs and queued tests;
+* ``psyduck farm serve --config farm.toml`` — the coordinator as a long-lived service
+  (SIGHUP rereads its ``tokens_file``; no credential of it reaches a worker);
+* ``psyduck farm status`` — hosts, slots in use, runs (with their owners) and queued tests;
 * ``psyduck hosts check`` — reach each host and say what is wrong with it.
 """
 
@@ -9,23 +10,78 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
+import secrets
 import signal
+import socket
 import sys
 from typing import Any
 
 from aiohttp import web
 
 from farm.client import FarmClient, FarmError
-from farm.config import ConfigError, FarmConfig, build_host, load_config, parse_listen, read_token
+from farm.config import (
+    ConfigError,
+    FarmConfig,
+    build_host,
+    load_config,
+    load_tokens,
+    parse_listen,
+    read_token,
+    single_token,
+)
 from farm.coordinator import Coordinator
 from farm.hosts import HostSpecError, parse_hosts
 from farm.hosts.base import Host, HostError
 from farm.service import make_app
+from farm.tokens import Tokens, scrub
 
 
-async def serve(config: FarmConfig, token: str) -> None:
+def listening_socket(address: tuple[str, int], what: str) -> socket.socket:
+    """A socket bound to *address*; ConfigError in one line when it cannot be."""
+    host, port = address
+    try:
+        return socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=1024
+        )
+    except OSError as exc:
+        shown = f"[{host}]" if ":" in host else host
+        raise ConfigError(f"{what}: cannot listen on {shown}:{port}: {_reason(exc)}") from exc
+
+
+def _reason(exc: OSError) -> str:
+    """What went wrong, in the words of ``strerror`` (without what Python appended)."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+async def serve(config: FarmConfig, tokens: Tokens, single: str | None) -> None:
+    """Serve until SIGINT or SIGTERM; SIGHUP rereads the ``tokens_file``.
+
+    The farm's port is bound before any host starts, so a port in use is one
+    clear error, not a farm that started its hosts for nothing.
+    """
+    sock = listening_socket(config.listen, "[farm] listen")
+    # From here on, a signal during start-up is not lost (nor does SIGHUP kill the farm).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_tokens, config, tokens, single)
+    try:
+        await _serve_on(sock, config, tokens, stop, single)
+    finally:
+        sock.close()
+
+
+async def _serve_on(
+    sock: socket.socket,
+    config: FarmConfig,
+    tokens: Tokens,
+    stop: asyncio.Event,
+    single: str | None,
+) -> None:
     hosts = [build_host(h) for h in config.hosts]
     node = None
     pokedex_urls: tuple[str, ...] = ()
@@ -33,38 +89,43 @@ async def serve(config: FarmConfig, token: str) -> None:
     if config.pokedex is not None and config.pokedex.data:
         import pokedex
 
+        # The farm's own reads use a token of their own, which no user holds;
+        # users push and read with their farm tokens.
+        pokedex_token = secrets.token_urlsafe(32)
         host, port = config.pokedex.listen
-        node = await pokedex.start_node(
-            config.pokedex.data,
-            host,
-            port,
-            replicas=1,
-            token=token,
-            gc_policy=pokedex.Policy(max_bytes=config.pokedex.max_bytes),
-        )
-        pokedex_urls, pokedex_token = (node.url,), token
+        try:
+            node = await pokedex.start_node(
+                config.pokedex.data,
+                host,
+                port,
+                replicas=1,
+                token=pokedex_token,
+                auth_reads=not config.pokedex.anonymous_reads,
+                more_tokens=tokens.values,
+                gc_policy=pokedex.Policy(max_bytes=config.pokedex.max_bytes),
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"[pokedex]: cannot serve {config.pokedex.data} on {host}:{port}: {_reason(exc)}"
+            ) from exc
+        pokedex_urls = (node.url,)
         print(f"pokedex node serving on {node.url}", flush=True)
     elif config.pokedex is not None:
         pokedex_urls = config.pokedex.urls
         pokedex_token = (
-            read_token(config.pokedex.token_file) if config.pokedex.token_file else token
+            read_token(config.pokedex.token_file) if config.pokedex.token_file else single
         )
     coordinator = Coordinator(hosts, pokedex_urls=pokedex_urls, pokedex_token=pokedex_token)
     await coordinator.start()
-    runner = web.AppRunner(make_app(coordinator, token), access_log=None)
+    runner = web.AppRunner(make_app(coordinator, tokens), access_log=None)
     await runner.setup()
-    host, port = config.listen
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    await web.SockSite(runner, sock, backlog=1024).start()
+    host, port = sock.getsockname()[:2]
     slots = sum(h.slots for h in hosts)
     print(
         f"psyduck farm serving on http://{host}:{port} with {len(hosts)} host(s), {slots} slot(s)",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
@@ -72,6 +133,21 @@ async def serve(config: FarmConfig, token: str) -> None:
         await runner.cleanup()
         if node is not None:
             await node.close()
+
+
+def reload_tokens(config: FarmConfig, tokens: Tokens, single: str | None) -> None:
+    """Reread the ``tokens_file``; keep the tokens in force if it cannot be used."""
+    if not config.tokens_file:
+        print("psyduck farm: SIGHUP ignored: there is no [farm] tokens_file", flush=True)
+        return
+    try:
+        holders = load_tokens(config, single)
+    except ConfigError as exc:
+        print(f"psyduck farm: kept the previous tokens: {exc}", file=sys.stderr, flush=True)
+        return
+    tokens.replace(holders)
+    scrub(os.environ, tokens.values())
+    print(f"psyduck farm: tokens reloaded: {', '.join(tokens.names())}", flush=True)
 
 
 async def status(url: str, token: str) -> dict[str, Any]:
@@ -87,11 +163,12 @@ def format_status(report: dict[str, Any]) -> str:
             state += f" ({host['failures']} recent failures)"
         lines.append(f"{host['name']:<25} {host['slots']:>5}  {host['busy']:>4}  {state}")
     lines.append("")
-    lines.append("RUN               STATUS     DONE/TESTS  QUEUED  WORKERS  NAME")
+    lines.append("RUN               OWNER       STATUS     DONE/TESTS  QUEUED  WORKERS  NAME")
     for run in report["runs"]:
         lines.append(
-            f"{run['id']:<17} {run['status']:<10} {run['done']:>5}/{run['tests']:<5} "
-            f"{run['queued']:>6}  {run['workers']:>7}  {run['name']}"
+            f"{run['id']:<17} {run['owner']:<11} {run['status']:<10} "
+            f"{run['done']:>5}/{run['tests']:<5} {run['queued']:>6}  {run['workers']:>7}  "
+            f"{run['name']}"
         )
     if not report["runs"]:
         lines.append("(no runs)")
@@ -166,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "farm" and args.action == "serve":
             config = load_config(args.config)
             if args.listen:
-                config = FarmConfig(parse_listen(args.listen), config.token_file, config.hosts)
-            asyncio.run(serve(config, read_token(config.token_file)))
+                config = dataclasses.replace(config, listen=parse_listen(args.listen))
+            single = single_token(config)
+            tokens = Tokens(load_tokens(config, single))
+            scrub(os.environ, tokens.values())
+            asyncio.run(serve(config, tokens, single))
             return 0
         if args.command == "farm" and args.action == "status":
             if not args.farm:

@@ -27,11 +27,18 @@ class FarmError(RuntimeError):
 
 
 def _refusal(url: str, status: int, body: bytes) -> FarmError:
+    """The farm's explanation of a refusal, also when its body is not a protocol message
+    (a proxy's page, or an older farm's plain text)."""
     try:
         message = decode(body).get("message")
-    except ProtocolError as exc:
-        return FarmError(f"the farm at {url} answered {status} with an unreadable body: {exc}")
-    return FarmError(f"the farm refused ({status}): {message}")
+    except ProtocolError:
+        message = body[:500].decode("utf-8", "replace").strip() or "(the body was empty)"
+    hint = (
+        "\n(the token comes from --psyduck-token-file / --token-file, else PSYDUCK_TOKEN)"
+        if status == 401
+        else ""
+    )
+    return FarmError(f"the farm at {url} refused ({status}): {message}{hint}")
 
 
 class RunStream:

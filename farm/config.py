@@ -4,7 +4,8 @@ Example::
 
     [farm]
     listen = "0.0.0.0:7400"
-    token_file = "/etc/psyduck/token"
+    token_file = "/etc/psyduck/token"     # held by the admin "default"
+    tokens_file = "/etc/psyduck/tokens"   # named tokens (farm.tokens); reread on SIGHUP
 
     [[hosts]]
     url = "docker"                  # the local engine
@@ -16,9 +17,10 @@ Example::
     labels = { cpu = "avx2" }
 
     [pokedex]                       # where clients ship snapshots; either
-    data = "/var/lib/psyduck/pokedex"   # run a node inside the farm (farm token), or
+    data = "/var/lib/psyduck/pokedex"   # run a node inside the farm (farm tokens), or
     max_bytes = "50G"                   # its disk budget: past it, old unused blobs go
     # urls = ["http://store-1:7500"]    # use a cluster, with token_file = "…"
+    # anonymous_reads = true            # the farm's node: reads without a token
 
 Parsing is pure; building hosts goes through :data:`farm.hosts.HOST_KINDS`.
 """
@@ -33,6 +35,7 @@ from typing import Any
 
 from farm.hosts import HOST_KINDS, HostSpecError, host_kind
 from farm.hosts.base import Host
+from farm.tokens import Holder, TokensError, merge_default, parse_tokens
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
 _HOST_FIELDS = {"url", "slots", "labels", "name"}
@@ -60,6 +63,8 @@ class PokedexConfig:
     data: str | None = None
     listen: tuple[str, int] = ("127.0.0.1", 0)
     max_bytes: int | None = None
+    #: The farm's own node serves reads without a token (writes always need one).
+    anonymous_reads: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class FarmConfig:
     token_file: str | None
     hosts: tuple[HostConfig, ...]
     pokedex: PokedexConfig | None = None
+    tokens_file: str | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -112,12 +118,18 @@ def _pokedex(table: Any) -> PokedexConfig | None:
     data = table.get("data")
     if bool(urls) == bool(data):
         raise ConfigError("[pokedex] needs exactly one of data = DIR (run a node) or urls = [...]")
+    anonymous_reads = table.get("anonymous_reads", False)
+    if not isinstance(anonymous_reads, bool):
+        raise ConfigError("[pokedex] anonymous_reads must be true or false")
+    if anonymous_reads and not data:
+        raise ConfigError("[pokedex] anonymous_reads applies to the farm's own node (data = DIR)")
     return PokedexConfig(
         urls=tuple(urls),
         token_file=table.get("token_file"),
         data=data,
         listen=parse_listen(str(table.get("listen", "127.0.0.1:0"))),
         max_bytes=_max_bytes(table.get("max_bytes"), bool(data)),
+        anonymous_reads=anonymous_reads,
     )
 
 
@@ -145,11 +157,15 @@ def parse_config(data: dict[str, Any]) -> FarmConfig:
     token_file = farm.get("token_file")
     if token_file is not None and not isinstance(token_file, str):
         raise ConfigError("[farm] token_file must be a path")
+    tokens_file = farm.get("tokens_file")
+    if tokens_file is not None and not isinstance(tokens_file, str):
+        raise ConfigError("[farm] tokens_file must be a path")
     return FarmConfig(
         listen=parse_listen(str(farm.get("listen", DEFAULT_LISTEN))),
         token_file=token_file,
         hosts=tuple(_host(entry, i) for i, entry in enumerate(hosts)),
         pokedex=_pokedex(data.get("pokedex")),
+        tokens_file=tokens_file,
     )
 
 
@@ -194,3 +210,34 @@ def read_token(token_file: str | None) -> str:
             "no token: give a token file or set PSYDUCK_TOKEN (the farm never runs open)"
         )
     return token
+
+
+def read_tokens_file(path: str) -> dict[str, Holder]:
+    """token → holder from the ``tokens_file`` at *path* (see :mod:`farm.tokens`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"tokens_file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"tokens_file {path}: not UTF-8 text") from exc
+    try:
+        return parse_tokens(text, f"tokens_file {path}")
+    except TokensError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def single_token(config: FarmConfig) -> str | None:
+    """The single token (``token_file``, else ``PSYDUCK_TOKEN``): required without a
+    ``tokens_file``, optional with one."""
+    if config.token_file or not config.tokens_file or os.environ.get("PSYDUCK_TOKEN", "").strip():
+        return read_token(config.token_file)
+    return None
+
+
+def load_tokens(config: FarmConfig, single: str | None) -> dict[str, Holder]:
+    """Everyone a served farm lets in: the ``tokens_file``'s names and the *single* token."""
+    named = read_tokens_file(config.tokens_file) if config.tokens_file else {}
+    try:
+        return merge_default(named, single)
+    except TokensError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -60,6 +60,7 @@ async def start_embedded_farm(hosts: list[Host], token: str | None = None) -> Em
 
     from farm.coordinator import Coordinator
     from farm.service import make_app
+    from farm.tokens import Tokens
 
     coordinator = Coordinator(hosts)
     try:
@@ -68,7 +69,7 @@ async def start_embedded_farm(hosts: list[Host], token: str | None = None) -> Em
         await coordinator.close()
         raise
     token = token or secrets.token_urlsafe(24)
-    runner = web.AppRunner(make_app(coordinator, token), access_log=None)
+    runner = web.AppRunner(make_app(coordinator, Tokens.single(token)), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

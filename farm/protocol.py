@@ -31,6 +31,9 @@ MSGPACK = "application/x-msgpack"
 #: that hears nothing for twice as long takes the other end for dead.
 HEARTBEAT = 15.0
 
+#: Deepest nesting msgpack's unpacker accepts; deeper is refused as malformed.
+MAX_DEPTH = 1024
+
 _LENGTH = struct.Struct(">I")
 
 
@@ -49,12 +52,24 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]
     """Decode one message, checking size, shape and version."""
     if len(data) > max_bytes:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    if _looks_like_json(data):
+        raise ProtocolError(
+            f"expected a msgpack message (Content-Type {MSGPACK}), got what looks like JSON"
+        )
     try:
         message = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except msgpack.ExtraData as exc:
-        raise ProtocolError("trailing bytes after the message") from exc
+        raise ProtocolError(
+            f"malformed msgpack: {len(exc.extra)} byte(s) after the end of the message"
+        ) from exc
+    except (msgpack.StackError, RecursionError) as exc:
+        raise ProtocolError(f"malformed msgpack: nested more than {MAX_DEPTH} levels deep") from exc
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            f"malformed msgpack: a string is not valid UTF-8 ({exc.reason})"
+        ) from exc
     except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"malformed msgpack: {exc}") from exc
+        raise ProtocolError(f"malformed msgpack: {_unpack_problem(exc)}") from exc
     if not isinstance(message, dict):
         raise ProtocolError(f"message must be a map, got {type(message).__name__}")
     version = message.get("v")
@@ -67,6 +82,24 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]
     if not isinstance(kind, str) or not kind:
         raise ProtocolError("message has no string type field 't'")
     return message
+
+
+def _looks_like_json(data: bytes) -> bool:
+    """A JSON object or array, which msgpack would misread as a small int and trailing bytes."""
+    if data[:1] not in (b"{", b"[", b" ", b"\t", b"\r", b"\n"):
+        return False  # every message (a msgpack map) ends here, at once
+    text = data.lstrip(b" \t\r\n")
+    return text[:1] in (b"{", b"[") and text.rstrip(b" \t\r\n")[-1:] in (b"}", b"]")
+
+
+def _unpack_problem(exc: Exception) -> str:
+    """What msgpack's *exc* means, in words (several of its exceptions carry no text)."""
+    text = str(exc).removeprefix("Unpack failed: ")
+    if isinstance(exc, msgpack.FormatError):
+        return "a byte that starts no msgpack value"
+    if text == "incomplete input":
+        return "the message is truncated"
+    return text or type(exc).__name__
 
 
 def frame(message: dict[str, Any]) -> bytes:

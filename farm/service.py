@@ -1,6 +1,8 @@
 """The coordinator's HTTP face: thin aiohttp handlers over :class:`~farm.coordinator.Coordinator`.
 
-Routes (every one but ``/v1/health`` needs ``Authorization: Bearer <token>``):
+Routes (every one but ``/v1/health`` needs ``Authorization: Bearer <token>``,
+one of :class:`~farm.tokens.Tokens`; a run belongs to the name whose token
+submitted it, and only that name or an admin may watch or cancel it):
 
 * ``POST /v1/runs`` — body: a msgpack ``run`` manifest; 201 with the run id.
 * ``GET /v1/runs/{id}/events`` — websocket; binary msgpack ``events`` messages,
@@ -12,18 +14,19 @@ Routes (every one but ``/v1/health`` needs ``Authorization: Bearer <token>``):
   clients push their snapshots).
 
 Bodies are msgpack; a client that sends ``Accept: application/json`` gets JSON
-status and error bodies, for humans with curl.
+status and error bodies, for humans with curl.  Every refusal — a wrong token,
+a JSON body, a body over :data:`~farm.protocol.MAX_MESSAGE_BYTES` — is such an
+error body, never aiohttp's plain text.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from farm.coordinator import Coordinator, event_batches
+from farm.coordinator import Coordinator, Run, event_batches
 from farm.manifest import parse_manifest
 from farm.protocol import (
     HEARTBEAT,
@@ -34,9 +37,12 @@ from farm.protocol import (
     decode,
     encode,
 )
+from farm.tokens import Holder, Tokens
 
 COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
-TOKEN_KEY = web.AppKey("token", str)
+TOKENS_KEY = web.AppKey("tokens", Tokens)
+#: Request key of the :class:`~farm.tokens.Holder` whose token the request carried.
+HOLDER = web.RequestKey("holder", Holder)
 
 
 def reply(request: web.Request, message: dict[str, Any], status: int = 200) -> web.Response:
@@ -50,18 +56,40 @@ def error(request: web.Request, status: int, text: str) -> web.Response:
 
 
 @web.middleware
-async def require_token(request: web.Request, handler):
+async def guard(request: web.Request, handler):
+    """The token check, then refusals of bodies the farm cannot read, as error bodies."""
     if request.path == "/v1/health":
         return await handler(request)
-    expected = request.app[TOKEN_KEY]
-    given = request.headers.get("Authorization", "")
-    if not secrets.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+    holder = request.app[TOKENS_KEY].holder(request.headers.get("Authorization"))
+    if holder is None:
         return error(request, 401, "missing or wrong token (send 'Authorization: Bearer <token>')")
-    return await handler(request)
+    request[HOLDER] = holder
+    if request.body_exists and "json" in request.content_type:
+        return error(request, 400, f"expected a msgpack body (Content-Type {MSGPACK}), got JSON")
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error(
+            request,
+            413,
+            f"request body over the farm's limit of {MAX_MESSAGE_BYTES} bytes",
+        )
 
 
-def _unknown_run(request: web.Request) -> web.Response:
-    return error(request, 404, f"unknown run {request.match_info['run_id']!r}")
+def _owned_run(request: web.Request, action: str) -> tuple[Run, None] | tuple[None, web.Response]:
+    """The run the path names, or the error to answer when it is unknown or someone else's."""
+    run = request.app[COORDINATOR_KEY].runs.get(request.match_info["run_id"])
+    if run is None:
+        return None, error(request, 404, f"unknown run {request.match_info['run_id']!r}")
+    holder = request[HOLDER]
+    if not holder.may_touch(run.owner):
+        return None, error(
+            request,
+            403,
+            f"run {run.id} belongs to {run.owner!r}; {holder.name!r} may not {action} it "
+            "(only its owner or an admin may)",
+        )
+    return run, None
 
 
 async def create_run(request: web.Request) -> web.Response:
@@ -72,7 +100,7 @@ async def create_run(request: web.Request) -> web.Response:
         manifest = parse_manifest(message)
     except ProtocolError as exc:
         return error(request, 400, str(exc))
-    run, unplaceable = request.app[COORDINATOR_KEY].submit(manifest, owner=request.remote or "")
+    run, unplaceable = request.app[COORDINATOR_KEY].submit(manifest, owner=request[HOLDER].name)
     if run is None:
         names = "\n  ".join(f"{t.id} requires {dict(t.requires)}" for t in unplaceable[:50])
         more = f"\n  … and {len(unplaceable) - 50} more" if len(unplaceable) > 50 else ""
@@ -86,9 +114,9 @@ async def create_run(request: web.Request) -> web.Response:
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
-    run = request.app[COORDINATOR_KEY].runs.get(request.match_info["run_id"])
-    if run is None:
-        return _unknown_run(request)
+    run, refusal = _owned_run(request, "watch")
+    if refusal is not None:
+        return refusal
     if run.attached:
         return error(request, 409, f"run {run.id} already has a client attached")
     run.attached = True
@@ -121,9 +149,9 @@ async def run_events(request: web.Request) -> web.StreamResponse:
 
 
 async def cancel_run(request: web.Request) -> web.Response:
-    run = request.app[COORDINATOR_KEY].runs.get(request.match_info["run_id"])
-    if run is None:
-        return _unknown_run(request)
+    run, refusal = _owned_run(request, "cancel")
+    if refusal is not None:
+        return refusal
     await request.app[COORDINATOR_KEY].cancel(run.id, "cancelled by request")
     return reply(request, {"t": "cancelled", "run": run.id})
 
@@ -143,10 +171,10 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def make_app(coordinator: Coordinator, token: str) -> web.Application:
-    app = web.Application(middlewares=[require_token], client_max_size=MAX_MESSAGE_BYTES)
+def make_app(coordinator: Coordinator, tokens: Tokens) -> web.Application:
+    app = web.Application(middlewares=[guard], client_max_size=MAX_MESSAGE_BYTES)
     app[COORDINATOR_KEY] = coordinator
-    app[TOKEN_KEY] = token
+    app[TOKENS_KEY] = tokens
     app.router.add_post("/v1/runs", create_run)
     app.router.add_get("/v1/runs/{run_id}/events", run_events)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)

@@ -27,7 +27,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,9 @@ class Node:
     token: str | None = None
     auth_reads: bool = False
     max_blob: int = DEFAULT_MAX_BLOB
+    #: Tokens accepted besides *token*, asked at each request: a farm's own node
+    #: takes every farm token, and the farm changes them while it serves.
+    more_tokens: Callable[[], Iterable[str]] = tuple
     tracker: swarm.Tracker = field(default_factory=swarm.Tracker)
     bytes_served: int = 0
     bytes_received: int = 0
@@ -141,7 +144,10 @@ class Node:
             if (
                 self.token
                 and needs_auth(request.method, path, self.auth_reads)
-                and not authorized(request.headers.get("Authorization"), self.token)
+                and not any(
+                    authorized(request.headers.get("Authorization"), token)
+                    for token in (self.token, *self.more_tokens())
+                )
             ):
                 raise ApiError(401, "UNAUTHORIZED", "missing or wrong token")
             return await handler(request)
@@ -466,6 +472,7 @@ async def start_node(
     advertise: str | None = None,
     max_blob: int = DEFAULT_MAX_BLOB,
     gc_policy: Policy | None = None,
+    more_tokens: Callable[[], Iterable[str]] = tuple,
 ) -> RunningNode:
     """Start a node inside the running event loop and return once it accepts connections.
 
@@ -474,6 +481,7 @@ async def start_node(
     (default ``http://host:port``). ``repair_interval=None`` disables periodic repair.
     ``gc_policy``: retention (see :mod:`.retention`); with ``max_bytes``, passes run by
     themselves.
+    ``more_tokens()`` lists tokens accepted besides ``token``, asked at each request.
     """
     gc_policy = gc_policy or Policy()
     # crash leftovers are gone before we accept anything
@@ -496,6 +504,7 @@ async def start_node(
         token=token,
         auth_reads=auth_reads,
         max_blob=max_blob,
+        more_tokens=more_tokens,
     )
     runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
     await runner.setup()

@@ -32,6 +32,7 @@ from farm.hosts.local import (
     kill_group,
 )
 from farm.protocol import decode, encode
+from farm.tokens import scrub
 from pytest_psyduck.channel import Channel
 from pytest_psyduck.roles import CONTROLLER_PLUGINS, WORKER_PLUGIN_NAME
 from pytest_psyduck.worker import (
@@ -184,6 +185,7 @@ class LaunchServer:
         # A fd of its own: pytest's capture re-points 1 and 2 during each test.
         faulthandler.enable(file=output_fd, all_threads=True)
         os.environ.update(env)
+        scrub(os.environ)  # the user's farm credentials stay with the user
         workerinput = {
             "workerid": request["worker_id"],
             "workercount": request["workers"],

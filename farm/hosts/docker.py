@@ -25,9 +25,9 @@ label, and are removed when the host closes, when a host keeps too many run
 volumes, or by the reaper once their coordinator is gone.
 
 A run's image the engine lacks is pulled, when the farm has pokedex, from the
-registry face of its first node (``HOST:PORT/<image>``, the farm's token as the
-password), through the engine, once per host and image at a time, then tagged as
-the name the run asked for (:meth:`DockerHost._provide_image`).
+registry face of its first node (``HOST:PORT/<image>``, the farm's pokedex token,
+never a user's, as the password), through the engine, once per host and image at
+a time, then tagged as the name the run asked for (:meth:`DockerHost._provide_image`).
 
 The docker SDK is blocking; every call runs in a thread with a timeout.  Each
 attach stream has one reader thread that demultiplexes it and hands complete
@@ -956,9 +956,9 @@ class DockerHost(Host):
         """*image* if the engine has it; else pull ``HOST:PORT/<image>`` from pokedex.
 
         The pull goes through the engine (so the engine, not the coordinator, must
-        reach the registry), with the farm's token as ``docker login`` password,
-        since a pokedex with a token may refuse anonymous reads.  A tag reference
-        is then tagged as *image* (and the registry's name removed again, unless
+        reach the registry), with the farm's pokedex token as ``docker login`` password,
+        since a pokedex with a token may refuse anonymous reads (the farm's own does).
+        A tag reference is then tagged as *image* (and the registry's name removed again, unless
         the engine had it before), so the engine holds what the run asked for.
         """
         if await self._image_present(engine, image):

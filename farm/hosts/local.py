@@ -46,6 +46,7 @@ from farm.hosts.base import (
 )
 from farm.protocol import FrameDecoder, ProtocolError, decode, encode, frame
 from farm.snapshots import SnapshotCache, relocate
+from farm.tokens import without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,11 @@ def worker_environment(run: RunContext, worker_id: str) -> dict[str, str]:
     """Variables every worker gets, on every kind of host.
 
     They follow pytest-xdist's names, so suites that already isolate resources
-    per xdist worker (database names, ports, temp dirs) work unchanged.
+    per xdist worker (database names, ports, temp dirs) work unchanged.  The
+    farm's credential variables are dropped even when the manifest asks for them.
     """
     return {
-        **run.manifest.worker.env,
+        **without_credentials(run.manifest.worker.env),
         "PYTEST_XDIST_WORKER": worker_id,
         "PYTEST_XDIST_WORKER_COUNT": str(run.workers),
         "PSYDUCK_RUN_ID": run.run_id,
@@ -112,14 +114,21 @@ def worker_environment(run: RunContext, worker_id: str) -> dict[str, str]:
 
 
 def exec_worker(python: str, where: Workdir, env: dict[str, str]) -> LaunchedProcess:
-    """Start ``python -m <where.argv>`` as a worker; the caller reaps it (through a pidfd)."""
+    """Start ``python -m <where.argv>`` as a worker; the caller reaps it (through a pidfd).
+
+    It inherits this process's environment less the farm's credential variables.
+    """
     ours, theirs = socket.socketpair()
     read_fd, write_fd = os.pipe()
     try:
         process = subprocess.Popen(
             [python, "-m", *where.argv],
             cwd=where.cwd,
-            env={**os.environ, **env, "PSYDUCK_WORKER_FD": str(theirs.fileno())},
+            env={
+                **without_credentials(os.environ),
+                **env,
+                "PSYDUCK_WORKER_FD": str(theirs.fileno()),
+            },
             stdin=subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,
