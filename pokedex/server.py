@@ -36,10 +36,12 @@ from aiohttp import web
 
 from . import digest as dg
 from . import names, registry, swarm
-from .cluster import HOP, Cluster, normalize_url
+from .bodies import BodyTooLarge, read_body
+from .cluster import HOP, PEER_ERRORS, Cluster, normalize_url
 from .replies import (
     ApiError,
     authorized,
+    body_too_large,
     decode_body,
     encode_body,
     error_body,
@@ -48,6 +50,7 @@ from .replies import (
     parse_digest_list,
     parse_ref_update,
     require_digest,
+    storage_full,
 )
 from .store import BlobStore, DigestMismatch, RefConflict, SizeError, StoreError
 
@@ -142,6 +145,8 @@ class Node:
             return await handler(request)
         except ApiError as e:
             return error_response(path, e)
+        except BodyTooLarge as e:
+            return error_response(path, body_too_large(e))
         except DigestMismatch as e:
             return error_response(path, ApiError(400, "DIGEST_INVALID", str(e)))
         except SizeError as e:
@@ -150,6 +155,11 @@ class Node:
             return error_response(path, ApiError(400, "BAD_REQUEST", str(e)))
         except PAYLOAD_ERRORS as e:
             return error_response(path, ApiError(400, "BODY_INCOMPLETE", f"upload broke off: {e}"))
+        except OSError as e:
+            full = storage_full(e)
+            if full is None:
+                raise
+            return error_response(path, full)
 
     async def count_egress(self, request: web.Request, response: web.StreamResponse) -> None:
         """Bytes of blob bodies sent (what the fan-out benchmark calls origin egress)."""
@@ -184,7 +194,14 @@ class Node:
     async def put_blob(self, request: web.Request) -> web.Response:
         d = _blob_digest(request)
         size, copies = await self.store_blob(request, d)
-        return web.json_response({"digest": d, "size": size, "copies": copies}, status=201)
+        wanted = 1 if request.headers.get(HOP) else self.wanted_copies()
+        return web.json_response(
+            {"digest": d, "size": size, "copies": copies, "wanted": wanted}, status=201
+        )
+
+    def wanted_copies(self) -> int:
+        """How many copies an upload should get: R, or every node of a smaller cluster."""
+        return min(self.cluster.replicas, len(self.cluster.nodes))
 
     async def serve_blob(self, request: web.Request, d: str) -> web.StreamResponse:
         """GET: sendfile from local disk (with Range), else stream from a replica."""
@@ -342,7 +359,14 @@ class Node:
         return web.json_response({"refs": refs})
 
     async def small_blob(self, d: str, limit: int) -> bytes | None:
-        """A whole small blob (manifests, tree manifests) from here or a replica."""
+        """A whole small blob (manifests, tree manifests) from here or else a replica.
+
+        None if no reachable node holds it (or the replica's copy broke off or was corrupt);
+        raises :class:`BodyTooLarge` if it is larger than ``limit``.
+        """
+        size = self.store.size(d)
+        if size is not None and size > limit:
+            raise BodyTooLarge(limit, size)
         data = self.store.read_bytes(d, limit)
         if data is not None:
             return data
@@ -350,9 +374,11 @@ class Node:
         if upstream is None:
             return None
         try:
-            if upstream.status != 200 or (upstream.content_length or 0) > limit:
+            if upstream.status != 200:
                 return None
-            data = await upstream.content.read(limit + 1)
+            data = await read_body(upstream.content, limit, upstream.content_length)
+        except PEER_ERRORS:
+            return None
         finally:
             upstream.release()
         return data if dg.of_bytes(data) == d else None

@@ -272,7 +272,10 @@ class BlobStore:
                 os.unlink(tmp)
 
     def put_bytes(self, data: bytes, expected: str | None = None) -> str:
-        """Store small in-memory content synchronously; returns its digest."""
+        """Store small in-memory content synchronously; returns its digest.
+
+        Nothing is left behind when the write fails (a full disk, say).
+        """
         actual = dg.of_bytes(data)
         if expected is not None and dg.parse(expected) != actual:
             raise DigestMismatch(f"content digest is {actual}, not {expected}")
@@ -280,11 +283,11 @@ class BlobStore:
         if not final.exists():
             fd, tmp = self._temp(final)
             try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 self._commit(tmp, final)
             finally:
                 with contextlib.suppress(FileNotFoundError):
