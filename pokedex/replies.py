@@ -123,10 +123,10 @@ def decode_body(content_type: str, body: bytes) -> Any:
         if content_type in MSGPACK_TYPES:
             return msgpack.unpackb(body, raw=False, strict_map_key=True)
         return json.loads(body)
+    except (RecursionError, msgpack.StackError):
+        raise ApiError(400, "BAD_BODY", "body is nested too deeply") from None
     except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as e:
         raise ApiError(400, "BAD_BODY", f"body is not valid JSON/msgpack: {e}") from None
-    except RecursionError:
-        raise ApiError(400, "BAD_BODY", "body is nested too deeply") from None
 
 
 def encode_body(content_type: str, value: Any) -> web.Response:

@@ -71,6 +71,25 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Make ``path`` hold ``data`` all at once: a temp file beside it is written, fsync'ed and
+    renamed over it, then the directory is fsync'ed. On any failure (a full disk, say) the
+    temp file is removed and ``path`` is left as it was."""
+    tmp = path.parent / f".tmp-{path.name[:16]}-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def _writeback_starter() -> Callable[[int, int, int], None]:
     """``start(fd, offset, length)``: begin writing a file range to disk without waiting.
 
@@ -272,26 +291,13 @@ class BlobStore:
                 os.unlink(tmp)
 
     def put_bytes(self, data: bytes, expected: str | None = None) -> str:
-        """Store small in-memory content synchronously; returns its digest.
-
-        Nothing is left behind when the write fails (a full disk, say).
-        """
+        """Store small in-memory content synchronously; returns its digest."""
         actual = dg.of_bytes(data)
         if expected is not None and dg.parse(expected) != actual:
             raise DigestMismatch(f"content digest is {actual}, not {expected}")
         final = self.path(actual)
         if not final.exists():
-            fd, tmp = self._temp(final)
-            try:
-                try:
-                    _write_all(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                self._commit(tmp, final)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            _write_atomically(final, data)
         return actual
 
     def install(self, src: Path, digest: str) -> None:
@@ -371,8 +377,5 @@ class BlobStore:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             else:
-                tmp = self.ref_root / f".tmp-{secrets.token_hex(6)}"
-                tmp.write_text(value + "\n")
-                _fsync_path(tmp)
-                os.replace(tmp, path)
+                _write_atomically(path, (value + "\n").encode())
             _fsync_dir(self.ref_root)
