@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(c.status(), indent=2))
             elif args.command == "repair":
                 print(json.dumps(c.repair(), indent=2))
-            warning = under_replicated_warning(c.client.under_replicated)
+            warning = under_replicated_warning(c.under_replicated)
     except (PokedexError, ValueError, OSError) as e:
         print(f"pokedex: {e}", file=sys.stderr)
         return 1

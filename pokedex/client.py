@@ -523,6 +523,10 @@ class SyncClient:
     def _run(self, coro: Awaitable[T]) -> T:
         return self._runner.run(coro)  # type: ignore[arg-type]
 
+    @property
+    def under_replicated(self) -> dict[str, tuple[int, int]]:
+        return self.client.under_replicated
+
     def put_bytes(self, data: bytes) -> str:
         return self._run(self.client.put_bytes(data))
 
