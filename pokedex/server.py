@@ -3,9 +3,11 @@
 Handlers are thin: they validate input with the pure helpers (:mod:`.digest`, :mod:`.names`,
 :mod:`.replies`), then call the store (:mod:`.store`) or the cluster (:mod:`.cluster`).
 
-HTTP API (all bodies JSON unless noted; errors are ``{"error": CODE, "message": ...}``)::
+HTTP API (all bodies JSON unless noted; errors are ``{"error": CODE, "message": ...}``,
+a full disk is 507 INSUFFICIENT_STORAGE on every write)::
 
-    PUT  /blobs/sha256:<hex>     body = the bytes; verified while streaming; 201 {"copies": n}
+    PUT  /blobs/sha256:<hex>     body = the bytes; verified while streaming;
+                                 201 {"copies": n, "wanted": r} (n < r: nodes were down)
     GET  /blobs/sha256:<hex>     sendfile, Range; proxied from a replica if not held here
     HEAD /blobs/sha256:<hex>
     POST /missing                {"digests": [...]} (JSON or msgpack) -> {"missing": [...]}
