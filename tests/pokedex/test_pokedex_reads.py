@@ -21,20 +21,50 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pokedex_testlib import TOKEN, NodeProcess, ThreadedNode, cli_env
 
 from pokedex import Client, tree
 from pokedex import digest as dg
-from pokedex.bodies import BodyTooLarge
+from pokedex.bodies import BodyTooLarge, read_body
 from pokedex.client import PokedexError
 from pokedex.registry import MAX_MANIFEST
 
 SIZES = [0, 1, (64 << 10) - 1, (64 << 10) + 1, 1 << 20, (32 << 20) + 1]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+@settings(deadline=None)
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=3000), max_size=20),
+    limit=st.integers(0, 30_000),
+    declared=st.booleans(),
+)
+def test_read_body_returns_the_whole_body_or_refuses_it(
+    chunks: list[bytes], limit: int, declared: bool
+) -> None:
+    """However the body arrives in pieces: all of it if it fits the limit, else BodyTooLarge."""
+    whole = b"".join(chunks)
+
+    async def go() -> bytes:
+        protocol = mock.Mock(_reading_paused=False)
+        reader = aiohttp.StreamReader(protocol, 1 << 16, loop=asyncio.get_running_loop())
+        for chunk in chunks:
+            reader.feed_data(chunk)
+        reader.feed_eof()
+        return await read_body(reader, limit, len(whole) if declared else None)
+
+    if len(whole) > limit:
+        with pytest.raises(BodyTooLarge, match=f"limit of {limit} bytes"):
+            asyncio.run(go())
+    else:
+        assert asyncio.run(go()) == whole
 
 
 @pytest.fixture(scope="module")
