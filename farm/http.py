@@ -124,10 +124,12 @@ async def _read_body(
             if length > max_bytes:
                 raise HTTPError(f"response body of {length} bytes exceeds {max_bytes}")
             return await reader.readexactly(length)
-        body = await reader.read(max_bytes + 1)
-        if len(body) > max_bytes:
-            raise HTTPError(f"response body larger than {max_bytes} bytes")
-        return body
+        body = bytearray()  # one read() returns only what is buffered: read to the end
+        while chunk := await reader.read(max_bytes + 1 - len(body)):
+            body += chunk
+            if len(body) > max_bytes:
+                raise HTTPError(f"response body larger than {max_bytes} bytes")
+        return bytes(body)
     except (asyncio.IncompleteReadError, ValueError, asyncio.LimitOverrunError) as exc:
         raise HTTPError(f"malformed response body: {exc}") from exc
 

@@ -3,9 +3,9 @@
     pokedex serve --data DIR --listen HOST:PORT [--peers URL,URL...] [--replicas R]
                   [--token-file F] [--auth-reads] [--repair-interval S]
                   [--max-bytes SIZE] [--keep-recent DURATION] [--gc-grace DURATION]
-    pokedex put FILE                     -> prints the digest
+    pokedex put FILE [--min-copies N]    -> prints the digest
     pokedex get DIGEST -o FILE
-    pokedex push-tree DIR [--hash-cache F]  -> prints the tree digest
+    pokedex push-tree DIR [--hash-cache F] [--min-copies N]  -> prints the tree digest
     pokedex pull-tree DIGEST DIR [--cache DIR] [--swarm HOST] [--link]
     pokedex status                       -> JSON: nodes, bytes, blobs, replication health
     pokedex repair
@@ -13,6 +13,12 @@
 
 Client commands find the cluster with ``--url`` (repeatable or comma-separated) or
 ``$POKEDEX_URL``, and the token with ``--token-file`` or ``$POKEDEX_TOKEN``.
+
+Exit status: 0 done; 1 failed (one line on stderr says why); 2 bad usage; 3 (``put``,
+``push-tree``) stored, but some blob has fewer copies than the cluster's replica count
+because nodes were down: a warning names the copies made and wanted, and a repair pass
+adds the rest once the nodes are back. ``--min-copies N`` turns fewer than N copies into
+a failure (status 1).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from . import units
 from .client import PokedexError, SyncClient
 from .retention import DEFAULT_GRACE, DEFAULT_KEEP_RECENT, Policy
 from .server import start_node
+
+EXIT_UNDER_REPLICATED = 3
 
 
 def _token(path: str | None) -> str | None:
@@ -100,6 +108,31 @@ async def _serve(args: argparse.Namespace) -> None:
     await node.close()
 
 
+def under_replicated_warning(short: dict[str, tuple[int, int]]) -> str | None:
+    """The warning for blobs stored with fewer copies than wanted (digest -> (copies,
+    wanted)), or None if there are none."""
+    if not short:
+        return None
+    copies, wanted = min(short.values())
+    if len(short) == 1:
+        what = f"{next(iter(short))} was stored with only {copies} of {wanted} copies"
+    else:
+        what = (
+            f"{len(short)} blobs were stored with fewer copies than wanted "
+            f"(fewest: {copies} of {wanted})"
+        )
+    return (
+        f"pokedex: warning: {what}; nodes are down or unreachable, and a repair pass "
+        "(`pokedex repair`, or the nodes' repair loop) adds the missing copies once they are back"
+    )
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pokedex", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,13 +170,17 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--token-file")
         return c
 
-    client_cmd("put", "store a file, print its digest").add_argument("file")
+    min_copies_help = "fail (status 1) if fewer than N copies of a blob could be made"
+    pu = client_cmd("put", "store a file, print its digest")
+    pu.add_argument("file")
+    pu.add_argument("--min-copies", type=_positive, default=1, metavar="N", help=min_copies_help)
     g = client_cmd("get", "fetch a blob into a file")
     g.add_argument("digest")
     g.add_argument("-o", "--output", required=True)
     pt = client_cmd("push-tree", "store a directory, print its digest")
     pt.add_argument("dir")
     pt.add_argument("--hash-cache", help="file remembering digests of unchanged files")
+    pt.add_argument("--min-copies", type=_positive, default=1, metavar="N", help=min_copies_help)
     t = client_cmd("pull-tree", "materialize a stored directory")
     t.add_argument("digest")
     t.add_argument("dir")
@@ -175,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     if not any(u.strip() for u in urls):
         print("pokedex: give --url or set POKEDEX_URL", file=sys.stderr)
         return 2
+    min_copies = getattr(args, "min_copies", 1)
     try:
-        with SyncClient(urls, _token(args.token_file)) as c:
+        with SyncClient(urls, _token(args.token_file), min_copies=min_copies) as c:
             if args.command == "put":
                 print(c.put_file(args.file))
             elif args.command == "get":
@@ -196,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(answer, indent=2) if args.json else format_gc(answer))
                 if any(r.get("skipped") for r in answer["nodes"]):
                     return 1
+            warning = under_replicated_warning(c.under_replicated)
     except (PokedexError, ValueError, OSError) as e:
         print(f"pokedex: {e}", file=sys.stderr)
         return 1
+    if warning is not None:
+        print(warning, file=sys.stderr)
+        return EXIT_UNDER_REPLICATED
     return 0
 
 

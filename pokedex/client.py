@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import time
@@ -23,6 +24,7 @@ import msgpack
 
 from . import digest as dg
 from . import names, placement, swarm, tree
+from .bodies import BodyTooLarge, read_body
 from .cluster import normalize_url
 from .replies import MAX_MISSING
 from .store import BlobStore, StoreError, receive
@@ -30,6 +32,7 @@ from .store import BlobStore, StoreError, receive
 T = TypeVar("T")
 ANY = object()  # set_ref(expected=ANY): unconditional
 RETRY_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, StoreError)
+MAX_REPLY = 16 << 20  # JSON/msgpack replies and error bodies
 
 
 class PokedexError(Exception):
@@ -43,6 +46,20 @@ class PokedexError(Exception):
 
 class _Refused(PokedexError):
     """A 4xx: retrying on another node would not help."""
+
+
+class TooFewCopies(_Refused):
+    """An upload was stored with fewer copies than the client's ``min_copies``."""
+
+    def __init__(self, digest: str, copies: int, wanted: int, min_copies: int) -> None:
+        super().__init__(
+            f"{digest} was stored with only {copies} of {wanted} copies, fewer than the "
+            f"{min_copies} required (it stays stored; `pokedex repair` adds the missing copies "
+            "once the other nodes are back)"
+        )
+        self.digest = digest
+        self.copies = copies
+        self.wanted = wanted
 
 
 class RefConflict(_Refused):
@@ -67,6 +84,12 @@ class Client:
     ``urls``: one or more node URLs (a list or a comma-separated string); any node can
     answer any request, more URLs only add failover. ``token``: the cluster token, needed
     for writes (and for reads on clusters started with ``--auth-reads``).
+
+    Uploads: a node acknowledges a blob once it is stored, replicated to as many of the
+    cluster's R nodes as are reachable. Blobs stored with fewer than R copies are listed in
+    :attr:`under_replicated` (digest -> (copies, wanted)) until a later upload of the same
+    blob reaches R; with ``min_copies`` an upload that made fewer copies than that raises
+    :class:`TooFewCopies` (the blob stays stored; repair adds copies later).
     """
 
     def __init__(
@@ -77,10 +100,13 @@ class Client:
         concurrency: int = 8,
         connect_timeout: float = 5.0,
         read_timeout: float = 120.0,
+        min_copies: int = 1,
     ) -> None:
         self.urls = _split_urls(urls)
         self.token = token
         self.concurrency = concurrency
+        self.min_copies = min_copies
+        self.under_replicated: dict[str, tuple[int, int]] = {}
         self._small = aiohttp.ClientTimeout(total=60, connect=connect_timeout)
         self._stream = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=read_timeout
@@ -128,9 +154,9 @@ class Client:
     async def _check(r: aiohttp.ClientResponse, ok: tuple[int, ...] = (200, 201)) -> None:
         if r.status in ok:
             return
-        body = await r.text()
+        body = (await _reply(r)).decode(errors="replace")
         cls = _Refused if 400 <= r.status < 500 else PokedexError
-        raise cls(f"HTTP {r.status}: {body[:500]}", r.status, body)
+        raise cls(error_message(r.status, body), r.status, body)
 
     async def _json(self, method: str, path: str, key: str, **kw: Any) -> Any:
         async def attempt(url: str) -> Any:
@@ -138,23 +164,31 @@ class Client:
                 method, url + path, headers=self._headers(), timeout=self._small, **kw
             ) as r:
                 await self._check(r)
-                return await r.json()
+                return json.loads(await _reply(r))
 
         return await self._on_nodes(key, attempt)
 
     # -- blobs -------------------------------------------------------------------------------
 
+    async def _upload(self, url: str, d: str, data: Any) -> None:
+        """PUT one blob to ``url``; then hold its copy count against ``min_copies``."""
+        async with self._http.put(
+            f"{url}/blobs/{d}", data=data, headers=self._headers(), timeout=self._stream
+        ) as r:
+            await self._check(r)
+            reply = json.loads(await _reply(r))
+        copies, wanted = reply["copies"], reply["wanted"]
+        if copies < wanted:
+            self.under_replicated[d] = (copies, wanted)
+        else:
+            self.under_replicated.pop(d, None)
+        if copies < self.min_copies:
+            raise TooFewCopies(d, copies, wanted, self.min_copies)
+
     async def put_bytes(self, data: bytes) -> str:
         """Store ``data``; returns its digest."""
         d = dg.of_bytes(data)
-
-        async def attempt(url: str) -> None:
-            async with self._http.put(
-                f"{url}/blobs/{d}", data=data, headers=self._headers(), timeout=self._stream
-            ) as r:
-                await self._check(r)
-
-        await self._on_nodes(d, attempt)
+        await self._on_nodes(d, lambda url: self._upload(url, d, data))
         return d
 
     async def put_file(self, path: str | os.PathLike[str], digest: str | None = None) -> str:
@@ -167,10 +201,7 @@ class Client:
 
         async def attempt(url: str) -> None:
             with open(path, "rb") as f:
-                async with self._http.put(
-                    f"{url}/blobs/{d}", data=f, headers=self._headers(), timeout=self._stream
-                ) as r:
-                    await self._check(r)
+                await self._upload(url, d, f)
 
         await self._on_nodes(d, attempt)
         return d
@@ -184,11 +215,10 @@ class Client:
                 f"{url}/blobs/{d}", headers=self._headers(), timeout=self._stream
             ) as r:
                 await self._check(r, (200,))
-                if (r.content_length or 0) > limit:
-                    raise _Refused(f"{d} is larger than {limit} bytes")
-                data = await r.content.read(limit + 1)
-            if len(data) > limit:
-                raise _Refused(f"{d} is larger than {limit} bytes")
+                try:
+                    data = await read_body(r.content, limit, r.content_length)
+                except BodyTooLarge:
+                    raise _Refused(f"{d} is larger than {limit} bytes") from None
             if dg.of_bytes(data) != d:
                 raise PokedexError(f"{url} sent corrupt content for {d}")
             return data
@@ -246,7 +276,7 @@ class Client:
                     timeout=self._small,
                 ) as r:
                     await self._check(r, (200,))
-                    return msgpack.unpackb(await r.read())["missing"]
+                    return msgpack.unpackb(await _reply(r))["missing"]
 
             out.extend(await self._on_nodes("missing", attempt))
         return out
@@ -301,7 +331,7 @@ class Client:
                 f"{url}/repair", headers=self._headers(), timeout=self._stream
             ) as r:
                 await self._check(r, (200,))
-                results[url] = await r.json()
+                results[url] = json.loads(await _reply(r))
         return results
 
     async def gc(self, keep_bytes: int = 0) -> dict[str, Any]:
@@ -454,10 +484,30 @@ class Client:
                     f"{tracker}/swarm/active/{d}", headers=self._headers(), timeout=self._small
                 ) as r:
                     await self._check(r, (200,))
-                    pulling += (await r.json())["pulling"]
+                    pulling += json.loads(await _reply(r))["pulling"]
             if not pulling:
                 return
             await asyncio.sleep(0.1)
+
+
+async def _reply(r: aiohttp.ClientResponse) -> bytes:
+    """A whole reply body (JSON, msgpack or an error document), at most MAX_REPLY bytes."""
+    try:
+        return await read_body(r.content, MAX_REPLY, r.content_length)
+    except BodyTooLarge as e:
+        raise PokedexError(f"{r.url} sent an oversized reply: {e}") from None
+
+
+def error_message(status: int, body: str) -> str:
+    """One line for a node's error reply: ``HTTP 507 INSUFFICIENT_STORAGE: <message>`` from
+    a pokedex error document, else the start of the body."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        return f"HTTP {status} {doc.get('error')}: {doc['message'][:500]}"
+    return f"HTTP {status}: {body[:500]}"
 
 
 def _load_hash_cache(path: str | os.PathLike[str] | None) -> tree.HashCache:
@@ -488,6 +538,10 @@ class SyncClient:
 
     def _run(self, coro: Awaitable[T]) -> T:
         return self._runner.run(coro)  # type: ignore[arg-type]
+
+    @property
+    def under_replicated(self) -> dict[str, tuple[int, int]]:
+        return self.client.under_replicated
 
     def put_bytes(self, data: bytes) -> str:
         return self._run(self.client.put_bytes(data))

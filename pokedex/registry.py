@@ -30,6 +30,7 @@ from aiohttp import web
 
 from . import digest as dg
 from . import names
+from .bodies import BodyTooLarge, read_body
 from .replies import ApiError, require_digest
 from .store import DigestMismatch, SizeError, pump
 
@@ -65,6 +66,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> tuple[str, list[str
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise invalid("not JSON") from None
+    except RecursionError:
+        raise invalid("nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise invalid("want a JSON object with schemaVersion 2")
     media = doc.get("mediaType")
@@ -209,7 +212,9 @@ class Registry:
         """Append the request body to a session file; returns the new total size.
 
         The session's hash state is kept in memory across PATCHes, so the final PUT does not
-        re-read the file (after a restart it does: the state is then missing).
+        re-read the file (after a restart it does: the state is then missing). A body that
+        fails part-way (the disk fills up, the client breaks off, it is too large) is cut
+        off again, so the session stays at the size the client last had acknowledged.
         """
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
@@ -223,17 +228,20 @@ class Registry:
             if hasher is None or hasher.size != size:
                 hasher = None  # lost or out of step: the final PUT re-hashes the file
             try:
-                size += await pump(
+                added = await pump(
                     request.content.iter_any(),
                     fd,
                     hasher or dg.Hasher(),
                     limit=self.node.max_blob - size,
                 )
-            except SizeError:
-                raise ApiError(413, "SIZE_INVALID", "blob too large") from None
+            except BaseException:
+                os.ftruncate(fd, size)  # the hash state saw the cut bytes: it is dropped
+                raise
             if hasher is not None:
                 self.hashers[sid] = hasher
-            return size
+            return size + added
+        except SizeError:
+            raise ApiError(413, "SIZE_INVALID", "blob too large") from None
         finally:
             os.close(fd)
 
@@ -291,7 +299,10 @@ class Registry:
         repo = _repo(request)
         reference = request.match_info["reference"]
         d = await self._resolve(repo, reference)
-        body = None if d is None else await self.node.small_blob(d, MAX_MANIFEST)
+        try:
+            body = None if d is None else await self.node.small_blob(d, MAX_MANIFEST)
+        except BodyTooLarge as e:
+            raise ApiError(404, "MANIFEST_UNKNOWN", f"{d} is not a manifest: {e}") from None
         if d is None or body is None:
             raise ApiError(404, "MANIFEST_UNKNOWN", f"manifest {reference[:100]!r} unknown")
         try:
@@ -312,9 +323,10 @@ class Registry:
                 names.check_tag(reference)
             except names.NameError_ as e:
                 raise ApiError(400, "TAG_INVALID", str(e)) from None
-        body = await request.content.read(MAX_MANIFEST + 1)
-        if len(body) > MAX_MANIFEST:
-            raise ApiError(413, "SIZE_INVALID", f"manifest larger than {MAX_MANIFEST} bytes")
+        try:
+            body = await read_body(request.content, MAX_MANIFEST, request.content_length)
+        except BodyTooLarge as e:
+            raise ApiError(413, "SIZE_INVALID", f"manifest {e}") from None
         _, refs = parse_manifest(body, request.content_type)
         d = dg.of_bytes(body)
         if dg.is_digest(reference) and reference != d:

@@ -7,6 +7,7 @@ state, so they can be tested directly and so handlers stay thin.
 from __future__ import annotations
 
 import base64
+import errno
 import hmac
 import json
 from typing import Any
@@ -15,6 +16,7 @@ import msgpack
 from aiohttp import web
 
 from . import digest as dg
+from .bodies import BodyTooLarge
 
 MAX_MISSING = 10_000  # digests per /missing request
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
@@ -39,6 +41,24 @@ def require_digest(value: Any, what: str = "digest") -> str:
             400, "DIGEST_INVALID", f"{what} is not sha256:<64 hex>: {str(value)[:100]!r}"
         )
     return value
+
+
+def body_too_large(err: BodyTooLarge) -> ApiError:
+    """The 413 reply for a request body over its limit."""
+    return ApiError(413, "SIZE_INVALID", f"request {err}")
+
+
+def storage_full(err: OSError) -> ApiError | None:
+    """The 507 reply for a write that found the disk (or the quota) full; None for any
+    other OS error, which stays a server fault."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return ApiError(
+        507,
+        "INSUFFICIENT_STORAGE",
+        f"this node is out of storage space ({err.strerror}); nothing was stored, "
+        "try again once space is freed",
+    )
 
 
 def error_body(path: str, code: str, message: str, detail: Any = None) -> dict[str, Any]:
@@ -90,15 +110,21 @@ def authorized(header: str | None, token: str) -> bool:
         value = decoded.partition(":")[2]
     elif scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(value.encode(), token.encode())
+    try:
+        given = value.encode()
+    except UnicodeEncodeError:  # header bytes that are not UTF-8 cannot spell the token
+        return False
+    return hmac.compare_digest(given, token.encode())
 
 
 def decode_body(content_type: str, body: bytes) -> Any:
-    """JSON or msgpack request body; ApiError(400) if it is neither."""
+    """JSON or msgpack request body; ApiError(400) if it is neither (or nested too deeply)."""
     try:
         if content_type in MSGPACK_TYPES:
             return msgpack.unpackb(body, raw=False, strict_map_key=True)
         return json.loads(body)
+    except (RecursionError, msgpack.StackError):
+        raise ApiError(400, "BAD_BODY", "body is nested too deeply") from None
     except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as e:
         raise ApiError(400, "BAD_BODY", f"body is not valid JSON/msgpack: {e}") from None
 

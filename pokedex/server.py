@@ -3,9 +3,11 @@
 Handlers are thin: they validate input with the pure helpers (:mod:`.digest`, :mod:`.names`,
 :mod:`.replies`), then call the store (:mod:`.store`) or the cluster (:mod:`.cluster`).
 
-HTTP API (all bodies JSON unless noted; errors are ``{"error": CODE, "message": ...}``)::
+HTTP API (all bodies JSON unless noted; errors are ``{"error": CODE, "message": ...}``,
+a full disk is 507 INSUFFICIENT_STORAGE on every write)::
 
-    PUT  /blobs/sha256:<hex>     body = the bytes; verified while streaming; 201 {"copies": n}
+    PUT  /blobs/sha256:<hex>     body = the bytes; verified while streaming;
+                                 201 {"copies": n, "wanted": r} (n < r: nodes were down)
     GET  /blobs/sha256:<hex>     sendfile, Range; proxied from a replica if not held here
     HEAD /blobs/sha256:<hex>
     POST /missing                {"digests": [...]} (JSON or msgpack) -> {"missing": [...]}
@@ -38,11 +40,13 @@ from aiohttp import web
 
 from . import digest as dg
 from . import names, registry, swarm
-from .cluster import HOP, Cluster, normalize_url
+from .bodies import BodyTooLarge, read_body
+from .cluster import HOP, PEER_ERRORS, Cluster, normalize_url
 from .collector import GC_READ, Collector
 from .replies import (
     ApiError,
     authorized,
+    body_too_large,
     decode_body,
     encode_body,
     error_body,
@@ -51,6 +55,7 @@ from .replies import (
     parse_digest_list,
     parse_ref_update,
     require_digest,
+    storage_full,
 )
 from .retention import Policy
 from .store import BlobStore, DigestMismatch, RefConflict, SizeError, StoreError
@@ -153,6 +158,8 @@ class Node:
             return await handler(request)
         except ApiError as e:
             return error_response(path, e)
+        except BodyTooLarge as e:
+            return error_response(path, body_too_large(e))
         except DigestMismatch as e:
             return error_response(path, ApiError(400, "DIGEST_INVALID", str(e)))
         except SizeError as e:
@@ -161,6 +168,11 @@ class Node:
             return error_response(path, ApiError(400, "BAD_REQUEST", str(e)))
         except PAYLOAD_ERRORS as e:
             return error_response(path, ApiError(400, "BODY_INCOMPLETE", f"upload broke off: {e}"))
+        except OSError as e:
+            full = storage_full(e)
+            if full is None:
+                raise
+            return error_response(path, full)
 
     async def count_egress(self, request: web.Request, response: web.StreamResponse) -> None:
         """Bytes of blob bodies sent (what the fan-out benchmark calls origin egress)."""
@@ -195,7 +207,14 @@ class Node:
     async def put_blob(self, request: web.Request) -> web.Response:
         d = _blob_digest(request)
         size, copies = await self.store_blob(request, d)
-        return web.json_response({"digest": d, "size": size, "copies": copies}, status=201)
+        wanted = 1 if request.headers.get(HOP) else self.wanted_copies()
+        return web.json_response(
+            {"digest": d, "size": size, "copies": copies, "wanted": wanted}, status=201
+        )
+
+    def wanted_copies(self) -> int:
+        """How many copies an upload should get: R, or every node of a smaller cluster."""
+        return min(self.cluster.replicas, len(self.cluster.nodes))
 
     async def serve_blob(self, request: web.Request, d: str) -> web.StreamResponse:
         """GET: sendfile from local disk (with Range), else stream from a replica."""
@@ -355,17 +374,26 @@ class Node:
         return web.json_response({"refs": refs})
 
     async def small_blob(self, d: str, limit: int) -> bytes | None:
-        """A whole small blob (manifests, tree manifests) from here or a replica."""
-        data = self.store.read_bytes(d, limit) if self.store.has(d) else None
+        """A whole small blob (manifests, tree manifests) from here or else a replica.
+
+        None if no reachable node holds it (or the replica's copy broke off or was corrupt);
+        raises :class:`BodyTooLarge` if it is larger than ``limit``.
+        """
+        size = self.store.size(d)
+        if size is not None and size > limit:
+            raise BodyTooLarge(limit, size)
+        data = self.store.read_bytes(d, limit)
         if data is not None:
             return data
         upstream = await self.cluster.open_remote(d, None)
         if upstream is None:
             return None
         try:
-            if upstream.status != 200 or (upstream.content_length or 0) > limit:
+            if upstream.status != 200:
                 return None
-            data = await upstream.content.read(limit + 1)
+            data = await read_body(upstream.content, limit, upstream.content_length)
+        except PEER_ERRORS:
+            return None
         finally:
             upstream.release()
         return data if dg.of_bytes(data) == d else None

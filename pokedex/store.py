@@ -78,6 +78,25 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Make ``path`` hold ``data`` all at once: a temp file beside it is written, fsync'ed and
+    renamed over it, then the directory is fsync'ed. On any failure (a full disk, say) the
+    temp file is removed and ``path`` is left as it was."""
+    tmp = path.parent / f".tmp-{path.name[:16]}-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def _writeback_starter() -> Callable[[int, int, int], None]:
     """``start(fd, offset, length)``: begin writing a file range to disk without waiting.
 
@@ -350,11 +369,11 @@ class BlobStore:
         if not self.has(actual):
             fd, tmp = self._temp(final)
             try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 self._commit(tmp, final)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -438,8 +457,5 @@ class BlobStore:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             else:
-                tmp = self.ref_root / f".tmp-{secrets.token_hex(6)}"
-                tmp.write_text(value + "\n")
-                _fsync_path(tmp)
-                os.replace(tmp, path)
+                _write_atomically(path, (value + "\n").encode())
             _fsync_dir(self.ref_root)

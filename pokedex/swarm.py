@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from .bodies import BodyTooLarge, read_body
 from .replies import ApiError, require_digest
 from .store import BlobStore, start_writeback
 
@@ -372,8 +373,8 @@ async def fetch_blob(
             async with http.get(url, headers=hdrs, timeout=timeout) as r:
                 if r.status not in (200, 206):
                     return False
-                data = await r.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
+                data = await read_body(r.content, end - start + 1, r.content_length)
+        except (TimeoutError, aiohttp.ClientError, OSError, BodyTooLarge):
             return False
         if len(data) != end - start + 1:
             return False

@@ -107,6 +107,8 @@ def decode(data: bytes) -> list[Entry]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise TreeError("manifest is not JSON") from None
+    except RecursionError:
+        raise TreeError("manifest is nested too deeply") from None
     if (
         not isinstance(doc, dict)
         or doc.get("format") != FORMAT
@@ -259,7 +261,9 @@ def materialize(
 
     Files are copied (``link=True``: hard-linked when the cache file already has the wanted
     mode — faster, but then editing the file in place would corrupt the cache). Whatever is
-    at an entry's path is replaced; other files under ``dest`` are left alone.
+    at an entry's path is replaced; other files under ``dest`` are left alone. Only the
+    permission bits (0o777) of a mode are applied: setuid, setgid and sticky bits from a
+    manifest are dropped, so pulling a tree as root never creates a setuid file.
     """
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
@@ -272,11 +276,12 @@ def materialize(
             continue
         assert e.digest is not None
         src = blob_path(e.digest)
-        if link and stat.S_IMODE(src.stat().st_mode) == e.mode:
+        mode = e.mode & 0o777
+        if link and stat.S_IMODE(src.stat().st_mode) == mode:
             try:
                 os.link(src, target)
                 continue
             except OSError:
                 pass  # other filesystem or link limit: fall back to copying
         shutil.copyfile(src, target)
-        os.chmod(target, e.mode)
+        os.chmod(target, mode)

@@ -165,6 +165,10 @@ def test_a_chunked_body_is_joined():
 
 def test_a_body_without_length_runs_to_the_end_of_the_connection():
     assert get(b"HTTP/1.1 404 Not Found\r\n\r\nno such run").body == b"no such run"
+    large = b"x" * ((1 << 20) + 1)  # spans many reads of the stream
+    assert get(b"HTTP/1.1 200 OK\r\n\r\n" + large, max_bytes=2 << 20).body == large
+    with pytest.raises(http.HTTPError, match="larger than 1048576 bytes"):
+        get(b"HTTP/1.1 200 OK\r\n\r\n" + large)
 
 
 @pytest.mark.parametrize(
