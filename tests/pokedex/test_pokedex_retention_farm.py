@@ -58,7 +58,10 @@ def test_the_farms_node_runs_with_the_budget(tmp_path: Path) -> None:
     def status() -> dict[str, Any] | None:
         assert proc.poll() is None, log.read_text()
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{node_port}/status", timeout=5) as r:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{node_port}/status", headers={"Authorization": "Bearer tok"}
+            )
+            with urllib.request.urlopen(request, timeout=5) as r:
                 return json.load(r)
         except OSError:
             return None
