@@ -418,6 +418,9 @@ class Coordinator:
             interrupted = run.tests.get(current) if current else None
             self._host_failed(state, run, unfinished, interrupted, info.detail)
             return
+        if info.interrupted and current is not None:
+            self._retry_interrupted(run, run.tests[current], unfinished, info.interrupted)
+            return
         if current is not None:
             self._crashed(run, current, self._crash_message(worker, current, info))
         if unfinished:
@@ -451,6 +454,29 @@ class Coordinator:
             how = f"exited with status {info.status}"
         text = f"worker crashed while running {test_id}: {how}"
         return f"{text}\n\nworker output:\n{output}" if output else text
+
+    def _retry_interrupted(
+        self, run: Run, interrupted: TestSpec, unfinished: list[TestSpec], reason: str
+    ) -> None:
+        """A worker stopped from outside (not by its test, not by its host failing): the
+        test it was running runs again, once, and the host stays in service."""
+        if self.scheduler.requeue(run.id, unfinished, interrupted=interrupted):
+            run.emit(
+                {
+                    "t": "notice",
+                    "id": interrupted.id,
+                    "message": f"the worker running {interrupted.id} was stopped: {reason}; "
+                    "retrying it elsewhere",
+                }
+            )
+        else:
+            self._crashed(
+                run,
+                interrupted.id,
+                f"the worker running {interrupted.id} was stopped: {reason}, "
+                "and it had already been retried once",
+            )
+        self._wake_all()
 
     def _host_failed(
         self,

@@ -52,6 +52,10 @@ class ExitInfo:
     oom_killed: bool = False
     memory_limit: int | None = None
     host_lost: bool = False
+    #: Why the worker was stopped from outside both the test and the farm (an operator's
+    #: ``docker kill``, the engine stopping the container), or "".  The running test is
+    #: not to blame: it runs again, as after a host loss, but the host stays in service.
+    interrupted: str = ""
     detail: str = ""
 
 

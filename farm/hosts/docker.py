@@ -6,7 +6,7 @@ transport for ``ssh://…`` (:mod:`farm.hosts.ssh`).  Each shard gets a fresh
 container (``reuse_workers = False``) planned by :mod:`farm.hosts.containers`;
 its stdin/stdout carry the worker's frames over the container's attach stream,
 stderr its own output.  How a container ended comes from one engine event
-stream per host (``oom`` and ``die`` events), because the containers remove
+stream per host (``kill``, ``oom`` and ``die`` events), because the containers remove
 themselves (``auto_remove``): that way nothing is left behind even when the
 coordinator is killed, since a worker whose attach stream closes sees EOF on
 stdin and exits.  The same event stream is the host's pulse: when it breaks,
@@ -37,6 +37,7 @@ messages to the event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import importlib
 import logging
@@ -236,7 +237,7 @@ class Engine:
             self.api.events,
             filters={
                 "type": "container",
-                "event": ["oom", "die"],
+                "event": ["kill", "oom", "die"],
                 "label": [f"{LABEL_FARM}={FARM_ID}"],
             },
             decode=True,
@@ -265,7 +266,9 @@ class Engine:
         worker = self._workers.get(container)
         if worker is None:
             return
-        if event.get("status") == "oom":
+        if event.get("status") == "kill":
+            worker.kill_seen(event.get("Actor", {}).get("Attributes", {}).get("signal", "?"))
+        elif event.get("status") == "oom":
             worker.oom_seen()
         elif event.get("status") == "die":
             code = int(event.get("Actor", {}).get("Attributes", {}).get("exitCode", -1))
@@ -334,6 +337,8 @@ class DockerWorker(WorkerConnection):
         self._send_lock = asyncio.Lock()
         self._oom = False
         self._killed = False
+        #: Why something other than the farm killed the container, once it did.
+        self._killed_outside = ""
         #: The worker said ``done``: everything it had to report has been received.
         self._finished = False
         #: The shard's first test, while the worker has said nothing since its
@@ -404,6 +409,14 @@ class DockerWorker(WorkerConnection):
     def oom_seen(self) -> None:
         self._oom = True
 
+    def kill_seen(self, signal: str) -> None:
+        """The engine was asked to kill the container; unless the farm asked, someone else did."""
+        if not self._killed:
+            self._killed_outside = (
+                f"its container {self.container[:12]} was killed from outside the farm "
+                f"(signal {signal})"
+            )
+
     def died(self, code: int) -> None:
         if code == 137 and not self._oom and not self._killed:
             # The kernel's OOM event may trail the exit by a moment.
@@ -412,8 +425,12 @@ class DockerWorker(WorkerConnection):
             self._resolve(code)
 
     def _resolve(self, code: int) -> None:
-        if not self._exit.done():
-            self._exit.set_result(exit_info(code, self._oom, self.limits.memory))
+        if self._exit.done():
+            return
+        info = exit_info(code, self._oom, self.limits.memory)
+        if self._killed_outside and not self._oom:
+            info = dataclasses.replace(info, interrupted=self._killed_outside)
+        self._exit.set_result(info)
 
     def host_lost(self, detail: str) -> None:
         if not self._exit.done():
