@@ -66,34 +66,6 @@ def write_suite(root: Path, k: int) -> Path:
     return path
 
 
-class ClusterNode(NodeProcess):
-    """A pokedex node process that knows its peers (the test library's node runs alone)."""
-
-    def __init__(self, data: Path, port: int, token_file: Path, peers: list[str]) -> None:
-        super().__init__(data, port, token_file)
-        self.peers = peers
-
-    def start(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pokedex.cli",
-            "serve",
-            "--data",
-            str(self.data),
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--peers",
-            ",".join(self.peers),
-            "--token-file",
-            str(self.token_file),
-        ]
-        with open(self.data.parent / f"node-{self.port}.log", "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._accepting, "a pokedex node to listen", timeout=30)
-
-
 def restart_sshd(server: Sshd) -> Sshd:
     """Start *server*'s sshd again on the same address, port and host key."""
     with open(server.directory / "sshd.log", "ab") as log:
@@ -131,7 +103,7 @@ class Chaos:
 
     farm_pid: int
     sshd: Sshd
-    nodes: list[ClusterNode]
+    nodes: list[NodeProcess]
     stop: threading.Event = field(default_factory=threading.Event)
     done: list[str] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
@@ -191,9 +163,12 @@ def test_a_served_farm_loses_and_duplicates_nothing_while_its_hosts_fail(
     token_file.write_text(TOKEN)
     ports = [free_port() for _ in range(3)]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
+    peers = ("--peers", ",".join(urls))
     nodes = [
-        ClusterNode(tmp_path / f"pokedex{i}", p, token_file, urls) for i, p in enumerate(ports)
+        NodeProcess(tmp_path / f"pokedex{i}", p, token_file, peers) for i, p in enumerate(ports)
     ]
+    for node in nodes:
+        node.data.mkdir()
     ssh_server = sshd("127.0.0.2")
     known_hosts.write_text(ssh_server.known_hosts_line())
     farm_port = free_port()
