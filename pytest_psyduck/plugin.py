@@ -96,6 +96,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--psyduck-image", metavar="IMAGE", default=None, help="test image for docker/ssh hosts"
     )
     group.addoption(
+        "--psyduck-pass-env",
+        metavar="NAME",
+        action="append",
+        default=None,
+        help="pass the environment variables matching this fnmatch pattern to docker and ssh "
+        "workers (repeatable; local workers get the whole environment)",
+    )
+    group.addoption(
         "--psyduck-transform",
         metavar="NAMES",
         default=None,
@@ -105,6 +113,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("psyduck_hosts", "default --psyduck-hosts", default="")
     parser.addini("psyduck_timeout", "default --psyduck-timeout in seconds", default="")
     parser.addini("psyduck_image", "default --psyduck-image", default="")
+    parser.addini(
+        "psyduck_pass_env",
+        "environment variables (fnmatch patterns, one a line) docker and ssh workers get",
+        type="linelist",
+        default=[],
+    )
     parser.addini(
         "psyduck_transformations",
         "env-only test transformations, one a line: NAME: KEY=VALUE KEY=VALUE",

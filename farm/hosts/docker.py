@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import importlib
 import logging
 import os
 import socket
@@ -72,12 +71,13 @@ from farm.hosts.base import (
 from farm.hosts.containers import (
     COPY_SKIP,
     FARM_ID,
-    INJECTED_PACKAGES,
     LABEL_FARM,
     LABEL_HOST,
     ContainerPlan,
     Limits,
     host_share,
+    image_variable,
+    inject_sources,
     owner_is_gone,
     plan_container,
     shard_limits,
@@ -132,9 +132,13 @@ HOST_OPTIONS = {
 }
 
 
+#: Options a host builder receives from its caller, not from farm.toml or the spec.
+CALLER_OPTIONS = frozenset({"launcher", "embedded"})
+
+
 def host_options(options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
     """Check farm.toml host fields against *allowed* (name → type); sizes become bytes."""
-    chosen = {k: v for k, v in options.items() if v is not None and k != "launcher"}
+    chosen = {k: v for k, v in options.items() if v is not None and k not in CALLER_OPTIONS}
     for key, value in chosen.items():
         kind = allowed.get(key)
         if kind is None:
@@ -142,7 +146,7 @@ def host_options(options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, 
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ValueError(f"host option {key!r} has the wrong type ({type(value).__name__})")
     if isinstance(chosen.get("memory"), str):
-        from pytest_psyduck.marks import parse_size  # the same sizes as the psyduck mark
+        from pokedex.units import parse_size  # the same sizes as the psyduck mark
 
         chosen["memory"] = parse_size(chosen["memory"])
     return chosen
@@ -592,13 +596,6 @@ async def _discard(task: asyncio.Future[DockerWorker]) -> None:
     await worker.wait()
 
 
-def _module_dirs() -> dict[str, str]:
-    return {
-        name: os.path.dirname(importlib.import_module(name).__file__ or "")
-        for name in INJECTED_PACKAGES
-    }
-
-
 def _owner(path: str) -> str:
     """``uid:gid`` owning *path*: the container runs as the code's owner, so it can read it."""
     st = os.stat(path)
@@ -795,10 +792,14 @@ class DockerHost(Host):
         cpus: float | None = None,
         cache_dir: str | None = None,
         remote: bool = False,
+        embedded: bool = False,
     ) -> None:
         self.name = name
         #: The engine does not share the coordinator's disk: payloads go in volumes.
         self.remote = remote
+        #: The farm runs on the client's machine as its user (the embedded farm):
+        #: psyduck's packages come from where the client's pytest has them.
+        self.embedded = embedded
         self.slots = slots or 0
         self._connect = connect or local_engine()
         self.labels = {"kind": "docker", **(labels or {})}
@@ -816,7 +817,8 @@ class DockerHost(Host):
         self._pulls: set[ImagePull] = set()
         self._spares: dict[int, _Spare] = {}
         self._background: set[asyncio.Future[None]] = set()
-        self._module_dirs = _module_dirs()
+        #: Per image reference: its own ``PYTHONPATH``, which workers extend.
+        self._image_paths: dict[str, str] = {}
         #: Payload volumes by name (filled, or being filled), oldest first.
         self._volumes: dict[str, asyncio.Future[str]] = {}
 
@@ -839,6 +841,7 @@ class DockerHost(Host):
             await engine.start()
             self._engine = engine
             self._images.clear()
+            self._image_paths.clear()
             return engine
 
     async def start(self) -> None:
@@ -947,6 +950,19 @@ class DockerHost(Host):
 
     def _missing(self, image: str) -> str:
         return f"host {self.name}: test image {image!r} is not present on its Docker engine"
+
+    async def _image_pythonpath(self, engine: Engine, image: str) -> str:
+        """The ``PYTHONPATH`` *image* sets (``ENV``), looked up once per image and engine."""
+        if image not in self._image_paths:
+            try:
+                details = await engine.call(engine.api.inspect_image, image)
+            except docker.errors.APIError as exc:
+                raise HostError(
+                    f"host {self.name}: cannot inspect test image {image!r}: {_explanation(exc)}"
+                ) from exc
+            env = (details.get("Config") or {}).get("Env") or []
+            self._image_paths[image] = image_variable(env, "PYTHONPATH")
+        return self._image_paths[image]
 
     async def _image_present(self, engine: Engine, image: str) -> bool:
         try:
@@ -1121,11 +1137,18 @@ class DockerHost(Host):
                 f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
             )
         image = await self._run_image(engine, image, run)
+        try:
+            module_dirs = inject_sources(run.manifest.worker.inject, client_disk=self.embedded)
+        except HostError as exc:
+            raise HostError(f"host {self.name}: {exc}") from None
+        image_pythonpath = await self._image_pythonpath(engine, image)
         code_dir, code_root = await self._code_dir(run)
         user = _owner(code_dir)
         inject_volume = None
         if self.remote:
-            inject_volume, code_dir = await self._payloads(engine, run, image, code_dir)
+            inject_volume, code_dir = await self._payloads(
+                engine, run, image, code_dir, module_dirs
+            )
         limits_for = self._limits_for(engine)
         limits = limits_for(())  # the host's share, until the worker's shard is known
         plan = plan_container(
@@ -1140,8 +1163,9 @@ class DockerHost(Host):
             copy_code=self.copy_code,
             user=user,
             limits=limits,
-            module_dirs=self._module_dirs,
+            module_dirs=module_dirs,
             inject_volume=inject_volume,
+            image_pythonpath=image_pythonpath,
         )
         # Not interruptible: a create cancelled halfway would leave a container nobody
         # knows about, so a cancelled caller hands the finished worker to _discard.
@@ -1172,10 +1196,16 @@ class DockerHost(Host):
 
     # -- payload volumes (remote engines) ------------------------------------------
     async def _payloads(
-        self, engine: Engine, run: RunContext, image: str, code_dir: str
+        self,
+        engine: Engine,
+        run: RunContext,
+        image: str,
+        code_dir: str,
+        module_dirs: Mapping[str, str],
     ) -> tuple[str, str]:
         """(volume of psyduck's packages, volume of the run's code) on the engine."""
-        inject = self._volume(engine, image, "inject", "inject", dict(self._module_dirs))
+        inject_key = "\0".join(f"{name}={path}" for name, path in sorted(module_dirs.items()))
+        inject = self._volume(engine, image, "inject", inject_key, dict(module_dirs))
         code = self._volume(
             engine, image, "code", run.manifest.snapshot or f"run:{run.run_id}", {".": code_dir}
         )
