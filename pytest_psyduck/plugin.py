@@ -18,6 +18,7 @@ from pytest_psyduck.roles import (
     MATRIX_PLUGIN_NAME,
     SESSION_PLUGIN_NAME,
     TRANSFORMATIONS_PLUGIN_NAME,
+    WORKER_JUNIT_PLUGIN_NAME,
     WORKER_PLUGIN_NAME,
 )
 
@@ -169,6 +170,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # Workers multiply tests exactly as the user's process does, and apply their env.
     config.pluginmanager.register(transformations, TRANSFORMATIONS_PLUGIN_NAME)
     if config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME):
+        from pytest_psyduck import workerjunit
+
+        config.pluginmanager.register(workerjunit, WORKER_JUNIT_PLUGIN_NAME)
         return
     config.pluginmanager.register(TransformationMatrix(config), MATRIX_PLUGIN_NAME)
     if not config.getoption("psyduck"):
