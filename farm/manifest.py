@@ -90,8 +90,8 @@ class RunManifest:
 
 
 def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
-    """The message a client sends to create a run."""
-    return {
+    """The message a client sends to create a run (``worker.inject`` only when it names some)."""
+    wire = {
         "t": "run",
         "name": manifest.name,
         "image": manifest.image,
@@ -103,10 +103,12 @@ def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
             "cwd": manifest.worker.cwd,
             "env": dict(manifest.worker.env),
             "root": manifest.worker.root,
-            "inject": dict(manifest.worker.inject),
         },
         "tests": [_test_to_wire(t) for t in manifest.tests],
     }
+    if manifest.worker.inject:
+        wire["worker"]["inject"] = dict(manifest.worker.inject)
+    return wire
 
 
 def _test_to_wire(test: TestSpec) -> dict[str, Any]:
