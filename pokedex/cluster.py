@@ -234,13 +234,15 @@ class Cluster:
             return None
 
     async def delegate(self, node: str, path: str, json_body: Any) -> tuple[int, Any] | None:
-        """PUT a write to a peer that handles it itself (the hop header): (status, JSON).
+        """POST a write to a peer that carries it out itself: (status, JSON).
 
         None when no connection could be made (nothing was sent); :class:`PeerLost` when the
-        request may have been delivered but no usable answer came back.
+        request may have been delivered but no usable answer came back. POST, because aiohttp
+        silently resends an idempotent method (PUT) once when a connection breaks, and then a
+        refused second attempt would hide a first one that took effect.
         """
         try:
-            async with self.http.put(
+            async with self.http.post(
                 f"{node}{path}", json=json_body, headers=self._headers(), timeout=DELEGATE_TIMEOUT
             ) as r:
                 data = await r.content.read(MAX_ACCEPTOR_REPLY + 1)

@@ -14,6 +14,7 @@ HTTP API (all bodies JSON unless noted; errors are ``{"error": CODE, "message": 
     GET  /refs?prefix=P          -> {"refs": {name: digest}}
                                  (refs are decided by a majority of nodes, see refs.py;
                                  503 when no majority is reachable)
+    POST /peer/refs/propose/<name>   as PUT /refs/<name>, carried out by this node
     POST /peer/refs/prepare      {"name", "ballot"} -> {"ok", "slot"}   (node to node)
     POST /peer/refs/accept       {"name", "ballot", "value"} -> {"ok", "slot"}
     GET  /peer/refs?prefix=P|name=N  -> {"slots": {name: slot}}     this node's slots only
@@ -286,14 +287,14 @@ class Node:
     # -- refs --------------------------------------------------------------------------------
 
     async def ref_call(
-        self, method: str, name: str, body: Any = None, *, hop: bool = False
+        self, method: str, name: str, body: Any = None, *, here: bool = False
     ) -> tuple[int, Any]:
         """GET or PUT a ref through the cluster's majority; (HTTP status, JSON body).
 
         Any node can read. A write is handed to the first reachable node of the name's
-        rendezvous ranking (``hop`` means "this node is it"), so writers to one ref normally
-        queue at one proposer instead of outbidding each other's ballots; correctness never
-        depends on that (see :mod:`.refs`). Raises :class:`NoQuorum` /
+        rendezvous ranking (``here``: a peer handed it to this node), so writers to one ref
+        normally queue at one proposer instead of outbidding each other's ballots;
+        correctness never depends on that (see :mod:`.refs`). Raises :class:`NoQuorum` /
         :class:`OutcomeUnknown` (the guard answers 503).
         """
         if method == "GET":
@@ -303,11 +304,11 @@ class Node:
             return 200, {"name": name, "digest": value}
         new, check, expected = parse_ref_update(body)
         resent = False
-        for node in [] if hop else self.cluster.ranked(f"ref:{name}"):
+        for node in [] if here else self.cluster.ranked(f"ref:{name}"):
             if node == self.cluster.self_url:
                 break
             try:
-                answer = await self.cluster.delegate(node, f"/refs/{name}", body)
+                answer = await self.cluster.delegate(node, f"/peer/refs/propose/{name}", body)
             except PeerLost:
                 resent = True
                 break
@@ -330,8 +331,8 @@ class Node:
         name = _ref_name(request)
         body = decode_body(request.content_type, await request.read())
         parse_ref_update(body)  # refuse garbage before handing it to another node
-        hop = bool(request.headers.get(HOP))
-        status, value = await self.ref_call("PUT", name, body, hop=hop)
+        here = request.method == "POST"  # POST /peer/refs/propose/<name>: handed over by a peer
+        status, value = await self.ref_call("PUT", name, body, here=here)
         return web.json_response(value, status=status)
 
     async def all_refs(self, prefix: str) -> dict[str, str]:
@@ -417,6 +418,7 @@ class Node:
         app.router.add_get("/refs", self.list_refs)
         app.router.add_get("/refs/{name:.+}", self.get_ref)
         app.router.add_put("/refs/{name:.+}", self.put_ref)
+        app.router.add_post("/peer/refs/propose/{name:.+}", self.put_ref)
         add_acceptor_routes(app, self.refs)
         app.router.add_get("/status", self.status)
         app.router.add_post("/repair", self.repair)

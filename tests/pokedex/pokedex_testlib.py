@@ -80,8 +80,10 @@ class ThreadedNode:
 class NodeProcess:
     """``python -m pokedex.cli serve`` as a real subprocess."""
 
-    def __init__(self, data: Path, port: int, token_file: Path | None = None) -> None:
-        self.data, self.port, self.token_file = data, port, token_file
+    def __init__(
+        self, data: Path, port: int, token_file: Path | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        self.data, self.port, self.token_file, self.args = data, port, token_file, args
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -100,6 +102,7 @@ class NodeProcess:
         ]
         if self.token_file:
             cmd += ["--token-file", str(self.token_file)]
+        cmd += self.args
         log = open(self.data.parent / f"node-{self.port}.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
