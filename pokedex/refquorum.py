@@ -99,9 +99,13 @@ class RefQuorum:
 
         async def one(node: str) -> dict[str, Slot] | None:
             if node == self.cluster.self_url:
-                if "name" in query:
-                    return {query["name"]: self.store.ref_slot(query["name"])}
-                return self.store.ref_slots(query["prefix"])
+                try:
+                    if "name" in query:
+                        return {query["name"]: self.store.ref_slot(query["name"])}
+                    return self.store.ref_slots(query["prefix"])
+                except StoreError:
+                    log.exception("local acceptor cannot list refs")
+                    return None
             answer = await self.cluster.ask_acceptor(node, "GET", f"/peer/refs?{urlencode(query)}")
             try:
                 return None if answer is None else refs.listing_from_wire(answer)

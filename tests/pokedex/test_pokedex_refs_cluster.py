@@ -20,11 +20,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from pokedex_testlib import TOKEN, NodeProcess, free_port, wait_until
+from pokedex_testlib import TOKEN, NodeProcess, free_port, nodes, wait_until
 
 from pokedex import Client, placement
 from pokedex import digest as dg
-from pokedex.client import PokedexError
+from pokedex.client import PokedexError, RefConflict
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 A, B, C = (dg.of_bytes(x) for x in (b"a", b"b", b"c"))
@@ -299,3 +299,23 @@ def test_refs_stay_linearizable_while_each_node_is_killed_and_restarted(tmp_path
         froms = [(w.name, w.prev) for w in soak.writes.values() if w.outcome == "ok"]
         assert len(froms) == len(set(froms))
         print(f"soak: {acked_total} acknowledged CAS, {landed_unacked} unacknowledged that landed")
+
+
+def test_a_node_with_a_damaged_slot_abstains_and_the_majority_decides(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with nodes(tmp_path, 3) as cluster:
+            broken = cluster[0]
+            async with Client([broken.url]) as c:
+                await c.set_ref("tags/x", A, expected=None)
+                (broken.node.store.ref_root / "tags%x").write_text("{not json")
+                assert await c.get_ref("tags/x") == A
+                await c.set_ref("tags/x", B, expected=A)
+                with pytest.raises(RefConflict):
+                    await c.set_ref("tags/x", C, expected=A)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{broken.url}/refs?prefix=tags/") as r:
+                    assert await r.json() == {"refs": {"tags/x": B}}
+            for n in cluster[1:]:
+                assert n.node.store.ref_slot("tags/x").value == B
+
+    asyncio.run(go())
