@@ -30,6 +30,9 @@ Design (CASPaxos, Rystsov 2018: single-decree Paxos re-run for every change of o
      the value and the request is acknowledged.
 
   A proposer that meets a higher ballot retries with a higher one after a random pause.
+  To make that rare, a node hands each write to the ref's first reachable node by rendezvous
+  ranking, whose proposer serves one ref's writes in turn; safety never depends on this, so
+  while nodes come and go two proposers may compete, and only lose time.
   A request whose accept round was not confirmed may still have been chosen; the retry
   round recognizes its own value (success) and otherwise answers "outcome unknown" rather
   than a 409 that might be false (:func:`decide` with ``resent``).
@@ -41,8 +44,12 @@ Design (CASPaxos, Rystsov 2018: single-decree Paxos re-run for every change of o
 
 Proposer counters are not persisted: after a restart the first ballots are refused by
 acceptors that promised higher ones, the refusals carry those ballots, and the proposer jumps
-past them. Reusing an old ``(counter, node)`` cannot choose a second value, because its old
-use had been promised by a majority that any new majority meets.
+past them. Reusing an old ``(counter, node)`` cannot choose a second value: if its old use
+got as far as an accept, a majority had promised it, every new majority contains one of
+those acceptors, and they refuse a ballot that is not above their promise.
+
+Availability: ``--replicas`` places blobs only; refs need a majority of *all* nodes, so one
+node is its own majority, two nodes need both, three tolerate the loss of one.
 
 This module is pure (no I/O): the store persists slots, :mod:`.refquorum` runs the rounds.
 """

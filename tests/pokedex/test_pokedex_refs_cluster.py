@@ -20,7 +20,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from pokedex_testlib import TOKEN, NodeProcess, free_port, nodes, wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pokedex_testlib import TOKEN, NodeProcess, ThreadedNode, free_port, nodes, wait_until
 
 from pokedex import Client, placement
 from pokedex import digest as dg
@@ -169,6 +171,39 @@ def test_peer_routes_refuse_malformed_requests(tmp_path: Path) -> None:
                 status, reply = call(node.url, "POST", f"/peer/refs/{phase}", body)
                 assert 400 <= status < 500 and reply["message"], (phase, body, reply)
         assert call(node.url, "GET", "/peer/refs?name=..")[0] == 400
+
+
+json_junk = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+round_bodies = st.fixed_dictionaries(
+    {"name": st.text(max_size=20) | st.just("a/b"), "ballot": json_junk, "value": json_junk}
+)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.sampled_from(["/peer/refs/prepare", "/peer/refs/accept", "/peer/refs/propose/a/b"]),
+    st.one_of(json_junk, round_bodies).map(json.dumps),
+)
+def test_peer_routes_never_fail_with_5xx(shared_node: ThreadedNode, path: str, body: str) -> None:
+    req = urllib.request.Request(
+        f"{shared_node.url}{path}", data=body.encode(), method="POST", headers=AUTH
+    )
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+        assert json.loads(e.read())["message"]
+    assert status < 500, (path, body, status)
 
 
 # -- soak: each node killed and restarted in turn during concurrent CAS ----------------------
