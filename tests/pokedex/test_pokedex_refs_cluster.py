@@ -354,3 +354,18 @@ def test_a_node_with_a_damaged_slot_abstains_and_the_majority_decides(tmp_path: 
                 assert n.node.store.ref_slot("tags/x").value == B
 
     asyncio.run(go())
+
+
+def test_a_retried_cas_that_finds_its_own_write_succeeds(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with nodes(tmp_path, 3) as cluster:
+            async with Client([n.url for n in cluster]) as c:
+                await c.set_ref("runs/9", A, expected=None)
+                await c.set_ref("runs/9", B, expected=A)
+                await c.set_ref("runs/9", B, expected=A)  # the retry after a lost answer
+                with pytest.raises(RefConflict) as e:
+                    await c.set_ref("runs/9", C, expected=A)
+                assert e.value.current == B
+                assert await c.get_ref("runs/9") == B
+
+    asyncio.run(go())
