@@ -29,7 +29,7 @@ SMALL_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 # Blob bodies may take long in total but must keep moving.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
 PEER_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
-# A ref consensus round waits for every acceptor, so a hung one delays it this long at most.
+# One acceptor's answer; a ref round stops waiting for the others once a majority answered.
 ACCEPTOR_TIMEOUT = aiohttp.ClientTimeout(total=8, connect=3)
 MAX_ACCEPTOR_REPLY = 64 << 20  # a whole node's ref listing
 # A ref write handed to the ref's preferred proposer: it may retry rounds for a while.

@@ -14,6 +14,8 @@ import functools
 import logging
 import random
 import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -25,6 +27,7 @@ from .replies import ApiError, decode_body
 from .store import BlobStore, StoreError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONTENTION_DEADLINE = 10.0  # seconds a request keeps retrying against concurrent writers
 UNREACHABLE_DEADLINE = 2.0  # seconds it keeps retrying while no majority answers
@@ -48,6 +51,7 @@ class RefQuorum:
         self.store = store
         self.counter = 0
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._stragglers: set[asyncio.Future[Any]] = set()
 
     @property
     def need(self) -> int:
@@ -63,6 +67,23 @@ class RefQuorum:
         return await self.store.ref_step(name, step)
 
     # -- talking to all acceptors ------------------------------------------------------------
+
+    async def _until(
+        self, calls: list[Awaitable[T | None]], enough: Callable[[list[T]], bool]
+    ) -> list[T]:
+        """The answers of ``calls`` (run together; None means "no answer"), returned once
+        ``enough`` of them are in or all are done. The rest run on in the background, so a
+        slow node still gets the message while a hung one holds up no request (each call has
+        its own timeout)."""
+        pending = {asyncio.ensure_future(c) for c in calls}
+        got: list[T] = []
+        while pending and not enough(got):
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            got.extend(a for a in (t.result() for t in done) if a is not None)
+        for task in pending:
+            self._stragglers.add(task)
+            task.add_done_callback(self._stragglers.discard)
+        return got
 
     async def _step_on(
         self, node: str, phase: str, name: str, ballot: Ballot, value: str | None
@@ -86,16 +107,19 @@ class RefQuorum:
     async def _round(
         self, phase: str, name: str, ballot: Ballot, value: str | None = None
     ) -> list[tuple[Slot, bool]]:
-        """Run one phase on every node; the answers of those that answered."""
-        answers = await asyncio.gather(
-            *(self._step_on(n, phase, name, ballot, value) for n in self.cluster.nodes)
+        """Run one phase on every node: the answers, once a majority complied or all answered."""
+        got = await self._until(
+            [self._step_on(n, phase, name, ballot, value) for n in self.cluster.nodes],
+            lambda got: sum(ok for _, ok in got) >= self.need,
         )
-        got = [a for a in answers if a is not None]
         self.counter = max(self.counter, refs.highest_seen(s for s, _ in got))
         return got
 
-    async def _listings(self, query: dict[str, str]) -> list[dict[str, Slot]]:
-        """Slots from every node that answered, for ``{"prefix": P}`` or ``{"name": N}``."""
+    async def _listings(
+        self, query: dict[str, str], everyone: bool = False
+    ) -> list[dict[str, Slot]]:
+        """Slots for ``{"prefix": P}`` or ``{"name": N}`` from the nodes that answered: all of
+        them with ``everyone``, else as soon as a majority agrees on every name."""
 
         async def one(node: str) -> dict[str, Slot] | None:
             if node == self.cluster.self_url:
@@ -112,8 +136,10 @@ class RefQuorum:
             except refs.WireError:
                 return None
 
-        answers = await asyncio.gather(*(one(n) for n in self.cluster.nodes))
-        got = [a for a in answers if a is not None]
+        def settled(got: list[dict[str, Slot]]) -> bool:
+            return not everyone and len(got) >= self.need and not refs.merge(got, self.need)[1]
+
+        got = await self._until([one(n) for n in self.cluster.nodes], settled)
         if len(got) < self.need:
             raise NoQuorum(self._too_few(len(got)))
         return got
@@ -184,9 +210,8 @@ class RefQuorum:
         """Decided values of the refs under ``prefix``, and how many names needed a
         repairing read round: those a majority disagrees on (with ``everyone``: those any
         answering node lags on)."""
-        values, unsettled = refs.merge(
-            await self._listings({"prefix": prefix}), self.need, everyone
-        )
+        listings = await self._listings({"prefix": prefix}, everyone)
+        values, unsettled = refs.merge(listings, self.need, everyone)
         for name in unsettled:
             value = (await self.change(name, None)).value
             if value is not None:

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 import random
+import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from pokedex_testlib import TOKEN, NodeProcess, ThreadedNode, free_port, nodes, 
 from pokedex import Client, placement
 from pokedex import digest as dg
 from pokedex.client import PokedexError, RefConflict
+from pokedex.cluster import ACCEPTOR_TIMEOUT
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 A, B, C = (dg.of_bytes(x) for x in (b"a", b"b", b"c"))
@@ -171,6 +174,32 @@ def test_peer_routes_refuse_malformed_requests(tmp_path: Path) -> None:
                 status, reply = call(node.url, "POST", f"/peer/refs/{phase}", body)
                 assert 400 <= status < 500 and reply["message"], (phase, body, reply)
         assert call(node.url, "GET", "/peer/refs?name=..")[0] == 400
+
+
+def test_a_hung_node_holds_up_no_ref_request(tmp_path: Path) -> None:
+    with cluster(tmp_path) as procs:
+        primary, others = primary_of("runs/h", procs)
+        hung = others[1]
+        assert hung.proc is not None
+        hung.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            value = None
+            for i in range(5):
+                new = dg.of_bytes(str(i).encode())
+                body = {"digest": new, "expected": value}
+                assert call(others[0].url, "PUT", "/refs/runs/h", body)[0] == 200
+                value = new
+            assert call(primary.url, "GET", "/refs/runs/h")[1]["digest"] == value
+            assert call(others[0].url, "GET", "/refs?prefix=runs/") == (
+                200,
+                {"refs": {"runs/h": value}},
+            )
+            # Waiting for the hung node would cost ACCEPTOR_TIMEOUT per round.
+            assert time.monotonic() - started < ACCEPTOR_TIMEOUT.total
+        finally:
+            hung.proc.send_signal(signal.SIGCONT)
+        assert ref_everywhere(procs, "runs/h") == [value] * 3
 
 
 json_junk = st.recursive(
