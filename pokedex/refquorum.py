@@ -105,12 +105,13 @@ class RefQuorum:
             return None
 
     async def _round(
-        self, phase: str, name: str, ballot: Ballot, value: str | None = None
+        self, phase: str, name: str, ballot: Ballot, value: str | None, everyone: bool
     ) -> list[tuple[Slot, bool]]:
-        """Run one phase on every node: the answers, once a majority complied or all answered."""
+        """Run one phase on every node: the answers, once a majority complied (with
+        ``everyone``: once all answered or timed out)."""
         got = await self._until(
             [self._step_on(n, phase, name, ballot, value) for n in self.cluster.nodes],
-            lambda got: sum(ok for _, ok in got) >= self.need,
+            lambda got: not everyone and sum(ok for _, ok in got) >= self.need,
         )
         self.counter = max(self.counter, refs.highest_seen(s for s, _ in got))
         return got
@@ -152,13 +153,17 @@ class RefQuorum:
 
     # -- proposer ----------------------------------------------------------------------------
 
-    async def change(self, name: str, change: Change | None, *, resent: bool = False) -> Decision:
+    async def change(
+        self, name: str, change: Change | None, *, resent: bool = False, everyone: bool = False
+    ) -> Decision:
         """Run ``change`` (None: a repairing read) on ref ``name`` until a majority accepts.
 
         ``resent``: this request may already have been carried out elsewhere (a node it was
-        handed to vanished). Returns the decision (``status`` "ok" or "conflict"). Raises
-        :class:`NoQuorum` when no majority answers in time, :class:`OutcomeUnknown` as
-        described there.
+        handed to vanished). ``everyone``: return only once every reachable node has the
+        decided value (repair), not as soon as a majority has.
+
+        Returns the decision (``status`` "ok" or "conflict"). Raises :class:`NoQuorum` when
+        no majority answers in time, :class:`OutcomeUnknown` as described there.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -167,12 +172,12 @@ class RefQuorum:
         async with lock:  # this node's own requests for one ref take turns, not ballots
             while True:
                 ballot = Ballot(self.counter + 1, self.cluster.self_url)
-                promises = await self._round("prepare", name, ballot)
+                promises = await self._round("prepare", name, ballot, None, everyone)
                 granted = [s for s, ok in promises if ok]
                 answered = len(promises)
                 if len(granted) >= self.need:
                     decision = refs.decide(change, refs.current(granted).value, resent)
-                    accepts = await self._round("accept", name, ballot, decision.value)
+                    accepts = await self._round("accept", name, ballot, decision.value, everyone)
                     answered = len(accepts)
                     took = sum(ok for _, ok in accepts)
                     if took >= self.need:
@@ -213,7 +218,7 @@ class RefQuorum:
         listings = await self._listings({"prefix": prefix}, everyone)
         values, unsettled = refs.merge(listings, self.need, everyone)
         for name in unsettled:
-            value = (await self.change(name, None)).value
+            value = (await self.change(name, None, everyone=everyone)).value
             if value is not None:
                 values[name] = value
         return dict(sorted(values.items())), len(unsettled)
