@@ -57,6 +57,12 @@ class RefQuorum:
     def need(self) -> int:
         return refs.quorum(len(self.cluster.nodes))
 
+    async def close(self) -> None:
+        """Stop the calls still running in the background (at node shutdown)."""
+        for task in list(self._stragglers):
+            task.cancel()
+        await asyncio.gather(*self._stragglers, return_exceptions=True)
+
     # -- acceptor (this node's own slots; also served to peers under /peer/refs) -------------
 
     async def prepare(self, name: str, ballot: Ballot) -> tuple[Slot, bool]:

@@ -447,6 +447,7 @@ class RunningNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.repair_task
         await self.runner.cleanup()
+        await self.node.refs.close()
         await self.node.cluster.close()
 
 
