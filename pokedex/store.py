@@ -337,12 +337,16 @@ class BlobStore:
         return self._read_slot(self._ref_path(name))
 
     def ref_slots(self, prefix: str = "") -> dict[str, refs.Slot]:
-        """Acceptor state of every ref whose name starts with ``prefix``, tombstones included."""
+        """Acceptor state of every ref whose name starts with ``prefix``, tombstones included.
+
+        A damaged slot is left out: this node abstains on that ref, the others decide it.
+        """
         out = {}
         for entry in os.scandir(self.ref_root):
             name = entry.name.replace("%", "/")
             if not entry.name.startswith(".") and name.startswith(prefix):
-                out[name] = self._read_slot(Path(entry.path))
+                with contextlib.suppress(StoreError):
+                    out[name] = self._read_slot(Path(entry.path))
         return dict(sorted(out.items()))
 
     async def ref_step(
