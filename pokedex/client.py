@@ -302,7 +302,10 @@ class Client:
         """Point ref ``name`` at ``digest`` (None deletes it).
 
         With ``expected`` (a digest, or None for "must not exist yet") this is a
-        compare-and-set that raises :class:`RefConflict` if the ref has another value.
+        compare-and-set that raises :class:`RefConflict` if the ref has another value. A
+        ref that already holds ``digest`` is success, not a conflict: when an answer is lost
+        (a node dies mid-request, or aiohttp silently resends the PUT) and the request is
+        retried, the retry finds the client's own write in place.
         """
         names.check_ref(name)
         body: dict[str, Any] = {"digest": None if digest is None else dg.parse(digest)}
@@ -314,7 +317,10 @@ class Client:
                 f"{url}/refs/{name}", json=body, headers=self._headers(), timeout=self._small
             ) as r:
                 if r.status == 409:
-                    raise RefConflict(name, (await r.json())["detail"]["current"])
+                    current = (await r.json())["detail"]["current"]
+                    if current == body["digest"]:
+                        return
+                    raise RefConflict(name, current)
                 await self._check(r, (200,))
 
         await self._on_nodes(f"ref:{name}", attempt)

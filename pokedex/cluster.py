@@ -3,12 +3,14 @@
 All peer-to-peer calls carry ``X-Pokedex-Hop: 1`` so the receiving node answers from its own
 disk only and never forwards again (no loops, no fan-out storms), plus the cluster token.
 Every call has a timeout; an unreachable peer is treated as "does not have it", which is
-always safe: the worst outcome is an extra upload or a read from another replica.
+always safe: the worst outcome is an extra upload or a read from another replica. (Refs
+instead need a majority to answer: see :mod:`.refs`; this module only carries those calls.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -27,6 +29,15 @@ SMALL_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 # Blob bodies may take long in total but must keep moving.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
 PEER_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+# One acceptor's answer; a ref round stops waiting for the others once a majority answered.
+ACCEPTOR_TIMEOUT = aiohttp.ClientTimeout(total=8, connect=3)
+MAX_ACCEPTOR_REPLY = 64 << 20  # a whole node's ref listing
+# A ref write handed to the ref's preferred proposer: it may retry rounds for a while.
+DELEGATE_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=3)
+
+
+class PeerLost(Exception):
+    """A request reached a peer but no answer came back: it may or may not have taken effect."""
 
 
 def normalize_url(url: str) -> str:
@@ -182,7 +193,7 @@ class Cluster:
             r.release()
         return None
 
-    # -- refs --------------------------------------------------------------------------------
+    # -- small JSON calls (status, ref consensus) --------------------------------------------
 
     async def forward(
         self, node: str, method: str, path: str, json_body: Any = None
@@ -199,6 +210,47 @@ class Cluster:
                 return r.status, await r.json(content_type=None)
         except (*PEER_ERRORS, ValueError):
             return None
+
+    async def ask_acceptor(
+        self, node: str, method: str, path: str, json_body: Any = None
+    ) -> Any | None:
+        """One consensus call to a peer's acceptor (``/peer/refs...``): its JSON answer, or
+        None if the peer is unreachable, slow, refuses, or answers something too large."""
+        try:
+            async with self.http.request(
+                method,
+                f"{node}{path}",
+                json=json_body,
+                headers=self._headers(),
+                timeout=ACCEPTOR_TIMEOUT,
+            ) as r:
+                if r.status != 200:
+                    return None
+                data = await r.content.read(MAX_ACCEPTOR_REPLY + 1)
+                if len(data) > MAX_ACCEPTOR_REPLY:
+                    return None
+                return json.loads(data)
+        except (*PEER_ERRORS, ValueError):
+            return None
+
+    async def delegate(self, node: str, path: str, json_body: Any) -> tuple[int, Any] | None:
+        """POST a write to a peer that carries it out itself: (status, JSON).
+
+        None when no connection could be made (nothing was sent); :class:`PeerLost` when the
+        request may have been delivered but no usable answer came back. POST, because aiohttp
+        silently resends an idempotent method (PUT) once when a connection breaks, and then a
+        refused second attempt would hide a first one that took effect.
+        """
+        try:
+            async with self.http.post(
+                f"{node}{path}", json=json_body, headers=self._headers(), timeout=DELEGATE_TIMEOUT
+            ) as r:
+                data = await r.content.read(MAX_ACCEPTOR_REPLY + 1)
+                return r.status, json.loads(data)
+        except aiohttp.ClientConnectorError:
+            return None
+        except (*PEER_ERRORS, ValueError) as e:
+            raise PeerLost(f"{node}: {e!r}") from None
 
     # -- repair ------------------------------------------------------------------------------
 

@@ -14,6 +14,12 @@ a full disk is 507 INSUFFICIENT_STORAGE on every write)::
     GET  /refs/<name>            -> {"name", "digest"}            404 if unset
     PUT  /refs/<name>            {"digest": d|null, "expected": d|null}   409 on CAS mismatch
     GET  /refs?prefix=P          -> {"refs": {name: digest}}
+                                 (refs are decided by a majority of nodes, see refs.py;
+                                 503 when no majority is reachable)
+    POST /peer/refs/propose/<name>   as PUT /refs/<name>, carried out by this node
+    POST /peer/refs/prepare      {"name", "ballot"} -> {"ok", "slot"}   (node to node)
+    POST /peer/refs/accept       {"name", "ballot", "value"} -> {"ok", "slot"}
+    GET  /peer/refs?prefix=P|name=N  -> {"slots": {name: slot}}     this node's slots only
     GET  /status[?cluster=1]     node (or whole-cluster) health and usage
     POST /repair                 run a repair pass now
     POST /gc                     {"keep_bytes": N}? evict unprotected blobs now, on every node
@@ -33,16 +39,16 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 
 from . import digest as dg
-from . import names, registry, swarm
+from . import names, refs, registry, swarm
 from .bodies import BodyTooLarge, read_body
-from .cluster import HOP, PEER_ERRORS, Cluster, normalize_url
+from .cluster import HOP, PEER_ERRORS, Cluster, PeerLost, normalize_url
 from .collector import GC_READ, Collector
+from .refquorum import NoQuorum, OutcomeUnknown, RefQuorum, add_acceptor_routes
 from .replies import (
     ApiError,
     authorized,
@@ -58,7 +64,7 @@ from .replies import (
     storage_full,
 )
 from .retention import Policy
-from .store import BlobStore, DigestMismatch, RefConflict, SizeError, StoreError
+from .store import BlobStore, DigestMismatch, SizeError, StoreError
 
 MAX_SMALL_BODY = 8 << 20  # JSON bodies, manifests
 DEFAULT_MAX_BLOB = 1 << 40
@@ -138,6 +144,10 @@ class Node:
     bytes_served: int = 0
     bytes_received: int = 0
     started: float = field(default_factory=time.time)
+    refs: RefQuorum = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.refs = RefQuorum(self.cluster, self.store)
 
     # -- middleware --------------------------------------------------------------------------
 
@@ -168,6 +178,10 @@ class Node:
             return error_response(path, ApiError(400, "BAD_REQUEST", str(e)))
         except PAYLOAD_ERRORS as e:
             return error_response(path, ApiError(400, "BODY_INCOMPLETE", f"upload broke off: {e}"))
+        except NoQuorum as e:
+            return error_response(path, ApiError(503, "UNAVAILABLE", str(e)))
+        except OutcomeUnknown as e:
+            return error_response(path, ApiError(503, "OUTCOME_UNKNOWN", str(e)))
         except OSError as e:
             full = storage_full(e)
             if full is None:
@@ -305,73 +319,61 @@ class Node:
     # -- refs --------------------------------------------------------------------------------
 
     async def ref_call(
-        self, method: str, name: str, body: Any = None, *, hop: bool = False
+        self, method: str, name: str, body: Any = None, *, here: bool = False
     ) -> tuple[int, Any]:
-        """GET or PUT a ref on the first reachable node of the name's rendezvous ranking.
+        """GET or PUT a ref through the cluster's majority; (HTTP status, JSON body).
 
-        One node (normally the same one) decides every compare-and-set for a name, which is
-        what makes CAS meaningful across the cluster. ``hop`` means "answer locally".
+        Any node can read. A write is handed to the first reachable node of the name's
+        rendezvous ranking (``here``: a peer handed it to this node), so writers to one ref
+        normally queue at one proposer instead of outbidding each other's ballots;
+        correctness never depends on that (see :mod:`.refs`). Raises :class:`NoQuorum` /
+        :class:`OutcomeUnknown` (the guard answers 503).
         """
-        if not hop:
-            for node in self.cluster.ranked(f"ref:{name}"):
-                if node == self.cluster.self_url:
-                    break
-                answer = await self.cluster.forward(node, method, f"/refs/{name}", body)
-                if answer is not None:
-                    return answer
         if method == "GET":
-            value = self.store.get_ref(name)
+            value = await self.refs.read(name)
             if value is None:
                 return 404, error_body("/refs", "REF_UNKNOWN", f"ref {name!r} is not set")
             return 200, {"name": name, "digest": value}
         new, check, expected = parse_ref_update(body)
-        try:
-            await self.store.set_ref(name, new, expected=expected, check=check)
-        except RefConflict as e:
-            detail = {"name": name, "current": e.current}
-            return 409, error_body("/refs", "REF_CONFLICT", str(e), detail)
-        if not hop:
-            others = [n for n in self.cluster.ranked(f"ref:{name}") if n != self.cluster.self_url]
-            await asyncio.gather(  # mirror the decided value to R-1 more nodes, for durability
-                *(
-                    self.cluster.forward(n, "PUT", f"/refs/{name}", {"digest": new})
-                    for n in others[: self.cluster.replicas - 1]
-                )
-            )
+        resent = False
+        for node in [] if here else self.cluster.ranked(f"ref:{name}"):
+            if node == self.cluster.self_url:
+                break
+            try:
+                answer = await self.cluster.delegate(node, f"/peer/refs/propose/{name}", body)
+            except PeerLost:
+                resent = True
+                break
+            if answer is not None:
+                return answer
+        change = refs.Change(new, check, expected)
+        decision = await self.refs.change(name, change, resent=resent)
+        if decision.status == "conflict":
+            current = decision.value
+            detail = {"name": name, "current": current}
+            message = f"ref {name!r} is {current or 'unset'}"
+            return 409, error_body("/refs", "REF_CONFLICT", message, detail)
         return 200, {"name": name, "digest": new}
 
     async def get_ref(self, request: web.Request) -> web.Response:
-        status, value = await self.ref_call(
-            "GET", _ref_name(request), hop=bool(request.headers.get(HOP))
-        )
+        status, value = await self.ref_call("GET", _ref_name(request))
         return web.json_response(value, status=status)
 
     async def put_ref(self, request: web.Request) -> web.Response:
         name = _ref_name(request)
         body = decode_body(request.content_type, await request.read())
-        parse_ref_update(body)  # validate before forwarding anywhere
-        status, value = await self.ref_call("PUT", name, body, hop=bool(request.headers.get(HOP)))
+        parse_ref_update(body)  # refuse garbage before handing it to another node
+        here = request.method == "POST"  # POST /peer/refs/propose/<name>: handed over by a peer
+        status, value = await self.ref_call("PUT", name, body, here=here)
         return web.json_response(value, status=status)
 
-    async def all_refs(self, prefix: str, *, hop: bool = False) -> dict[str, str]:
-        """Refs under ``prefix`` on this node, merged with every reachable peer's unless hop."""
-        refs = dict(self.store.list_refs(prefix))
-        if not hop:
-            path = f"/refs?prefix={quote(prefix)}" if prefix else "/refs"
-            answers = await asyncio.gather(
-                *(self.cluster.forward(p, "GET", path) for p in self.cluster.peers)
-            )
-            for answer in answers:
-                if answer is not None and answer[0] == 200:
-                    for k, v in answer[1].get("refs", {}).items():
-                        refs.setdefault(k, v)
-        return dict(sorted(refs.items()))
+    async def all_refs(self, prefix: str) -> dict[str, str]:
+        """The decided value of every ref under ``prefix`` (sorted by name)."""
+        values, _ = await self.refs.settle(prefix)
+        return values
 
     async def list_refs(self, request: web.Request) -> web.Response:
-        refs = await self.all_refs(
-            request.query.get("prefix", ""), hop=bool(request.headers.get(HOP))
-        )
-        return web.json_response({"refs": refs})
+        return web.json_response({"refs": await self.all_refs(request.query.get("prefix", ""))})
 
     async def small_blob(self, d: str, limit: int) -> bytes | None:
         """A whole small blob (manifests, tree manifests) from here or else a replica.
@@ -440,7 +442,12 @@ class Node:
         )
 
     async def repair(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.cluster.repair())
+        result = dict(await self.cluster.repair())
+        try:
+            result.update(await self.refs.repair())
+        except NoQuorum as e:
+            result["refs_error"] = str(e)
+        return web.json_response(result)
 
     # -- app ---------------------------------------------------------------------------------
 
@@ -454,6 +461,8 @@ class Node:
         app.router.add_get("/refs", self.list_refs)
         app.router.add_get("/refs/{name:.+}", self.get_ref)
         app.router.add_put("/refs/{name:.+}", self.put_ref)
+        app.router.add_post("/peer/refs/propose/{name:.+}", self.put_ref)
+        add_acceptor_routes(app, self.refs)
         app.router.add_get("/status", self.status)
         app.router.add_post("/repair", self.repair)
         self.collector.add_routes(app)
@@ -484,6 +493,7 @@ class RunningNode:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.runner.cleanup()
+        await self.node.refs.close()
         await self.node.cluster.close()
 
 

@@ -4,7 +4,7 @@ Layout under the data directory::
 
     blobs/sha256/<first 2 hex>/<64 hex>     immutable blob files, named by their digest
     blobs/sha256/<xx>/.tmp-*                 blobs being written (removed at start-up)
-    refs/<name with '/' as '%'>              one file per ref holding a digest
+    refs/<name with '/' as '%'>              one file per ref: its consensus slot, JSON
     uploads/<uuid>                           registry upload sessions (see registry.py)
 
 Durability rule: a blob file appears under its final name only after its bytes were hashed
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import threading
@@ -32,7 +33,7 @@ from collections.abc import AsyncIterable, Callable, Iterator
 from pathlib import Path
 
 from . import digest as dg
-from . import names
+from . import names, refs
 
 CHUNK = 4 << 20  # bytes handed to a writer thread at once
 FLUSH_EVERY = 64 << 20  # start writeback this often while receiving
@@ -48,15 +49,6 @@ class DigestMismatch(StoreError):
 
 class SizeError(StoreError):
     pass
-
-
-class RefConflict(Exception):
-    """Compare-and-set failed: the ref's current value is not the expected one."""
-
-    def __init__(self, name: str, current: str | None) -> None:
-        super().__init__(f"ref {name!r} is {current or 'unset'}")
-        self.name = name
-        self.current = current
 
 
 def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
@@ -417,45 +409,50 @@ class BlobStore:
     def _ref_path(self, name: str) -> Path:
         return self.ref_root / names.check_ref(name).replace("/", "%")
 
-    def get_ref(self, name: str) -> str | None:
+    def _read_slot(self, path: Path) -> refs.Slot:
         try:
-            value = self._ref_path(name).read_text().strip()
+            text = path.read_text()
         except FileNotFoundError:
-            return None
-        return dg.parse(value)
+            return refs.Slot()
+        if dg.is_digest(text.strip()):  # a ref file from before refs were versioned
+            return refs.Slot(value=text.strip())
+        try:
+            return refs.slot_from_wire(json.loads(text))
+        except ValueError as e:
+            raise StoreError(f"ref file {path.name!r} is damaged: {e}") from None
 
-    def list_refs(self, prefix: str = "") -> list[tuple[str, str]]:
-        """(name, digest) of every ref whose name starts with ``prefix``, sorted by name."""
-        out = []
+    def ref_slot(self, name: str) -> refs.Slot:
+        """This node's acceptor state for ref ``name`` (an empty slot if it has none)."""
+        return self._read_slot(self._ref_path(name))
+
+    def ref_slots(self, prefix: str = "") -> dict[str, refs.Slot]:
+        """Acceptor state of every ref whose name starts with ``prefix``, tombstones included.
+
+        A damaged slot is left out: this node abstains on that ref, the others decide it.
+        """
+        out = {}
         for entry in os.scandir(self.ref_root):
-            if entry.name.startswith("."):
-                continue
             name = entry.name.replace("%", "/")
-            if name.startswith(prefix):
-                value = self.get_ref(name)
-                if value is not None:
-                    out.append((name, value))
-        return sorted(out)
+            if not entry.name.startswith(".") and name.startswith(prefix):
+                with contextlib.suppress(StoreError):
+                    out[name] = self._read_slot(Path(entry.path))
+        return dict(sorted(out.items()))
 
-    async def set_ref(
-        self, name: str, value: str | None, *, expected: str | None = None, check: bool = False
-    ) -> None:
-        """Set (or with ``value=None`` delete) a ref; with ``check``, only if it is ``expected``.
+    async def ref_step(
+        self, name: str, step: Callable[[refs.Slot], tuple[refs.Slot, bool]]
+    ) -> tuple[refs.Slot, bool]:
+        """Run an acceptor transition (:func:`.refs.prepare` / :func:`.refs.accept`) on ref
+        ``name`` and make its new state durable before returning it.
 
-        ``expected=None`` with ``check=True`` means "only if the ref does not exist yet".
-        Raises :class:`RefConflict` otherwise. The lock makes the compare and the set atomic
-        within this node; the rename makes the new value durable and all-or-nothing.
+        The lock makes read-transition-write atomic within this node; the write goes to a
+        temporary file, fsync'ed, renamed over the old one, and the directory fsync'ed, so
+        after ``kill -9`` the slot is either the old or the new one, never a mix.
         """
         path = self._ref_path(name)
-        if value is not None:
-            dg.parse(value)
         async with self._ref_lock:
-            current = self.get_ref(name)
-            if check and current != expected:
-                raise RefConflict(name, current)
-            if value is None:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            else:
-                _write_atomically(path, (value + "\n").encode())
-            _fsync_dir(self.ref_root)
+            before = self._read_slot(path)
+            after, ok = step(before)
+            if after != before:
+                data = json.dumps(refs.slot_to_wire(after)).encode()
+                await asyncio.to_thread(_write_atomically, path, data)
+            return after, ok

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pokedex import digest as dg
-from pokedex.store import BlobStore, DigestMismatch, RefConflict, SizeError
+from pokedex.store import BlobStore, DigestMismatch, SizeError
 
 
 async def _stream(*parts: bytes) -> AsyncIterator[bytes]:
@@ -75,37 +75,3 @@ def test_adopt_checks_the_digest(tmp_path: Path) -> None:
     with pytest.raises(DigestMismatch):
         store.adopt(f, dg.of_bytes(b"abd"))
     assert store.adopt(f, dg.of_bytes(b"abc")) == 3 and not f.exists()
-
-
-def test_refs_compare_and_set(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
-    a, b = dg.of_bytes(b"a"), dg.of_bytes(b"b")
-
-    async def go() -> None:
-        await store.set_ref("snap/main", a, expected=None, check=True)
-        with pytest.raises(RefConflict) as e:
-            await store.set_ref("snap/main", b, expected=None, check=True)
-        assert e.value.current == a
-        await store.set_ref("snap/main", b, expected=a, check=True)
-        await store.set_ref("snap", a)  # a prefix of another ref is a separate ref
-        assert store.list_refs("snap") == [("snap", a), ("snap/main", b)]
-        await store.set_ref("snap", None)
-        assert store.get_ref("snap") is None
-
-    asyncio.run(go())
-
-
-def test_concurrent_cas_has_one_winner(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
-
-    async def attempt(i: int) -> bool:
-        try:
-            await store.set_ref("race", dg.of_bytes(bytes([i])), expected=None, check=True)
-            return True
-        except RefConflict:
-            return False
-
-    async def go() -> list[bool]:
-        return await asyncio.gather(*(attempt(i) for i in range(50)))
-
-    assert sum(asyncio.run(go())) == 1
