@@ -295,7 +295,7 @@ def plan_container(
 
     For an engine on another machine, *code_dir* is instead the name of a volume
     holding the code and *inject_volume* one holding psyduck's packages (see
-    :mod:`farm.hosts.docker`): the same read-only mounts, with volumes as sources.
+    :mod:`farm.hosts.docker.volumes`): the same read-only mounts, with volumes as sources.
     """
     if inject_volume:
         binds = {inject_volume: {"bind": INJECT_DIR, "mode": "ro"}}
