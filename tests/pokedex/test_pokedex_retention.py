@@ -285,6 +285,32 @@ def test_roots_come_from_the_whole_cluster_and_a_silent_node_stops_eviction(
     assert same_tree(src, tmp_path / "out")
 
 
+def test_an_eviction_reaches_every_copy_so_repair_brings_back_nothing(tmp_path: Path) -> None:
+    """With two copies of each blob, garbage one node collects is dropped by its replica
+    too, so the next repair pass has nothing to push back; a copy its replica used
+    recently stays there, and repair re-seeds the evicting node from it."""
+
+    async def go() -> None:
+        async with nodes(tmp_path / "n", count=2, replicas=2, token=TOKEN) as [a, b]:
+            async with Client([a.url, b.url], TOKEN) as c:
+                junk = [await c.put_bytes(os.urandom(20_000)) for _ in range(30)]
+                in_use = junk.pop()
+                for n in (a, b):
+                    assert all(n.node.store.has(d) for d in [*junk, in_use])
+                    age_all(n.node.store.root, 2 * DAY)
+                assert b.node.store.has(in_use)  # a use on b refreshes its stamp there
+                result = await a.node.collector.collect(0)
+                assert result["evicted"] == len(junk) + 1
+                assert result["evicted_on_peers"] == len(junk)
+                for n in (a, b):
+                    await n.node.cluster.repair()
+                assert await c.missing(junk) == junk
+                assert not any(n.node.store.has(d) for n in (a, b) for d in junk)
+                assert a.node.store.has(in_use) and b.node.store.has(in_use)
+
+    asyncio.run(go())
+
+
 def test_blobs_found_present_are_safe_until_a_ref_names_them(tmp_path: Path) -> None:
     """The window between "the cluster has these" and "a ref names them": what a client
     re-pushing an old tree, or tagging an old image, relies on."""
