@@ -286,9 +286,7 @@ class Coordinator:
         """The slot stops serving (quarantine, shutdown): requeue its shard, retire its worker."""
         shard, held.shard = held.shard, None
         if shard is not None and (run := self.runs.get(shard.run)) is not None:
-            self.scheduler.requeue(run.id, shard.tests)
-            self._settle(run)
-            self._wake_all()
+            self._requeue(run, shard.tests)
         if held.worker is not None and not self._closing:
             await self._drain(held.worker)
         held.worker = None
@@ -368,8 +366,7 @@ class Coordinator:
             if run.start_failures >= MAX_WORKER_START_FAILURES:
                 self._fail_run(run, "psyduck: workers could not start:\n" + conn.output())
             else:
-                self.scheduler.requeue(run.id, shard.tests)
-                self._wake_all()
+                self._requeue(run, shard.tests)
             return None
         state.busy += 1
         run.workers.add(conn)
@@ -513,7 +510,7 @@ class Coordinator:
                 timeout=spec.timeout if spec else None,
             )
             self._crashed(run, current, message)
-            self.scheduler.requeue(run.id, unfinished)
+            self._requeue(run, unfinished)
         elif unfinished:
             # Died between tests: nobody to blame, so the rest spends its loss budget.
             self._lose(
@@ -521,8 +518,6 @@ class Coordinator:
                 unfinished,
                 f"host {state.host.name}: its worker {how_it_ended(info)} before running it",
             )
-        self._settle(run)
-        self._wake_all()
 
     def _host_failed(
         self,
@@ -562,9 +557,15 @@ class Coordinator:
         """Queue *tests* again, but crash those whose shard was lost too often."""
         tests = [t for t in tests if t.id not in run.reported]
         again, spent = run.losses.lose(tests, reason)
-        self.scheduler.requeue(run.id, again)
         for test in spent:
             self._crashed(run, test.id, run.losses.message(test.id))
+        self._requeue(run, again)
+
+    def _requeue(self, run: Run, tests: Sequence[TestSpec]) -> None:
+        """Put *tests* back in the queue; those no host in service can run end at once."""
+        self.scheduler.requeue(run.id, tests)
+        self._settle(run)
+        self._wake_all()
 
     def _settle(self, run: Run) -> None:
         """Crash the queued tests of *run* that no host in service can run, at once."""
