@@ -47,7 +47,10 @@ class SnapshotCache:
 
     async def _pull(self, run: RunContext, digest: str) -> str:
         import pokedex  # only runs that ship a snapshot need it
+        from pokedex.digest import is_digest
 
+        if not is_digest(digest):  # it names a directory below: never let it climb out
+            raise RunError(f"the run's snapshot {digest!r} is not a digest (sha256:<64 hex>)")
         dest = self.directory / "trees" / digest.replace(":", "-")
         if dest.is_dir():
             return str(dest)

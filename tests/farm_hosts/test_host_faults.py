@@ -55,6 +55,7 @@ def test_a_run_whose_snapshot_cannot_be_pulled_fails_alone(docker_image, tmp_pat
         for snapshot, reason in (
             ("sha256:" + "0" * 64, "cannot pull the run's snapshot sha256:000"),
             (asyncio.run(_not_a_tree(url)), "cannot pull the run's snapshot sha256:"),
+            ("../../../../etc", "snapshot '../../../../etc' is not a digest"),
         ):
             manifest = RunManifest(
                 tests=tuple(
