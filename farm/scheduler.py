@@ -118,6 +118,9 @@ class LongestFirst:
         target = max(min_seconds, total / (max(slots, 1) * 4))
         units: list[list[TestSpec]] = []
         merging: dict[tuple[str, tuple[tuple[str, str], ...]], list[TestSpec]] = {}
+        # Each bucket's running sum, added test by test as sum() would: re-summing the
+        # bucket at every group made a million small tests take minutes.
+        merged: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for _, group_iter in itertools.groupby(tests, key=lambda t: (t.group, _placement_key(t))):
             group = list(group_iter)
             key = _placement_key(group[0])
@@ -126,9 +129,13 @@ class LongestFirst:
                 continue
             bucket = merging.setdefault(key, [])
             bucket.extend(group)
-            if sum(t.estimate for t in bucket) >= target:
+            acc = merged.get(key, 0)
+            for test in group:
+                acc += test.estimate
+            merged[key] = acc
+            if acc >= target:
                 units.append(bucket)
-                del merging[key]
+                del merging[key], merged[key]
         units.extend(bucket for bucket in merging.values() if bucket)
         # Longest first, but the pieces of one split group stay in collection
         # order: they rank by the group's largest piece and keep their sequence.
