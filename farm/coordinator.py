@@ -621,6 +621,7 @@ class Coordinator:
 
     # -- introspection ---------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
         return {
             "t": "status",
             "hosts": [
@@ -630,6 +631,8 @@ class Coordinator:
                     "quarantined": s.quarantined,
                     "problem": s.health.problem,
                     "failures": s.health.failures,
+                    # Seconds until a quarantined host is tried again (None: not scheduled).
+                    "retry_in": None if s.retry_at is None else max(0.0, s.retry_at - now),
                 }
                 for s in self.hosts
             ],

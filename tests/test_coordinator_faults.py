@@ -252,10 +252,15 @@ class CoordinatorFaults(RuleBasedStateMachine):
             finals = collections.Counter(e["id"] for e in events if e["t"] in ("result", "crashed"))
             assert all(n == 1 for n in finals.values()), finals
             assert [e["t"] for e in events].count("done") <= 1
+        hosts = self.run(self.status())["hosts"]
+        assert all((h["retry_in"] is not None) == h["quarantined"] for h in hosts), hosts
         scheduler = self.coordinator.scheduler
         if not scheduler._slots:
             for run in self.submitted.values():
                 assert run.finished or scheduler.queued(run.id) == 0, "tests queued for no host"
+
+    async def status(self) -> dict[str, Any]:
+        return self.coordinator.status()
 
     def collect(self) -> None:
         for run_id, run in self.submitted.items():
