@@ -39,19 +39,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import secrets
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from farm.faults import LossBudget, crash_message, describe, how_it_ended
-from farm.hosts.base import Host, HostError, RunContext, RunError, WorkerConnection
+from farm.faults import crash_message, describe, how_it_ended
+from farm.hosts.base import Host, HostError, RunContext, RunError
 from farm.intake import Unplaceable, prepare
 from farm.manifest import RunManifest, TestSpec
+from farm.runs import MAX_BATCH, Run, event_batches
 from farm.scheduler import Scheduler, Shard, placeable
 from farm.slots import ActiveWorker, Held, HostState, exit_info, kill_worker
+
+# The service and its tests know a run's stream from here.
+__all__ = ["MAX_BATCH", "Coordinator", "Run", "event_batches"]
 
 log = logging.getLogger("psyduck.farm")
 
@@ -61,29 +62,6 @@ MAX_WORKER_START_FAILURES = 3
 ATTACH_TIMEOUT = 30.0
 #: Seconds a new worker may take to import and collect before it counts as failed to start.
 READY_TIMEOUT = 600.0
-
-
-@dataclass
-class Run:
-    id: str
-    manifest: RunManifest
-    owner: str
-    created: float = field(default_factory=time.time)
-    events: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
-    tests: dict[str, TestSpec] = field(default_factory=dict)
-    reported: set[str] = field(default_factory=set)
-    workers: set[WorkerConnection] = field(default_factory=set)
-    start_failures: int = 0
-    losses: LossBudget = field(default_factory=LossBudget)
-    status: str = "running"
-    attached: bool = False
-
-    @property
-    def finished(self) -> bool:
-        return self.status != "running"
-
-    def emit(self, event: dict[str, Any]) -> None:
-        self.events.put_nowait(event)
 
 
 class Coordinator:
@@ -225,16 +203,18 @@ class Coordinator:
         asyncio.get_running_loop().call_later(60, self.runs.pop, run.id, None)
 
     def _fail_run(self, run: Run, reason: str) -> None:
-        """End *run* for a fault of its own: its unreported tests crash with *reason*."""
+        """End *run* for a fault of its own: a notice, each unreported test crashed, and
+        ``done`` with status ``failed``, all naming *reason*."""
         if run.finished:
             return
         log.warning("run %s failed: %s", run.id, reason)
         self.scheduler.cancel(run.id)
         run.emit({"t": "notice", "message": f"the run failed: {reason}"})
+        message = f"psyduck: the run failed: {reason}"
         for test_id in run.tests:
             if test_id not in run.reported:
                 run.reported.add(test_id)
-                run.emit({"t": "crashed", "id": test_id, "message": reason})
+                run.emit({"t": "crashed", "id": test_id, "message": message})
         self._finish(run, "failed", reason)
         for conn in list(run.workers):
             self._in_background(kill_worker(conn))
@@ -341,7 +321,7 @@ class Coordinator:
         try:
             conn = await state.host.spawn(context, index, worker_id, self._output_handler(run))
         except RunError as exc:
-            self._fail_run(run, f"psyduck: the run cannot start on host {state.host.name}: {exc}")
+            self._fail_run(run, f"it cannot start on host {state.host.name}: {exc}")
             return None
         except Exception as exc:  # HostError, or any bug in a host plugin
             self._host_failed(state, run, list(shard.tests), None, describe(exc))
@@ -364,7 +344,7 @@ class Coordinator:
                 return None
             run.start_failures += 1
             if run.start_failures >= MAX_WORKER_START_FAILURES:
-                self._fail_run(run, "psyduck: workers could not start:\n" + conn.output())
+                self._fail_run(run, "its workers could not start:\n" + conn.output())
             else:
                 self._requeue(run, shard.tests)
             return None
@@ -650,43 +630,3 @@ class Coordinator:
                 for r in self.runs.values()
             ],
         }
-
-
-#: Events sent in one websocket message at most; fast tests finish in bursts.
-MAX_BATCH = 256
-#: Seconds a batch of events waits after its first event for more to join it.
-BATCH_LINGER = 0.01
-
-
-async def event_batches(run: Run, linger: float = BATCH_LINGER):
-    """Yield lists of a run's events until its ``done`` event.
-
-    While events keep coming, a batch waits up to *linger* seconds after its
-    first event for more: fast tests then travel a few dozen to a message
-    instead of one each, which halves what the stream costs both ends in CPU.
-    The first event after a quiet spell (the run's first result, above all)
-    goes at once with whatever is already queued: the client is idle then, and
-    waiting would only delay it.
-    """
-    loop = asyncio.get_running_loop()
-    last_sent = -math.inf
-    while True:
-        batch = [await run.events.get()]
-        now = loop.time()
-        deadline = now + linger if now - last_sent < linger else now
-        while len(batch) < MAX_BATCH and batch[-1]["t"] != "done":
-            if not run.events.empty():
-                batch.append(run.events.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    batch.append(await run.events.get())
-            except TimeoutError:
-                break
-        yield batch
-        if batch[-1]["t"] == "done":
-            return
-        last_sent = loop.time()

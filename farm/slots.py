@@ -15,15 +15,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from farm.faults import HostHealth, describe
 from farm.hosts.base import ExitInfo, Host, WorkerConnection
 from farm.manifest import TestSpec
+from farm.runs import Run
 from farm.scheduler import Shard
-
-if TYPE_CHECKING:
-    from farm.coordinator import Run
 
 log = logging.getLogger("psyduck.farm")
 
