@@ -32,7 +32,9 @@ from hypothesis.stateful import (
 )
 
 from farm import slots
+from farm.client import FarmClient, FarmError
 from farm.coordinator import Coordinator, Run
+from farm.embedded import start_embedded_farm
 from farm.hosts.base import ExitInfo, Host, HostError, RunContext, RunError, WorkerConnection
 from farm.intake import Unplaceable
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
@@ -318,3 +320,40 @@ CoordinatorFaults.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_every_test_of_every_run_ends = CoordinatorFaults.TestCase
+
+
+def test_a_farm_whose_hosts_are_all_quarantined_says_so_and_serves_again_after_the_rest():
+    """Through the real service: tests that no host in service can run end at once, a new
+    run is refused with 503 naming the quarantine, and once the host's rest is over the
+    farm takes runs again (it is not disabled until a restart)."""
+
+    async def scenario() -> None:
+        host = FakeHost("flaky", 2, reuse=True)
+        farm = await start_embedded_farm([host])
+        try:
+            [state] = farm.coordinator.hosts
+            state.health.rest = 0.5
+            host.spawns.extend(["host-error"] * 4)
+            async with FarmClient(farm.url, farm.token) as client:
+                stream = await client.attach(await client.submit(manifest(3, 1)))
+                events = [event async for event in stream]
+                crashed = [e for e in events if e["t"] == "crashed"]
+                assert len(crashed) == 3 and events[-1]["status"] == "complete", events
+                assert all("no host in service can run" in e["message"] for e in crashed)
+                with pytest.raises(
+                    FarmError, match=r"(?s)refused \(503\).*quarantined.*flaky is down"
+                ):
+                    await client.submit(manifest(1, 1))
+                await serving_again(state)
+                host.spawns.clear()
+                stream = await client.attach(await client.submit(manifest(3, 1)))
+                events = [event async for event in stream]
+                assert [e["t"] for e in events].count("result") == 3, events
+        finally:
+            await farm.close()
+
+    async def serving_again(state) -> None:
+        while state.quarantined:
+            await asyncio.sleep(0.05)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
