@@ -91,11 +91,10 @@ class Coordinator:
         return sum(h.host.slots for h in self.hosts if not h.quarantined)
 
     async def start(self) -> None:
-        """Connect every host; one that cannot serve is left out, with its reason.
+        """Connect every host; one that cannot serve is left out, with its reason, and
+        tried again after a rest, as a quarantined host is.
 
-        Raises :class:`HostError` only when no host at all can serve.  A host
-        left out here is not tried again (restart the farm once it is fixed);
-        hosts quarantined later, while serving, are.
+        Raises :class:`HostError` only when no host at all can serve.
         """
         problems = []
         for state in self.hosts:
@@ -107,16 +106,39 @@ class Coordinator:
                 problems.append(state.health.problem)
                 log.warning("host %s cannot serve: %s", state.host.name, state.health.problem)
                 continue
-            self._add_slots(state)
-            state.serving.set()
-            for index in range(state.host.slots):
-                slot_id = f"{state.host.name}/{index}"
-                self._wakeups[slot_id] = asyncio.Event()
-                state.slot_tasks.append(
-                    asyncio.create_task(self._slot_loop(state, index, slot_id), name=slot_id)
-                )
+            self._serve(state)
         if len(problems) == len(self.hosts):
             raise HostError("no host can serve:\n  " + "\n  ".join(problems))
+        for state in self.hosts:
+            if state.quarantined:
+                self._rest(state)
+
+    def _serve(self, state: HostState) -> None:
+        """Put a started host's slots in service, each with its task."""
+        self._add_slots(state)
+        state.serving.set()
+        for index in range(state.host.slots):
+            slot_id = f"{state.host.name}/{index}"
+            self._wakeups[slot_id] = asyncio.Event()
+            state.slot_tasks.append(
+                asyncio.create_task(self._slot_loop(state, index, slot_id), name=slot_id)
+            )
+
+    async def _restart(self, state: HostState) -> None:
+        """Try again a host that could not start; it serves on probation, or rests longer."""
+        try:
+            await state.host.start()
+        except Exception as exc:
+            state.health.readmit()
+            state.health.failed(describe(exc))  # on probation: quarantined again, longer
+            log.warning("host %s still cannot serve: %s", state.host.name, state.health.problem)
+            self._rest(state)
+            return
+        state.health.readmit()
+        if not self._closing:
+            log.info("host %s started", state.host.name)
+            self._serve(state)
+            self._wake_all()
 
     def _add_slots(self, state: HostState) -> None:
         for index in range(state.host.slots):
@@ -571,9 +593,7 @@ class Coordinator:
         for index in range(state.host.slots):
             self.scheduler.remove_slot(f"{state.host.name}/{index}")
         log.warning("quarantined host %s for %gs: %s", state.host.name, health.rest, health.problem)
-        loop = asyncio.get_running_loop()
-        state.retry_at = loop.time() + health.rest
-        state.retry = loop.call_later(health.rest, self._readmit, state)
+        self._rest(state)
         for run in list(self.runs.values()):
             if run.finished:
                 continue
@@ -588,10 +608,19 @@ class Coordinator:
             self._settle(run)
         self._wake_all()
 
+    def _rest(self, state: HostState) -> None:
+        """Try the quarantined host again once its rest is over."""
+        loop = asyncio.get_running_loop()
+        state.retry_at = loop.time() + state.health.rest
+        state.retry = loop.call_later(state.health.rest, self._readmit, state)
+
     def _readmit(self, state: HostState) -> None:
         """The host's rest is over: its slots serve again, on probation."""
         state.retry = state.retry_at = None
         if self._closing:
+            return
+        if not state.slot_tasks:  # it never started
+            self._in_background(self._restart(state))
             return
         state.health.readmit()
         self._add_slots(state)

@@ -357,3 +357,46 @@ def test_a_farm_whose_hosts_are_all_quarantined_says_so_and_serves_again_after_t
             await asyncio.sleep(0.05)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+class LateHost(FakeHost):
+    """A host whose engine is down the first *failures* times it is started."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__("late", 1, reuse=True)
+        self.labels = {"kind": "late"}
+        self.failures = failures
+
+    async def start(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise HostError("fake engine of host late is not up yet")
+
+
+def test_a_host_that_cannot_start_is_tried_again_and_then_serves():
+    async def scenario() -> None:
+        late = LateHost(failures=2)
+        coordinator = Coordinator([FakeHost("early", 1, reuse=True), late])
+        state = coordinator.hosts[1]
+        state.health.rest = 0.05
+        try:
+            await coordinator.start()
+            assert state.quarantined and "not up yet" in state.health.problem
+            while state.quarantined:
+                await asyncio.sleep(0.01)
+            assert late.failures == 0 and state.health.rest == 0.2  # rested twice, longer
+            tests = tuple(
+                TestSpec(id=f"t.py::t{i}", group="t.py", requires={"kind": "late"})
+                for i in range(3)
+            )
+            run = await coordinator.submit(RunManifest(tests, WorkerSpec(argv=("w",), cwd="/")))
+            run.attached = True
+            events = []
+            while not events or events[-1]["t"] != "done":
+                events.append(await run.events.get())
+            assert [e["t"] for e in events].count("result") == 3, events
+            assert events[-1]["status"] == "complete"
+        finally:
+            await coordinator.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
