@@ -8,8 +8,9 @@ on the answer.  Three rules keep every test of every run ending:
   lost with it) quarantine it after :data:`QUARANTINE_AFTER`; any test that
   finishes on it resets the count.  A quarantined host rests, then is tried
   again on probation: one more failure quarantines it again, for twice as
-  long (up to :data:`REST_MAX`).  A transient fault thus costs a host a rest,
-  never the farm's lifetime.
+  long (up to :data:`REST_MAX`).  A host that could not even start is started
+  again after its rest the same way.  A transient fault thus costs a host a
+  rest, never the farm's lifetime.
 * **Loss budget.**  A test whose shard is lost through no fault of its own
   (its host failed, or its worker died before running any test) goes back in
   the queue, at most :data:`MAX_LOSSES` times; then it is reported crashed
