@@ -7,9 +7,31 @@ bytes here: the coordinator never imports pytest.  What it knows is which test a
 worker was running, so when a worker dies it can say which test killed it and
 put the rest of the shard back in the queue.
 
+Every test of every run ends — with its result, a crash report, or the run's
+one error — whatever a host, a spawn or a snapshot does.  Failures are sorted
+by whose fault they are (the rules live in :mod:`farm.faults`):
+
+* a **run fault** (:class:`~farm.hosts.base.RunError`: its snapshot cannot be
+  pulled, its directory is missing; or its workers keep failing to start) ends
+  that run at once: each of its unreported tests crashes with the reason and
+  the run is ``done`` with status ``failed`` and that reason.  Its hosts are
+  not blamed, and other runs do not notice;
+* a **host fault** (:class:`~farm.hosts.base.HostError`, a worker lost with its
+  host, or *any other exception* a host raises: a bug in a host plugin must not
+  drop tests) puts the slot's tests back in the queue within their loss budget
+  and counts against the host, which may be quarantined, and is tried again
+  after a rest.  Tests no remaining host can run end at once, crashed with the
+  hosts' problems;
+* a worker dying in a test blames that test alone.
+
+Whatever a slot holds when something unforeseen fails in its task (a shard not
+yet handed to a worker, a worker's outstanding tests) is accounted for as a
+host fault before the slot goes on.
+
 Events a client receives (see :mod:`farm.protocol` for the encoding):
 ``result`` {id, payload}, ``crashed`` {id, message}, ``warning`` {data},
-``output`` {data}, ``notice`` {message}, ``done`` {status}.
+``output`` {data}, ``notice`` {message}, ``done`` {status, reason} with status
+``complete``, ``cancelled`` or ``failed``.
 """
 
 from __future__ import annotations
@@ -17,77 +39,29 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import secrets
-import signal
-import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-from farm.hosts.base import ExitInfo, Host, HostError, RunContext, WorkerConnection
+from farm.faults import crash_message, describe, how_it_ended
+from farm.hosts.base import Host, HostError, RunContext, RunError
+from farm.intake import Unplaceable, prepare
 from farm.manifest import RunManifest, TestSpec
-from farm.scheduler import Scheduler, Shard
+from farm.runs import MAX_BATCH, Run, event_batches
+from farm.scheduler import Scheduler, Shard, placeable
+from farm.slots import ActiveWorker, Held, HostState, exit_info, kill_worker
+
+# The service and its tests know a run's stream from here.
+__all__ = ["MAX_BATCH", "Coordinator", "Run", "event_batches"]
 
 log = logging.getLogger("psyduck.farm")
 
-#: Seconds a worker gets past a test's timeout to report its own stack before it is killed.
-TIMEOUT_GRACE = 5.0
-#: Consecutive host failures after which a host is quarantined.
-QUARANTINE_AFTER = 3
 #: Workers of one run that may fail to start before the run gives up.
 MAX_WORKER_START_FAILURES = 3
 #: Seconds a run may wait for its client to attach before it is cancelled.
 ATTACH_TIMEOUT = 30.0
 #: Seconds a new worker may take to import and collect before it counts as failed to start.
 READY_TIMEOUT = 600.0
-
-
-@dataclass
-class Run:
-    id: str
-    manifest: RunManifest
-    owner: str
-    created: float = field(default_factory=time.time)
-    events: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
-    tests: dict[str, TestSpec] = field(default_factory=dict)
-    reported: set[str] = field(default_factory=set)
-    workers: set[WorkerConnection] = field(default_factory=set)
-    start_failures: int = 0
-    status: str = "running"
-    attached: bool = False
-
-    @property
-    def finished(self) -> bool:
-        return self.status != "running"
-
-    def emit(self, event: dict[str, Any]) -> None:
-        self.events.put_nowait(event)
-
-
-@dataclass
-class _HostState:
-    host: Host
-    failures: int = 0
-    quarantined: bool = False
-    problem: str = ""
-    busy: int = 0
-    slot_tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-
-class _ActiveWorker:
-    """A worker bound to one run, with the bookkeeping needed when it dies."""
-
-    def __init__(self, conn: WorkerConnection, run: Run, state: _HostState, profile: str) -> None:
-        self.conn = conn
-        self.run = run
-        self.state = state
-        self.host = state.host
-        self.profile = profile
-        self.outstanding: dict[str, TestSpec] = {}
-        self.current: str | None = None
-        self.timed_out: dict[str, Any] | None = None
-        self.hard_timeout: asyncio.TimerHandle | None = None
-        self.killed_for_timeout: str | None = None
 
 
 class Coordinator:
@@ -103,7 +77,7 @@ class Coordinator:
     ) -> None:
         self.pokedex_urls = pokedex_urls
         self.pokedex_token = pokedex_token
-        self.hosts = [_HostState(h) for h in hosts]
+        self.hosts = [HostState(h) for h in hosts]
         min_seconds = max((h.min_shard_seconds for h in hosts), default=0.0)
         self.scheduler = scheduler or Scheduler(min_shard_seconds=min_seconds)
         self.runs: dict[str, Run] = {}
@@ -117,7 +91,8 @@ class Coordinator:
         return sum(h.host.slots for h in self.hosts if not h.quarantined)
 
     async def start(self) -> None:
-        """Connect every host; one that cannot serve is quarantined, with its reason.
+        """Connect every host; one that cannot serve is left out, with its reason, and
+        tried again after a rest, as a quarantined host is.
 
         Raises :class:`HostError` only when no host at all can serve.
         """
@@ -125,31 +100,64 @@ class Coordinator:
         for state in self.hosts:
             try:
                 await state.host.start()
-            except HostError as exc:
-                state.quarantined = True
-                state.problem = str(exc)
-                problems.append(str(exc))
-                log.warning("host %s cannot serve: %s", state.host.name, exc)
+            except Exception as exc:  # HostError, or any bug in a host plugin
+                state.health.quarantined = True
+                state.health.problem = describe(exc)
+                problems.append(state.health.problem)
+                log.warning("host %s cannot serve: %s", state.host.name, state.health.problem)
                 continue
-            for index in range(state.host.slots):
-                slot_id = f"{state.host.name}/{index}"
-                self.scheduler.add_slot(slot_id, state.host.name, state.host.labels)
-                self._wakeups[slot_id] = asyncio.Event()
-                state.slot_tasks.append(
-                    asyncio.create_task(self._slot_loop(state, index, slot_id), name=slot_id)
-                )
+            self._serve(state)
         if len(problems) == len(self.hosts):
             raise HostError("no host can serve:\n  " + "\n  ".join(problems))
+        for state in self.hosts:
+            if state.quarantined:
+                self._rest(state)
+
+    def _serve(self, state: HostState) -> None:
+        """Put a started host's slots in service, each with its task."""
+        self._add_slots(state)
+        state.serving.set()
+        for index in range(state.host.slots):
+            slot_id = f"{state.host.name}/{index}"
+            self._wakeups[slot_id] = asyncio.Event()
+            state.slot_tasks.append(
+                asyncio.create_task(self._slot_loop(state, index, slot_id), name=slot_id)
+            )
+
+    async def _restart(self, state: HostState) -> None:
+        """Try again a host that could not start; it serves on probation, or rests longer."""
+        try:
+            await state.host.start()
+        except Exception as exc:
+            state.health.readmit()
+            state.health.failed(describe(exc))  # on probation: quarantined again, longer
+            log.warning("host %s still cannot serve: %s", state.host.name, state.health.problem)
+            self._rest(state)
+            return
+        state.health.readmit()
+        if not self._closing:
+            log.info("host %s started", state.host.name)
+            self._serve(state)
+            self._wake_all()
+
+    def _add_slots(self, state: HostState) -> None:
+        for index in range(state.host.slots):
+            self.scheduler.add_slot(
+                f"{state.host.name}/{index}", state.host.name, state.host.labels
+            )
 
     async def close(self) -> None:
         self._closing = True
         for run in list(self.runs.values()):
             await self.cancel(run.id, "the farm is shutting down")
         for state in self.hosts:
+            if state.retry is not None:
+                state.retry.cancel()
             for task in state.slot_tasks:
                 task.cancel()
             await asyncio.gather(*state.slot_tasks, return_exceptions=True)
             await state.host.close()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def _in_background(self, coro) -> None:
         """Run *coro* from a timer callback, keeping a reference until it is done."""
@@ -158,25 +166,44 @@ class Coordinator:
         task.add_done_callback(self._background.discard)
 
     # -- runs ------------------------------------------------------------------
-    def submit(self, manifest: RunManifest, owner: str = "") -> tuple[Run | None, list[TestSpec]]:
-        """Queue a run; returns (run, []) or (None, tests no host can run)."""
+    async def submit(self, manifest: RunManifest, owner: str = "") -> Run:
+        """Queue a run; raise :class:`Unplaceable` (queueing nothing) if no host can run some.
+
+        Planning touches every test, so it runs in a thread: a huge manifest
+        must not silence the other runs' streams while it is admitted.
+        """
+        plan, tests = await asyncio.to_thread(prepare, manifest, self.scheduler.planner())
         run_id = secrets.token_hex(8)
-        unplaceable = self.scheduler.add_run(run_id, manifest.tests)
+        unplaceable = self.scheduler.install(run_id, plan)
         if unplaceable:
-            return None, unplaceable
-        run = Run(run_id, manifest, owner, tests={t.id: t for t in manifest.tests})
+            raise Unplaceable(unplaceable, self._waiting_hosts(unplaceable))
+        run = Run(run_id, manifest, owner, tests=tests)
         self.runs[run_id] = run
         for state in self.hosts:
             if state.quarantined:
                 run.emit(
                     {
                         "t": "notice",
-                        "message": f"host {state.host.name} is quarantined: {state.problem}",
+                        "message": f"host {state.host.name} is quarantined: {state.health.problem}",
                     }
                 )
         asyncio.get_running_loop().call_later(ATTACH_TIMEOUT, self._cancel_unattached, run_id)
         self._wake_all()
-        return run, []
+        return run
+
+    def _waiting_hosts(self, tests: Sequence[TestSpec]) -> list[str]:
+        """Quarantined hosts that could run some of *tests*, with their problems and retry time."""
+        now = asyncio.get_running_loop().time()
+        waiting = []
+        for state in self.hosts:
+            if not state.quarantined or state.retry_at is None:
+                continue
+            if any(placeable(t.requires, state.host.labels) for t in tests[:1000]):
+                waiting.append(
+                    f"host {state.host.name}: {state.health.problem} "
+                    f"(tried again in {max(0.0, state.retry_at - now):.0f}s)"
+                )
+        return waiting
 
     def _cancel_unattached(self, run_id: str) -> None:
         run = self.runs.get(run_id)
@@ -189,13 +216,30 @@ class Coordinator:
             return
         self.scheduler.cancel(run_id)
         self._finish(run, "cancelled", reason)
-        await asyncio.gather(*(w.kill() for w in list(run.workers)), return_exceptions=True)
+        await asyncio.gather(*(kill_worker(w) for w in list(run.workers)))
 
     def _finish(self, run: Run, status: str, reason: str = "") -> None:
         run.status = status
         run.emit({"t": "done", "status": status, "reason": reason})
         self.scheduler.forget(run.id)
         asyncio.get_running_loop().call_later(60, self.runs.pop, run.id, None)
+
+    def _fail_run(self, run: Run, reason: str) -> None:
+        """End *run* for a fault of its own: a notice, each unreported test crashed, and
+        ``done`` with status ``failed``, all naming *reason*."""
+        if run.finished:
+            return
+        log.warning("run %s failed: %s", run.id, reason)
+        self.scheduler.cancel(run.id)
+        run.emit({"t": "notice", "message": f"the run failed: {reason}"})
+        message = f"psyduck: the run failed: {reason}"
+        for test_id in run.tests:
+            if test_id not in run.reported:
+                run.reported.add(test_id)
+                run.emit({"t": "crashed", "id": test_id, "message": message})
+        self._finish(run, "failed", reason)
+        for conn in list(run.workers):
+            self._in_background(kill_worker(conn))
 
     def _report(self, run: Run, test_id: str, event: dict[str, Any]) -> None:
         """Send a test's final event once, and finish the run when it was the last."""
@@ -215,21 +259,47 @@ class Coordinator:
         for event in self._wakeups.values():
             event.set()
 
-    async def _slot_loop(self, state: _HostState, index: int, slot_id: str) -> None:
-        """Keep the slot busy; a bug in one pass is logged and never ends the slot."""
-        while not self._closing and not state.quarantined:
+    async def _slot_loop(self, state: HostState, index: int, slot_id: str) -> None:
+        """Keep the slot busy while its host serves; whatever fails, the slot goes on."""
+        while not self._closing:
+            if state.quarantined:
+                await state.serving.wait()
+                continue
+            held = Held()
             try:
-                await self._serve_slot(state, index, slot_id)
-            except Exception:
-                log.exception("slot %s failed; restarting it", slot_id)
-                await asyncio.sleep(1.0)
+                await self._serve_slot(state, index, slot_id, held)
+                await self._hand_back(held)
+            except Exception as exc:
+                log.exception("slot %s failed", slot_id)
+                if held.shard is None and held.worker is None:
+                    await asyncio.sleep(1.0)  # nothing to blame: do not spin on a bug
+                await self._abandon(state, held, f"slot {slot_id} failed: {describe(exc)}")
 
-    async def _serve_slot(self, state: _HostState, index: int, slot_id: str) -> None:
-        worker: _ActiveWorker | None = None
+    async def _abandon(self, state: HostState, held: Held, detail: str) -> None:
+        """Account for what a slot held when it failed unforeseen: a host fault."""
+        shard, worker = held.shard, held.worker
+        if worker is not None:
+            await kill_worker(worker.conn)
+            await self._worker_gone(worker, fault=detail)
+        if shard is not None and shard.run in self.runs:
+            self._host_failed(state, self.runs[shard.run], list(shard.tests), None, detail)
+
+    async def _hand_back(self, held: Held) -> None:
+        """The slot stops serving (quarantine, shutdown): requeue its shard, retire its worker."""
+        shard, held.shard = held.shard, None
+        if shard is not None and (run := self.runs.get(shard.run)) is not None:
+            self._requeue(run, shard.tests)
+        if held.worker is not None and not self._closing:
+            await self._drain(held.worker)
+        held.worker = None
+
+    async def _serve_slot(self, state: HostState, index: int, slot_id: str, held: Held) -> None:
         wakeup = self._wakeups[slot_id]
         while not self._closing and not state.quarantined:
             wakeup.clear()
             shard = self.scheduler.next_shard(slot_id)
+            held.shard = shard
+            worker = held.worker
             if worker is not None and (
                 shard is None
                 or shard.run != worker.run.id
@@ -237,24 +307,30 @@ class Coordinator:
                 or not state.host.reuse_workers
             ):
                 await self._drain(worker)
-                worker = None
-                if self._closing:
+                held.worker = None
+                if self._closing or state.quarantined:
                     return
             if shard is None:
                 self.scheduler.release(slot_id)
                 await wakeup.wait()
                 continue
-            run = self.runs[shard.run]
-            if worker is None:
-                worker = await self._start_worker(state, index, run, shard)
-                if worker is None:
+            run = self.runs.get(shard.run)
+            if run is None:
+                held.shard = None
+                continue
+            if held.worker is None:
+                held.worker = await self._start_worker(state, index, run, shard)
+                if held.worker is None:
+                    held.shard = None  # _start_worker accounted for it
                     continue
-            if not await self._run_shard(worker, shard):
-                worker = None
+            held.shard = None
+            if not await self._run_shard(held.worker, shard):
+                held.worker = None
 
     async def _start_worker(
-        self, state: _HostState, index: int, run: Run, shard: Shard
-    ) -> _ActiveWorker | None:
+        self, state: HostState, index: int, run: Run, shard: Shard
+    ) -> ActiveWorker | None:
+        """A ready worker for *shard*, or None once the shard's tests are accounted for."""
         worker_id = f"gw{next(self._worker_ids)}"
         context = RunContext(
             run.id,
@@ -266,9 +342,13 @@ class Coordinator:
         )
         try:
             conn = await state.host.spawn(context, index, worker_id, self._output_handler(run))
-        except HostError as exc:
-            self._host_failed(state, run, list(shard.tests), None, str(exc))
+        except RunError as exc:
+            self._fail_run(run, f"it cannot start on host {state.host.name}: {exc}")
             return None
+        except Exception as exc:  # HostError, or any bug in a host plugin
+            self._host_failed(state, run, list(shard.tests), None, describe(exc))
+            return None
+        fault = None
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
             # cancellation that shuts the farm down.
@@ -276,24 +356,23 @@ class Coordinator:
                 ready = await conn.recv()
         except TimeoutError:
             ready = None
+        except Exception as exc:
+            ready, fault = None, f"reading from a new worker failed: {describe(exc)}"
         if ready is None or ready.get("t") != "ready":
-            await conn.kill()
-            info = await conn.wait()
+            await kill_worker(conn)
+            info = await exit_info(conn, fault)
             if info.host_lost:
                 self._host_failed(state, run, list(shard.tests), None, info.detail)
                 return None
             run.start_failures += 1
             if run.start_failures >= MAX_WORKER_START_FAILURES:
-                message = "psyduck: workers could not start:\n" + conn.output()
-                for test in run.tests.values():
-                    self._crashed(run, test.id, message)
+                self._fail_run(run, "its workers could not start:\n" + conn.output())
             else:
-                self.scheduler.requeue(run.id, shard.tests)
-                self._wake_all()
+                self._requeue(run, shard.tests)
             return None
         state.busy += 1
         run.workers.add(conn)
-        return _ActiveWorker(conn, run, state, shard.profile)
+        return ActiveWorker(conn, run, state, shard.profile)
 
     def _output_handler(self, run: Run):
         def forward(data: bytes) -> None:
@@ -302,34 +381,51 @@ class Coordinator:
 
         return forward
 
-    async def _run_shard(self, worker: _ActiveWorker, shard: Shard) -> bool:
+    async def _run_shard(self, worker: ActiveWorker, shard: Shard) -> bool:
         """Feed *shard* to *worker* until it asks for more.  False when the worker is gone."""
-        if worker.run.finished:
-            await worker.conn.kill()
-            await self._worker_gone(worker)
-            return False
         for test in shard.tests:
             worker.outstanding[test.id] = test
-        await worker.conn.fit(shard.tests)
-        await worker.conn.send(
-            {"t": "run", "tests": [{"id": t.id, "timeout": t.timeout} for t in shard.tests]}
-        )
+        if worker.run.finished:
+            await kill_worker(worker.conn)
+            await self._worker_gone(worker)
+            return False
+        try:
+            await worker.conn.fit(shard.tests)
+            await worker.conn.send(
+                {"t": "run", "tests": [{"id": t.id, "timeout": t.timeout} for t in shard.tests]}
+            )
+        except Exception as exc:
+            await kill_worker(worker.conn)
+            await self._worker_gone(worker, fault=f"sending a shard failed: {describe(exc)}")
+            return False
         return await self._pump(worker, until="idle")
 
-    async def _drain(self, worker: _ActiveWorker) -> None:
+    async def _drain(self, worker: ActiveWorker) -> None:
         """Let the worker run its held-back test and tear down, then make sure it is gone."""
-        if not worker.run.finished:
-            await worker.conn.send({"t": "drain"})
+        if not worker.run.finished and not worker.gone:
+            try:
+                await worker.conn.send({"t": "drain"})
+            except Exception as exc:
+                await kill_worker(worker.conn)
+                await self._worker_gone(worker, fault=f"draining failed: {describe(exc)}")
+                return
             if not await self._pump(worker, until="done"):
                 return  # it died on the way; _pump accounted for it
-        await worker.conn.kill()
+        await kill_worker(worker.conn)
         await self._worker_gone(worker)
 
-    async def _pump(self, worker: _ActiveWorker, until: str) -> bool:
+    async def _pump(self, worker: ActiveWorker, until: str) -> bool:
         """Handle worker messages until *until* arrives (True) or the worker is gone (False)."""
         run = worker.run
         while True:
-            message = await worker.conn.recv()
+            try:
+                message = await worker.conn.recv()
+            except Exception as exc:
+                await kill_worker(worker.conn)
+                await self._worker_gone(
+                    worker, fault=f"reading from a worker failed: {describe(exc)}"
+                )
+                return False
             if message is None:
                 await self._worker_gone(worker)
                 return False
@@ -338,9 +434,9 @@ class Coordinator:
                     return True
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("bad message from worker of run %s: %r", run.id, exc)
-                await worker.conn.kill()
+                await kill_worker(worker.conn)
 
-    def _handle(self, worker: _ActiveWorker, message: dict[str, Any], until: str) -> bool:
+    def _handle(self, worker: ActiveWorker, message: dict[str, Any], until: str) -> bool:
         """Act on one worker message; True when it is the one *until* waits for."""
         run = worker.run
         kind = message["t"]
@@ -354,11 +450,11 @@ class Coordinator:
         elif kind == "result":
             # A host counts as working again once a test finished on it, not when a
             # worker merely started: a host failing every shard must reach quarantine.
-            worker.state.failures = 0
+            worker.state.health.worked()
             following = message.get("next")
             if following is not None and following not in worker.outstanding:
                 raise ValueError(f"result names {following!r} next, which the worker was not given")
-            self._disarm_hard_timeout(worker)
+            worker.disarm()
             worker.current = None
             worker.outstanding.pop(test_id, None)
             self._report(
@@ -368,7 +464,7 @@ class Coordinator:
                 self._started(worker, following)
         elif kind == "missing":
             if worker.current == test_id:
-                self._disarm_hard_timeout(worker)
+                worker.disarm()
                 worker.current = None
             worker.outstanding.pop(test_id, None)
             self._crashed(run, test_id, f"psyduck: {test_id}: {message.get('message', '')}")
@@ -379,33 +475,20 @@ class Coordinator:
             worker.timed_out = message
         return False
 
-    def _started(self, worker: _ActiveWorker, test_id: str) -> None:
+    def _started(self, worker: ActiveWorker, test_id: str) -> None:
         """*test_id* is now running on *worker*: a crash from here on is its crash."""
-        worker.current = test_id
-        self._arm_hard_timeout(worker, test_id)
+        worker.started(test_id, lambda: self._in_background(kill_worker(worker.conn)))
 
-    def _arm_hard_timeout(self, worker: _ActiveWorker, test_id: str) -> None:
-        spec = worker.run.tests.get(test_id)
-        if spec is None or spec.timeout is None:
+    async def _worker_gone(self, worker: ActiveWorker, fault: str | None = None) -> None:
+        """Account for a worker that exited, once: blame the running test, requeue the rest.
+
+        *fault*: talking to the worker failed, so it is lost with its host.
+        """
+        if worker.gone:
             return
-
-        def expire() -> None:
-            worker.killed_for_timeout = test_id
-            self._in_background(worker.conn.kill())
-
-        worker.hard_timeout = asyncio.get_running_loop().call_later(
-            spec.timeout + TIMEOUT_GRACE, expire
-        )
-
-    def _disarm_hard_timeout(self, worker: _ActiveWorker) -> None:
-        if worker.hard_timeout is not None:
-            worker.hard_timeout.cancel()
-            worker.hard_timeout = None
-
-    async def _worker_gone(self, worker: _ActiveWorker) -> None:
-        """Account for a worker that exited: blame the running test, requeue the rest."""
-        self._disarm_hard_timeout(worker)
-        info = await worker.conn.wait()
+        worker.gone = True
+        worker.disarm()
+        info = await exit_info(worker.conn, fault)
         run = worker.run
         run.workers.discard(worker.conn)
         state = worker.state
@@ -419,107 +502,102 @@ class Coordinator:
             self._host_failed(state, run, unfinished, interrupted, info.detail)
             return
         if info.interrupted and current is not None:
-            self._retry_interrupted(run, run.tests[current], unfinished, info.interrupted)
+            # Stopped from outside (not by its test, not by its host failing): the test runs
+            # again and the host stays in service.
+            stopped = f"the worker running {current} was stopped: {info.interrupted}"
+            self._retry(run, run.tests[current], stopped)
+            self._requeue(run, unfinished)
             return
         if current is not None:
-            self._crashed(run, current, self._crash_message(worker, current, info))
-        if unfinished:
-            self.scheduler.requeue(run.id, unfinished)
-            self._wake_all()
-
-    def _crash_message(self, worker: _ActiveWorker, test_id: str, info: ExitInfo) -> str:
-        output = worker.conn.output().strip()
-        if worker.timed_out and worker.timed_out.get("id") == test_id:
-            return (
-                f"Timeout: {test_id} ran longer than {worker.timed_out['timeout']:g}s "
-                "and was killed.\n"
-                f"Stack of the test when it was killed (most recent call last):\n"
-                f"{worker.timed_out['stack']}"
+            spec = run.tests.get(current)
+            message = crash_message(
+                current,
+                info,
+                worker.conn.output(),
+                timed_out=worker.timed_out,
+                killed_for_timeout=worker.killed_for_timeout,
+                timeout=spec.timeout if spec else None,
             )
-        if worker.killed_for_timeout == test_id:
-            timeout = worker.run.tests[test_id].timeout
-            return (
-                f"Timeout: {test_id} ran longer than {timeout:g}s and did not answer; "
-                "the worker was killed (its stack could not be taken)."
-            )
-        if info.oom_killed:
-            limit = f" of {info.memory_limit // (1024 * 1024)} MiB" if info.memory_limit else ""
-            return (
-                f"worker was killed for memory while running {test_id}: "
-                f"it exceeded its limit{limit}"
-            )
-        if info.signal is not None:
-            how = f"killed by signal {signal.Signals(info.signal).name}"
-        else:
-            how = f"exited with status {info.status}"
-        text = f"worker crashed while running {test_id}: {how}"
-        return f"{text}\n\nworker output:\n{output}" if output else text
-
-    def _retry_interrupted(
-        self, run: Run, interrupted: TestSpec, unfinished: list[TestSpec], reason: str
-    ) -> None:
-        """A worker stopped from outside (not by its test, not by its host failing): the
-        test it was running runs again, once, and the host stays in service."""
-        if self.scheduler.requeue(run.id, unfinished, interrupted=interrupted):
-            run.emit(
-                {
-                    "t": "notice",
-                    "id": interrupted.id,
-                    "message": f"the worker running {interrupted.id} was stopped: {reason}; "
-                    "retrying it elsewhere",
-                }
-            )
-        else:
-            self._crashed(
+            self._crashed(run, current, message)
+            self._requeue(run, unfinished)
+        elif unfinished:
+            # Died between tests: nobody to blame, so the rest spends its loss budget.
+            self._lose(
                 run,
-                interrupted.id,
-                f"the worker running {interrupted.id} was stopped: {reason}, "
-                "and it had already been retried once",
+                unfinished,
+                f"host {state.host.name}: its worker {how_it_ended(info)} before running it",
             )
-        self._wake_all()
 
     def _host_failed(
         self,
-        state: _HostState,
+        state: HostState,
         run: Run,
         unfinished: list[TestSpec],
         interrupted: TestSpec | None,
         detail: str,
     ) -> None:
+        """Work of *run* was lost with *state*'s host: requeue it within budget, blame the host."""
         host = state.host.name
-        state.failures += 1
+        self._lose(run, unfinished, f"host {host}: {detail}")
         if interrupted is not None:
-            retried = self.scheduler.requeue(
-                run.id, unfinished, interrupted=interrupted, lost_host=host
-            )
-            if retried:
-                run.emit(
-                    {
-                        "t": "notice",
-                        "id": interrupted.id,
-                        "message": f"host {host} was lost while running {interrupted.id} "
-                        f"({detail}); retrying it elsewhere",
-                    }
-                )
-            else:
-                self._crashed(
-                    run,
-                    interrupted.id,
-                    f"host {host} was lost while running {interrupted.id} ({detail}), "
-                    "and it had already been retried once",
-                )
-        else:
-            self.scheduler.requeue(run.id, unfinished)
-        if state.failures >= QUARANTINE_AFTER and not state.quarantined:
-            self._quarantine(state, detail)
+            lost = f"host {host} was lost while running {interrupted.id} ({detail})"
+            self._retry(run, interrupted, lost, lost_host=host)
+        if state.health.failed(detail):
+            self._quarantine(state)
+        self._settle(run)
         self._wake_all()
 
-    def _quarantine(self, state: _HostState, detail: str) -> None:
-        state.quarantined = True
-        state.problem = detail
+    def _retry(
+        self, run: Run, interrupted: TestSpec, what: str, lost_host: str | None = None
+    ) -> None:
+        """Run *interrupted* again, once (elsewhere than *lost_host* if any host fits);
+        *what* says why, in the notice or in the failure once its retry is spent."""
+        if self.scheduler.requeue(run.id, (), interrupted=interrupted, lost_host=lost_host):
+            run.emit(
+                {"t": "notice", "id": interrupted.id, "message": f"{what}; retrying it elsewhere"}
+            )
+        else:
+            self._crashed(run, interrupted.id, f"{what}, and it had already been retried once")
+
+    def _lose(self, run: Run, tests: list[TestSpec], reason: str) -> None:
+        """Queue *tests* again, but crash those whose shard was lost too often."""
+        tests = [t for t in tests if t.id not in run.reported]
+        again, spent = run.losses.lose(tests, reason)
+        for test in spent:
+            self._crashed(run, test.id, run.losses.message(test.id))
+        self._requeue(run, again)
+
+    def _requeue(self, run: Run, tests: Sequence[TestSpec]) -> None:
+        """Put *tests* back in the queue; those no host in service can run end at once."""
+        self.scheduler.requeue(run.id, tests)
+        self._settle(run)
+        self._wake_all()
+
+    def _settle(self, run: Run) -> None:
+        """Crash the queued tests of *run* that no host in service can run, at once."""
+        if run.finished:
+            return
+        stuck = self.scheduler.unplaceable(run.id)
+        if not stuck:
+            return
+        problems = "; ".join(
+            f"host {s.host.name} is quarantined ({s.health.problem})"
+            for s in self.hosts
+            if s.quarantined
+        )
+        for test in stuck:
+            self._crashed(
+                run, test.id, f"psyduck: no host in service can run {test.id}: {problems}"
+            )
+
+    def _quarantine(self, state: HostState) -> None:
+        """Take the host's slots away until its rest is over; its queued work goes elsewhere."""
+        health = state.health
+        state.serving.clear()
         for index in range(state.host.slots):
             self.scheduler.remove_slot(f"{state.host.name}/{index}")
-        log.warning("quarantined host %s: %s", state.host.name, detail)
+        log.warning("quarantined host %s for %gs: %s", state.host.name, health.rest, health.problem)
+        self._rest(state)
         for run in list(self.runs.values()):
             if run.finished:
                 continue
@@ -527,18 +605,36 @@ class Coordinator:
                 {
                     "t": "notice",
                     "message": f"host {state.host.name} quarantined after "
-                    f"{state.failures} failures ({detail})",
+                    f"{health.failures} failures ({health.problem}); "
+                    f"it is tried again in {health.rest:g}s",
                 }
             )
-            for test in self.scheduler.unplaceable(run.id):
-                self._crashed(
-                    run,
-                    test.id,
-                    f"no remaining host can run {test.id}: host {state.host.name} was quarantined",
-                )
+            self._settle(run)
+        self._wake_all()
+
+    def _rest(self, state: HostState) -> None:
+        """Try the quarantined host again once its rest is over."""
+        loop = asyncio.get_running_loop()
+        state.retry_at = loop.time() + state.health.rest
+        state.retry = loop.call_later(state.health.rest, self._readmit, state)
+
+    def _readmit(self, state: HostState) -> None:
+        """The host's rest is over: its slots serve again, on probation."""
+        state.retry = state.retry_at = None
+        if self._closing:
+            return
+        if not state.slot_tasks:  # it never started
+            self._in_background(self._restart(state))
+            return
+        state.health.readmit()
+        self._add_slots(state)
+        state.serving.set()
+        log.info("host %s is back in service", state.host.name)
+        self._wake_all()
 
     # -- introspection ---------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
         return {
             "t": "status",
             "hosts": [
@@ -546,8 +642,10 @@ class Coordinator:
                     **s.host.describe(),
                     "busy": s.busy,
                     "quarantined": s.quarantined,
-                    "problem": s.problem,
-                    "failures": s.failures,
+                    "problem": s.health.problem,
+                    "failures": s.health.failures,
+                    # Seconds until a quarantined host is tried again (None: not scheduled).
+                    "retry_in": None if s.retry_at is None else max(0.0, s.retry_at - now),
                 }
                 for s in self.hosts
             ],
@@ -565,43 +663,3 @@ class Coordinator:
                 for r in self.runs.values()
             ],
         }
-
-
-#: Events sent in one websocket message at most; fast tests finish in bursts.
-MAX_BATCH = 256
-#: Seconds a batch of events waits after its first event for more to join it.
-BATCH_LINGER = 0.01
-
-
-async def event_batches(run: Run, linger: float = BATCH_LINGER):
-    """Yield lists of a run's events until its ``done`` event.
-
-    While events keep coming, a batch waits up to *linger* seconds after its
-    first event for more: fast tests then travel a few dozen to a message
-    instead of one each, which halves what the stream costs both ends in CPU.
-    The first event after a quiet spell (the run's first result, above all)
-    goes at once with whatever is already queued: the client is idle then, and
-    waiting would only delay it.
-    """
-    loop = asyncio.get_running_loop()
-    last_sent = -math.inf
-    while True:
-        batch = [await run.events.get()]
-        now = loop.time()
-        deadline = now + linger if now - last_sent < linger else now
-        while len(batch) < MAX_BATCH and batch[-1]["t"] != "done":
-            if not run.events.empty():
-                batch.append(run.events.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    batch.append(await run.events.get())
-            except TimeoutError:
-                break
-        yield batch
-        if batch[-1]["t"] == "done":
-            return
-        last_sent = loop.time()

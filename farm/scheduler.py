@@ -19,9 +19,10 @@ Two decisions are separate and swappable:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -56,10 +57,30 @@ class _Unit:
     requires: Mapping[str, str]
     retry: bool = False
     avoid_host: str | None = None
+    #: Sum of the tests' estimates, kept with them: a huge run's queue is summed on every shard.
+    estimate: float = field(init=False)
 
-    @property
-    def estimate(self) -> float:
-        return sum(t.estimate for t in self.tests)
+    def __post_init__(self) -> None:
+        self.estimate = sum(t.estimate for t in self.tests)
+
+    def drop_head(self, count: int) -> None:
+        """Remove the first *count* tests (dispatched on their own)."""
+        self.tests = self.tests[count:]
+        self.estimate = sum(t.estimate for t in self.tests)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run's queue worked out from its tests alone, by :func:`plan_run`.
+
+    Planning touches every test; for a run of a million tests it takes seconds,
+    so the coordinator plans in a thread and only :meth:`Scheduler.install`,
+    which touches each distinct placement once, runs on its event loop.
+    """
+
+    tests: Sequence[TestSpec]  # as submitted, in manifest order
+    units: list[_Unit]
+    placements: frozenset[tuple[tuple[str, str], ...]]
 
 
 class ShardingPolicy(Protocol):
@@ -97,6 +118,9 @@ class LongestFirst:
         target = max(min_seconds, total / (max(slots, 1) * 4))
         units: list[list[TestSpec]] = []
         merging: dict[tuple[str, tuple[tuple[str, str], ...]], list[TestSpec]] = {}
+        # Each bucket's running sum, added test by test as sum() would: re-summing the
+        # bucket at every group made a million small tests take minutes.
+        merged: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for _, group_iter in itertools.groupby(tests, key=lambda t: (t.group, _placement_key(t))):
             group = list(group_iter)
             key = _placement_key(group[0])
@@ -105,9 +129,13 @@ class LongestFirst:
                 continue
             bucket = merging.setdefault(key, [])
             bucket.extend(group)
-            if sum(t.estimate for t in bucket) >= target:
+            acc = merged.get(key, 0)
+            for test in group:
+                acc += test.estimate
+            merged[key] = acc
+            if acc >= target:
                 units.append(bucket)
-                del merging[key]
+                del merging[key], merged[key]
         units.extend(bucket for bucket in merging.values() if bucket)
         # Longest first, but the pieces of one split group stay in collection
         # order: they rank by the group's largest piece and keep their sequence.
@@ -154,6 +182,19 @@ def _split(group: list[TestSpec], target: float) -> list[list[TestSpec]]:
         pieces[-1].append(test)
         acc += test.estimate
     return pieces
+
+
+def plan_run(
+    tests: Sequence[TestSpec], policy: ShardingPolicy, slots: int, min_seconds: float
+) -> RunPlan:
+    """Cut *tests* into the units *policy* makes of them for a farm of *slots* slots."""
+    filled = fill_estimates(tests)
+    units = [_Unit(u, u[0].requires) for u in policy.units(filled, slots, min_seconds)]
+    return RunPlan(tests, units, frozenset(_requirements(u.requires) for u in units))
+
+
+def _requirements(requires: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(requires.items()))
 
 
 def fill_estimates(tests: Sequence[TestSpec]) -> list[TestSpec]:
@@ -225,13 +266,23 @@ class Scheduler:
     # -- runs ------------------------------------------------------------------
     def add_run(self, run_id: str, tests: Sequence[TestSpec]) -> list[TestSpec]:
         """Queue a run, or return the tests no current slot could ever run (and queue nothing)."""
-        unplaceable = [t for t in tests if not self._any_slot_fits(t.requires)]
-        if unplaceable:
-            return unplaceable
-        tests = fill_estimates(tests)
-        run = _Run(run_id, next(self._seq), total=len(tests))
-        for unit_tests in self.policy.units(tests, len(self._slots), self.min_shard_seconds):
-            run.queue.append(_Unit(unit_tests, unit_tests[0].requires))
+        return self.install(run_id, self.planner()(tests))
+
+    def planner(self) -> Callable[[Sequence[TestSpec]], RunPlan]:
+        """:func:`plan_run` for the farm as it is now, safe to call in another thread."""
+        return functools.partial(
+            plan_run, policy=self.policy, slots=len(self._slots), min_seconds=self.min_shard_seconds
+        )
+
+    def install(self, run_id: str, plan: RunPlan) -> list[TestSpec]:
+        """Queue a planned run, or return the tests no current slot could ever run (and
+        queue nothing).  Slots may have come or gone since planning: placement is checked now.
+        """
+        stuck = {r for r in plan.placements if not self._any_slot_fits(dict(r))}
+        if stuck:
+            return [t for t in plan.tests if _requirements(t.requires) in stuck]
+        run = _Run(run_id, next(self._seq), total=len(plan.tests))
+        run.queue.extend(plan.units)
         self._runs[run_id] = run
         return []
 
@@ -285,7 +336,7 @@ class Scheduler:
         if len(head) == len(unit.tests) or rest < self.min_shard_seconds:
             del run.queue[index]
             return unit.tests, unit.retry
-        unit.tests = unit.tests[len(head) :]
+        unit.drop_head(len(head))
         return head, unit.retry
 
     def _other_host_fits(self, unit: _Unit, slot: _Slot) -> bool:

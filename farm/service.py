@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from farm.coordinator import Coordinator, Run, event_batches
-from farm.manifest import parse_manifest
+from farm.intake import Unplaceable, read_run
 from farm.protocol import (
     HEARTBEAT,
     MAX_MESSAGE_BYTES,
@@ -93,23 +93,17 @@ def _owned_run(request: web.Request, action: str) -> tuple[Run, None] | tuple[No
 
 
 async def create_run(request: web.Request) -> web.Response:
+    """Admit a run: 201, 400 (malformed), 422 (no host has the labels) or 503 (those that
+    have them are quarantined).  Reading and planning a huge manifest runs in a thread
+    (:mod:`farm.intake`), so the farm keeps serving everyone else meanwhile."""
     try:
-        message = decode(await request.read())
-        if message["t"] != "run":
-            raise ProtocolError(f"expected a 'run' message, got {message['t']!r}")
-        manifest = parse_manifest(message)
+        manifest = await asyncio.to_thread(read_run, await request.read())
     except ProtocolError as exc:
         return error(request, 400, str(exc))
-    run, unplaceable = request.app[COORDINATOR_KEY].submit(manifest, owner=request[HOLDER].name)
-    if run is None:
-        names = "\n  ".join(f"{t.id} requires {dict(t.requires)}" for t in unplaceable[:50])
-        more = f"\n  … and {len(unplaceable) - 50} more" if len(unplaceable) > 50 else ""
-        return error(
-            request,
-            422,
-            f"no host can run {len(unplaceable)} test(s):\n  {names}{more}\n"
-            "(add hosts with those labels, or deselect the tests: -k, --psyduck-transform)",
-        )
+    try:
+        run = await request.app[COORDINATOR_KEY].submit(manifest, owner=request[HOLDER].name)
+    except Unplaceable as exc:
+        return error(request, 503 if exc.waiting else 422, str(exc))
     return reply(request, {"t": "created", "run": run.id}, 201)
 
 

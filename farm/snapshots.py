@@ -5,6 +5,13 @@ plugin pushes it to pokedex as a tree and names the tree's digest in the
 manifest.  Each host keeps a cache directory: trees under ``trees/``, their
 file contents under ``blobs/`` (so a new snapshot that changed one file
 fetches one file).  Concurrent shards of one run wait for the same pull.
+
+A snapshot that cannot be pulled (unknown, corrupt, not a tree, pokedex
+unreachable or absent) is the run's fault, not the host's: it raises
+:class:`~farm.hosts.base.RunError`, so the run ends with that reason and the
+host keeps serving other runs.  Only failing to store the tree on the host's
+own disk is a :class:`~farm.hosts.base.HostError`.  A failed pull is not
+remembered: the next run naming the digest tries again.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from farm.hosts.base import HostError, RunContext
+from farm.hosts.base import HostError, RunContext, RunError
 
 
 class SnapshotCache:
@@ -40,22 +47,26 @@ class SnapshotCache:
 
     async def _pull(self, run: RunContext, digest: str) -> str:
         import pokedex  # only runs that ship a snapshot need it
+        from pokedex.digest import is_digest
 
+        if not is_digest(digest):  # it names a directory below: never let it climb out
+            raise RunError(f"the run's snapshot {digest!r} is not a digest (sha256:<64 hex>)")
         dest = self.directory / "trees" / digest.replace(":", "-")
         if dest.is_dir():
             return str(dest)
         if not run.pokedex_urls:
-            raise HostError(
-                f"host {self.host}: run has snapshot {digest} but the farm has no pokedex"
-            )
+            raise RunError(f"the run has snapshot {digest} but the farm has no pokedex")
         partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        async with pokedex.Client(run.pokedex_urls, run.pokedex_token) as client:
-            try:
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            async with pokedex.Client(run.pokedex_urls, run.pokedex_token) as client:
                 await client.pull_tree(digest, partial, self.directory / "blobs", link=self.link)
-            except pokedex.PokedexError as exc:
-                raise HostError(f"host {self.host}: cannot pull snapshot {digest}: {exc}") from exc
-        os.replace(partial, dest)
+            os.replace(partial, dest)
+        except OSError as exc:
+            raise HostError(f"host {self.host}: cannot store snapshot {digest}: {exc}") from exc
+        except (pokedex.PokedexError, ValueError) as exc:
+            # ValueError: a digest or tree manifest pokedex's own checks refused.
+            raise RunError(f"cannot pull the run's snapshot {digest}: {exc}") from exc
         return str(dest)
 
 

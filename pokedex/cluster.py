@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from . import placement
+from .bodies import read_body
 from .store import BlobStore
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
 PEER_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 # One acceptor's answer; a ref round stops waiting for the others once a majority answered.
 ACCEPTOR_TIMEOUT = aiohttp.ClientTimeout(total=8, connect=3)
-MAX_ACCEPTOR_REPLY = 64 << 20  # a whole node's ref listing
+MAX_PEER_REPLY = 64 << 20  # a whole node's ref listing
 # A ref write handed to the ref's preferred proposer: it may retry rounds for a while.
 DELEGATE_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=3)
 
@@ -207,8 +208,9 @@ class Cluster:
                 headers=self._headers(),
                 timeout=SMALL_TIMEOUT,
             ) as r:
-                return r.status, await r.json(content_type=None)
-        except (*PEER_ERRORS, ValueError):
+                data = await read_body(r.content, MAX_PEER_REPLY, r.content_length)
+                return r.status, json.loads(data)
+        except (*PEER_ERRORS, ValueError):  # BodyTooLarge is a ValueError
             return None
 
     async def ask_acceptor(
@@ -226,11 +228,8 @@ class Cluster:
             ) as r:
                 if r.status != 200:
                     return None
-                data = await r.content.read(MAX_ACCEPTOR_REPLY + 1)
-                if len(data) > MAX_ACCEPTOR_REPLY:
-                    return None
-                return json.loads(data)
-        except (*PEER_ERRORS, ValueError):
+                return json.loads(await read_body(r.content, MAX_PEER_REPLY, r.content_length))
+        except (*PEER_ERRORS, ValueError):  # BodyTooLarge is a ValueError
             return None
 
     async def delegate(self, node: str, path: str, json_body: Any) -> tuple[int, Any] | None:
@@ -245,7 +244,7 @@ class Cluster:
             async with self.http.post(
                 f"{node}{path}", json=json_body, headers=self._headers(), timeout=DELEGATE_TIMEOUT
             ) as r:
-                data = await r.content.read(MAX_ACCEPTOR_REPLY + 1)
+                data = await read_body(r.content, MAX_PEER_REPLY, r.content_length)
                 return r.status, json.loads(data)
         except aiohttp.ClientConnectorError:
             return None

@@ -3,8 +3,12 @@
 The decisions are pure (:mod:`pokedex.retention`); this module does the effects around them.
 A pass lists this node's blobs, gathers the roots of the whole cluster — every node's refs
 through the public listing ``GET /refs`` and its recent trees through ``GET /gc/recent`` —
-walks what they reach, and evicts the plan from this node's disk only, each blob re-checked
-under the store's lock (:meth:`pokedex.store.BlobStore.evict`).
+walks what they reach, and evicts the plan from this node's disk, each blob re-checked
+under the store's lock (:meth:`pokedex.store.BlobStore.evict`).  Then it asks the other
+nodes that place those blobs to drop their copies too (``POST /gc/evict``), each under the
+same check against its *own* use stamps: garbage is garbage cluster-wide, and a copy left
+behind would only be pushed back here by the next repair pass.  A copy still in use on a
+peer stays there (and repair re-seeds this node with it, as it should).
 
 Safety first: if any node does not answer, or a document on the way cannot be read, the
 pass evicts nothing (a ref only that node holds could name anything), and says why.
@@ -30,9 +34,9 @@ import aiohttp
 from aiohttp import web
 
 from . import digest as dg
-from . import retention
+from . import placement, retention
 from .cluster import HOP, PEER_ERRORS, Cluster
-from .replies import ApiError, decode_body
+from .replies import MAX_MISSING, ApiError, decode_body, parse_digest_list
 from .retention import Blob, Policy
 from .store import BlobStore
 
@@ -110,7 +114,9 @@ class Collector:
                 result["skipped"] = f"nothing evicted: {e}"
             else:
                 chosen = retention.plan(blobs, keep, target, now, self.policy.grace)
-                result["evicted"], result["freed"] = await self._evict(chosen, now)
+                evicted, result["freed"] = await self._evict(chosen, now)
+                result["evicted"] = len(evicted)
+                result["evicted_on_peers"] = await self._evict_on_peers(evicted)
                 result["reachable"] = sum(1 for b in blobs if b.digest in keep)
                 result["retry_at"] = retention.next_expiry(
                     blobs, keep, set(recent), now, self.policy
@@ -208,20 +214,56 @@ class Collector:
                 raise Incomplete(f"cannot read {d} from {', '.join(unanswered)}")
             return None
 
-    async def _evict(self, chosen: list[Blob], now: float) -> tuple[int, int]:
-        """Remove the chosen blobs that are still unused; (count, bytes) removed."""
-        count = freed = 0
-        unused_since = now - self.policy.grace
-        for i, b in enumerate(chosen):
-            size = self.store.evict(b.digest, unused_since)
+    async def _evict(self, chosen: list[Blob], now: float) -> tuple[list[str], int]:
+        """Remove the chosen blobs that are still unused; (digests, bytes) removed."""
+        evicted, freed = await self.evict_unused(
+            [b.digest for b in chosen], now - self.policy.grace
+        )
+        if evicted:
+            log.info("evicted %d blobs, %d bytes", len(evicted), freed)
+        return evicted, freed
+
+    async def evict_unused(self, digests: list[str], unused_since: float) -> tuple[list[str], int]:
+        """Remove those of ``digests`` not used since ``unused_since``; (digests, bytes)."""
+        evicted, freed = [], 0
+        for i, d in enumerate(digests):
+            size = self.store.evict(d, unused_since)
             if size is not None:
-                count += 1
+                evicted.append(d)
                 freed += size
             if i % 256 == 255:
                 await asyncio.sleep(0)  # let requests in between
-        if count:
-            log.info("evicted %d blobs, %d bytes", count, freed)
-        return count, freed
+        return evicted, freed
+
+    async def _evict_on_peers(self, evicted: list[str]) -> int:
+        """Ask the peers that place ``evicted`` blobs to drop their unused copies; how many
+        they dropped.  A peer that does not answer keeps its copies (see the module doc)."""
+        wanted: dict[str, list[str]] = {}
+        for d in evicted:
+            for node in placement.place(d, self.cluster.nodes, self.cluster.replicas):
+                if node != self.cluster.self_url:
+                    wanted.setdefault(node, []).append(d)
+        asks = [
+            self._ask_evict(node, digests[i : i + MAX_MISSING])
+            for node, digests in wanted.items()
+            for i in range(0, len(digests), MAX_MISSING)
+        ]
+        return sum(await asyncio.gather(*asks))
+
+    async def _ask_evict(self, node: str, digests: list[str]) -> int:
+        try:
+            async with self.cluster.http.post(
+                f"{node}/gc/evict",
+                json={"digests": digests, "grace": self.policy.grace},
+                headers={**self.cluster._headers(), HOP: "1"},
+                timeout=PASS_TIMEOUT,
+            ) as r:
+                if r.status == 200:
+                    return int((await r.json())["evicted"])
+                log.warning("%s refused to evict: HTTP %d", node, r.status)
+        except (*PEER_ERRORS, ValueError, KeyError) as e:
+            log.warning("%s did not evict its copies: %s", node, e or type(e).__name__)
+        return 0
 
     # -- automatic passes --------------------------------------------------------------------
 
@@ -253,6 +295,7 @@ class Collector:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/gc", self.gc_route)
         app.router.add_get("/gc/recent", self.recent_route)
+        app.router.add_post("/gc/evict", self.evict_route)
 
     async def gc_route(self, request: web.Request) -> web.Response:
         """``POST /gc`` {"keep_bytes": N}: a pass here, and on every peer unless hop."""
@@ -284,3 +327,14 @@ class Collector:
         blobs = [Blob(*b) for b in await asyncio.to_thread(self.store.inventory)]
         trees = await asyncio.to_thread(self.recent_trees, blobs, time.time())
         return web.json_response({"trees": sorted(trees)})
+
+    async def evict_route(self, request: web.Request) -> web.Response:
+        """``POST /gc/evict`` {"digests", "grace"}: a peer's pass found these to be garbage;
+        drop this node's copies not used here within ``grace`` seconds (this node's clock)."""
+        body = decode_body(request.content_type, await request.read())
+        digests = parse_digest_list(body)
+        grace = body.get("grace") if isinstance(body, dict) else None
+        if not isinstance(grace, int | float) or isinstance(grace, bool) or grace < 0:
+            raise ApiError(400, "BAD_BODY", 'want {"digests": [...], "grace": SECONDS}')
+        evicted, freed = await self.evict_unused(digests, time.time() - grace)
+        return web.json_response({"evicted": len(evicted), "freed": freed})

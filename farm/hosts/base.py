@@ -26,6 +26,16 @@ class HostError(RuntimeError):
     """The host itself failed (unreachable, engine down); its work belongs elsewhere."""
 
 
+class RunError(RuntimeError):
+    """The run cannot start a worker, whatever host it is given; the host itself is fine.
+
+    Its snapshot cannot be pulled or is corrupt, its working directory does not
+    exist, its worker command cannot start.  The coordinator ends that run with
+    this text as its one error and never holds it against the host, so one bad
+    run cannot take hosts away from the others.
+    """
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a host needs to know about a run to start its workers."""
@@ -135,7 +145,12 @@ class Host(abc.ABC):
     async def spawn(
         self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
     ) -> WorkerConnection:
-        """Start a worker for *run* in *slot*; raise HostError if the host failed."""
+        """Start a worker for *run* in *slot*.
+
+        Raise :class:`HostError` when the host failed, :class:`RunError` when
+        the run cannot start here through no fault of the host.  Anything else
+        raised counts as a host failure too.
+        """
 
     async def close(self) -> None:
         """Release connections; workers are already gone."""

@@ -42,6 +42,7 @@ from farm.hosts.base import (
     OutputHandler,
     OutputTail,
     RunContext,
+    RunError,
     WorkerConnection,
 )
 from farm.protocol import FrameDecoder, ProtocolError, decode, encode, frame
@@ -163,7 +164,17 @@ class ExecLauncher:
     async def launch(
         self, run: RunContext, worker_id: str, env: dict[str, str], where: Workdir
     ) -> LaunchedProcess:
-        return exec_worker(self.python, where, env)
+        """The worker process; RunError when the run's directory is not here, HostError
+        when this machine cannot start a process (no interpreter, out of resources)."""
+        try:
+            return exec_worker(self.python, where, env)
+        except OSError as exc:
+            if not os.path.isdir(where.cwd):
+                raise RunError(
+                    f"the run's working directory {where.cwd} does not exist on this host "
+                    "(a snapshot holds no empty directory)"
+                ) from exc
+            raise HostError(f"cannot start a worker with {self.python}: {exc}") from exc
 
 
 class RemoteLauncher:

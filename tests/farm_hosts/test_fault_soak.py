@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
-import sys
 import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ import pytest
 from tests.conftest import junit_cases, run_pytest, start_pytest, wait_until
 from tests.farm_hosts.hostlib import SSHD, Sshd, containers_of
 from tests.pokedex.pokedex_testlib import NodeProcess, free_port
+from tests.served import ServedFarm
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -188,17 +187,11 @@ def test_a_served_farm_loses_and_duplicates_nothing_while_its_hosts_fail(
         process.communicate(timeout=300)
     for node in nodes:
         node.start()
-    farm = subprocess.Popen(
-        [sys.executable, "-m", "farm.cli", "farm", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     farm_url = f"http://127.0.0.1:{farm_port}"
     env = {"PSYDUCK_TOKEN": TOKEN}
-    chaos = Chaos(farm.pid, ssh_server, nodes)
+    farm = ServedFarm(config, farm_url)
+    chaos = Chaos(farm.proc.pid, ssh_server, nodes)
     try:
-        wait_until(lambda: _healthy(farm, farm_url), "the farm to come up", timeout=60)
         # A warm-up run brings in every import the farm makes lazily; memory counts from here.
         warm = run_pytest(
             suites[0],
@@ -211,7 +204,7 @@ def test_a_served_farm_loses_and_duplicates_nothing_while_its_hosts_fail(
             env=env,
         )
         assert warm.returncode == 0, warm.stdout + warm.stderr
-        rss_start = rss_bytes(farm.pid)
+        rss_start = rss_bytes(farm.proc.pid)
         sessions = [
             start_pytest(
                 s,
@@ -250,26 +243,10 @@ def test_a_served_farm_loses_and_duplicates_nothing_while_its_hosts_fail(
         assert any(retried_cases(s / "soak.xml") for s in suites) or not chaos.done, (
             "faults were injected but no test was flagged as run again"
         )
-        rss_end = rss_bytes(farm.pid)
+        rss_end = rss_bytes(farm.proc.pid)
         assert rss_end <= rss_start * 1.10, f"farm RSS grew from {rss_start} to {rss_end} bytes"
     finally:
         chaos.stop.set()
-        farm.send_signal(signal.SIGTERM)
-        try:
-            farm.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            farm.kill()
-            farm.communicate()
+        farm.stop()
         for node in nodes:
             node.stop()
-
-
-def _healthy(farm: subprocess.Popen, url: str) -> bool:
-    import urllib.request
-
-    assert farm.poll() is None, farm.stdout.read()
-    try:
-        urllib.request.urlopen(url + "/v1/health", timeout=2)
-    except OSError:
-        return False
-    return True

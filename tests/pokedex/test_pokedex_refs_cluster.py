@@ -30,6 +30,7 @@ from pokedex import Client, placement
 from pokedex import digest as dg
 from pokedex.client import PokedexError, RefConflict
 from pokedex.cluster import ACCEPTOR_TIMEOUT
+from pokedex.refs import Change
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 A, B, C = (dg.of_bytes(x) for x in (b"a", b"b", b"c"))
@@ -396,5 +397,30 @@ def test_a_retried_cas_that_finds_its_own_write_succeeds(tmp_path: Path) -> None
                     await c.set_ref("runs/9", C, expected=A)
                 assert e.value.current == B
                 assert await c.get_ref("runs/9") == B
+
+    asyncio.run(go())
+
+
+def test_a_listing_larger_than_one_read_arrives_whole(tmp_path: Path) -> None:
+    """Every node's slots for 1,500 long ref names (about 600 KB of JSON from each peer)
+    reach the node that lists them whole, however the peers' answers are split."""
+    value = dg.of_bytes(b"listed")
+
+    async def go() -> None:
+        async with nodes(tmp_path, count=3, replicas=2, token=TOKEN) as started:
+            names = [f"tags/{'x' * 80}/{i:05d}" for i in range(1500)]
+            first = started[0].node
+            for i in range(0, len(names), 100):
+                await asyncio.gather(
+                    *(first.refs.change(n, Change(value)) for n in names[i : i + 100])
+                )
+            async with aiohttp.ClientSession() as http:
+                async with http.get(
+                    f"{started[1].url}/refs?prefix=tags/",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ) as r:
+                    assert r.status == 200, await r.text()
+                    listed = (await r.json())["refs"]
+            assert listed == dict.fromkeys(names, value)
 
     asyncio.run(go())
