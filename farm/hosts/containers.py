@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.hosts.base import HostError, RunContext
+from farm.hosts.base import RunContext, RunError
 from farm.hosts.local import worker_environment
 from farm.manifest import TestSpec
 from farm.packages import package_dirs
@@ -232,7 +232,8 @@ def inject_sources(requested: Mapping[str, str], *, client_disk: bool) -> dict[s
     machine.  A farm sharing the client's disk (the embedded farm) uses them, so
     workers run the very psyduck the user's pytest runs; any other farm its own
     installation of each name (:mod:`farm.packages`), never a path a client names.
-    Raises HostError naming what is missing.
+    Raises RunError naming what is missing: the run cannot start on any host of
+    this farm, and no host is to blame.
     """
     if client_disk:
         found = {name: path for name, path in requested.items() if os.path.isdir(path)}
@@ -242,7 +243,7 @@ def inject_sources(requested: Mapping[str, str], *, client_disk: bool) -> dict[s
         where = "installed on the farm"
     missing = sorted(set(requested) - set(found))
     if missing:
-        raise HostError(f"the run's workers need {', '.join(missing)}, not {where}")
+        raise RunError(f"the run's workers need {', '.join(missing)}, not {where}")
     return found
 
 

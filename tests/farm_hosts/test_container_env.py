@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farm.hosts.base import HostError, RunContext
+from farm.hosts.base import RunContext, RunError
 from farm.hosts.containers import (
     CONTAINER_VARIABLES,
     INJECT_DIR,
@@ -127,7 +127,7 @@ def test_the_embedded_farm_injects_the_clients_own_directories(tmp_path):
     (tmp_path / "pkg").mkdir()
     requested = {"pkg": str(tmp_path / "pkg")}
     assert inject_sources(requested, client_disk=True) == requested
-    with pytest.raises(HostError, match="need gone, not where the run says"):
+    with pytest.raises(RunError, match="need gone, not where the run says"):
         inject_sources({"gone": str(tmp_path / "gone")}, client_disk=True)
 
 
@@ -135,7 +135,7 @@ def test_a_served_farm_injects_its_own_installation_never_a_clients_path(tmp_pat
     requested = {"farm": str(tmp_path / "elsewhere"), "msgpack": "/nowhere"}
     found = inject_sources(requested, client_disk=False)
     assert found == {"farm": package_dir("farm"), "msgpack": package_dir("msgpack")}
-    with pytest.raises(HostError, match="need no_such_pkg_xyz, not installed on the farm"):
+    with pytest.raises(RunError, match="need no_such_pkg_xyz, not installed on the farm"):
         inject_sources({"no_such_pkg_xyz": "/x"}, client_disk=False)
 
 

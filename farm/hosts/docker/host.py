@@ -323,10 +323,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
                 f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
             )
         image = await self._run_image(engine, image, run)
-        try:
-            module_dirs = inject_sources(run.manifest.worker.inject, client_disk=self.embedded)
-        except HostError as exc:
-            raise HostError(f"host {self.name}: {exc}") from None
+        module_dirs = inject_sources(run.manifest.worker.inject, client_disk=self.embedded)
         image_pythonpath = await self._image_pythonpath(engine, image)
         code_dir, code_root = await self._code_dir(run)
         user = _owner(code_dir)
