@@ -7,6 +7,7 @@ process has imported neither ``pytest`` nor ``pytest_psyduck``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,8 +15,11 @@ import urllib.request
 
 import pytest
 
+from farm.manifest import RunManifest, TestSpec, WorkerSpec
 from tests.conftest import SESSION_TIMEOUT, on_farm, outer_environment, run_pytest, wait_until
 from tests.farm_hosts.hostlib import free_port
+from tests.farm_hosts.test_host_faults import _events_of
+from tests.test_run_faults import PROJECT, TOKEN, _farm, _status
 
 pytestmark = pytest.mark.docker
 
@@ -80,3 +84,32 @@ def _healthy(url: str, farm: subprocess.Popen) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_run_needing_a_package_the_farm_lacks_fails_alone(docker_image, tmp_path, suite):
+    """A served farm injects its own installation of what the run names; what it lacks
+    ends that run with the reason, and its host serves the next run."""
+    project = suite(PROJECT) / "proj"
+    url, proc = _farm(tmp_path, f'url = "docker"\nslots = 2\nimage = "{docker_image}"')
+    try:
+        manifest = RunManifest(
+            tests=tuple(
+                TestSpec(id=f"tests/test_a.py::test_{n}", group="tests/test_a.py")
+                for n in ("one", "two")
+            ),
+            worker=WorkerSpec(
+                argv=("pytest_psyduck.workermain", "-p", "no:cacheprovider"),
+                cwd=str(project),
+                inject={"farm": "/client/site/farm", "no_such_pkg_xyz": "/client/site/x"},
+            ),
+        )
+        events = asyncio.run(_events_of(url, manifest))
+        done = events[-1]
+        assert done["t"] == "done" and done["status"] == "failed", events
+        assert "need no_such_pkg_xyz, not installed on the farm" in done["reason"], done
+        assert not any(h["quarantined"] or h["failures"] for h in _status(url)["hosts"])
+        passed = run_pytest(project, *on_farm(url), env={"PSYDUCK_TOKEN": TOKEN})
+        assert passed.outcomes() == {"passed": 2}, passed.stdout + passed.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
