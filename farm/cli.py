@@ -22,6 +22,7 @@ from farm.config import ConfigError, FarmConfig, build_host, load_config, parse_
 from farm.coordinator import Coordinator
 from farm.hosts import HostSpecError, parse_hosts
 from farm.hosts.base import Host, HostError
+from farm.images.check import check_context, local_expectation
 from farm.service import make_app
 
 
@@ -95,7 +96,13 @@ async def check_hosts(hosts: list[Host], image: str | None) -> list[dict[str, An
     async def one(host: Host) -> dict[str, Any]:
         try:
             await asyncio.wait_for(host.start(), 30)
-            return await asyncio.wait_for(host.check(image), 30)
+            result = await asyncio.wait_for(host.check(image), 30)
+            if image and not result.get("problem") and hasattr(host, "image_problem"):
+                problem = await host.image_problem(image, local_expectation(), check_context())
+                result["image_usable"] = problem is None
+                if problem:
+                    result["problem"] = problem
+            return result
         except Exception as exc:  # report every failure as a finding, never a traceback
             return {
                 **host.describe(),
@@ -148,7 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     source = check.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="farm.toml")
     source.add_argument("--hosts", help="host list, as for --psyduck-hosts")
-    check.add_argument("--image", help="report whether this image is present on each host")
+    check.add_argument(
+        "--image",
+        help="report whether this image is on each host and can run psyduck's workers "
+        "(Python and pytest of this interpreter's versions)",
+    )
     check.add_argument("--json", action="store_true", help="print JSON")
     return parser
 

@@ -8,6 +8,10 @@ Routes (every one but ``/v1/health`` needs ``Authorization: Bearer <token>``):
   The client may send ``cancel``; closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
 * ``GET /v1/status`` — hosts, slots, runs and queued tests.
+* ``POST /v1/images/check`` — msgpack ``check_image`` {image, python, pytest}; 200
+  with ``problems``, one line per docker/ssh host whose test image cannot run
+  this client's workers (:mod:`farm.images.check`); the client asks before it
+  submits a run.
 * ``GET /v1/info`` — protocol version and the farm's pokedex URLs (where
   clients push their snapshots).
 
@@ -139,6 +143,20 @@ async def info(request: web.Request) -> web.Response:
     )
 
 
+async def check_image(request: web.Request) -> web.Response:
+    from farm.images.check import check_context, hosts_problems, parse_check_request
+
+    try:
+        image, expect = parse_check_request(decode(await request.read()))
+    except ProtocolError as exc:
+        return error(request, 400, str(exc))
+    coordinator = request.app[COORDINATOR_KEY]
+    hosts = [state.host for state in coordinator.hosts if not state.quarantined]
+    context = check_context(coordinator.pokedex_urls, coordinator.pokedex_token)
+    problems = await hosts_problems(hosts, image, expect, context)
+    return reply(request, {"t": "image_checked", "problems": problems})
+
+
 async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -152,5 +170,6 @@ def make_app(coordinator: Coordinator, token: str) -> web.Application:
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/info", info)
+    app.router.add_post("/v1/images/check", check_image)
     app.router.add_get("/v1/health", health)
     return app

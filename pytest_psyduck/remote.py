@@ -75,7 +75,11 @@ async def run(
 async def _follow(
     session: pytest.Session, client: FarmClient, manifest: RunManifest, replayer: Replayer
 ) -> None:
-    """Submit the run and replay its events; -x, Ctrl-C or a lost farm end it early."""
+    """Check the run's image, submit the run and replay its events; -x, Ctrl-C or a lost
+    farm end it early."""
+    from pytest_psyduck.images import check_image
+
+    await check_image(session.config, client, manifest)
     run_id = await client.submit(manifest)
     stream = await client.attach(run_id)
     try:

@@ -71,18 +71,22 @@ from farm.hosts.base import (
 from farm.hosts.containers import (
     COPY_SKIP,
     FARM_ID,
+    INJECT_DIR,
     INJECTED_PACKAGES,
     LABEL_FARM,
     LABEL_HOST,
     ContainerPlan,
     Limits,
     host_share,
+    injected_binds,
     owner_is_gone,
     plan_container,
     shard_limits,
     update_fields,
 )
 from farm.hosts.local import default_cache_dir
+from farm.images.check import Expectation, image_problem
+from farm.images.probe import probe_image
 from farm.manifest import TestSpec
 from farm.protocol import FrameDecoder, ProtocolError, frame
 from farm.snapshots import SnapshotCache
@@ -796,6 +800,8 @@ class DockerHost(Host):
         #: Per test image the run asked for: the reference its containers start from,
         #: once the engine has it (looked up, or pulled from pokedex: once at a time).
         self._images: dict[str, asyncio.Future[str]] = {}
+        #: Verdicts of the up-front image check, per image id and client expectation.
+        self._verdicts: dict[tuple[str, Expectation], asyncio.Future[str | None]] = {}
         self._pulls: set[ImagePull] = set()
         self._spares: dict[int, _Spare] = {}
         self._background: set[asyncio.Future[None]] = set()
@@ -918,6 +924,46 @@ class DockerHost(Host):
                 result["image_present"] = False
                 result["problem"] = str(exc)
         return result
+
+    async def image_problem(
+        self, image: str | None, expect: Expectation, run: RunContext
+    ) -> str | None:
+        """Why the test image cannot run this host's workers (one line), or None.
+
+        *image* (else the host's own) is provided as for a run (pulled from
+        *run*'s pokedex if missing), then probed once per image id and
+        *expect* (:mod:`farm.images.check`).
+        """
+        image = image or self.image
+        if not image:
+            return f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
+        try:
+            engine = await self._ensure_engine()
+            reference = await self._run_image(engine, image, run)
+            image_id = (await engine.call(engine.api.inspect_image, reference))["Id"]
+            verdict = self._verdicts.get((image_id, expect))
+            if verdict is None or (verdict.done() and not _succeeded(verdict)):
+                verdict = asyncio.ensure_future(self._probe(engine, reference, expect))
+                self._verdicts[(image_id, expect)] = verdict
+            problem = await asyncio.shield(verdict)
+        except HostError as exc:
+            return str(exc)
+        return f"host {self.name}: test image {image!r}: {problem}" if problem else None
+
+    async def _probe(self, engine: Engine, image: str, expect: Expectation) -> str | None:
+        if self.remote:
+            volume = await self._volume(engine, image, "inject", "inject", dict(self._module_dirs))
+            binds = {volume: {"bind": INJECT_DIR, "mode": "ro"}}
+        else:
+            binds = injected_binds(self._module_dirs)
+        labels = {LABEL_FARM: FARM_ID, LABEL_HOST: self.name}
+        try:
+            facts = await probe_image(engine, image, self.python, binds, labels)
+        except ValueError as exc:
+            return str(exc)
+        except docker.errors.APIError as exc:
+            return f"a container of it cannot be created: {_explanation(exc)}"
+        return image_problem(facts, expect)
 
     # -- workers -----------------------------------------------------------------
     async def _check_image(self, engine: Engine, image: str) -> None:

@@ -1,0 +1,91 @@
+"""The run's test image as the plugin handles it: ``auto`` built before the run, checked up front.
+
+Docker and ssh hosts run every shard in a container of the run's image, so an
+image that cannot run psyduck's workers would fail each test alike.  Before it
+submits a run, the controller asks the farm to check the image on each such
+host (:mod:`farm.images.check`); any problem is one usage error (exit 4)
+naming host, image and fault, and no test runs.  ``--psyduck-image auto`` —
+the default when the embedded farm has docker or ssh hosts and no image is
+named — builds (or reuses) the project's own image first, with
+:func:`farm.images.build.build_project_image`, in this process, with progress
+on the terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from farm.client import FarmClient
+from farm.images.check import Expectation, check_request
+from farm.manifest import RunManifest
+from pytest_psyduck.plugin import remote_farm_url
+
+#: ``--psyduck-image auto``: the image built from the project itself.
+AUTO = "auto"
+#: Host kinds whose workers run in containers of the run's image.
+CONTAINER_KINDS = ("docker", "ssh")
+
+
+def named_image(config: pytest.Config) -> str | None:
+    """``--psyduck-image`` or ini ``psyduck_image``, if given."""
+    return config.getoption("psyduck_image") or config.getini("psyduck_image") or None
+
+
+def embedded_container_hosts(config: pytest.Config) -> bool:
+    """Whether the embedded farm (none if a remote farm is named) has docker or ssh hosts."""
+    if remote_farm_url(config.option):
+        return False
+    spec = config.getoption("psyduck_hosts") or config.getini("psyduck_hosts") or ""
+    if not any(kind in spec for kind in CONTAINER_KINDS):
+        return False  # the common local:N case decides without importing the host registry
+    from farm.hosts import host_kind
+
+    return any(host_kind(s.strip()) in CONTAINER_KINDS for s in spec.split(",") if s.strip())
+
+
+def wants_auto_image(config: pytest.Config) -> bool:
+    """``auto`` named, or no image named for the embedded farm's container hosts."""
+    image = named_image(config)
+    return image == AUTO or (image is None and embedded_container_hosts(config))
+
+
+def expectation() -> Expectation:
+    """What a worker image must match: this interpreter's minor version and pytest."""
+    return Expectation(f"{sys.version_info.major}.{sys.version_info.minor}", pytest.__version__)
+
+
+def run_image(config: pytest.Config) -> str | None:
+    """The image the run's manifest names: ``auto`` is built (or reused) now."""
+    if not wants_auto_image(config):
+        return named_image(config)
+    from farm.images.build import BuildError, build_project_image
+
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def progress(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"psyduck image: {line}")
+
+    try:
+        return build_project_image(project_root_of(config), progress=progress).tag
+    except BuildError as exc:
+        raise pytest.UsageError(f"psyduck: --psyduck-image auto: {exc}") from exc
+
+
+def project_root_of(config: pytest.Config) -> str:
+    """The project whose dependencies the auto image holds: the rootdir (pyproject's home)."""
+    return str(config.rootpath)
+
+
+async def check_image(config: pytest.Config, client: FarmClient, manifest: RunManifest) -> None:
+    """Have the farm check the run's image on its container hosts; UsageError if unusable.
+
+    Skipped for an embedded farm without docker or ssh hosts (nothing to check).
+    """
+    if not remote_farm_url(config.option) and not embedded_container_hosts(config):
+        return
+    problems = await client.check_image(check_request(manifest.image, expectation()))
+    if problems:
+        raise pytest.UsageError("psyduck: " + "\npsyduck: ".join(problems))
