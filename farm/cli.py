@@ -2,7 +2,8 @@
 
 * ``psyduck farm serve --config farm.toml`` — the coordinator as a long-lived service;
 * ``psyduck farm status`` — hosts, slots in use, runs and queued tests;
-* ``psyduck hosts check`` — reach each host and say what is wrong with it.
+* ``psyduck hosts check`` — reach each host and say what is wrong with it;
+* ``psyduck image build`` — build (or reuse) the project's test image.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from farm.config import ConfigError, FarmConfig, build_host, load_config, parse_
 from farm.coordinator import Coordinator
 from farm.hosts import HostSpecError, parse_hosts
 from farm.hosts.base import Host, HostError
+from farm.images.build import add_build_arguments
 from farm.images.check import check_context, local_expectation
 from farm.service import make_app
 
@@ -161,7 +163,35 @@ def _parser() -> argparse.ArgumentParser:
         "(Python and pytest of this interpreter's versions)",
     )
     check.add_argument("--json", action="store_true", help="print JSON")
+
+    image = commands.add_parser("image", help="test images").add_subparsers(
+        dest="action", required=True
+    )
+    build = image.add_parser(
+        "build", help="build (or reuse) the project's test image; prints its tag last"
+    )
+    add_build_arguments(build)
+    build.add_argument("--push", metavar="URL", help="store the image in this pokedex node")
+    build.add_argument("--token-file", help="pokedex token for --push (else env PSYDUCK_TOKEN)")
     return parser
+
+
+def build_image(args: argparse.Namespace) -> int:
+    """``psyduck image build``: progress on stderr, the tag on stdout's last line."""
+    from farm.images.build import BuildError, build_from_arguments, push_image
+
+    def progress(line: str) -> None:
+        print(f"psyduck image: {line}", file=sys.stderr, flush=True)
+
+    try:
+        built = build_from_arguments(args, progress)
+        if args.push:
+            push_image(built.tag, args.push, read_token(args.token_file), progress)
+    except BuildError as exc:
+        print(f"psyduck image build: {exc}", file=sys.stderr)
+        return 1
+    print(built.tag)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             report = asyncio.run(status(args.farm, read_token(args.token_file)))
             print(json.dumps(report, indent=2) if args.json else format_status(report))
             return 0
+        if args.command == "image":
+            return build_image(args)
         hosts = (
             [build_host(h) for h in load_config(args.config).hosts]
             if args.config

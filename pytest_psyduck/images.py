@@ -13,7 +13,10 @@ on the terminal.
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import sys
+from typing import NoReturn
 
 import pytest
 
@@ -56,11 +59,27 @@ def expectation() -> Expectation:
     return Expectation(f"{sys.version_info.major}.{sys.version_info.minor}", pytest.__version__)
 
 
+class _BuildArguments(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise pytest.UsageError(f"psyduck_image_build: {message}")
+
+
+def build_arguments(config: pytest.Config) -> argparse.Namespace:
+    """Ini ``psyduck_image_build`` parsed as ``psyduck image build`` parses its options;
+    the project defaults to the rootdir."""
+    from farm.images.build import add_build_arguments
+
+    parser = _BuildArguments(prog="psyduck_image_build", add_help=False)
+    add_build_arguments(parser)
+    parser.set_defaults(project=str(config.rootpath))
+    return parser.parse_args(shlex.split(config.getini("psyduck_image_build")))
+
+
 def run_image(config: pytest.Config) -> str | None:
     """The image the run's manifest names: ``auto`` is built (or reused) now."""
     if not wants_auto_image(config):
         return named_image(config)
-    from farm.images.build import BuildError, build_project_image
+    from farm.images.build import BuildError, build_from_arguments
 
     reporter = config.pluginmanager.get_plugin("terminalreporter")
 
@@ -69,14 +88,9 @@ def run_image(config: pytest.Config) -> str | None:
             reporter.write_line(f"psyduck image: {line}")
 
     try:
-        return build_project_image(project_root_of(config), progress=progress).tag
+        return build_from_arguments(build_arguments(config), progress).tag
     except BuildError as exc:
         raise pytest.UsageError(f"psyduck: --psyduck-image auto: {exc}") from exc
-
-
-def project_root_of(config: pytest.Config) -> str:
-    """The project whose dependencies the auto image holds: the rootdir (pyproject's home)."""
-    return str(config.rootpath)
 
 
 async def check_image(config: pytest.Config, client: FarmClient, manifest: RunManifest) -> None:

@@ -1,0 +1,402 @@
+"""Build a project's test image from the project, without any registry: ``psyduck image build``.
+
+The image holds the user's interpreter minor, pytest and every installed pytest
+plugin at the user's exact versions, and the project's declared dependencies
+(:mod:`farm.images.requirements`) — not the project, whose code arrives with
+each run.  Many farms reach no image registry and cannot reach PyPI from inside
+``docker build`` (a corporate proxy's certificate, an air gap), so, as
+``.ci/build-test-image`` does, the base comes from Debian's packages
+(debootstrap minbase, imported once and cached) or is a local image
+(``base=``), wheels are fetched on this machine for the container's platform,
+and they are installed under ``docker build`` with no network at all.  The tag
+is a digest of the inputs (:mod:`farm.images.recipe`): an unchanged project
+finds its image at once, from a small cache of what was asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from farm.images import recipe
+from farm.images.requirements import (
+    RequirementsError,
+    project_dependencies,
+    project_name,
+    read_requirements,
+)
+
+Progress = Callable[[str], None]
+
+#: Seconds pip may take to fetch (or build) the wheels; debootstrap; the image build.
+PIP_TIMEOUT = 900.0
+DEBOOTSTRAP_TIMEOUT = 1200.0
+BUILD_TIMEOUT = 1200.0
+#: Seconds any other engine call may take (inspect, tag, a probe container's run).
+ENGINE_TIMEOUT = 120
+#: The distribution injected into every container: never installed in an image.
+PSYDUCK_DISTRIBUTION = "pytest-psyduck"
+
+#: Run in the base image: its interpreter, glibc and machine, for pip's target.
+BASE_PROBE = (
+    "import json, platform, sys; print(json.dumps({'python': '%d.%d' % sys.version_info[:2], "
+    "'glibc': platform.libc_ver()[1], 'machine': platform.machine()}))"
+)
+
+
+class BuildError(RuntimeError):
+    """The image could not be built; the text says which step failed and why."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """A project's test image: its tag, and whether it was reused rather than built now."""
+
+    tag: str
+    reused: bool
+
+
+def cache_dir() -> Path:
+    """``$PSYDUCK_IMAGE_CACHE``, else ``/var/cache/psyduck`` for root, else ``~/.cache/psyduck``."""
+    if os.environ.get("PSYDUCK_IMAGE_CACHE"):
+        return Path(os.environ["PSYDUCK_IMAGE_CACHE"])
+    if os.geteuid() == 0:
+        return Path("/var/cache/psyduck")
+    return Path.home() / ".cache" / "psyduck"
+
+
+def installed_pytest_pins() -> list[str]:
+    """``pytest==X`` and ``NAME==X`` of every installed pytest plugin (a ``pytest11`` entry
+    point) in this environment, psyduck itself excluded (it is injected)."""
+    pins = {"pytest": f"pytest=={importlib.metadata.version('pytest')}"}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        if recipe.normalize(name) == PSYDUCK_DISTRIBUTION:
+            continue
+        if any(ep.group == "pytest11" for ep in dist.entry_points):
+            pins.setdefault(recipe.normalize(name), f"{name}=={dist.version}")
+    return sorted(pins.values())
+
+
+def declared_requirements(
+    project: Path, extras: Sequence[str], groups: Sequence[str], requirement_files: Sequence[str]
+) -> tuple[str, list[str]]:
+    """(project name, its declared requirements) from pyproject.toml and requirements files."""
+    pyproject: dict = {}
+    path = project / "pyproject.toml"
+    try:
+        if path.exists():
+            pyproject = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BuildError(f"{path}: {exc}") from exc
+    try:
+        found = project_dependencies(pyproject, extras, groups)
+        for name in requirement_files:
+            found += read_requirements(name, lambda p: Path(p).read_text())
+    except RequirementsError as exc:
+        raise BuildError(str(exc)) from exc
+    return project_name(pyproject, project.resolve().name), found
+
+
+def _engine() -> docker.APIClient:
+    try:
+        api = docker.APIClient(timeout=ENGINE_TIMEOUT, version="auto")
+        api.ping()
+    except Exception as exc:
+        raise BuildError(f"cannot reach the Docker engine: {exc}") from exc
+    return api
+
+
+def _image_id(api: docker.APIClient, image: str) -> str | None:
+    try:
+        return api.inspect_image(image)["Id"]
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _run(argv: list[str], what: str, timeout: float) -> None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"{what} took longer than {timeout:.0f} s") from exc
+    except OSError as exc:
+        raise BuildError(f"{what}: cannot run {argv[0]}: {exc}") from exc
+    if done.returncode != 0:
+        raise BuildError(f"{what} failed:\n{(done.stderr or done.stdout)[-3000:]}")
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses (``$PSYDUCK_DEBIAN_MIRROR`` first)."""
+    if os.environ.get("PSYDUCK_DEBIAN_MIRROR"):
+        return os.environ["PSYDUCK_DEBIAN_MIRROR"]
+    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    for path in sources:
+        for line in path.read_text().splitlines():
+            if line.startswith("URIs:") and line.rstrip("/").endswith("/debian"):
+                return line.split()[1]
+    lists = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]
+    for path in lists:
+        for line in path.read_text().splitlines() if path.exists() else ():
+            parts = line.split()
+            if len(parts) > 2 and parts[0] == "deb" and parts[1].rstrip("/").endswith("/debian"):
+                return parts[1]
+    raise BuildError("no Debian mirror in /etc/apt/sources.list*; set PSYDUCK_DEBIAN_MIRROR")
+
+
+def debian_base(api: docker.APIClient, python_minor: str, cache: Path, progress: Progress) -> str:
+    """The default base: a Debian minbase with python3 and pip, debootstrapped once and cached.
+
+    The rootfs tar is kept under *cache* (keyed by suite and packages, as
+    ``.ci/build-test-image`` keys it, so either reuses the other's) and
+    imported once as ``psyduck-base/<suite>:<key>``.
+    """
+    try:
+        suite = recipe.debian_suite(python_minor)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from exc
+    key = recipe.rootfs_key(suite, recipe.DEBIAN_PACKAGES)
+    tag = f"psyduck-base/{suite}:{key}"
+    if _image_id(api, tag):
+        return tag
+    rootfs = cache / f"{suite}-minbase-{key}.tar"
+    if not rootfs.is_file():
+        if shutil.which("debootstrap") is None or os.geteuid() != 0:
+            raise BuildError(
+                "making the Debian base needs root and debootstrap (apt-get install "
+                "debootstrap); or pass --base IMAGE, a local image with python3 and pip"
+            )
+        progress(f"debootstrap {suite} (once; cached in {cache})")
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as work:
+            root = Path(work) / "rootfs"
+            _run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(recipe.DEBIAN_PACKAGES)}",
+                    suite,
+                    str(root),
+                    debian_mirror(),
+                ],
+                "debootstrap",
+                DEBOOTSTRAP_TIMEOUT,
+            )
+            for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                shutil.rmtree(root / junk, ignore_errors=True)
+            partial = rootfs.with_suffix(".tar.partial")
+            _run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."], "tar", 600)
+            partial.rename(rootfs)
+    progress(f"importing {rootfs.name} as {tag}")
+    repository, _, own_tag = tag.partition(":")
+    api.import_image(src=str(rootfs), repository=repository, tag=own_tag)
+    return tag
+
+
+def base_facts(api: docker.APIClient, base: str) -> dict[str, str]:
+    """Python minor, glibc and machine of *base*, from one throw-away container of it."""
+    try:
+        container = api.create_container(
+            base,
+            ["python3", "-c", BASE_PROBE],
+            network_disabled=True,
+            entrypoint=[],
+            host_config=api.create_host_config(network_mode="none"),
+        )
+    except docker.errors.ImageNotFound as exc:
+        raise BuildError(f"the base image {base!r} is not on the local Docker engine") from exc
+    try:
+        try:
+            api.start(container)
+        except docker.errors.APIError as exc:
+            raise BuildError(
+                f"the base image {base!r} has no usable python3: {exc.explanation}"
+            ) from exc
+        api.wait(container, timeout=ENGINE_TIMEOUT)
+        output = api.logs(container, stdout=True, stderr=True).decode("utf-8", "replace")
+    finally:
+        api.remove_container(container, force=True)
+    try:
+        return json.loads(output.strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise BuildError(f"the base image {base!r} cannot run python3: {output[-500:]}") from exc
+
+
+def fetch_wheels(
+    requirements: Sequence[str], facts: dict[str, str], dest: Path, progress: Progress
+) -> list[recipe.Wheel]:
+    """Wheels of the complete set *requirements* need, for the container's platform.
+
+    Binary wheels only, for the base's Python, glibc and machine; if some
+    requirement has no such wheel (an sdist-only project), the whole set is
+    instead built into wheels here with ``pip wheel`` (same Python minor).
+    """
+    pip = [sys.executable, "-m", "pip"]
+    progress(f"resolving {len(requirements)} requirement(s) with pip")
+    try:
+        target = recipe.pip_target(facts["python"], facts["machine"], facts["glibc"])
+        _run(
+            [*pip, "download", "--quiet", "--dest", str(dest), *target, *requirements],
+            "pip download",
+            PIP_TIMEOUT,
+        )
+    except (BuildError, ValueError) as exc:
+        progress(
+            f"no complete binary wheel set ({str(exc).splitlines()[0]}); building with pip wheel"
+        )
+        shutil.rmtree(dest)
+        dest.mkdir()
+        _run(
+            [*pip, "wheel", "--quiet", "--wheel-dir", str(dest), *requirements],
+            "pip wheel",
+            PIP_TIMEOUT,
+        )
+    wheels = []
+    for path in sorted(dest.glob("*.whl")):
+        wheels.append(recipe.wheel_of(path.name, hashlib.sha256(path.read_bytes()).hexdigest()))
+    return wheels
+
+
+def docker_build(api: docker.APIClient, context: Path, tag: str) -> None:
+    """``docker build --network none`` of *context* as *tag*; BuildError with the log's tail."""
+    log: list[str] = []
+    for chunk in api.build(
+        path=str(context),
+        tag=tag,
+        network_mode="none",
+        rm=True,
+        forcerm=True,
+        decode=True,
+        use_config_proxy=False,
+        timeout=BUILD_TIMEOUT,
+    ):
+        if "error" in chunk:
+            raise BuildError(f"docker build failed: {chunk['error']}\n{''.join(log)[-3000:]}")
+        log.append(chunk.get("stream", ""))
+    if not _image_id(api, tag):
+        raise BuildError(f"docker build ended without {tag}:\n{''.join(log)[-3000:]}")
+
+
+def build_project_image(
+    project: str | Path,
+    *,
+    extras: Sequence[str] = (),
+    groups: Sequence[str] = (),
+    requirement_files: Sequence[str] = (),
+    base: str | None = None,
+    refresh: bool = False,
+    progress: Progress = print,
+) -> BuiltImage:
+    """Build, or reuse, the test image of *project*; see the module's docstring."""
+    project = Path(project)
+    name, declared = declared_requirements(project, extras, groups, requirement_files)
+    requirements = [*declared, *installed_pytest_pins()]
+    python_minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    cache = cache_dir()
+    api = _engine()
+    try:
+        base = base or debian_base(api, python_minor, cache, progress)
+        base_id = _image_id(api, base)
+        if base_id is None:
+            raise BuildError(f"the base image {base!r} is not on the local Docker engine")
+        asked = cache / "tags" / recipe.declared_key(python_minor, requirements, base_id)
+        if not refresh and asked.is_file():
+            tag = asked.read_text().strip()
+            if _image_id(api, tag):
+                progress(f"reusing {tag} (requirements unchanged)")
+                return BuiltImage(tag, reused=True)
+        facts = base_facts(api, base)
+        if facts["python"] != python_minor:
+            raise BuildError(
+                f"the base image {base!r} has Python {facts['python']}, yours is {python_minor}"
+            )
+        with tempfile.TemporaryDirectory() as work:
+            context = Path(work)
+            wheels_dir = context / recipe.WHEELS_DIR
+            wheels_dir.mkdir()
+            wheels = fetch_wheels(requirements, facts, wheels_dir, progress)
+            tag = recipe.image_tag(name, recipe.inputs_digest(python_minor, wheels, base_id))
+            if _image_id(api, tag):
+                progress(f"reusing {tag} (same wheels)")
+                reused = True
+            else:
+                progress(f"building {tag} from {base} with {len(wheels)} wheel(s), no network")
+                (context / "Dockerfile").write_text(recipe.dockerfile(base))
+                docker_build(api, context, tag)
+                progress(f"built {tag}")
+                reused = False
+        asked.parent.mkdir(parents=True, exist_ok=True)
+        asked.write_text(tag + "\n")
+        return BuiltImage(tag, reused)
+    finally:
+        api.close()
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to put in the image: the options of ``psyduck image build`` (and of the
+    ``psyduck_image_build`` ini key, which ``--psyduck-image auto`` uses)."""
+    parser.add_argument("--project", default=".", help="project directory (default: .)")
+    parser.add_argument("--extras", default="", help="extras of [project.optional-dependencies]")
+    parser.add_argument(
+        "--group", action="append", default=[], help="a [dependency-groups] group (repeatable)"
+    )
+    parser.add_argument(
+        "-r", dest="requirements", action="append", default=[], help="a requirements file"
+    )
+    parser.add_argument("--base", help="a local image with the same Python and pip")
+    parser.add_argument("--refresh", action="store_true", help="resolve the requirements again")
+
+
+def build_from_arguments(args: argparse.Namespace, progress: Progress) -> BuiltImage:
+    """:func:`build_project_image` with options parsed by :func:`add_build_arguments`."""
+    return build_project_image(
+        args.project,
+        extras=[e for e in args.extras.split(",") if e],
+        groups=args.group,
+        requirement_files=args.requirements,
+        base=args.base,
+        refresh=args.refresh,
+        progress=progress,
+    )
+
+
+def push_image(tag: str, pokedex_url: str, token: str, progress: Progress) -> str:
+    """Store *tag* in the registry face of the pokedex node at *pokedex_url*; its reference there.
+
+    Hosts missing the run's image pull ``HOST:PORT/<tag>`` from there and name it
+    *tag* again (:meth:`farm.hosts.docker.DockerHost._provide_image`).
+    """
+    from farm.hosts.docker import PULL_USER, registry_address
+
+    registry = registry_address(pokedex_url)
+    repository, _, own_tag = tag.rpartition(":")
+    target = f"{registry}/{repository}"
+    progress(f"pushing {tag} to {registry}")
+    api = _engine()
+    try:
+        api.tag(tag, target, own_tag)
+        try:
+            auth = {"username": PULL_USER, "password": token, "serveraddress": registry}
+            for chunk in api.push(target, own_tag, auth_config=auth, stream=True, decode=True):
+                if "error" in chunk:
+                    raise BuildError(f"pushing {tag} to {registry} failed: {chunk['error']}")
+        finally:
+            api.remove_image(f"{target}:{own_tag}", noprune=True)
+    except docker.errors.APIError as exc:
+        raise BuildError(f"pushing {tag} to {registry} failed: {exc.explanation}") from exc
+    finally:
+        api.close()
+    return f"{target}:{own_tag}"
