@@ -57,7 +57,7 @@ def inputs_digest(python_minor: str, wheels: Iterable[Wheel], base_id: str) -> s
 
 def image_tag(project: str, digest: str) -> str:
     """``psyduck-auto/<project>:<first 12 of digest>``, the project name made a valid repository."""
-    repository = re.sub(r"[^a-z0-9._-]+", "-", project.lower()).strip("-._") or "project"
+    repository = re.sub(r"[^a-z0-9]+", "-", project.lower()).strip("-") or "project"
     return f"{REPOSITORY}/{repository}:{digest[:12]}"
 
 
