@@ -14,8 +14,10 @@ on the terminal.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shlex
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 import pytest
@@ -75,20 +77,46 @@ def build_arguments(config: pytest.Config) -> argparse.Namespace:
     return parser.parse_args(shlex.split(config.getini("psyduck_image_build")))
 
 
-def run_image(config: pytest.Config) -> str | None:
-    """The image the run's manifest names: ``auto`` is built (or reused) now."""
-    if not wants_auto_image(config):
-        return named_image(config)
-    from farm.images.build import BuildError, build_from_arguments
-
+def _progress(config: pytest.Config) -> Callable[[str], None]:
+    """Progress lines of the image's build or push, on the terminal."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
 
     def progress(line: str) -> None:
         if reporter is not None:
             reporter.write_line(f"psyduck image: {line}")
 
+    return progress
+
+
+def run_image(config: pytest.Config) -> str | None:
+    """The image the run's manifest names: ``auto`` is built (or reused) now."""
+    if not wants_auto_image(config):
+        return named_image(config)
+    from farm.images.build import BuildError, build_from_arguments
+
     try:
-        return build_from_arguments(build_arguments(config), progress).tag
+        return build_from_arguments(build_arguments(config), _progress(config)).tag
+    except BuildError as exc:
+        raise pytest.UsageError(f"psyduck: --psyduck-image auto: {exc}") from exc
+
+
+async def ship_image(
+    config: pytest.Config, client: FarmClient, manifest: RunManifest, token: str
+) -> None:
+    """Store an ``auto`` image in the remote farm's pokedex, where its hosts pull it from.
+
+    A farm without pokedex gets nothing: its hosts must have the image, and
+    the up-front check says so if they do not.
+    """
+    if not manifest.image or not wants_auto_image(config):
+        return
+    urls = (await client.info()).get("pokedex") or []
+    if not urls:
+        return
+    from farm.images.build import BuildError, push_image
+
+    try:
+        await asyncio.to_thread(push_image, manifest.image, urls[0], token, _progress(config))
     except BuildError as exc:
         raise pytest.UsageError(f"psyduck: --psyduck-image auto: {exc}") from exc
 

@@ -11,6 +11,7 @@ import pytest
 
 from farm.client import FarmClient, FarmError
 from farm.manifest import RunManifest
+from pytest_psyduck.images import check_image, ship_image
 from pytest_psyduck.plugin import remote_farm_url
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.sidecar import Sidecar, SidecarError
@@ -57,6 +58,7 @@ async def run(
         token = farm_token(config)
         async with FarmClient(url, token) as client:
             manifest = await _with_snapshot(config, client, manifest, token)
+            await ship_image(config, client, manifest, token)
             await _follow(session, client, manifest, replayer)
         return
     sidecar.launcher.serve()
@@ -77,8 +79,6 @@ async def _follow(
 ) -> None:
     """Check the run's image, submit the run and replay its events; -x, Ctrl-C or a lost
     farm end it early."""
-    from pytest_psyduck.images import check_image
-
     await check_image(session.config, client, manifest)
     run_id = await client.submit(manifest)
     stream = await client.attach(run_id)

@@ -8,14 +8,16 @@ network inside ``docker build``; the run uses ``--psyduck-image auto``.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+import requests
 
-from tests.conftest import SESSION_TIMEOUT, outer_environment, run_pytest
+from tests.conftest import SESSION_TIMEOUT, on_farm, outer_environment, run_pytest
 
 pytestmark = pytest.mark.docker
 
@@ -101,3 +103,35 @@ def test_a_project_image_is_built_reused_and_runs_the_suite_as_plain_pytest(attr
     assert farmed.outcomes() == plain.outcomes(), farmed.stdout[-3000:]
     assert farmed.returncode == plain.returncode == 1
     assert plain.outcomes()["passed"] > 200
+
+
+def test_auto_image_is_stored_in_a_remote_farms_pokedex(docker_image, suite, tmp_path):
+    """``auto`` for a served farm: built here, pushed to the farm's pokedex (where its
+    hosts pull images from), checked by the farm, and the run passes."""
+    from tests.farm_hosts.test_image_pulls import TOKEN, served_farm
+
+    project = (
+        suite(
+            {
+                "proj/pyproject.toml": '[project]\nname = "tiny-six"\nversion = "0"\n'
+                'dependencies = ["six"]\n',
+                "proj/test_six.py": "import six\n\n\ndef test_six():\n    assert six.PY3\n",
+            }
+        )
+        / "proj"
+    )
+    with served_farm(tmp_path) as (url, registry):
+        result = run_pytest(
+            project, *on_farm(url), "--psyduck-image", "auto", env={"PSYDUCK_TOKEN": TOKEN}
+        )
+        assert result.outcomes() == {"passed": 1}, result.stdout + result.stderr
+        (pushed,) = re.findall(r"psyduck image: pushing (\S+) to ", result.stdout)
+        assert pushed.startswith("psyduck-auto/tiny-six:")
+        repository, tag = pushed.split(":")
+        stored = requests.get(
+            f"http://{registry}/v2/{repository}/manifests/{tag}",
+            auth=("anyone", TOKEN),
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+            timeout=30,
+        )
+        assert stored.status_code == 200, stored.text
