@@ -102,19 +102,10 @@ def assert_one_usage_error(path: Path, image: str, problem: str) -> None:
     assert not (path / ".pytest_cache" / "v" / "cache" / "lastfailed").exists()
 
 
-def hosts_check(image: str) -> subprocess.CompletedProcess:
+def hosts_check(image: str, hosts: str = "docker:1") -> subprocess.CompletedProcess:
+    """``psyduck hosts check --hosts HOSTS --image IMAGE``, run as a user would."""
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "farm.cli",
-            "hosts",
-            "check",
-            "--hosts",
-            "docker:1",
-            "--image",
-            image,
-        ],
+        [sys.executable, "-m", "farm.cli", "hosts", "check", "--hosts", hosts, "--image", image],
         capture_output=True,
         text=True,
         timeout=300,
@@ -159,3 +150,19 @@ def test_hosts_check_says_ok_only_for_a_usable_image(docker_image):
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("docker: ok")
     assert "image_usable: True" in done.stdout
+
+
+def test_hosts_check_over_ssh_probes_with_the_shipped_worker_code(
+    docker_image, other_pytest_image, sshd, client_key, known_hosts
+):
+    """An ssh host's engine cannot see this disk: the probe mounts psyduck's packages
+    from the volume the host ships them in, as its workers do."""
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    spec = server.spec(client_key, known_hosts)
+    good = hosts_check(docker_image, spec)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "image_usable: True" in good.stdout
+    bad = hosts_check(other_pytest_image, spec)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"its pytest is {OTHER_PYTEST}" in bad.stdout
