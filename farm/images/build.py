@@ -79,17 +79,25 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "psyduck"
 
 
-def installed_pytest_pins() -> list[str]:
-    """``pytest==X`` and ``NAME==X`` of every installed pytest plugin (a ``pytest11`` entry
-    point) in this environment, psyduck itself excluded (it is injected)."""
-    pins = {"pytest": f"pytest=={importlib.metadata.version('pytest')}"}
+def environment_pins() -> tuple[list[str], list[str]]:
+    """(pytest and every pytest plugin, every distribution) installed in this environment,
+    as ``NAME==VERSION``; psyduck itself excluded (it is injected).
+
+    Plugins are those with a ``pytest11`` entry point: the image gets each of them.
+    All distributions become pip constraints: a dependency the image shares with
+    this environment gets this environment's version.
+    """
+    plugins = {"pytest": f"pytest=={importlib.metadata.version('pytest')}"}
+    everything = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"] or ""
-        if recipe.normalize(name) == PSYDUCK_DISTRIBUTION:
+        key = recipe.normalize(name)
+        if not name or key == PSYDUCK_DISTRIBUTION:
             continue
+        everything.setdefault(key, f"{name}=={dist.version}")
         if any(ep.group == "pytest11" for ep in dist.entry_points):
-            pins.setdefault(recipe.normalize(name), f"{name}=={dist.version}")
-    return sorted(pins.values())
+            plugins.setdefault(key, f"{name}=={dist.version}")
+    return sorted(plugins.values()), sorted(everything.values())
 
 
 def declared_requirements(
@@ -236,16 +244,22 @@ def base_facts(api: docker.APIClient, base: str) -> dict[str, str]:
 
 
 def fetch_wheels(
-    requirements: Sequence[str], facts: dict[str, str], dest: Path, progress: Progress
+    requirements: Sequence[str],
+    constraints: Path,
+    facts: dict[str, str],
+    dest: Path,
+    progress: Progress,
 ) -> list[recipe.Wheel]:
     """Wheels of the complete set *requirements* need, for the container's platform.
 
-    Binary wheels only, for the base's Python, glibc and machine; if some
-    requirement has no such wheel (an sdist-only project), the whole set is
-    instead built into wheels here with ``pip wheel`` (same Python minor).
+    Binary wheels only, for the base's Python, glibc and machine, at the
+    versions the *constraints* file pins; if some requirement has no such wheel
+    (an sdist-only project), the whole set is instead built into wheels here
+    with ``pip wheel`` (same Python minor).
     """
     pip = [sys.executable, "-m", "pip"]
     progress(f"resolving {len(requirements)} requirement(s) with pip")
+    requirements = [*requirements, "-c", str(constraints)]
     try:
         target = recipe.pip_target(facts["python"], facts["machine"], facts["glibc"])
         _run(
@@ -303,7 +317,8 @@ def build_project_image(
     """Build, or reuse, the test image of *project*; see the module's docstring."""
     project = Path(project)
     name, declared = declared_requirements(project, extras, groups, requirement_files)
-    requirements = [*declared, *installed_pytest_pins()]
+    plugins, installed = environment_pins()
+    requirements = [*declared, *plugins]
     python_minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     cache = cache_dir()
     api = _engine()
@@ -312,7 +327,8 @@ def build_project_image(
         base_id = _image_id(api, base)
         if base_id is None:
             raise BuildError(f"the base image {base!r} is not on the local Docker engine")
-        asked = cache / "tags" / recipe.declared_key(python_minor, requirements, base_id)
+        key = recipe.declared_key(python_minor, [*requirements, *installed], base_id)
+        asked = cache / "tags" / key
         if not refresh and asked.is_file():
             tag = asked.read_text().strip()
             if _image_id(api, tag):
@@ -327,7 +343,9 @@ def build_project_image(
             context = Path(work)
             wheels_dir = context / recipe.WHEELS_DIR
             wheels_dir.mkdir()
-            wheels = fetch_wheels(requirements, facts, wheels_dir, progress)
+            constraints = context / "constraints.txt"
+            constraints.write_text("\n".join(installed) + "\n")
+            wheels = fetch_wheels(requirements, constraints, facts, wheels_dir, progress)
             tag = recipe.image_tag(name, recipe.inputs_digest(python_minor, wheels, base_id))
             if _image_id(api, tag):
                 progress(f"reusing {tag} (same wheels)")

@@ -322,3 +322,17 @@ def test_check_request_round_trips(image, python, pytest_version):
 def test_malformed_check_requests_are_protocol_errors(message):
     with pytest.raises(ProtocolError):
         parse_check_request(message)
+
+
+def test_environment_pins_take_pytest_and_its_plugins_at_the_installed_versions():
+    import importlib.metadata
+
+    from farm.images.build import environment_pins
+
+    plugins, everything = environment_pins()
+    assert f"pytest=={importlib.metadata.version('pytest')}" in plugins
+    assert f"hypothesis=={importlib.metadata.version('hypothesis')}" in plugins  # a pytest11 plugin
+    assert not any(recipe.normalize(p.split("==")[0]) == "pytest-psyduck" for p in everything)
+    assert set(plugins) <= set(everything)
+    assert f"msgpack=={importlib.metadata.version('msgpack')}" in everything  # not a plugin
+    assert not any(p.startswith("msgpack==") for p in plugins)
