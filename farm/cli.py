@@ -98,9 +98,10 @@ async def check_hosts(hosts: list[Host], image: str | None) -> list[dict[str, An
     async def one(host: Host) -> dict[str, Any]:
         try:
             await asyncio.wait_for(host.start(), 30)
-            result = await asyncio.wait_for(host.check(image), 30)
-            if image and not result.get("problem") and hasattr(host, "image_problem"):
-                problem = await host.image_problem(image, local_expectation(), check_context())
+            wanted = image or getattr(host, "image", None)  # else the host's own (farm.toml)
+            result = await asyncio.wait_for(host.check(wanted), 30)
+            if wanted and not result.get("problem") and hasattr(host, "image_problem"):
+                problem = await host.image_problem(wanted, local_expectation(), check_context())
                 result["image_usable"] = problem is None
                 if problem:
                     result["problem"] = problem

@@ -27,7 +27,9 @@ volumes, or by the reaper once their coordinator is gone.
 A run's image the engine lacks is pulled, when the farm has pokedex, from the
 registry face of its first node (``HOST:PORT/<image>``, the farm's token as the
 password), through the engine, once per host and image at a time, then tagged as
-the name the run asked for (:meth:`DockerHost._provide_image`).
+the name the run asked for (:meth:`DockerHost._provide_image`).  Before a run is
+submitted, its client has the farm check the image once per host and image id
+(:meth:`DockerHost.image_problem`, :mod:`farm.images.check`).
 
 The docker SDK is blocking; every call runs in a thread with a timeout.  Each
 attach stream has one reader thread that demultiplexes it and hands complete
@@ -886,6 +888,9 @@ class DockerHost(Host):
         for pull in list(self._pulls):
             pull.abort()
         await asyncio.gather(*self._images.values(), return_exceptions=True)
+        for verdict in self._verdicts.values():
+            verdict.cancel()  # a probe still running removes its container as it ends
+        await asyncio.gather(*self._verdicts.values(), return_exceptions=True)
         spares, self._spares = self._spares, {}
         for spare in spares.values():
             spare.expiry.cancel()
