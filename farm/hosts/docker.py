@@ -953,6 +953,10 @@ class DockerHost(Host):
             problem = await asyncio.shield(verdict)
         except HostError as exc:
             return str(exc)
+        except docker.errors.APIError as exc:
+            problem = f"the engine refused to check it: {_explanation(exc)}"
+        except TimeoutError:
+            problem = "shipping psyduck's worker code to check it timed out"
         return f"host {self.name}: test image {image!r}: {problem}" if problem else None
 
     async def _probe(self, engine: Engine, image: str, expect: Expectation) -> str | None:
