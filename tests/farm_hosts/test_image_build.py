@@ -36,6 +36,13 @@ SUBSET = (
 )
 
 
+#: A project with one dependency (which this environment has, so it collects here).
+TINY = {
+    "proj/pyproject.toml": '[project]\nname = "tiny-six"\nversion = "0"\ndependencies = ["six"]\n',
+    "proj/test_six.py": "import six\n\n\ndef test_six():\n    assert six.PY3\n",
+}
+
+
 @pytest.fixture(scope="module")
 def attrs_project(tmp_path_factory: pytest.TempPathFactory, docker_image: str) -> Path:
     """attrs' sdist, as downloaded from PyPI, unpacked."""
@@ -110,16 +117,7 @@ def test_auto_image_is_stored_in_a_remote_farms_pokedex(docker_image, suite, tmp
     hosts pull images from), checked by the farm, and the run passes."""
     from tests.farm_hosts.test_image_pulls import TOKEN, served_farm
 
-    project = (
-        suite(
-            {
-                "proj/pyproject.toml": '[project]\nname = "tiny-six"\nversion = "0"\n'
-                'dependencies = ["six"]\n',
-                "proj/test_six.py": "import six\n\n\ndef test_six():\n    assert six.PY3\n",
-            }
-        )
-        / "proj"
-    )
+    project = suite(TINY) / "proj"
     with served_farm(tmp_path) as (url, registry):
         result = run_pytest(
             project, *on_farm(url), "--psyduck-image", "auto", env={"PSYDUCK_TOKEN": TOKEN}
@@ -135,3 +133,10 @@ def test_auto_image_is_stored_in_a_remote_farms_pokedex(docker_image, suite, tmp
             timeout=30,
         )
         assert stored.status_code == 200, stored.text
+
+
+def test_docker_hosts_without_an_image_name_get_the_projects_own(docker_image, suite):
+    """No ``--psyduck-image`` with the embedded farm's docker hosts means ``auto``."""
+    result = run_pytest(suite(TINY) / "proj", "--psyduck", "--psyduck-hosts", "docker:1")
+    assert result.outcomes() == {"passed": 1}, result.stdout + result.stderr
+    assert re.search(r"psyduck image: (reusing|built) psyduck-auto/tiny-six:", result.stdout)
