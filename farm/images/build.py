@@ -6,8 +6,8 @@ plugin at the user's exact versions, and the project's declared dependencies
 each run.  Many farms reach no image registry and cannot reach PyPI from inside
 ``docker build`` (a corporate proxy's certificate, an air gap), so, as
 ``.ci/build-test-image`` does, the base comes from Debian's packages
-(debootstrap minbase, imported once and cached) or is a local image
-(``base=``), wheels are fetched on this machine for the container's platform,
+(debootstrap minbase, imported once and cached: :mod:`farm.images.base`) or is
+a local image (``base=``), wheels are fetched on this machine for the container's platform,
 and they are installed under ``docker build`` with no network at all.  The tag
 is a digest of the inputs (:mod:`farm.images.recipe`): an unchanged project
 finds its image at once, from a small cache of what was asked for.
@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,15 @@ import docker
 import docker.errors
 
 from farm.images import recipe
+from farm.images.base import (
+    BuildError,
+    Progress,
+    base_facts,
+    debian_base,
+    engine,
+    image_id,
+    run_tool,
+)
 from farm.images.requirements import (
     RequirementsError,
     project_dependencies,
@@ -40,26 +47,11 @@ from farm.images.requirements import (
     read_requirements,
 )
 
-Progress = Callable[[str], None]
-
-#: Seconds pip may take to fetch (or build) the wheels; debootstrap; the image build.
+#: Seconds pip may take to fetch (or build) the wheels; the image build.
 PIP_TIMEOUT = 900.0
-DEBOOTSTRAP_TIMEOUT = 1200.0
 BUILD_TIMEOUT = 1200.0
-#: Seconds any other engine call may take (inspect, tag, a probe container's run).
-ENGINE_TIMEOUT = 120
 #: The distribution injected into every container: never installed in an image.
 PSYDUCK_DISTRIBUTION = "pytest-psyduck"
-
-#: Run in the base image: its interpreter, glibc and machine, for pip's target.
-BASE_PROBE = (
-    "import json, platform, sys; print(json.dumps({'python': '%d.%d' % sys.version_info[:2], "
-    "'glibc': platform.libc_ver()[1], 'machine': platform.machine()}))"
-)
-
-
-class BuildError(RuntimeError):
-    """The image could not be built; the text says which step failed and why."""
 
 
 @dataclass(frozen=True)
@@ -120,129 +112,6 @@ def declared_requirements(
     return project_name(pyproject, project.resolve().name), found
 
 
-def _engine() -> docker.APIClient:
-    try:
-        api = docker.APIClient(timeout=ENGINE_TIMEOUT, version="auto")
-        api.ping()
-    except Exception as exc:
-        raise BuildError(f"cannot reach the Docker engine: {exc}") from exc
-    return api
-
-
-def _image_id(api: docker.APIClient, image: str) -> str | None:
-    try:
-        return api.inspect_image(image)["Id"]
-    except docker.errors.ImageNotFound:
-        return None
-
-
-def _run(argv: list[str], what: str, timeout: float) -> None:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise BuildError(f"{what} took longer than {timeout:.0f} s") from exc
-    except OSError as exc:
-        raise BuildError(f"{what}: cannot run {argv[0]}: {exc}") from exc
-    if done.returncode != 0:
-        raise BuildError(f"{what} failed:\n{(done.stderr or done.stdout)[-3000:]}")
-
-
-def debian_mirror() -> str:
-    """The Debian mirror this machine's apt uses (``$PSYDUCK_DEBIAN_MIRROR`` first)."""
-    if os.environ.get("PSYDUCK_DEBIAN_MIRROR"):
-        return os.environ["PSYDUCK_DEBIAN_MIRROR"]
-    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
-    for path in sources:
-        for line in path.read_text().splitlines():
-            if line.startswith("URIs:") and line.rstrip("/").endswith("/debian"):
-                return line.split()[1]
-    lists = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]
-    for path in lists:
-        for line in path.read_text().splitlines() if path.exists() else ():
-            parts = line.split()
-            if len(parts) > 2 and parts[0] == "deb" and parts[1].rstrip("/").endswith("/debian"):
-                return parts[1]
-    raise BuildError("no Debian mirror in /etc/apt/sources.list*; set PSYDUCK_DEBIAN_MIRROR")
-
-
-def debian_base(api: docker.APIClient, python_minor: str, cache: Path, progress: Progress) -> str:
-    """The default base: a Debian minbase with python3 and pip, debootstrapped once and cached.
-
-    The rootfs tar is kept under *cache* (keyed by suite and packages, as
-    ``.ci/build-test-image`` keys it, so either reuses the other's) and
-    imported once as ``psyduck-base/<suite>:<key>``.
-    """
-    try:
-        suite = recipe.debian_suite(python_minor)
-    except ValueError as exc:
-        raise BuildError(str(exc)) from exc
-    key = recipe.rootfs_key(suite, recipe.DEBIAN_PACKAGES)
-    tag = f"psyduck-base/{suite}:{key}"
-    if _image_id(api, tag):
-        return tag
-    rootfs = cache / f"{suite}-minbase-{key}.tar"
-    if not rootfs.is_file():
-        if shutil.which("debootstrap") is None or os.geteuid() != 0:
-            raise BuildError(
-                "making the Debian base needs root and debootstrap (apt-get install "
-                "debootstrap); or pass --base IMAGE, a local image with python3 and pip"
-            )
-        progress(f"debootstrap {suite} (once; cached in {cache})")
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as work:
-            root = Path(work) / "rootfs"
-            _run(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    f"--include={','.join(recipe.DEBIAN_PACKAGES)}",
-                    suite,
-                    str(root),
-                    debian_mirror(),
-                ],
-                "debootstrap",
-                DEBOOTSTRAP_TIMEOUT,
-            )
-            for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
-                shutil.rmtree(root / junk, ignore_errors=True)
-            partial = rootfs.with_suffix(".tar.partial")
-            _run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."], "tar", 600)
-            partial.rename(rootfs)
-    progress(f"importing {rootfs.name} as {tag}")
-    repository, _, own_tag = tag.partition(":")
-    api.import_image(src=str(rootfs), repository=repository, tag=own_tag)
-    return tag
-
-
-def base_facts(api: docker.APIClient, base: str) -> dict[str, str]:
-    """Python minor, glibc and machine of *base*, from one throw-away container of it."""
-    try:
-        container = api.create_container(
-            base,
-            ["python3", "-c", BASE_PROBE],
-            network_disabled=True,
-            entrypoint=[],
-            host_config=api.create_host_config(network_mode="none"),
-        )
-    except docker.errors.ImageNotFound as exc:
-        raise BuildError(f"the base image {base!r} is not on the local Docker engine") from exc
-    try:
-        try:
-            api.start(container)
-        except docker.errors.APIError as exc:
-            raise BuildError(
-                f"the base image {base!r} has no usable python3: {exc.explanation}"
-            ) from exc
-        api.wait(container, timeout=ENGINE_TIMEOUT)
-        output = api.logs(container, stdout=True, stderr=True).decode("utf-8", "replace")
-    finally:
-        api.remove_container(container, force=True)
-    try:
-        return json.loads(output.strip().splitlines()[-1])
-    except (ValueError, IndexError) as exc:
-        raise BuildError(f"the base image {base!r} cannot run python3: {output[-500:]}") from exc
-
-
 def fetch_wheels(
     requirements: Sequence[str],
     constraints: Path,
@@ -262,7 +131,7 @@ def fetch_wheels(
     requirements = [*requirements, "-c", str(constraints)]
     try:
         target = recipe.pip_target(facts["python"], facts["machine"], facts["glibc"])
-        _run(
+        run_tool(
             [*pip, "download", "--quiet", "--dest", str(dest), *target, *requirements],
             "pip download",
             PIP_TIMEOUT,
@@ -273,7 +142,7 @@ def fetch_wheels(
         )
         shutil.rmtree(dest)
         dest.mkdir()
-        _run(
+        run_tool(
             [*pip, "wheel", "--quiet", "--wheel-dir", str(dest), *requirements],
             "pip wheel",
             PIP_TIMEOUT,
@@ -300,7 +169,7 @@ def docker_build(api: docker.APIClient, context: Path, tag: str) -> None:
         if "error" in chunk:
             raise BuildError(f"docker build failed: {chunk['error']}\n{''.join(log)[-3000:]}")
         log.append(chunk.get("stream", ""))
-    if not _image_id(api, tag):
+    if not image_id(api, tag):
         raise BuildError(f"docker build ended without {tag}:\n{''.join(log)[-3000:]}")
 
 
@@ -321,17 +190,17 @@ def build_project_image(
     requirements = [*declared, *plugins]
     python_minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     cache = cache_dir()
-    api = _engine()
+    api = engine()
     try:
         base = base or debian_base(api, python_minor, cache, progress)
-        base_id = _image_id(api, base)
+        base_id = image_id(api, base)
         if base_id is None:
             raise BuildError(f"the base image {base!r} is not on the local Docker engine")
         key = recipe.declared_key(python_minor, [*requirements, *installed], base_id)
         asked = cache / "tags" / key
         if not refresh and asked.is_file():
             tag = asked.read_text().strip()
-            if _image_id(api, tag):
+            if image_id(api, tag):
                 progress(f"reusing {tag} (requirements unchanged)")
                 return BuiltImage(tag, reused=True)
         facts = base_facts(api, base)
@@ -347,7 +216,7 @@ def build_project_image(
             constraints.write_text("\n".join(installed) + "\n")
             wheels = fetch_wheels(requirements, constraints, facts, wheels_dir, progress)
             tag = recipe.image_tag(name, recipe.inputs_digest(python_minor, wheels, base_id))
-            if _image_id(api, tag):
+            if image_id(api, tag):
                 progress(f"reusing {tag} (same wheels)")
                 reused = True
             else:
@@ -403,7 +272,7 @@ def push_image(tag: str, pokedex_url: str, token: str, progress: Progress) -> st
     repository, _, own_tag = tag.rpartition(":")
     target = f"{registry}/{repository}"
     progress(f"pushing {tag} to {registry}")
-    api = _engine()
+    api = engine()
     try:
         api.tag(tag, target, own_tag)
         try:

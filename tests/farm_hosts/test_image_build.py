@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import SESSION_TIMEOUT, on_farm, outer_environment, run_pytest
+from tests.farm_hosts.test_image_check import NO_PYTHON, no_python_image  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
@@ -140,3 +141,23 @@ def test_docker_hosts_without_an_image_name_get_the_projects_own(docker_image, s
     result = run_pytest(suite(TINY) / "proj", "--psyduck", "--psyduck-hosts", "docker:1")
     assert result.outcomes() == {"passed": 1}, result.stdout + result.stderr
     assert re.search(r"psyduck image: (reusing|built) psyduck-auto/tiny-six:", result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--base", NO_PYTHON), f"the base image {NO_PYTHON!r} has no usable python3: "),
+        (("--base", "psyduck-test:no-such-tag"), "is not on the local Docker engine"),
+        (("--group", "nope"), "no dependency group 'nope' (known: none)"),
+        (("--extras", "nope"), "no extra 'nope' in [project.optional-dependencies]"),
+        (("-r", "missing.txt"), "cannot read missing.txt: "),
+    ],
+)
+@pytest.mark.usefixtures("no_python_image")
+def test_image_build_refuses_bad_input_with_one_clear_line(suite, args, said):
+    done = image_build(suite(TINY) / "proj", *args)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()[-1:]
+    assert line.startswith("psyduck image build: ") and said in line, done.stderr
+    assert "Traceback" not in done.stderr
