@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from farm.coordinator import Coordinator, event_batches
+from farm.images.check import check_context, hosts_problems, parse_check_request
 from farm.manifest import parse_manifest
 from farm.protocol import (
     HEARTBEAT,
@@ -144,8 +145,6 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def check_image(request: web.Request) -> web.Response:
-    from farm.images.check import check_context, hosts_problems, parse_check_request
-
     try:
         image, expect = parse_check_request(decode(await request.read()))
     except ProtocolError as exc:

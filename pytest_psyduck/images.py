@@ -8,7 +8,8 @@ naming host, image and fault, and no test runs.  ``--psyduck-image auto`` —
 the default when the embedded farm has docker or ssh hosts and no image is
 named — builds (or reuses) the project's own image first, with
 :func:`farm.images.build.build_project_image`, in this process, with progress
-on the terminal.
+on the terminal; for a remote farm with pokedex, it is then pushed there, so
+that the farm's hosts pull it.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import asyncio
 import shlex
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from farm.client import FarmClient
-from farm.images.check import Expectation, check_request
-from farm.manifest import RunManifest
 from pytest_psyduck.plugin import remote_farm_url
+
+if TYPE_CHECKING:
+    from farm.client import FarmClient
+    from farm.images.check import Expectation
+    from farm.manifest import RunManifest
 
 #: ``--psyduck-image auto``: the image built from the project itself.
 AUTO = "auto"
@@ -58,6 +61,8 @@ def wants_auto_image(config: pytest.Config) -> bool:
 
 def expectation() -> Expectation:
     """What a worker image must match: this interpreter's minor version and pytest."""
+    from farm.images.check import Expectation
+
     return Expectation(f"{sys.version_info.major}.{sys.version_info.minor}", pytest.__version__)
 
 
@@ -128,6 +133,8 @@ async def check_image(config: pytest.Config, client: FarmClient, manifest: RunMa
     """
     if not remote_farm_url(config.option) and not embedded_container_hosts(config):
         return
+    from farm.images.check import check_request
+
     problems = await client.check_image(check_request(manifest.image, expectation()))
     if problems:
         raise pytest.UsageError("psyduck: " + "\npsyduck: ".join(problems))
