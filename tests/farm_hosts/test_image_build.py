@@ -82,6 +82,7 @@ def image_build(project: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_project_image_is_built_reused_and_runs_the_suite_as_plain_pytest(attrs_project):
     first = image_build(attrs_project, "--group", "tests")
     assert first.returncode == 0, first.stderr
