@@ -187,7 +187,7 @@ def build_image(args: argparse.Namespace) -> int:
     try:
         built = build_from_arguments(args, progress)
         if args.push:
-            push_image(built.tag, args.push, read_token(args.token_file), progress)
+            push_image(built.tag, args.push, read_token(args.token_file), progress, args.host)
     except BuildError as exc:
         print(f"psyduck image build: {exc}", file=sys.stderr)
         return 1

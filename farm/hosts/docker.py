@@ -812,6 +812,10 @@ class DockerHost(Host):
         self._volumes: dict[str, asyncio.Future[str]] = {}
 
     # -- engine ------------------------------------------------------------------
+    def connect_engine(self) -> docker.APIClient:
+        """A new, blocking client of this host's engine, for tools (``psyduck image build``)."""
+        return self._connect()
+
     async def _ensure_engine(self) -> Engine:
         async with self._engine_lock:
             if self._engine is not None and self._engine.alive:

@@ -40,13 +40,25 @@ class BuildError(RuntimeError):
     """The image could not be built; the text says which step failed and why."""
 
 
-def engine() -> docker.APIClient:
-    """A client of the local Docker engine, checked to answer; BuildError if it does not."""
+def engine(host: str | None = None) -> docker.APIClient:
+    """A client of the local Docker engine, or of *host*'s (a ``docker``/``ssh://`` spec as
+    for ``--psyduck-hosts``), checked to answer; BuildError if it does not."""
+    where = f"the Docker engine of {host}" if host else "the Docker engine"
     try:
-        api = docker.APIClient(timeout=ENGINE_TIMEOUT, version="auto")
+        if host:
+            from farm.hosts import parse_hosts
+
+            hosts = parse_hosts(host)
+            if len(hosts) != 1 or not hasattr(hosts[0], "connect_engine"):
+                raise BuildError(f"--host {host!r}: name one docker or ssh host")
+            api = hosts[0].connect_engine()
+        else:
+            api = docker.APIClient(timeout=ENGINE_TIMEOUT, version="auto")
         api.ping()
-    except Exception as exc:
-        raise BuildError(f"cannot reach the Docker engine: {exc}") from exc
+    except BuildError:
+        raise
+    except Exception as exc:  # a bad spec, or any way of not reaching the engine
+        raise BuildError(f"cannot reach {where}: {exc}") from exc
     return api
 
 

@@ -181,16 +181,21 @@ def build_project_image(
     requirement_files: Sequence[str] = (),
     base: str | None = None,
     refresh: bool = False,
+    host: str | None = None,
     progress: Progress = print,
 ) -> BuiltImage:
-    """Build, or reuse, the test image of *project*; see the module's docstring."""
+    """Build, or reuse, the test image of *project*; see the module's docstring.
+
+    *host* (a docker or ssh host spec) builds on that host's engine instead of
+    the local one; wheels are still fetched here, for its platform.
+    """
     project = Path(project)
     name, declared = declared_requirements(project, extras, groups, requirement_files)
     plugins, installed = environment_pins()
     requirements = [*declared, *plugins]
     python_minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     cache = cache_dir()
-    api = engine()
+    api = engine(host)
     try:
         base = base or debian_base(api, python_minor, cache, progress)
         base_id = image_id(api, base)
@@ -245,6 +250,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--base", help="a local image with the same Python and pip")
     parser.add_argument("--refresh", action="store_true", help="resolve the requirements again")
+    parser.add_argument(
+        "--host", help="build on this docker or ssh host's engine (a --psyduck-hosts spec)"
+    )
 
 
 def build_from_arguments(args: argparse.Namespace, progress: Progress) -> BuiltImage:
@@ -256,15 +264,19 @@ def build_from_arguments(args: argparse.Namespace, progress: Progress) -> BuiltI
         requirement_files=args.requirements,
         base=args.base,
         refresh=args.refresh,
+        host=args.host,
         progress=progress,
     )
 
 
-def push_image(tag: str, pokedex_url: str, token: str, progress: Progress) -> str:
+def push_image(
+    tag: str, pokedex_url: str, token: str, progress: Progress, host: str | None = None
+) -> str:
     """Store *tag* in the registry face of the pokedex node at *pokedex_url*; its reference there.
 
     Hosts missing the run's image pull ``HOST:PORT/<tag>`` from there and name it
-    *tag* again (:meth:`farm.hosts.docker.DockerHost._provide_image`).
+    *tag* again (:meth:`farm.hosts.docker.DockerHost._provide_image`).  The push
+    goes through the engine holding the image (*host*'s, if it was built there).
     """
     from farm.hosts.docker import PULL_USER, registry_address
 
@@ -272,7 +284,7 @@ def push_image(tag: str, pokedex_url: str, token: str, progress: Progress) -> st
     repository, _, own_tag = tag.rpartition(":")
     target = f"{registry}/{repository}"
     progress(f"pushing {tag} to {registry}")
-    api = engine()
+    api = engine(host)
     try:
         api.tag(tag, target, own_tag)
         try:

@@ -162,3 +162,27 @@ def test_image_build_refuses_bad_input_with_one_clear_line(suite, args, said):
     (line,) = done.stderr.splitlines()[-1:]
     assert line.startswith("psyduck image build: ") and said in line, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_image_build_on_an_ssh_hosts_engine(docker_image, suite, sshd, client_key, known_hosts):
+    """``--host ssh://…``: the base probe and the image look-ups go over SSH to that engine
+    (here the same engine behind a real sshd, so the wheels and the tag are the same)."""
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    project = suite(TINY) / "proj"
+    local = image_build(project)
+    assert local.returncode == 0, local.stderr
+    over_ssh = image_build(project, "--refresh", "--host", server.spec(client_key, known_hosts))
+    assert over_ssh.returncode == 0, over_ssh.stderr
+    tag = local.stdout.splitlines()[-1]
+    assert over_ssh.stdout.splitlines()[-1] == tag
+    assert f"reusing {tag} (same wheels)" in over_ssh.stderr
+
+
+def test_image_build_on_a_host_that_cannot_be_reached_says_so(suite, known_hosts):
+    done = image_build(
+        suite(TINY) / "proj", "--host", f"ssh://nobody@127.0.0.9:1?known_hosts={known_hosts}"
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("psyduck image build: cannot reach the Docker engine of ssh://")
