@@ -969,9 +969,8 @@ class DockerHost(Host):
             binds = {volume: {"bind": INJECT_DIR, "mode": "ro"}}
         else:
             binds = injected_binds(self._module_dirs)
-        labels = {LABEL_FARM: FARM_ID, LABEL_HOST: self.name}
         try:
-            facts = await probe_image(engine, image, self.python, binds, labels)
+            facts = await probe_image(engine, image, self.python, binds, self.name)
         except ValueError as exc:
             return str(exc)
         except docker.errors.APIError as exc:

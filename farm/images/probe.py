@@ -18,6 +18,10 @@ from farm.images.check import PROBE_MARKER, parse_probe_output
 if TYPE_CHECKING:
     from farm.hosts.docker import Engine
 
+#: Label naming the host a probe container checks for.  Probes carry the farm's
+#: label too (so the reaper removes any left behind), but not the host label of
+#: workers: nothing that lists a host's workers mistakes a probe for one.
+LABEL_PROBE = "psyduck.probe"
 #: Seconds the probe container may take from start to exit (it imports pytest).
 PROBE_TIMEOUT = 120.0
 #: Bytes of the probe's output read back: its JSON line, or an error's tail.
@@ -63,15 +67,15 @@ async def probe_image(
     image: str,
     python: str,
     binds: dict[str, dict[str, str]],
-    labels: dict[str, str],
+    host: str,
 ) -> dict[str, Any]:
     """Run :data:`PROBE_SCRIPT` in a throw-away container of *image*; its facts.
 
     *binds* mount psyduck's packages where workers find them (``PYTHONPATH``);
-    *labels* let the reaper remove the container should this process die.
+    *host* names the host it checks for, in the container's labels.
     ValueError says why the image could not answer (no interpreter, it crashed).
     """
-    from farm.hosts.containers import INJECT_DIR
+    from farm.hosts.containers import FARM_ID, INJECT_DIR, LABEL_FARM
     from farm.hosts.docker import _explanation
 
     api = engine.api
@@ -81,7 +85,7 @@ async def probe_image(
         [python, "-c", PROBE_SCRIPT],
         environment={"PYTHONPATH": INJECT_DIR, "PYTHONDONTWRITEBYTECODE": "1"},
         entrypoint=[],
-        labels=labels,
+        labels={LABEL_FARM: FARM_ID, LABEL_PROBE: host},
         network_disabled=True,
         host_config=api.create_host_config(
             binds=binds,
