@@ -73,13 +73,15 @@ class _BuildArguments(argparse.ArgumentParser):
 
 def build_arguments(config: pytest.Config) -> argparse.Namespace:
     """Ini ``psyduck_image_build`` parsed as ``psyduck image build`` parses its options;
-    the project defaults to the rootdir."""
+    the project defaults to the rootdir, and requirements files are relative to it."""
     from farm.images.build import add_build_arguments
 
     parser = _BuildArguments(prog="psyduck_image_build", add_help=False)
     add_build_arguments(parser)
     parser.set_defaults(project=str(config.rootpath))
-    return parser.parse_args(shlex.split(config.getini("psyduck_image_build")))
+    args = parser.parse_args(shlex.split(config.getini("psyduck_image_build")))
+    args.requirements = [str(config.rootpath / name) for name in args.requirements]
+    return args
 
 
 def _progress(config: pytest.Config) -> Callable[[str], None]:

@@ -162,7 +162,7 @@ def base_facts(api: docker.APIClient, base: str) -> dict[str, str]:
             host_config=api.create_host_config(network_mode="none"),
         )
     except docker.errors.ImageNotFound as exc:
-        raise BuildError(f"the base image {base!r} is not on the local Docker engine") from exc
+        raise BuildError(f"the base image {base!r} is not on the Docker engine") from exc
     try:
         try:
             api.start(container)

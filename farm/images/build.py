@@ -200,7 +200,7 @@ def build_project_image(
         base = base or debian_base(api, python_minor, cache, progress)
         base_id = image_id(api, base)
         if base_id is None:
-            raise BuildError(f"the base image {base!r} is not on the local Docker engine")
+            raise BuildError(f"the base image {base!r} is not on the Docker engine")
         key = recipe.declared_key(python_minor, [*requirements, *installed], base_id)
         asked = cache / "tags" / key
         if not refresh and asked.is_file():

@@ -148,7 +148,7 @@ def test_docker_hosts_without_an_image_name_get_the_projects_own(docker_image, s
     ("args", "said"),
     [
         (("--base", NO_PYTHON), f"the base image {NO_PYTHON!r} has no usable python3: "),
-        (("--base", "psyduck-test:no-such-tag"), "is not on the local Docker engine"),
+        (("--base", "psyduck-test:no-such-tag"), "is not on the Docker engine"),
         (("--group", "nope"), "no dependency group 'nope' (known: none)"),
         (("--extras", "nope"), "no extra 'nope' in [project.optional-dependencies]"),
         (("-r", "missing.txt"), "cannot read missing.txt: "),

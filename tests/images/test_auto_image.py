@@ -34,7 +34,7 @@ def test_build_options_come_from_the_ini_with_the_rootdir_as_project(pytester):
     args = build_arguments(pytester.parseconfig())
     assert args.group == ["tests"]
     assert args.extras == "a,b"
-    assert args.requirements == ["req.txt"]
+    assert args.requirements == [str(pytester.path / "req.txt")]
     assert args.project == str(pytester.path)
 
 
