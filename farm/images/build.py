@@ -41,7 +41,9 @@ from farm.images.base import (
     run_tool,
 )
 from farm.images.requirements import (
+    Requirements,
     RequirementsError,
+    merged_constraints,
     project_dependencies,
     project_name,
     read_requirements,
@@ -94,8 +96,9 @@ def environment_pins() -> tuple[list[str], list[str]]:
 
 def declared_requirements(
     project: Path, extras: Sequence[str], groups: Sequence[str], requirement_files: Sequence[str]
-) -> tuple[str, list[str]]:
-    """(project name, its declared requirements) from pyproject.toml and requirements files."""
+) -> tuple[str, Requirements]:
+    """(project name, its declared requirements and constraints) from pyproject.toml and
+    requirements files."""
     pyproject: dict = {}
     path = project / "pyproject.toml"
     try:
@@ -104,9 +107,9 @@ def declared_requirements(
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise BuildError(f"{path}: {exc}") from exc
     try:
-        found = project_dependencies(pyproject, extras, groups)
+        found = Requirements(project_dependencies(pyproject, extras, groups))
         for name in requirement_files:
-            found += read_requirements(name, lambda p: Path(p).read_text())
+            read_requirements(name, lambda p: Path(p).read_text(), found)
     except RequirementsError as exc:
         raise BuildError(str(exc)) from exc
     return project_name(pyproject, project.resolve().name), found
@@ -192,7 +195,8 @@ def build_project_image(
     project = Path(project)
     name, declared = declared_requirements(project, extras, groups, requirement_files)
     plugins, installed = environment_pins()
-    requirements = [*declared, *plugins]
+    requirements = [*declared.requirements, *plugins]
+    constrained = merged_constraints(declared.constraints, installed)
     python_minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     cache = cache_dir()
     api = engine(host)
@@ -201,7 +205,8 @@ def build_project_image(
         base_id = image_id(api, base)
         if base_id is None:
             raise BuildError(f"the base image {base!r} is not on the Docker engine")
-        key = recipe.declared_key(python_minor, [*requirements, *installed], base_id)
+        asked_for = [*requirements, *(f"-c {line}" for line in constrained)]
+        key = recipe.declared_key(python_minor, asked_for, base_id)
         asked = cache / "tags" / key
         if not refresh and asked.is_file():
             tag = asked.read_text().strip()
@@ -218,7 +223,7 @@ def build_project_image(
             wheels_dir = context / recipe.WHEELS_DIR
             wheels_dir.mkdir()
             constraints = context / "constraints.txt"
-            constraints.write_text("\n".join(installed) + "\n")
+            constraints.write_text("\n".join(constrained) + "\n")
             wheels = fetch_wheels(requirements, constraints, facts, wheels_dir, progress)
             tag = recipe.image_tag(name, recipe.inputs_digest(python_minor, wheels, base_id))
             if image_id(api, tag):

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
+
+from farm.images.recipe import normalize
 
 
 class RequirementsError(ValueError):
@@ -96,7 +99,8 @@ _SKIPPED_OPTIONS = (
     "--no-binary",
     "--use-feature",
 )
-_INCLUDE = re.compile(r"^(?:-r|--requirement|-c|--constraint)(?:\s+|=)(.+)$")
+_INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(?:\s+|=)(.+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 _COMMENT = re.compile(r"(^|\s+)#.*$")
 
 
@@ -117,16 +121,32 @@ def requirements_lines(text: str) -> list[str]:
     return lines
 
 
-def read_requirements(
-    path: str, read: Callable[[str], str], _seen: tuple[str, ...] = ()
-) -> list[str]:
-    """The requirements of the file *path* (read with *read*), ``-r``/``-c`` files included.
+@dataclass
+class Requirements:
+    """What requirements files ask for: requirements, and constraints (``-c`` files)."""
 
-    Constraint files (``-c``) are read as requirements too: the image pins what
-    they pin.  Index and binary options are skipped (the build machine's pip
-    configuration applies); an editable (``-e``) or any other option is an error,
-    since the image holds dependencies, not projects under development.
+    requirements: list[str] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)
+
+
+def read_requirements(
+    path: str,
+    read: Callable[[str], str],
+    found: Requirements | None = None,
+    *,
+    constraining: bool = False,
+    _seen: tuple[str, ...] = (),
+) -> Requirements:
+    """What the file *path* (read with *read*) asks for, ``-r`` and ``-c`` files included.
+
+    Lines of a constraint file (``-c``), and of every file it includes, are
+    constraints: pins of what else is installed, not things to install.  Index
+    and binary options are skipped (the build machine's pip configuration
+    applies); an editable (``-e``) or any other option is an error, since the
+    image holds dependencies, not projects under development.  Results are
+    added to *found* when given.
     """
+    found = Requirements() if found is None else found
     if path in _seen:
         raise RequirementsError(
             f"requirements files include a cycle: {' -> '.join((*_seen, path))}"
@@ -136,12 +156,12 @@ def read_requirements(
     except OSError as exc:
         where = f" (included from {_seen[-1]})" if _seen else ""
         raise RequirementsError(f"cannot read {path}{where}: {exc}") from exc
-    found: list[str] = []
     for line in requirements_lines(text):
         include = _INCLUDE.match(line)
         if include:
-            target = str(PurePosixPath(path).parent / include.group(1).strip())
-            found += read_requirements(target, read, (*_seen, path))
+            target = str(PurePosixPath(path).parent / include.group(2).strip())
+            nested = constraining or include.group(1) in ("-c", "--constraint")
+            read_requirements(target, read, found, constraining=nested, _seen=(*_seen, path))
         elif line.startswith(_SKIPPED_OPTIONS):
             continue
         elif line.startswith("-"):
@@ -150,5 +170,19 @@ def read_requirements(
                 "(only requirements, -r/-c and index options)"
             )
         else:
-            found.append(line)
+            (found.constraints if constraining else found.requirements).append(line)
     return found
+
+
+def requirement_name(line: str) -> str:
+    """The normalized project name a requirement or constraint line is about."""
+    match = _NAME.match(line.strip())
+    return normalize(match.group(0)) if match else ""
+
+
+def merged_constraints(project: Iterable[str], environment: Iterable[str]) -> list[str]:
+    """The project's constraints, then the environment's pins of every other project:
+    a version the project's constraint files choose wins over the one installed here."""
+    project = list(project)
+    pinned = {requirement_name(line) for line in project}
+    return [*project, *(pin for pin in environment if requirement_name(pin) not in pinned)]

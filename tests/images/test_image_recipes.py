@@ -20,9 +20,11 @@ from farm.images.check import (
 from farm.images.probe import describe_start_failure
 from farm.images.requirements import (
     RequirementsError,
+    merged_constraints,
     project_dependencies,
     project_name,
     read_requirements,
+    requirement_name,
     requirements_lines,
 )
 from farm.protocol import ProtocolError
@@ -124,7 +126,8 @@ FILES = {
         "    <3\n"
     ),
     "sub/dev.txt": "-c constraints.txt\nhypothesis[cli]==6.1 ; python_version >= '3.8'\n",
-    "sub/constraints.txt": "idna==3.4\n",
+    "sub/constraints.txt": "idna==3.4\n-r more-pins.txt\n",
+    "sub/more-pins.txt": "Certifi_X==2024.2.2  # a pin, not a requirement\n",
     "loop.txt": "-r loop2.txt\n",
     "loop2.txt": "--requirement=loop.txt\n",
     "editable.txt": "-e ./src\n",
@@ -140,12 +143,27 @@ def read(path: str) -> str:
 
 
 def test_requirements_nesting_comments_continuations_and_options():
-    assert read_requirements("requirements.txt", read) == [
+    found = read_requirements("requirements.txt", read)
+    assert found.requirements == [
         "requests>=2",
-        "idna==3.4",
         "hypothesis[cli]==6.1 ; python_version >= '3.8'",
         "urllib3     <3",
     ]
+    # A -c file, and whatever it includes, only constrains.
+    assert found.constraints == ["idna==3.4", "Certifi_X==2024.2.2"]
+
+
+def test_the_projects_constraints_win_over_the_environments_versions():
+    merged = merged_constraints(
+        ["Idna==3.4", "certifi<2025"], ["idna==3.7", "six==1.17.0", "Certifi==2025.1.1"]
+    )
+    assert merged == ["Idna==3.4", "certifi<2025", "six==1.17.0"]
+
+
+def test_requirement_names_are_normalized():
+    assert requirement_name("Certifi_X==2024.2.2") == "certifi-x"
+    assert requirement_name("hypothesis[cli]>=6 ; python_version >= '3.8'") == "hypothesis"
+    assert requirement_name("  zope.interface") == "zope-interface"
 
 
 def test_requirements_include_cycle_is_an_error():
