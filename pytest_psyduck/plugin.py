@@ -93,7 +93,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="kill and fail a test that runs longer (default: no timeout)",
     )
     group.addoption(
-        "--psyduck-image", metavar="IMAGE", default=None, help="test image for docker/ssh hosts"
+        "--psyduck-image",
+        metavar="IMAGE",
+        default=None,
+        help="test image for docker/ssh hosts; 'auto' (the default for the embedded farm's "
+        "docker/ssh hosts) builds or reuses the project's own (psyduck image build)",
     )
     group.addoption(
         "--psyduck-transform",
@@ -105,6 +109,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("psyduck_hosts", "default --psyduck-hosts", default="")
     parser.addini("psyduck_timeout", "default --psyduck-timeout in seconds", default="")
     parser.addini("psyduck_image", "default --psyduck-image", default="")
+    parser.addini(
+        "psyduck_image_build",
+        "options of 'psyduck image build' for --psyduck-image auto, e.g. --group tests",
+        default="",
+    )
     parser.addini(
         "psyduck_transformations",
         "env-only test transformations, one a line: NAME: KEY=VALUE KEY=VALUE",

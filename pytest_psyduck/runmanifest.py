@@ -17,6 +17,7 @@ import pytest
 
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
 from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.images import run_image
 from pytest_psyduck.marks import hints_for
 from pytest_psyduck.transformations import Transformation, transformation_of
 
@@ -73,7 +74,7 @@ def build_manifest(
             root=project_root(config),
         ),
         name=f"{getpass.getuser()}@{socket.gethostname()}:{config.rootpath.name}",
-        image=config.getoption("psyduck_image") or config.getini("psyduck_image") or None,
+        image=run_image(config),
         profiles=profiles,
     )
 

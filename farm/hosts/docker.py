@@ -28,6 +28,8 @@ A run's image the engine lacks is pulled, when the farm has pokedex, from the
 registry face of its first node (``HOST:PORT/<image>``, the farm's pokedex token,
 never a user's, as the password), through the engine, once per host and image at
 a time, then tagged as the name the run asked for (:meth:`DockerHost._provide_image`).
+Before a run is submitted, its client has the farm check the image once per host
+and image id (:meth:`DockerHost.image_problem`, :mod:`farm.images.check`).
 
 The docker SDK is blocking; every call runs in a thread with a timeout.  Each
 attach stream has one reader thread that demultiplexes it and hands complete
@@ -72,18 +74,22 @@ from farm.hosts.base import (
 from farm.hosts.containers import (
     COPY_SKIP,
     FARM_ID,
+    INJECT_DIR,
     INJECTED_PACKAGES,
     LABEL_FARM,
     LABEL_HOST,
     ContainerPlan,
     Limits,
     host_share,
+    injected_binds,
     owner_is_gone,
     plan_container,
     shard_limits,
     update_fields,
 )
 from farm.hosts.local import default_cache_dir
+from farm.images.check import Expectation, image_problem
+from farm.images.probe import probe_image
 from farm.manifest import TestSpec
 from farm.protocol import FrameDecoder, ProtocolError, frame
 from farm.snapshots import SnapshotCache
@@ -813,6 +819,8 @@ class DockerHost(Host):
         #: Per test image the run asked for: the reference its containers start from,
         #: once the engine has it (looked up, or pulled from pokedex: once at a time).
         self._images: dict[str, asyncio.Future[str]] = {}
+        #: Verdicts of the up-front image check, per image id and client expectation.
+        self._verdicts: dict[tuple[str, Expectation], asyncio.Future[str | None]] = {}
         self._pulls: set[ImagePull] = set()
         self._spares: dict[int, _Spare] = {}
         self._background: set[asyncio.Future[None]] = set()
@@ -821,6 +829,10 @@ class DockerHost(Host):
         self._volumes: dict[str, asyncio.Future[str]] = {}
 
     # -- engine ------------------------------------------------------------------
+    def connect_engine(self) -> docker.APIClient:
+        """A new, blocking client of this host's engine, for tools (``psyduck image build``)."""
+        return self._connect()
+
     async def _ensure_engine(self) -> Engine:
         async with self._engine_lock:
             if self._engine is not None and self._engine.alive:
@@ -897,6 +909,9 @@ class DockerHost(Host):
         for pull in list(self._pulls):
             pull.abort()
         await asyncio.gather(*self._images.values(), return_exceptions=True)
+        for verdict in self._verdicts.values():
+            verdict.cancel()  # a probe still running removes its container as it ends
+        await asyncio.gather(*self._verdicts.values(), return_exceptions=True)
         spares, self._spares = self._spares, {}
         for spare in spares.values():
             spare.expiry.cancel()
@@ -935,6 +950,49 @@ class DockerHost(Host):
                 result["image_present"] = False
                 result["problem"] = str(exc)
         return result
+
+    async def image_problem(
+        self, image: str | None, expect: Expectation, run: RunContext
+    ) -> str | None:
+        """Why the test image cannot run this host's workers (one line), or None.
+
+        *image* (else the host's own) is provided as for a run (pulled from
+        *run*'s pokedex if missing), then probed once per image id and
+        *expect* (:mod:`farm.images.check`).
+        """
+        image = image or self.image
+        if not image:
+            return f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
+        try:
+            engine = await self._ensure_engine()
+            reference = await self._run_image(engine, image, run)
+            image_id = (await engine.call(engine.api.inspect_image, reference))["Id"]
+            verdict = self._verdicts.get((image_id, expect))
+            if verdict is None or (verdict.done() and not _succeeded(verdict)):
+                verdict = asyncio.ensure_future(self._probe(engine, reference, expect))
+                self._verdicts[(image_id, expect)] = verdict
+            problem = await asyncio.shield(verdict)
+        except HostError as exc:
+            return str(exc)
+        except docker.errors.APIError as exc:
+            problem = f"the engine refused to check it: {_explanation(exc)}"
+        except TimeoutError:
+            problem = "shipping psyduck's worker code to check it timed out"
+        return f"host {self.name}: test image {image!r}: {problem}" if problem else None
+
+    async def _probe(self, engine: Engine, image: str, expect: Expectation) -> str | None:
+        if self.remote:
+            volume = await self._volume(engine, image, "inject", "inject", dict(self._module_dirs))
+            binds = {volume: {"bind": INJECT_DIR, "mode": "ro"}}
+        else:
+            binds = injected_binds(self._module_dirs)
+        try:
+            facts = await probe_image(engine, image, self.python, binds, self.name)
+        except ValueError as exc:
+            return str(exc)
+        except docker.errors.APIError as exc:
+            return f"a container of it cannot be created: {_explanation(exc)}"
+        return image_problem(facts, expect)
 
     # -- workers -----------------------------------------------------------------
     async def _check_image(self, engine: Engine, image: str) -> None:
