@@ -3,7 +3,8 @@
 * ``psyduck farm serve --config farm.toml`` — the coordinator as a long-lived service
   (SIGHUP rereads its ``tokens_file``; no credential of it reaches a worker);
 * ``psyduck farm status`` — hosts, slots in use, runs (with their owners) and queued tests;
-* ``psyduck hosts check`` — reach each host and say what is wrong with it.
+* ``psyduck hosts check`` — reach each host and say what is wrong with it;
+* ``psyduck image build`` — build (or reuse) the project's test image.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from farm.config import (
 from farm.coordinator import Coordinator
 from farm.hosts import HostSpecError, parse_hosts
 from farm.hosts.base import Host, HostError
+from farm.images.build import add_build_arguments
+from farm.images.check import check_context, local_expectation
 from farm.service import make_app
 from farm.tokens import Tokens, scrub
 
@@ -179,7 +182,14 @@ async def check_hosts(hosts: list[Host], image: str | None) -> list[dict[str, An
     async def one(host: Host) -> dict[str, Any]:
         try:
             await asyncio.wait_for(host.start(), 30)
-            return await asyncio.wait_for(host.check(image), 30)
+            wanted = image or getattr(host, "image", None)  # else the host's own (farm.toml)
+            result = await asyncio.wait_for(host.check(wanted), 30)
+            if wanted and not result.get("problem") and hasattr(host, "image_problem"):
+                problem = await host.image_problem(wanted, local_expectation(), check_context())
+                result["image_usable"] = problem is None
+                if problem:
+                    result["problem"] = problem
+            return result
         except Exception as exc:  # report every failure as a finding, never a traceback
             return {
                 **host.describe(),
@@ -232,9 +242,41 @@ def _parser() -> argparse.ArgumentParser:
     source = check.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="farm.toml")
     source.add_argument("--hosts", help="host list, as for --psyduck-hosts")
-    check.add_argument("--image", help="report whether this image is present on each host")
+    check.add_argument(
+        "--image",
+        help="report whether this image is on each host and can run psyduck's workers "
+        "(Python and pytest of this interpreter's versions)",
+    )
     check.add_argument("--json", action="store_true", help="print JSON")
+
+    image = commands.add_parser("image", help="test images").add_subparsers(
+        dest="action", required=True
+    )
+    build = image.add_parser(
+        "build", help="build (or reuse) the project's test image; prints its tag last"
+    )
+    add_build_arguments(build)
+    build.add_argument("--push", metavar="URL", help="store the image in this pokedex node")
+    build.add_argument("--token-file", help="pokedex token for --push (else env PSYDUCK_TOKEN)")
     return parser
+
+
+def build_image(args: argparse.Namespace) -> int:
+    """``psyduck image build``: progress on stderr, the tag on stdout's last line."""
+    from farm.images.build import BuildError, build_from_arguments, push_image
+
+    def progress(line: str) -> None:
+        print(f"psyduck image: {line}", file=sys.stderr, flush=True)
+
+    try:
+        built = build_from_arguments(args, progress)
+        if args.push:
+            push_image(built.tag, args.push, read_token(args.token_file), progress, args.host)
+    except BuildError as exc:
+        print(f"psyduck image build: {exc}", file=sys.stderr)
+        return 1
+    print(built.tag)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             report = asyncio.run(status(args.farm, read_token(args.token_file)))
             print(json.dumps(report, indent=2) if args.json else format_status(report))
             return 0
+        if args.command == "image":
+            return build_image(args)
         hosts = (
             [build_host(h) for h in load_config(args.config).hosts]
             if args.config

@@ -18,6 +18,8 @@ from farm.protocol import HEARTBEAT, MAX_MESSAGE_BYTES, MSGPACK, ProtocolError, 
 
 REQUEST_TIMEOUT = 120.0
 ATTACH_TIMEOUT = 30.0
+#: Seconds an image check may take: hosts may pull the image first (up to 11 minutes).
+CHECK_TIMEOUT = 900.0
 #: Silence after which the event stream is taken for dead (the farm pings every HEARTBEAT).
 STREAM_IDLE_TIMEOUT = 2 * HEARTBEAT + 5.0
 
@@ -88,14 +90,16 @@ class FarmClient:
     async def __aexit__(self, *exc_info: object) -> None:
         pass  # every request has its own connection, closed when it is answered
 
-    async def _request(self, method: str, path: str, body: bytes = b"") -> dict:
+    async def _request(
+        self, method: str, path: str, body: bytes = b"", timeout: float = REQUEST_TIMEOUT
+    ) -> dict:
         try:
             response = await http.request(
                 method,
                 self.url + path,
                 headers={**self._headers, "Content-Type": MSGPACK, "Accept": MSGPACK},
                 body=body,
-                timeout=REQUEST_TIMEOUT,
+                timeout=timeout,
                 max_bytes=MAX_MESSAGE_BYTES,
             )
         except http.HTTPError as exc:
@@ -138,6 +142,14 @@ class FarmClient:
 
     async def cancel(self, run_id: str) -> None:
         await self._request("POST", f"/v1/runs/{run_id}/cancel")
+
+    async def check_image(self, request: dict[str, Any]) -> list[str]:
+        """The farm's verdict on a ``check_image`` request: one line per unusable host's image.
+
+        Its hosts may first pull the image and then start a container of it.
+        """
+        reply = await self._request("POST", "/v1/images/check", encode(request), CHECK_TIMEOUT)
+        return [str(problem) for problem in reply.get("problems") or ()]
 
     async def info(self) -> dict[str, Any]:
         return await self._request("GET", "/v1/info")

@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 
 from farm.manifest import RunManifest, TestSpec, parse_manifest
-from farm.protocol import MAX_MESSAGE_BYTES, VERSION, ProtocolError, decode
+from farm.protocol import MAX_MESSAGE_BYTES, ProtocolError, check_envelope, decode, malformed
 from farm.scheduler import RunPlan
 
 #: First bytes of a msgpack array: fixarray, array 16, array 32.
@@ -40,20 +40,11 @@ def decode_run(body: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, 
     unpacker.feed(body)
     try:
         message = _read_top_map(unpacker, body)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"malformed msgpack: {exc}") from exc
+    except (ValueError, RecursionError, msgpack.UnpackException) as exc:
+        raise malformed(exc) from exc
     if unpacker.tell() != len(body):
-        raise ProtocolError("trailing bytes after the message")
-    version = message.get("v")
-    if version != VERSION:
-        raise ProtocolError(
-            f"protocol version mismatch: got {version!r}, this side speaks {VERSION}; "
-            "install the same psyduck version on both sides"
-        )
-    kind = message.get("t")
-    if not isinstance(kind, str) or not kind:
-        raise ProtocolError("message has no string type field 't'")
-    return message
+        raise malformed(msgpack.ExtraData(message, body[unpacker.tell() :]))
+    return check_envelope(message)
 
 
 def _read_top_map(unpacker: msgpack.Unpacker, body: bytes) -> dict[str, Any]:

@@ -13,6 +13,11 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterable
 
+#: What a psyduck worker imports beyond pytest: psyduck's packages and msgpack.  The
+#: plugin names them, with its own directories, in every run (``worker.inject``);
+#: farm tools without a run (``psyduck hosts check --image``) check the farm's own.
+WORKER_PACKAGES = ("pytest_psyduck", "farm", "pokedex", "msgpack")
+
 
 def package_dir(name: str) -> str | None:
     """The directory of the top-level package *name*, None if it is not an installed package."""

@@ -58,20 +58,28 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]
         )
     try:
         message = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except msgpack.ExtraData as exc:
-        raise ProtocolError(
-            f"malformed msgpack: {len(exc.extra)} byte(s) after the end of the message"
-        ) from exc
-    except (msgpack.StackError, RecursionError) as exc:
-        raise ProtocolError(f"malformed msgpack: nested more than {MAX_DEPTH} levels deep") from exc
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(
-            f"malformed msgpack: a string is not valid UTF-8 ({exc.reason})"
-        ) from exc
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"malformed msgpack: {_unpack_problem(exc)}") from exc
+    except (ValueError, RecursionError, msgpack.UnpackException) as exc:
+        raise malformed(exc) from exc
     if not isinstance(message, dict):
         raise ProtocolError(f"message must be a map, got {type(message).__name__}")
+    return check_envelope(message)
+
+
+def malformed(exc: Exception) -> ProtocolError:
+    """The error for bytes msgpack could not unpack (*exc*, one of its errors), in words."""
+    if isinstance(exc, msgpack.ExtraData):
+        problem = f"{len(exc.extra)} byte(s) after the end of the message"
+    elif isinstance(exc, msgpack.StackError | RecursionError):
+        problem = f"nested more than {MAX_DEPTH} levels deep"
+    elif isinstance(exc, UnicodeDecodeError):
+        problem = f"a string is not valid UTF-8 ({exc.reason})"
+    else:
+        problem = _unpack_problem(exc)
+    return ProtocolError(f"malformed msgpack: {problem}")
+
+
+def check_envelope(message: dict[str, Any]) -> dict[str, Any]:
+    """*message* if it speaks this protocol version and names its type, else ProtocolError."""
     version = message.get("v")
     if version != VERSION:
         raise ProtocolError(

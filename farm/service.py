@@ -10,6 +10,10 @@ submitted it, and only that name or an admin may watch or cancel it):
   The client may send ``cancel``; closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
 * ``GET /v1/status`` — hosts, slots, runs and queued tests.
+* ``POST /v1/images/check`` — msgpack ``check_image`` {image, python, pytest}; 200
+  with ``problems``, one line per docker/ssh host whose test image cannot run
+  this client's workers (:mod:`farm.images.check`); the client asks before it
+  submits a run.
 * ``GET /v1/info`` — protocol version and the farm's pokedex URLs (where
   clients push their snapshots).
 
@@ -27,6 +31,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from farm.coordinator import Coordinator, Run, event_batches
+from farm.images.check import check_context, hosts_problems, parse_check_request
 from farm.intake import Unplaceable, read_run
 from farm.protocol import (
     HEARTBEAT,
@@ -161,6 +166,18 @@ async def info(request: web.Request) -> web.Response:
     )
 
 
+async def check_image(request: web.Request) -> web.Response:
+    try:
+        image, expect = parse_check_request(decode(await request.read()))
+    except ProtocolError as exc:
+        return error(request, 400, str(exc))
+    coordinator = request.app[COORDINATOR_KEY]
+    hosts = [state.host for state in coordinator.hosts if not state.quarantined]
+    context = check_context(coordinator.pokedex_urls, coordinator.pokedex_token)
+    problems = await hosts_problems(hosts, image, expect, context)
+    return reply(request, {"t": "image_checked", "problems": problems})
+
+
 async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -174,5 +191,6 @@ def make_app(coordinator: Coordinator, tokens: Tokens) -> web.Application:
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/info", info)
+    app.router.add_post("/v1/images/check", check_image)
     app.router.add_get("/v1/health", health)
     return app

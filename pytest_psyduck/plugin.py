@@ -94,7 +94,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="kill and fail a test that runs longer (default: no timeout)",
     )
     group.addoption(
-        "--psyduck-image", metavar="IMAGE", default=None, help="test image for docker/ssh hosts"
+        "--psyduck-image",
+        metavar="IMAGE",
+        default=None,
+        help="test image for docker/ssh hosts; 'auto' (the default for the embedded farm's "
+        "docker/ssh hosts) builds or reuses the project's own (psyduck image build)",
     )
     group.addoption(
         "--psyduck-pass-env",
@@ -119,6 +123,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "environment variables (fnmatch patterns, one a line) docker and ssh workers get",
         type="linelist",
         default=[],
+    )
+    parser.addini(
+        "psyduck_image_build",
+        "options of 'psyduck image build' for --psyduck-image auto, e.g. --group tests",
+        default="",
     )
     parser.addini(
         "psyduck_transformations",

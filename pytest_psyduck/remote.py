@@ -11,6 +11,7 @@ import pytest
 
 from farm.client import FarmClient, FarmError
 from farm.manifest import RunManifest
+from pytest_psyduck.images import check_image, ship_image
 from pytest_psyduck.plugin import remote_farm_url
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.sidecar import Sidecar, SidecarError
@@ -57,6 +58,7 @@ async def run(
         token = farm_token(config)
         async with FarmClient(url, token) as client:
             manifest = await _with_snapshot(config, client, manifest, token)
+            await ship_image(config, client, manifest, token)
             await _follow(session, client, manifest, replayer)
         return
     sidecar.launcher.serve()
@@ -75,7 +77,9 @@ async def run(
 async def _follow(
     session: pytest.Session, client: FarmClient, manifest: RunManifest, replayer: Replayer
 ) -> None:
-    """Submit the run and replay its events; -x, Ctrl-C or a lost farm end it early."""
+    """Check the run's image, submit the run and replay its events; -x, Ctrl-C or a lost
+    farm end it early."""
+    await check_image(session.config, client, manifest)
     run_id = await client.submit(manifest)
     stream = await client.attach(run_id)
     try:

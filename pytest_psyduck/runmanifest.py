@@ -18,16 +18,14 @@ import socket
 import pytest
 
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
-from farm.packages import package_dirs
+from farm.packages import WORKER_PACKAGES, package_dirs
 from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.images import run_image
 from pytest_psyduck.marks import hints_for
 from pytest_psyduck.passenv import pass_env_patterns, passed_environment
 from pytest_psyduck.transformations import Transformation, transformation_of
 
 WORKER_MODULE = "pytest_psyduck.workermain"
-#: What a worker imports beyond pytest: psyduck's packages and msgpack.  Hosts
-#: inject them into containers (read-only, under ``/opt/psyduck``).
-WORKER_PACKAGES = ("pytest_psyduck", "farm", "pokedex", "msgpack")
 
 
 def group_of(item: pytest.Item) -> str:
@@ -82,7 +80,7 @@ def build_manifest(
             inject=package_dirs(WORKER_PACKAGES),
         ),
         name=f"{getpass.getuser()}@{socket.gethostname()}:{config.rootpath.name}",
-        image=config.getoption("psyduck_image") or config.getini("psyduck_image") or None,
+        image=run_image(config),
         profiles=profiles,
     )
 

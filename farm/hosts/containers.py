@@ -17,7 +17,7 @@ from typing import Any
 from farm.hosts.base import RunContext, RunError
 from farm.hosts.local import worker_environment
 from farm.manifest import TestSpec
-from farm.packages import package_dirs
+from farm.packages import WORKER_PACKAGES, package_dirs
 
 #: Where psyduck's own worker code is mounted inside a container.
 INJECT_DIR = "/opt/psyduck"
@@ -245,6 +245,16 @@ def inject_sources(requested: Mapping[str, str], *, client_disk: bool) -> dict[s
     if missing:
         raise RunError(f"the run's workers need {', '.join(missing)}, not {where}")
     return found
+
+
+def checked_sources(run: RunContext, *, client_disk: bool) -> dict[str, str]:
+    """What an image check mounts: the packages *run* names (:func:`inject_sources`), or
+    for a check without a run's packages (``psyduck hosts check --image``, the check a
+    client asks for before it submits) the farm's own installation of
+    :data:`~farm.packages.WORKER_PACKAGES`."""
+    if run.manifest.worker.inject:
+        return inject_sources(run.manifest.worker.inject, client_disk=client_disk)
+    return package_dirs(WORKER_PACKAGES)
 
 
 def injected_binds(module_dirs: Mapping[str, str]) -> dict[str, dict[str, str]]:

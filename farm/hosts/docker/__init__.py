@@ -12,9 +12,9 @@ transport for ``ssh://…`` (:mod:`farm.hosts.ssh`).  One module per concern:
 * :mod:`~farm.hosts.docker.host` — :class:`DockerHost`, which puts them together.
 """
 
-from farm.hosts.docker.engine import API_TIMEOUT, API_VERSION, local_engine
+from farm.hosts.docker.engine import API_TIMEOUT, API_VERSION, Engine, local_engine
 from farm.hosts.docker.host import DockerHost
-from farm.hosts.docker.images import registry_address
+from farm.hosts.docker.images import PULL_USER, registry_address
 from farm.hosts.docker.options import HOST_OPTIONS, host_options
 from farm.hosts.docker.volumes import payload_tar
 from farm.hosts.docker.worker import StreamDemux, exit_info
@@ -23,7 +23,9 @@ __all__ = [
     "API_TIMEOUT",
     "API_VERSION",
     "HOST_OPTIONS",
+    "PULL_USER",
     "DockerHost",
+    "Engine",
     "StreamDemux",
     "exit_info",
     "host_options",

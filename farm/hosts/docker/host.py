@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import docker
 import docker.errors
 
 from farm.hosts.base import Host, HostError, OutputHandler, RunContext, WorkerConnection
@@ -41,6 +42,7 @@ from farm.hosts.docker.images import ImagePull, ImageSupply
 from farm.hosts.docker.volumes import PayloadVolumes
 from farm.hosts.docker.worker import DockerWorker, discard, start_container
 from farm.hosts.local import default_cache_dir
+from farm.images.check import Expectation
 from farm.manifest import TestSpec
 from farm.snapshots import SnapshotCache
 
@@ -119,6 +121,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         #: Per test image the run asked for: the reference its containers start from,
         #: once the engine has it (looked up, or pulled from pokedex: once at a time).
         self._images: dict[str, asyncio.Future[str]] = {}
+        self._verdicts: dict[tuple[str, Expectation, str], asyncio.Future[str | None]] = {}
         self._pulls: set[ImagePull] = set()
         self._spares: dict[int, _Spare] = {}
         self._background: set[asyncio.Future[None]] = set()
@@ -128,6 +131,10 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         self._volumes: dict[str, asyncio.Future[str]] = {}
 
     # -- engine ------------------------------------------------------------------
+    def connect_engine(self) -> docker.APIClient:
+        """A new, blocking client of this host's engine, for tools (``psyduck image build``)."""
+        return self._connect()
+
     async def _ensure_engine(self) -> Engine:
         async with self._engine_lock:
             if self._engine is not None and self._engine.alive:
@@ -205,6 +212,9 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         for pull in list(self._pulls):
             pull.abort()
         await asyncio.gather(*self._images.values(), return_exceptions=True)
+        for verdict in self._verdicts.values():
+            verdict.cancel()  # a probe still running removes its container as it ends
+        await asyncio.gather(*self._verdicts.values(), return_exceptions=True)
         spares, self._spares = self._spares, {}
         for spare in spares.values():
             spare.expiry.cancel()

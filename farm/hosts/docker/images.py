@@ -5,7 +5,9 @@ registry face of its first node (``HOST:PORT/<image>``, the farm's pokedex token
 never a user's, as the password), through the engine, once per host and image at
 a time, then tagged as the name the run asked for
 (:meth:`ImageSupply._provide_image`).  Workers extend the ``PYTHONPATH`` the
-image sets, so it is looked up too.
+image sets, so it is looked up too.  Before a run is submitted, its client has
+the farm check the image once per host, image id and injected packages
+(:meth:`ImageSupply.image_problem`, :mod:`farm.images.check`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +29,17 @@ import docker.utils
 import requests.exceptions
 import urllib3.exceptions
 
-from farm.hosts.base import HostError, RunContext
-from farm.hosts.containers import image_variable
+from farm.hosts.base import HostError, RunContext, RunError
+from farm.hosts.containers import (
+    INJECT_DIR,
+    checked_sources,
+    image_variable,
+    injected_binds,
+    worker_pythonpath,
+)
 from farm.hosts.docker.engine import Engine, EngineLost, bounded, explanation, raw_socket
+from farm.images.check import Expectation, image_problem
+from farm.images.probe import probe_image
 
 log = logging.getLogger("psyduck.farm.docker")
 
@@ -168,12 +179,70 @@ class ImageSupply:
     """The part of :class:`~farm.hosts.docker.DockerHost` that provides its test images."""
 
     name: str
+    image: str | None
+    python: str
+    remote: bool
+    embedded: bool
     #: Per test image the run asked for: the reference its containers start from,
     #: once the engine has it (looked up, or pulled from pokedex: once at a time).
     _images: dict[str, asyncio.Future[str]]
     _pulls: set[ImagePull]
     #: Per image reference: its own ``PYTHONPATH``, which workers extend.
     _image_paths: dict[str, str]
+    #: Verdicts of the up-front image check, per image id, client expectation and
+    #: the packages mounted for it.
+    _verdicts: dict[tuple[str, Expectation, str], asyncio.Future[str | None]]
+    _inject_volume: Callable[[Engine, str, Mapping[str, str]], Awaitable[str]]
+    _ensure_engine: Callable[[], Awaitable[Engine]]
+
+    async def image_problem(
+        self, image: str | None, expect: Expectation, run: RunContext
+    ) -> str | None:
+        """Why the test image cannot run this host's workers (one line), or None.
+
+        *image* (else the host's own) is provided as for a run (pulled from
+        *run*'s pokedex if missing), then probed once per image id, *expect*
+        (:mod:`farm.images.check`) and the packages mounted as workers get them
+        (:func:`~farm.hosts.containers.checked_sources`).
+        """
+        image = image or self.image
+        if not image:
+            return f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
+        try:
+            module_dirs = checked_sources(run, client_disk=self.embedded)
+            engine = await self._ensure_engine()
+            reference = await self._run_image(engine, image, run)
+            image_id = (await engine.call(engine.api.inspect_image, reference))["Id"]
+            key = (image_id, expect, repr(sorted(module_dirs.items())))
+            verdict = self._verdicts.get(key)
+            if verdict is None or (verdict.done() and not _succeeded(verdict)):
+                verdict = asyncio.ensure_future(self._probe(engine, reference, expect, module_dirs))
+                self._verdicts[key] = verdict
+            problem = await asyncio.shield(verdict)
+        except (HostError, RunError) as exc:
+            return str(exc) if isinstance(exc, HostError) else f"host {self.name}: {exc}"
+        except docker.errors.APIError as exc:
+            problem = f"the engine refused to check it: {explanation(exc)}"
+        except TimeoutError:
+            problem = "shipping psyduck's worker code to check it timed out"
+        return f"host {self.name}: test image {image!r}: {problem}" if problem else None
+
+    async def _probe(
+        self, engine: Engine, image: str, expect: Expectation, module_dirs: dict[str, str]
+    ) -> str | None:
+        if self.remote:
+            volume = await self._inject_volume(engine, image, module_dirs)
+            binds = {volume: {"bind": INJECT_DIR, "mode": "ro"}}
+        else:
+            binds = injected_binds(module_dirs)
+        pythonpath = worker_pythonpath(await self._image_pythonpath(engine, image))
+        try:
+            facts = await probe_image(engine, image, self.python, binds, self.name, pythonpath)
+        except ValueError as exc:
+            return str(exc)
+        except docker.errors.APIError as exc:
+            return f"a container of it cannot be created: {explanation(exc)}"
+        return image_problem(facts, expect)
 
     async def _check_image(self, engine: Engine, image: str) -> None:
         """HostError unless *image* is on the engine now (what ``hosts check`` reports)."""

@@ -86,8 +86,7 @@ class PayloadVolumes:
         module_dirs: Mapping[str, str],
     ) -> tuple[str, str]:
         """(volume of psyduck's packages, volume of the run's code) on the engine."""
-        inject_key = "\0".join(f"{name}={path}" for name, path in sorted(module_dirs.items()))
-        inject = self._volume(engine, image, "inject", inject_key, dict(module_dirs))
+        inject = self._inject_volume(engine, image, module_dirs)
         code = self._volume(
             engine, image, "code", run.manifest.snapshot or f"run:{run.run_id}", {".": code_dir}
         )
@@ -97,6 +96,13 @@ class PayloadVolumes:
             raise HostError(f"host {self.name}: cannot ship the run's code: {exc}") from exc
         except TimeoutError as exc:
             raise HostError(f"host {self.name}: shipping the run's code timed out") from exc
+
+    async def _inject_volume(
+        self, engine: Engine, image: str, module_dirs: Mapping[str, str]
+    ) -> str:
+        """The filled volume of psyduck's packages *module_dirs*, one per content."""
+        key = "\0".join(f"{name}={path}" for name, path in sorted(module_dirs.items()))
+        return await self._volume(engine, image, "inject", key, dict(module_dirs))
 
     async def _volume(
         self, engine: Engine, image: str, kind: str, key: str, sources: dict[str, str]

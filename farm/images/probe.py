@@ -1,0 +1,117 @@
+"""The engine side of the image check: one throw-away container that reports on its image.
+
+:mod:`farm.images.check` holds what the probe prints and how that is judged;
+this module only creates, starts, waits for and removes the container, so the
+docker SDK loads only on farms with container hosts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from farm.images.check import PROBE_MARKER, parse_probe_output
+
+if TYPE_CHECKING:
+    from farm.hosts.docker.engine import Engine
+
+#: Label naming the host a probe container checks for.  Probes carry the farm's
+#: label too (so the reaper removes any left behind), but not the host label of
+#: workers: nothing that lists a host's workers mistakes a probe for one.
+LABEL_PROBE = "psyduck.probe"
+#: Seconds the probe container may take from start to exit (it imports pytest).
+PROBE_TIMEOUT = 120.0
+#: Bytes of the probe's output read back: its JSON line, or an error's tail.
+PROBE_OUTPUT_LIMIT = 64 * 1024
+
+#: Runs in the probe container; prints one JSON line and exits 0.
+PROBE_SCRIPT = """\
+import json, sys
+facts = {"python": "%d.%d.%d" % sys.version_info[:3]}
+try:
+    import pytest
+    facts["pytest"] = pytest.__version__
+except BaseException as exc:
+    facts["pytest_error"] = "%s: %s" % (type(exc).__name__, exc)
+else:
+    try:
+        import msgpack, farm.protocol, pytest_psyduck.plugin, pytest_psyduck.workermain
+        import pytest_psyduck.transformations
+    except BaseException as exc:
+        facts["inject_error"] = "%s: %s" % (type(exc).__name__, exc)
+print(MARKER + json.dumps(facts))
+""".replace("MARKER", repr(PROBE_MARKER))
+
+
+def describe_start_failure(python: str, explanation: str) -> str:
+    """The engine refused to start the probe: most often the interpreter is not there."""
+    if "executable file not found" in explanation or "no such file or directory" in explanation:
+        return f"it has no {python} (the engine said: {explanation})"
+    return f"a container of it does not start: {explanation}"
+
+
+def _wait(api: docker.APIClient, container: str) -> bool:
+    """Wait for the probe to exit; False if it ran past :data:`PROBE_TIMEOUT`."""
+    try:
+        api.wait(container, timeout=PROBE_TIMEOUT)
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        return False
+    return True
+
+
+async def probe_image(
+    engine: Engine,
+    image: str,
+    python: str,
+    binds: dict[str, dict[str, str]],
+    host: str,
+    pythonpath: str,
+) -> dict[str, Any]:
+    """Run :data:`PROBE_SCRIPT` in a throw-away container of *image*; its facts.
+
+    *binds* mount psyduck's packages where workers find them (*pythonpath*: the
+    image's own, extended as for workers);
+    *host* names the host it checks for, in the container's labels.
+    ValueError says why the image could not answer (no interpreter, it crashed).
+    """
+    from farm.hosts.containers import FARM_ID, LABEL_FARM
+    from farm.hosts.docker.engine import explanation
+
+    api = engine.api
+    created = await engine.call(
+        api.create_container,
+        image,
+        [python, "-c", PROBE_SCRIPT],
+        environment={"PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1"},
+        entrypoint=[],
+        labels={LABEL_FARM: FARM_ID, LABEL_PROBE: host},
+        network_disabled=True,
+        host_config=api.create_host_config(
+            binds=binds,
+            network_mode="none",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs={"/tmp": "rw,mode=1777"},
+            log_config={"type": "json-file", "config": {}},
+        ),
+        use_config_proxy=False,
+    )
+    container = created["Id"]
+    try:
+        try:
+            await engine.call(api.start, container)
+        except docker.errors.APIError as exc:
+            raise ValueError(describe_start_failure(python, explanation(exc))) from exc
+        if not await engine.call(_wait, api, container, deadline=PROBE_TIMEOUT + 10):
+            raise ValueError(f"its Python did not finish psyduck's check in {PROBE_TIMEOUT:.0f} s")
+        logs = await engine.call(api.logs, container, stdout=True, stderr=True)
+        return parse_probe_output(logs[-PROBE_OUTPUT_LIMIT:].decode("utf-8", "replace"))
+    finally:
+        try:
+            await engine.call(api.remove_container, container, force=True)
+        except docker.errors.APIError:
+            pass  # already gone; the reaper removes labelled leftovers
