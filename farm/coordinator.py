@@ -364,6 +364,9 @@ class Coordinator:
             if info.host_lost:
                 self._host_failed(state, run, list(shard.tests), None, info.detail)
                 return None
+            if info.interrupted:  # killed from outside before it was ready: not the run's fault
+                self._lose(run, list(shard.tests), f"host {state.host.name}: {info.interrupted}")
+                return None
             run.start_failures += 1
             if run.start_failures >= MAX_WORKER_START_FAILURES:
                 self._fail_run(run, "its workers could not start:\n" + conn.output())
