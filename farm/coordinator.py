@@ -364,6 +364,9 @@ class Coordinator:
             if info.host_lost:
                 self._host_failed(state, run, list(shard.tests), None, info.detail)
                 return None
+            if info.interrupted:  # killed from outside before it was ready: not the run's fault
+                self._lose(run, list(shard.tests), f"host {state.host.name}: {info.interrupted}")
+                return None
             run.start_failures += 1
             if run.start_failures >= MAX_WORKER_START_FAILURES:
                 self._fail_run(run, "its workers could not start:\n" + conn.output())
@@ -538,7 +541,7 @@ class Coordinator:
     ) -> None:
         """Work of *run* was lost with *state*'s host: requeue it within budget, blame the host."""
         host = state.host.name
-        self._lose(run, unfinished, f"host {host}: {detail}")
+        self._lose(run, unfinished, f"host {host}: {detail}", lost_host=host)
         if interrupted is not None:
             lost = f"host {host} was lost while running {interrupted.id} ({detail})"
             self._retry(run, interrupted, lost, lost_host=host)
@@ -559,17 +562,20 @@ class Coordinator:
         else:
             self._crashed(run, interrupted.id, f"{what}, and it had already been retried once")
 
-    def _lose(self, run: Run, tests: list[TestSpec], reason: str) -> None:
-        """Queue *tests* again, but crash those whose shard was lost too often."""
+    def _lose(
+        self, run: Run, tests: list[TestSpec], reason: str, lost_host: str | None = None
+    ) -> None:
+        """Queue *tests* again (elsewhere than *lost_host* if any host fits), but crash
+        those whose shard was lost too often."""
         tests = [t for t in tests if t.id not in run.reported]
         again, spent = run.losses.lose(tests, reason)
         for test in spent:
             self._crashed(run, test.id, run.losses.message(test.id))
-        self._requeue(run, again)
+        self._requeue(run, again, lost_host)
 
-    def _requeue(self, run: Run, tests: Sequence[TestSpec]) -> None:
+    def _requeue(self, run: Run, tests: Sequence[TestSpec], lost_host: str | None = None) -> None:
         """Put *tests* back in the queue; those no host in service can run end at once."""
-        self.scheduler.requeue(run.id, tests)
+        self.scheduler.requeue(run.id, tests, lost_host=lost_host)
         self._settle(run)
         self._wake_all()
 

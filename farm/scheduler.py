@@ -366,10 +366,12 @@ class Scheduler:
     ) -> bool:
         """Put back work a lost slot never finished.
 
-        *tests* never started and go back to the front of the queue.  The
-        *interrupted* test was running when its host was lost: it is retried
-        once, elsewhere if any other host fits.  Returns False when the
-        interrupted test has used up its retries and must be reported failed.
+        *tests* never started and go back to the front of the queue, to run
+        elsewhere than *lost_host* if any other host fits (a host that lost them
+        may lose them again before it is quarantined).  The *interrupted* test
+        was running when its slot was lost: it is retried once, likewise.
+        Returns False when the interrupted test has used up its retries and
+        must be reported failed.
         """
         run = self._runs.get(run_id)
         if run is None or run.cancelled:
@@ -377,7 +379,7 @@ class Scheduler:
         pending = [t for t in tests if t.id not in run.finished]
         for _, same in itertools.groupby(pending, key=_placement_key):
             unit_tests = list(same)
-            run.queue.insert(0, _Unit(unit_tests, unit_tests[0].requires))
+            run.queue.insert(0, _Unit(unit_tests, unit_tests[0].requires, avoid_host=lost_host))
         if interrupted is None or interrupted.id in run.finished:
             return True
         attempts = run.attempts.get(interrupted.id, 0)

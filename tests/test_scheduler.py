@@ -153,6 +153,21 @@ def test_interrupted_test_is_retried_once_elsewhere():
     assert not scheduler.requeue("r", [], interrupted=test, lost_host="b")  # no second retry
 
 
+def test_work_a_host_lost_goes_elsewhere_first_but_not_nowhere():
+    scheduler = Scheduler(PerTest())
+    scheduler.add_slot("a/0", "a")
+    scheduler.add_slot("b/0", "b")
+    tests = [TestSpec(id=f"t{i}", group="g") for i in range(2)]
+    scheduler.add_run("r", tests)
+    assert [t.id for t in scheduler.next_shard("a/0").tests] == ["t0"]
+    scheduler.requeue("r", [tests[0]], lost_host="a")
+    assert [t.id for t in scheduler.next_shard("a/0").tests] == ["t1"]  # t0 waits for b
+    assert [t.id for t in scheduler.next_shard("b/0").tests] == ["t0"]
+    scheduler.requeue("r", [tests[0]], lost_host="b")
+    scheduler.remove_slot("a/0")
+    assert [t.id for t in scheduler.next_shard("b/0").tests] == ["t0"]  # b is all there is
+
+
 @settings(max_examples=100, deadline=None)
 @given(suites, st.integers(2, 6), st.data())
 def test_lost_work_is_rerun_and_nothing_is_lost(tests, nslots, data):
