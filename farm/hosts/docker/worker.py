@@ -256,7 +256,9 @@ class DockerWorker(WorkerConnection):
     async def kill(self) -> None:
         if self._exit.done():
             return
-        self._killed = True
+        # A worker whose stream already ended is dead or dying of something else: killing
+        # it now must not hide an outside kill whose engine event is still on its way.
+        self._killed = self._killed or not self._eof.is_set()
         if self._finished and self._background is not None:
             # The worker said done: it has nothing left to report, and the slot's next
             # container (the spare) is already up.  The engine's kill waits until the
