@@ -53,6 +53,8 @@ from pytest_psyduck.shardfiles import ShardFilter, shard_files
 
 #: Exit status a worker uses when it kills itself over a test timeout.
 TIMEOUT_EXIT_STATUS = 86
+#: Characters of an internal error's report kept in a ``missing`` message.
+MISSING_DETAIL_CHARS = 4000
 
 
 class Watchdog:
@@ -112,6 +114,9 @@ class WorkerPlugin:
         #: Messages received before serving began; None stands for a closed channel.
         self.inbox: deque[dict[str, Any] | None] = deque()
         self.ready_sent = False
+        self.serving = False
+        #: What ended the session before it served (pytest's INTERNALERROR report).
+        self.internal_error = ""
         self.items: dict[str, pytest.Item] = {}
         self.collect_errors: list[str] = []
         self._logged: list[pytest.TestReport] | None = None
@@ -173,8 +178,26 @@ class WorkerPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        self.serving = True
         serve(session, self)
         return True
+
+    def pytest_internalerror(self, excrepr: object) -> None:
+        self.internal_error = str(excrepr)
+
+    def pytest_sessionfinish(self) -> None:
+        # A shard received before collecting, whose session ended before serving
+        # (collection raised): its tests are reported missing, with the reason,
+        # rather than left to be handed to the next worker, which would fail alike.
+        first = self.inbox[0] if self.inbox and not self.serving else None
+        if first is None or first["t"] != "run":
+            return
+        message = "the worker could not collect its shard"
+        if self.internal_error:
+            last_line = self.internal_error.strip().splitlines()[-1].strip()
+            message += f" ({last_line}):\n" + self.internal_error[-MISSING_DETAIL_CHARS:]
+        for test in first["tests"]:
+            self.channel.send({"t": "missing", "id": test["id"], "message": message})
 
     # -- per test ----------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)

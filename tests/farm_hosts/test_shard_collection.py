@@ -155,3 +155,29 @@ def test_shard_collection_keeps_pytests_ids_fixtures_and_order(docker_image, sui
     expected.pop(vanished)
     assert cases == expected, done.output
     assert len([c for c in cases if "test_odd[" in c]) == 7
+
+
+def test_a_shard_its_worker_cannot_collect_fails_with_the_reason(docker_image, suite, tmp_path):
+    """The worker said ``ready`` before collecting: when its collection then raises, the
+    shard's tests fail with pytest's report, and are not handed to worker after worker."""
+    path = suite(
+        {
+            "conftest.py": (
+                "import os\n"
+                "def pytest_collection_modifyitems(items):\n"
+                "    if 'PYTEST_XDIST_WORKER' in os.environ:\n"
+                "        raise RuntimeError('boom in the worker')\n"
+            ),
+            "test_a.py": "def test_one():\n    pass\n\ndef test_two():\n    pass\n",
+        }
+    )
+    done, cases = recorded_session(
+        path, tmp_path / "out.xml", "--psyduck-hosts", "docker:1", "--psyduck-image", docker_image
+    )
+    assert done.returncode == 1, done.output
+    assert set(cases) == {"test_a::test_one", "test_a::test_two"}
+    for outcome, message in cases.values():
+        assert outcome != "passed"
+        assert "the worker could not collect its shard (RuntimeError: boom in the worker)" in (
+            message
+        ), message
