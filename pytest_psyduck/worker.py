@@ -33,6 +33,7 @@ the cache, IDE plugins and the terminal seeing each result exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -196,8 +197,9 @@ class WorkerPlugin:
         if self.internal_error:
             last_line = self.internal_error.strip().splitlines()[-1].strip()
             message += f" ({last_line}):\n" + self.internal_error[-MISSING_DETAIL_CHARS:]
-        for test in first["tests"]:
-            self.channel.send({"t": "missing", "id": test["id"], "message": message})
+        with contextlib.suppress(OSError):  # the host hung up: it accounts for the shard
+            for test in first["tests"]:
+                self.channel.send({"t": "missing", "id": test["id"], "message": message})
 
     # -- per test ----------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
