@@ -16,6 +16,12 @@ a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
 * host → worker: ``run`` {tests: [{id, timeout}]}; ``drain`` (no more work:
   finish and exit).
 
+A worker started for a single shard (``shard_collection``: a container's)
+sends ``ready`` before it collects, waits for its shard, and then collects only
+the files that shard needs (:mod:`pytest_psyduck.shardfiles`): its start-up
+(interpreter, plugins, initial conftests) overlaps the slot's previous shard,
+and it never imports the rest of the suite.
+
 The last test received is held back until more work or ``drain`` arrives, so
 that it runs with the right ``nextitem`` and module/session fixtures are torn
 down exactly when plain pytest would tear them down.
@@ -27,6 +33,7 @@ the cache, IDE plugins and the terminal seeing each result exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -43,9 +50,12 @@ from _pytest.runner import runtestprotocol
 from pytest_psyduck.channel import Channel, ChannelClosed
 from pytest_psyduck.roles import WORKER_PLUGIN_NAME
 from pytest_psyduck.serialize import reports_to_payload, warning_to_wire
+from pytest_psyduck.shardfiles import ShardFilter, shard_files
 
 #: Exit status a worker uses when it kills itself over a test timeout.
 TIMEOUT_EXIT_STATUS = 86
+#: Characters of an internal error's report kept in a ``missing`` message.
+MISSING_DETAIL_CHARS = 4000
 
 
 class Watchdog:
@@ -95,9 +105,19 @@ class WorkerPlugin:
 
     __name__ = WORKER_PLUGIN_NAME
 
-    def __init__(self, channel: Channel, workerinput: dict[str, Any]) -> None:
+    def __init__(
+        self, channel: Channel, workerinput: dict[str, Any], shard_collection: bool = False
+    ) -> None:
         self.channel = channel
         self.workerinput = workerinput
+        #: Learn the shard before collecting, and collect only its files.
+        self.shard_collection = shard_collection
+        #: Messages received before serving began; None stands for a closed channel.
+        self.inbox: deque[dict[str, Any] | None] = deque()
+        self.ready_sent = False
+        self.serving = False
+        #: What ended the session before it served (pytest's INTERNALERROR report).
+        self.internal_error = ""
         self.items: dict[str, pytest.Item] = {}
         self.collect_errors: list[str] = []
         self._logged: list[pytest.TestReport] | None = None
@@ -119,6 +139,34 @@ class WorkerPlugin:
         silence_reporting(config)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_collection(self, session: pytest.Session):
+        if self.shard_collection:
+            files = shard_files(self.await_first_shard(), session.config.rootpath)
+            if files is not None:
+                session.config.pluginmanager.register(ShardFilter(files), "psyduck-shard-filter")
+        return (yield)
+
+    def await_first_shard(self) -> list[str]:
+        """Say ``ready``, then wait for the first message: the ids of the shard to collect.
+
+        A ``drain`` (or a hang-up) instead means there is no shard: nothing is collected.
+        """
+        self.send_ready(collected=None)
+        try:
+            message = self.channel.recv()
+        except ChannelClosed:
+            message = None
+        self.inbox.append(message)
+        if message is None or message["t"] != "run":
+            return []
+        return [test["id"] for test in message["tests"]]
+
+    def send_ready(self, collected: int | None) -> None:
+        if not self.ready_sent:
+            self.ready_sent = True
+            self.channel.send({"t": "ready", "pid": os.getpid(), "collected": collected})
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]):
         # Remember every item before -k/-m/--lf deselect: the coordinator names
         # exactly what to run, and selection already happened in the user's process.
@@ -131,8 +179,27 @@ class WorkerPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        self.serving = True
         serve(session, self)
         return True
+
+    def pytest_internalerror(self, excrepr: object) -> None:
+        self.internal_error = str(excrepr)
+
+    def pytest_sessionfinish(self) -> None:
+        # A shard received before collecting, whose session ended before serving
+        # (collection raised): its tests are reported missing, with the reason,
+        # rather than left to be handed to the next worker, which would fail alike.
+        first = self.inbox[0] if self.inbox and not self.serving else None
+        if first is None or first["t"] != "run":
+            return
+        message = "the worker could not collect its shard"
+        if self.internal_error:
+            last_line = self.internal_error.strip().splitlines()[-1].strip()
+            message += f" ({last_line}):\n" + self.internal_error[-MISSING_DETAIL_CHARS:]
+        with contextlib.suppress(OSError):  # the host hung up: it accounts for the shard
+            for test in first["tests"]:
+                self.channel.send({"t": "missing", "id": test["id"], "message": message})
 
     # -- per test ----------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -202,10 +269,11 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
     channel = plugin.channel
     items = plugin.items or {item.nodeid: item for item in session.items}
     watchdog = Watchdog(channel)
-    channel.send({"t": "ready", "pid": os.getpid(), "collected": len(items)})
+    plugin.send_ready(collected=len(items))
     queue: deque[dict[str, Any]] = deque()
 
     announced: str | None = None  # named as ``next`` by the last result sent
+    shards = 0  # ``run`` messages received
 
     def run_one(test: dict[str, Any], next_test: dict[str, Any] | None, keep: int) -> None:
         """Run *test*; the test after it starts at once if more than *keep* remain queued."""
@@ -213,6 +281,8 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
         item = items.get(test["id"])
         if item is None:
             message = "the worker did not collect this test"
+            if plugin.shard_collection and shards > 1:
+                message += " (it collected only the files of its first shard)"
             if plugin.collect_errors:
                 message += "; collection errors on the worker:\n" + "\n".join(plugin.collect_errors)
             channel.send({"t": "missing", "id": test["id"], "message": message})
@@ -242,11 +312,17 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
                 channel.send(result)
 
     while True:
-        try:
-            message = channel.recv()
-        except ChannelClosed:
+        if plugin.inbox:
+            message = plugin.inbox.popleft()
+        else:
+            try:
+                message = channel.recv()
+            except ChannelClosed:
+                message = None
+        if message is None:
             return
         if message["t"] == "run":
+            shards += 1
             queue.extend(message["tests"])
             if len(queue) == 1:
                 channel.send({"t": "idle"})  # nothing to run before the next shard

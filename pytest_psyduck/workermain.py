@@ -4,6 +4,10 @@ The host passes the worker channel as an inherited socket
 (``PSYDUCK_WORKER_FD``) or, inside a container, as stdin/stdout.  The real
 stdin/stdout are then pointed away from the channel so that nothing a test
 prints can corrupt the message stream.
+
+A host that starts a worker for a single shard (a container) sets
+``PSYDUCK_SHARD_COLLECTION=1``: the worker then collects only that shard's
+files (see :class:`~pytest_psyduck.worker.WorkerPlugin`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import pytest
 
 from pytest_psyduck.channel import Channel
 from pytest_psyduck.worker import WorkerPlugin, die_with_parent
+
+#: Set to 1 by hosts whose fresh workers each serve a single shard.
+SHARD_COLLECTION_VARIABLE = "PSYDUCK_SHARD_COLLECTION"
 
 
 def _open_channel() -> Channel:
@@ -44,7 +51,9 @@ def main() -> int:
     if not any(ep.name == "psyduck" for ep in entry_points(group="pytest11")):
         # Injected into an image without psyduck installed: load the plugin by module.
         args = ["-p", "pytest_psyduck.plugin", *args]
-    return int(pytest.main(args, plugins=[WorkerPlugin(channel, workerinput)]))
+    shard_collection = os.environ.get(SHARD_COLLECTION_VARIABLE) == "1"
+    plugin = WorkerPlugin(channel, workerinput, shard_collection=shard_collection)
+    return int(pytest.main(args, plugins=[plugin]))
 
 
 if __name__ == "__main__":

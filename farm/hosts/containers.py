@@ -222,6 +222,8 @@ def container_environment(
         "PYTHONDONTWRITEBYTECODE": "1",
         "TMPDIR": SCRATCH_DIR,
         "HOME": SCRATCH_DIR,
+        # One shard per container: its worker collects only that shard's files.
+        "PSYDUCK_SHARD_COLLECTION": "1",
     }
 
 

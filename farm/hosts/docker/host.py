@@ -74,15 +74,14 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
     """``docker:N`` — N slots on a Docker engine, one ephemeral container per shard."""
 
     reuse_workers = False
-    #: A container costs ~0.3 s to create and start plus the worker's start and the
-    #: suite's collection (~1 s of CPU for 2,000 tests), but a slot's next container (its
-    #: spare) does all that while the slot's current shard runs: once it is up, a shard
-    #: costs the slot's critical path only its hand-off (tens of ms).  A shard must
-    #: outlast its spare's start-up, or the slot waits for it; bigger shards only save
-    #: containers' CPU.  Shards get this small only in a run's tail (the scheduler
-    #: shrinks them as the queue empties), where small shards let the slots finish
-    #: together: with 6 s, a 20 s suite on 2 slots ended with one slot running a 6 s
-    #: shard alone.
+    #: A slot's next container (its spare) is created and started, and its worker has
+    #: imported pytest and the plugins, while the slot's current shard runs; once the
+    #: spare is handed its shard, the shard costs the slot's critical path its hand-off
+    #: and the collection of the shard's own files only.  A shard must outlast its
+    #: spare's start-up, or the slot waits for it.  Shards get this small only in a
+    #: run's tail (the scheduler shrinks them as the queue empties), where small shards
+    #: let the slots finish together; larger minimums left one slot running a long last
+    #: shard alone, and on attrs' suite a minimum of 4 s ran no faster than this one.
     min_shard_seconds = 1.0
 
     def __init__(

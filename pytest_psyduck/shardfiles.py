@@ -1,0 +1,59 @@
+"""Collecting only the files a worker's shard needs.
+
+A worker in a fresh container runs a single shard, often one or two test
+modules of a large suite; collecting the whole suite again costs every
+container the CPU of importing every test module.  Such a worker learns its
+shard before it collects (see :class:`~pytest_psyduck.worker.WorkerPlugin`)
+and then skips every *file* that holds none of the shard's tests.
+Directories are still walked, so every ``conftest.py`` is loaded as in
+plain pytest (a conftest's hooks may apply to tests outside its directory),
+and the shard's files are collected whole, so node ids (parametrized ones with
+any characters included) are pytest's own and ``--deselect``/``-k`` play no
+part: the worker runs exactly the node ids it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+#: Module files pytest imports for a directory's own sake (package setup), never skipped.
+PACKAGE_FILES = frozenset({"__init__.py", "conftest.py"})
+
+
+def shard_files(test_ids: Iterable[str], rootpath: Path) -> frozenset[str] | None:
+    """The normalized absolute paths of the files holding *test_ids*, or None for "all".
+
+    A node id starts with its file's path relative to *rootpath*, up to the
+    first ``::``.  None when any id does not name an existing file (a plugin's
+    items with ids of their own, a file gone since the client collected): the
+    worker then collects everything, as it did before, and reports what it
+    cannot find as ``missing``.
+    """
+    files = set()
+    for test_id in test_ids:
+        path = os.path.normpath(os.path.join(rootpath, test_id.split("::", 1)[0]))
+        if not os.path.isfile(path):
+            return None
+        files.add(path)
+    return frozenset(files)
+
+
+class ShardFilter:
+    """Skips collecting files outside a shard; registered in a worker that knows its shard.
+
+    Files given on the command line are collected regardless (pytest does not
+    ask ``pytest_ignore_collect`` about them).
+    """
+
+    def __init__(self, files: frozenset[str]) -> None:
+        self.files = files
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
+        if collection_path.name in PACKAGE_FILES or collection_path.is_dir():
+            return None
+        return os.path.normpath(collection_path) not in self.files or None
