@@ -104,7 +104,7 @@ async def serve(settings: dict[str, Any]) -> None:
     fd = settings.get("launcher_fd")
     launcher = RemoteLauncher(socket.socket(fileno=fd)) if fd is not None else None
     try:
-        hosts = parse_hosts(settings["hosts"], launcher=launcher)
+        hosts = parse_hosts(settings["hosts"], launcher=launcher, embedded=True)
         farm = await start_embedded_farm(hosts, settings["token"])
     except (HostSpecError, HostError) as exc:
         _answer({"error": f"--psyduck-hosts: {exc}"})

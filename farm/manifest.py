@@ -11,6 +11,8 @@ untrusted decoded message into frozen dataclasses or raises
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,8 @@ from farm.protocol import ProtocolError
 #: its transformations, low enough that a bogus manifest cannot exhaust memory.
 MAX_TESTS = 2_000_000
 MAX_ID_LENGTH = 4096
+#: A top-level package a worker may ask to have injected.
+PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 
 
 class ManifestError(ProtocolError):
@@ -51,12 +55,19 @@ class WorkerSpec:
     *root* is the client's project directory that holds *cwd*: the directory a
     run's snapshot contains, and where hosts put the code (containers mount it
     at the same path, so node ids and absolute arguments stay valid).
+
+    *env* is what the client passes of its own environment (every worker gets it);
+    *inject* names the packages a worker imports that a test image need not have,
+    each with its directory on the client's machine.  The farm never imports them:
+    a host that shares the client's disk (the embedded farm's) mounts those
+    directories into containers, any other its own installation of each name.
     """
 
     argv: tuple[str, ...]
     cwd: str
     env: Mapping[str, str] = field(default_factory=dict)
     root: str = ""
+    inject: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def project_root(self) -> str:
@@ -79,8 +90,8 @@ class RunManifest:
 
 
 def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
-    """The message a client sends to create a run."""
-    return {
+    """The message a client sends to create a run (``worker.inject`` only when it names some)."""
+    wire = {
         "t": "run",
         "name": manifest.name,
         "image": manifest.image,
@@ -95,6 +106,9 @@ def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
         },
         "tests": [_test_to_wire(t) for t in manifest.tests],
     }
+    if manifest.worker.inject:
+        wire["worker"]["inject"] = dict(manifest.worker.inject)
+    return wire
 
 
 def _test_to_wire(test: TestSpec) -> dict[str, Any]:
@@ -145,6 +159,17 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
     ):
         raise ManifestError(f"{where}: must be a map of strings to strings")
     return dict(value)
+
+
+def _inject(value: Any) -> dict[str, str]:
+    """``worker.inject``: top-level package names to absolute directories."""
+    packages = _string_map(value, "worker.inject")
+    for name, path in packages.items():
+        if not PACKAGE_NAME.fullmatch(name):
+            raise ManifestError(f"worker.inject: {name[:80]!r} is not a package name")
+        if not os.path.isabs(path):
+            raise ManifestError(f"worker.inject: the directory of {name!r} must be absolute")
+    return packages
 
 
 def _non_negative(value: float | None, where: str) -> float | None:
@@ -222,6 +247,7 @@ def parse_manifest(data: Any) -> RunManifest:
             cwd=_require(worker, "cwd", str, "worker"),
             env=_string_map(worker.get("env"), "worker.env"),
             root=_optional(worker, "root", str, "worker") or "",
+            inject=_inject(worker.get("inject")),
         ),
         name=_optional(data, "name", str, "manifest") or "",
         image=_optional(data, "image", str, "manifest"),

@@ -1,8 +1,9 @@
 """Human-readable sizes and durations, for the command line and farm.toml.
 
-Pure functions. They live in pokedex (not in the pytest plugin, which has its own size
-parser for test marks) because pokedex must not import the plugin: ``pokedex serve
---max-bytes 10G`` and ``[pokedex] max_bytes = "10G"`` both come through here.
+Pure functions. They live in pokedex, the bottom of the dependency chain (plugin → farm →
+pokedex), so that every size is read alike: ``pokedex serve --max-bytes 10G``,
+``[pokedex] max_bytes = "10G"``, a farm host's ``memory = "64G"`` and a test's
+``@pytest.mark.psyduck(memory="2G")`` all come through here.
 """
 
 from __future__ import annotations

@@ -13,12 +13,13 @@ See :mod:`pytest_psyduck.transformations`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from pokedex.units import parse_size  # the sizes farm.toml and pokedex take
 
 MARK = "psyduck"
 MARK_HELP = (
@@ -27,26 +28,6 @@ MARK_HELP = (
     "limits the test to those transformations, exclude=[NAMES] removes some ('baseline' is "
     "the test as written), reason says why"
 )
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an int or a size like ``512M``, ``2G``, ``1.5GiB`` (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r}")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"a size must be positive, got {value}")
-        return value
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ValueError(f"not a size: {value!r} (use bytes or e.g. '512M', '2G')")
-    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if size <= 0:
-        raise ValueError(f"a size must be positive, got {value!r}")
-    return size
 
 
 @dataclass(frozen=True)

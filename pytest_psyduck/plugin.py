@@ -18,6 +18,7 @@ from pytest_psyduck.roles import (
     MATRIX_PLUGIN_NAME,
     SESSION_PLUGIN_NAME,
     TRANSFORMATIONS_PLUGIN_NAME,
+    WORKER_JUNIT_PLUGIN_NAME,
     WORKER_PLUGIN_NAME,
 )
 
@@ -100,6 +101,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "docker/ssh hosts) builds or reuses the project's own (psyduck image build)",
     )
     group.addoption(
+        "--psyduck-pass-env",
+        metavar="NAME",
+        action="append",
+        default=None,
+        help="pass the environment variables matching this fnmatch pattern to docker and ssh "
+        "workers (repeatable; local workers get the whole environment)",
+    )
+    group.addoption(
         "--psyduck-transform",
         metavar="NAMES",
         default=None,
@@ -109,6 +118,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("psyduck_hosts", "default --psyduck-hosts", default="")
     parser.addini("psyduck_timeout", "default --psyduck-timeout in seconds", default="")
     parser.addini("psyduck_image", "default --psyduck-image", default="")
+    parser.addini(
+        "psyduck_pass_env",
+        "environment variables (fnmatch patterns, one a line) docker and ssh workers get",
+        type="linelist",
+        default=[],
+    )
     parser.addini(
         "psyduck_image_build",
         "options of 'psyduck image build' for --psyduck-image auto, e.g. --group tests",
@@ -164,6 +179,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # Workers multiply tests exactly as the user's process does, and apply their env.
     config.pluginmanager.register(transformations, TRANSFORMATIONS_PLUGIN_NAME)
     if config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME):
+        from pytest_psyduck import workerjunit
+
+        config.pluginmanager.register(workerjunit, WORKER_JUNIT_PLUGIN_NAME)
         return
     config.pluginmanager.register(TransformationMatrix(config), MATRIX_PLUGIN_NAME)
     if not config.getoption("psyduck"):

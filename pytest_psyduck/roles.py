@@ -16,3 +16,5 @@ CONTROLLER_PLUGINS = (SESSION_PLUGIN_NAME, REPLAY_PLUGIN_NAME)
 TRANSFORMATIONS_PLUGIN_NAME = "psyduck-transformations"
 #: The matrix summary, in the user's process only.
 MATRIX_PLUGIN_NAME = "psyduck-matrix"
+#: A fresh worker's stand-in for the junitxml state (:mod:`pytest_psyduck.workerjunit`).
+WORKER_JUNIT_PLUGIN_NAME = "psyduck-worker-junit"

@@ -4,7 +4,9 @@ The manifest carries node ids (the farm treats them as opaque), the module
 each test belongs to (so the scheduler keeps a module's fixtures on one
 worker), the recorded duration, the test's mark hints, and the command that
 starts a worker: the user's own pytest arguments, so a worker collects
-exactly what the user's process collected.
+exactly what the user's process collected, the invoker's variables it passes
+(:mod:`pytest_psyduck.passenv`), and the packages a worker needs that a test
+image need not have, so that the farm never imports psyduck's plugin to find them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import socket
 import pytest
 
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
+from farm.packages import WORKER_PACKAGES, package_dirs
 from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.images import run_image
 from pytest_psyduck.marks import hints_for
+from pytest_psyduck.passenv import pass_env_patterns, passed_environment
 from pytest_psyduck.transformations import Transformation, transformation_of
 
 WORKER_MODULE = "pytest_psyduck.workermain"
@@ -72,6 +76,8 @@ def build_manifest(
             argv=(WORKER_MODULE, *config.invocation_params.args),
             cwd=str(config.invocation_params.dir),
             root=project_root(config),
+            env=passed_environment(os.environ, pass_env_patterns(config)),
+            inject=package_dirs(WORKER_PACKAGES),
         ),
         name=f"{getpass.getuser()}@{socket.gethostname()}:{config.rootpath.name}",
         image=run_image(config),

@@ -42,7 +42,12 @@ def _docker(spec: str, options: dict[str, Any]) -> Host:
     except ValueError as exc:
         raise HostSpecError(f"{spec!r}: {exc}") from exc
     connect = local_engine(chosen.pop("base_url", None))
-    return DockerHost(_count(count, spec) if count else None, connect, **chosen)
+    return DockerHost(
+        _count(count, spec) if count else None,
+        connect,
+        embedded=bool(options.get("embedded")),
+        **chosen,
+    )
 
 
 def _ssh(spec: str, options: dict[str, Any]) -> Host:
@@ -54,8 +59,9 @@ def _ssh(spec: str, options: dict[str, Any]) -> Host:
         raise HostSpecError(str(exc)) from exc
 
 
-#: kind → builder(spec, options).  Options carry what a caller can supply,
-#: e.g. ``launcher`` for local hosts of the embedded farm.
+#: kind → builder(spec, options).  Options carry what a caller can supply:
+#: ``launcher`` for local hosts of the embedded farm, ``embedded`` for its docker
+#: and ssh hosts (see :func:`parse_hosts`).
 HOST_KINDS: dict[str, Callable[[str, dict[str, Any]], Host]] = {
     "local": _local,
     "docker": _docker,
@@ -67,8 +73,14 @@ def host_kind(spec: str) -> str:
     return spec.split("://", 1)[0] if "://" in spec else spec.split(":", 1)[0]
 
 
-def parse_hosts(text: str, *, launcher: Launcher | None = None) -> list[Host]:
-    """Build hosts from a comma-separated list such as ``local:4``."""
+def parse_hosts(
+    text: str, *, launcher: Launcher | None = None, embedded: bool = False
+) -> list[Host]:
+    """Build hosts from a comma-separated list such as ``local:4``.
+
+    *embedded*: the farm runs on the client's machine, as its user, and may use
+    the client's paths (the embedded farm); a served farm never does.
+    """
     hosts = []
     for spec in (s.strip() for s in text.split(",")):
         if not spec:
@@ -77,7 +89,7 @@ def parse_hosts(text: str, *, launcher: Launcher | None = None) -> list[Host]:
         if builder is None:
             kinds = ", ".join(sorted(HOST_KINDS))
             raise HostSpecError(f"{spec!r}: unknown host kind (known: {kinds})")
-        hosts.append(builder(spec, {"launcher": launcher}))
+        hosts.append(builder(spec, {"launcher": launcher, "embedded": embedded}))
     if not hosts:
         raise HostSpecError("no hosts given")
     names = [h.name for h in hosts]

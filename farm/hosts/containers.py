@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.hosts.base import RunContext
+from farm.hosts.base import RunContext, RunError
 from farm.hosts.local import worker_environment
 from farm.manifest import TestSpec
+from farm.packages import WORKER_PACKAGES, package_dirs
 
 #: Where psyduck's own worker code is mounted inside a container.
 INJECT_DIR = "/opt/psyduck"
-#: Packages the worker imports that a test image does not have.
-INJECTED_PACKAGES = ("pytest_psyduck", "farm", "msgpack")
 #: Where the run's code is mounted read-only when tests get a private writable copy.
 SOURCE_DIR = "/psyduck/src"
 #: Private scratch (TMPDIR, HOME, pytest's cache) of every container.
@@ -51,11 +50,10 @@ LABEL_HOST = "psyduck.host"
 
 #: Runs inside the container before the worker.  A watcher thread ends the
 #: container as soon as its stdin hangs up (the coordinator or its connection
-#: went away), even in the middle of a long shard.  Then the read-only code is
-#: copied into the private tmpfs at the code root (copy mode), and the worker
-#: module runs exactly as ``python -m`` would, with the cwd first on sys.path.
-BOOTSTRAP = f"""\
-import os, runpy, select, shutil, sys, threading
+#: went away), even in the middle of a long shard.  Then the worker module runs
+#: exactly as ``python -m`` would, with the cwd first on sys.path.
+BOOTSTRAP = """\
+import os, runpy, select, sys, threading
 def watch(fd=os.dup(0)):
     poll = select.poll()
     poll.register(fd, 0)
@@ -63,13 +61,37 @@ def watch(fd=os.dup(0)):
         pass
     os._exit(75)
 threading.Thread(target=watch, daemon=True).start()
-src = os.environ.pop("PSYDUCK_CODE_SRC", "")
-if src:
-    shutil.copytree(src, os.environ.pop("PSYDUCK_CODE_ROOT"), symlinks=True, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(*{COPY_SKIP!r}))
 sys.argv = sys.argv[1:]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
+
+#: In copy mode, runs first (``python -S -c COPY_CODE BOOTSTRAP ARGS…``): copies the
+#: read-only code into the private tmpfs at the code root, then replaces itself
+#: with the interpreter that runs :data:`BOOTSTRAP`.  The code is thus in place
+#: before that interpreter starts, as it is on the user's machine: ``site`` adds
+#: the directories an editable install's ``.pth`` names only if they exist then.
+COPY_CODE = f"""\
+import os, shutil, sys
+shutil.copytree(os.environ.pop("PSYDUCK_CODE_SRC"), os.environ.pop("PSYDUCK_CODE_ROOT"),
+                symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*{COPY_SKIP!r}))
+os.execv(sys.executable, [sys.executable, "-c", *sys.argv[1:]])
+"""
+
+#: A container's own variables: where it may write, how it imports psyduck, and
+#: the settings of its bootstrap and worker.  The invoker's variables of these
+#: names (``--psyduck-pass-env``) do not pass; the image's ``PATH`` stays.
+CONTAINER_VARIABLES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "PYTHONPATH",
+        "PYTHONDONTWRITEBYTECODE",
+        "PSYDUCK_CODE_SRC",
+        "PSYDUCK_CODE_ROOT",
+        "PSYDUCK_WORKER_FD",
+    }
+)
 
 
 def _process_start(pid: int) -> str | None:
@@ -162,6 +184,81 @@ def update_fields(limits: Limits) -> dict[str, int]:
     }
 
 
+def image_variable(image_env: Iterable[str], name: str) -> str:
+    """The value of *name* in an image's ``Config.Env`` (``NAME=VALUE`` strings), or ""."""
+    for entry in image_env:
+        key, _, value = entry.partition("=")
+        if key == name:
+            return value
+    return ""
+
+
+def worker_pythonpath(image_pythonpath: str) -> str:
+    """The image's own ``PYTHONPATH`` extended with psyduck's packages, never replaced.
+
+    The image's entries come first: a package the image provides wins over the
+    injected copy, as it would in the image's own interpreter.
+    """
+    return os.pathsep.join([*filter(None, image_pythonpath.split(os.pathsep)), INJECT_DIR])
+
+
+def container_environment(
+    run: RunContext, worker_id: str, image_pythonpath: str = ""
+) -> dict[str, str]:
+    """A worker container's variables, on top of its image's environment.
+
+    The invoker's passed variables and the variables every worker gets
+    (:func:`~farm.hosts.local.worker_environment`: xdist's, the run id; never a
+    credential), less those that are the container's own (:data:`CONTAINER_VARIABLES`),
+    then the container's own.
+    """
+    return {
+        **{
+            name: value
+            for name, value in worker_environment(run, worker_id).items()
+            if name not in CONTAINER_VARIABLES
+        },
+        "PYTHONPATH": worker_pythonpath(image_pythonpath),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TMPDIR": SCRATCH_DIR,
+        "HOME": SCRATCH_DIR,
+        # One shard per container: its worker collects only that shard's files.
+        "PSYDUCK_SHARD_COLLECTION": "1",
+    }
+
+
+def inject_sources(requested: Mapping[str, str], *, client_disk: bool) -> dict[str, str]:
+    """name → directory on the farm's disk of each package the run's workers need.
+
+    *requested* is the manifest's ``worker.inject``: directories on the client's
+    machine.  A farm sharing the client's disk (the embedded farm) uses them, so
+    workers run the very psyduck the user's pytest runs; any other farm its own
+    installation of each name (:mod:`farm.packages`), never a path a client names.
+    Raises RunError naming what is missing: the run cannot start on any host of
+    this farm, and no host is to blame.
+    """
+    if client_disk:
+        found = {name: path for name, path in requested.items() if os.path.isdir(path)}
+        where = "where the run says"
+    else:
+        found = package_dirs(requested)
+        where = "installed on the farm"
+    missing = sorted(set(requested) - set(found))
+    if missing:
+        raise RunError(f"the run's workers need {', '.join(missing)}, not {where}")
+    return found
+
+
+def checked_sources(run: RunContext, *, client_disk: bool) -> dict[str, str]:
+    """What an image check mounts: the packages *run* names (:func:`inject_sources`), or
+    for a check without a run's packages (``psyduck hosts check --image``, the check a
+    client asks for before it submits) the farm's own installation of
+    :data:`~farm.packages.WORKER_PACKAGES`."""
+    if run.manifest.worker.inject:
+        return inject_sources(run.manifest.worker.inject, client_disk=client_disk)
+    return package_dirs(WORKER_PACKAGES)
+
+
 def injected_binds(module_dirs: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """Read-only binds of psyduck's worker packages under :data:`INJECT_DIR`."""
     return {
@@ -197,6 +294,7 @@ def plan_container(
     limits: Limits,
     module_dirs: Mapping[str, str],
     inject_volume: str | None = None,
+    image_pythonpath: str = "",
 ) -> ContainerPlan:
     """The container for one worker: locked down, limited, labelled, removed when done.
 
@@ -205,37 +303,32 @@ def plan_container(
     ids and paths in reports are the client's own.  With *copy_code* it is
     mounted read-only at :data:`SOURCE_DIR` and copied at start into a private
     tmpfs at *code_root*, so tests may write next to themselves; otherwise it is
-    mounted read-only at *code_root* itself.
+    mounted read-only at *code_root* itself.  Workers import psyduck from
+    :data:`INJECT_DIR`, appended to the image's own *image_pythonpath*.
 
     For an engine on another machine, *code_dir* is instead the name of a volume
     holding the code and *inject_volume* one holding psyduck's packages (see
-    :mod:`farm.hosts.docker`): the same read-only mounts, with volumes as sources.
+    :mod:`farm.hosts.docker.volumes`): the same read-only mounts, with volumes as sources.
     """
     if inject_volume:
         binds = {inject_volume: {"bind": INJECT_DIR, "mode": "ro"}}
     else:
         binds = injected_binds(module_dirs)
     tmpfs = {SCRATCH_DIR: "rw,exec,mode=1777"}
-    environment = {
-        **worker_environment(run, worker_id),
-        "PYTHONPATH": INJECT_DIR,
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "TMPDIR": SCRATCH_DIR,
-        "HOME": SCRATCH_DIR,
-        # One shard per container: its worker collects only that shard's files.
-        "PSYDUCK_SHARD_COLLECTION": "1",
-    }
+    environment = container_environment(run, worker_id, image_pythonpath)
+    argv = [*run.worker_argv, "-o", f"cache_dir={SCRATCH_DIR}/.pytest_cache"]
+    command = [python, "-c", BOOTSTRAP, *argv]
     if copy_code:
+        command = [python, "-S", "-c", COPY_CODE, BOOTSTRAP, *argv]
         binds[code_dir] = {"bind": SOURCE_DIR, "mode": "ro"}
         tmpfs[code_root] = "rw,exec,mode=1777"
         environment["PSYDUCK_CODE_SRC"] = SOURCE_DIR
         environment["PSYDUCK_CODE_ROOT"] = code_root
     else:
         binds[code_dir] = {"bind": code_root, "mode": "ro"}
-    argv = [*run.worker_argv, "-o", f"cache_dir={SCRATCH_DIR}/.pytest_cache"]
     return ContainerPlan(
         image=image,
-        command=[python, "-c", BOOTSTRAP, *argv],
+        command=command,
         environment=environment,
         working_dir=run.manifest.worker.cwd,
         user=user,

@@ -234,5 +234,6 @@ def ssh_host(spec: str, options: dict[str, Any] | None = None) -> DockerHost:
         name=f"ssh:{target.display}",
         labels={"kind": "ssh"},
         remote=True,
+        embedded=bool((options or {}).get("embedded")),
         **chosen,
     )

@@ -16,7 +16,7 @@ import requests.exceptions
 from farm.images.check import PROBE_MARKER, parse_probe_output
 
 if TYPE_CHECKING:
-    from farm.hosts.docker import Engine
+    from farm.hosts.docker.engine import Engine
 
 #: Label naming the host a probe container checks for.  Probes carry the farm's
 #: label too (so the reaper removes any left behind), but not the host label of
@@ -68,22 +68,24 @@ async def probe_image(
     python: str,
     binds: dict[str, dict[str, str]],
     host: str,
+    pythonpath: str,
 ) -> dict[str, Any]:
     """Run :data:`PROBE_SCRIPT` in a throw-away container of *image*; its facts.
 
-    *binds* mount psyduck's packages where workers find them (``PYTHONPATH``);
+    *binds* mount psyduck's packages where workers find them (*pythonpath*: the
+    image's own, extended as for workers);
     *host* names the host it checks for, in the container's labels.
     ValueError says why the image could not answer (no interpreter, it crashed).
     """
-    from farm.hosts.containers import FARM_ID, INJECT_DIR, LABEL_FARM
-    from farm.hosts.docker import _explanation
+    from farm.hosts.containers import FARM_ID, LABEL_FARM
+    from farm.hosts.docker.engine import explanation
 
     api = engine.api
     created = await engine.call(
         api.create_container,
         image,
         [python, "-c", PROBE_SCRIPT],
-        environment={"PYTHONPATH": INJECT_DIR, "PYTHONDONTWRITEBYTECODE": "1"},
+        environment={"PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1"},
         entrypoint=[],
         labels={LABEL_FARM: FARM_ID, LABEL_PROBE: host},
         network_disabled=True,
@@ -103,7 +105,7 @@ async def probe_image(
         try:
             await engine.call(api.start, container)
         except docker.errors.APIError as exc:
-            raise ValueError(describe_start_failure(python, _explanation(exc))) from exc
+            raise ValueError(describe_start_failure(python, explanation(exc))) from exc
         if not await engine.call(_wait, api, container, deadline=PROBE_TIMEOUT + 10):
             raise ValueError(f"its Python did not finish psyduck's check in {PROBE_TIMEOUT:.0f} s")
         logs = await engine.call(api.logs, container, stdout=True, stderr=True)

@@ -121,8 +121,12 @@ def test_workers_get_xdist_variables_psyduck_code_and_labels():
     assert p.environment["PYTEST_XDIST_WORKER_COUNT"] == "4"
     assert p.environment["PYTHONPATH"] == "/opt/psyduck"
     assert p.host_config["binds"]["/site/farm"] == {"bind": "/opt/psyduck/farm", "mode": "ro"}
-    assert p.command[:2] == ["python3", "-c"]
-    assert p.command[3:5] == ["pytest_psyduck.workermain", "-q"]
+    # Copy mode: the code is copied, then the worker's interpreter starts.
+    assert p.command[:3] == ["python3", "-S", "-c"]
+    assert p.command[5:7] == ["pytest_psyduck.workermain", "-q"]
+    read_only = plan(copy_code=False)
+    assert read_only.command[:2] == ["python3", "-c"]
+    assert read_only.command[3:5] == ["pytest_psyduck.workermain", "-q"]
     assert p.labels == {
         "psyduck.farm": FARM_ID,
         "psyduck.run": "run1",

@@ -241,7 +241,7 @@ def test_an_unreachable_pokedex_is_named_in_the_host_error(docker_image):
 def test_a_registry_that_never_answers_ends_the_pull_in_time(docker_image, monkeypatch):
     """A registry that accepts connections and says nothing: the pull gives up after its
     stall timeout (shortened here) instead of holding the slot for ever."""
-    monkeypatch.setattr("farm.hosts.docker.PULL_STALL", 2.0)
+    monkeypatch.setattr("farm.hosts.docker.images.PULL_STALL", 2.0)
     name = unique_name()
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

@@ -1,0 +1,387 @@
+"""``DockerHost``: the slots of one Docker engine, one ephemeral container per shard.
+
+Each shard gets a fresh container (``reuse_workers = False``) planned by
+:mod:`farm.hosts.containers`; while it runs, the slot's next container (its
+spare) already starts.  The engine connection, the workers, the images and the
+payload volumes each have their own module in this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+
+from farm.hosts.base import Host, HostError, OutputHandler, RunContext, WorkerConnection
+from farm.hosts.containers import (
+    FARM_ID,
+    LABEL_FARM,
+    Limits,
+    host_share,
+    inject_sources,
+    owner_is_gone,
+    plan_container,
+    shard_limits,
+)
+from farm.hosts.docker.engine import (
+    API_TIMEOUT,
+    Connect,
+    Engine,
+    EngineLost,
+    bounded,
+    local_engine,
+)
+from farm.hosts.docker.images import ImagePull, ImageSupply
+from farm.hosts.docker.volumes import PayloadVolumes
+from farm.hosts.docker.worker import DockerWorker, discard, start_container
+from farm.hosts.local import default_cache_dir
+from farm.images.check import Expectation
+from farm.manifest import TestSpec
+from farm.snapshots import SnapshotCache
+
+log = logging.getLogger("psyduck.farm.docker")
+
+#: Seconds a spare container waits for its slot's next shard before it is stopped.
+SPARE_TTL = 30.0
+#: A container of another farm still in state "created" is left alone this long:
+#: its coordinator may be about to start it.
+CREATED_GRACE = 120.0
+
+
+@dataclass
+class _Spare:
+    """A container started ahead for a slot's next shard of the same run and profile."""
+
+    key: tuple[str, str]
+    task: asyncio.Future[DockerWorker]
+    expiry: asyncio.TimerHandle
+
+
+def _owner(path: str) -> str:
+    """``uid:gid`` owning *path*: the container runs as the code's owner, so it can read it."""
+    st = os.stat(path)
+    return f"{st.st_uid}:{st.st_gid}"
+
+
+class DockerHost(ImageSupply, PayloadVolumes, Host):
+    """``docker:N`` — N slots on a Docker engine, one ephemeral container per shard."""
+
+    reuse_workers = False
+    #: A slot's next container (its spare) is created and started, and its worker has
+    #: imported pytest and the plugins, while the slot's current shard runs; once the
+    #: spare is handed its shard, the shard costs the slot's critical path its hand-off
+    #: and the collection of the shard's own files only.  A shard must outlast its
+    #: spare's start-up, or the slot waits for it.  Shards get this small only in a
+    #: run's tail (the scheduler shrinks them as the queue empties), where small shards
+    #: let the slots finish together; larger minimums left one slot running a long last
+    #: shard alone, and on attrs' suite a minimum of 4 s ran no faster than this one.
+    min_shard_seconds = 1.0
+
+    def __init__(
+        self,
+        slots: int | None,
+        connect: Connect | None = None,
+        *,
+        name: str = "docker",
+        labels: dict[str, str] | None = None,
+        image: str | None = None,
+        python: str = "python3",
+        copy_code: bool = True,
+        memory: int | None = None,
+        cpus: float | None = None,
+        cache_dir: str | None = None,
+        remote: bool = False,
+        embedded: bool = False,
+    ) -> None:
+        self.name = name
+        #: The engine does not share the coordinator's disk: payloads go in volumes.
+        self.remote = remote
+        #: The farm runs on the client's machine as its user (the embedded farm):
+        #: psyduck's packages come from where the client's pytest has them.
+        self.embedded = embedded
+        self.slots = slots or 0
+        self._connect = connect or local_engine()
+        self.labels = {"kind": "docker", **(labels or {})}
+        self.image = image
+        self.python = python
+        self.copy_code = copy_code
+        self._memory = memory
+        self._cpus = cpus
+        self.snapshots = SnapshotCache(cache_dir or default_cache_dir(name), name)
+        self._engine: Engine | None = None
+        self._engine_lock = asyncio.Lock()
+        #: Per test image the run asked for: the reference its containers start from,
+        #: once the engine has it (looked up, or pulled from pokedex: once at a time).
+        self._images: dict[str, asyncio.Future[str]] = {}
+        self._verdicts: dict[tuple[str, Expectation, str], asyncio.Future[str | None]] = {}
+        self._pulls: set[ImagePull] = set()
+        self._spares: dict[int, _Spare] = {}
+        self._background: set[asyncio.Future[None]] = set()
+        #: Per image reference: its own ``PYTHONPATH``, which workers extend.
+        self._image_paths: dict[str, str] = {}
+        #: Payload volumes by name (filled, or being filled), oldest first.
+        self._volumes: dict[str, asyncio.Future[str]] = {}
+
+    # -- engine ------------------------------------------------------------------
+    def connect_engine(self) -> docker.APIClient:
+        """A new, blocking client of this host's engine, for tools (``psyduck image build``)."""
+        return self._connect()
+
+    async def _ensure_engine(self) -> Engine:
+        async with self._engine_lock:
+            if self._engine is not None and self._engine.alive:
+                return self._engine
+            if self._engine is not None:
+                await self._engine.close()
+            try:
+                api = await bounded(asyncio.to_thread(self._connect), API_TIMEOUT + 5)
+            except HostError:
+                raise
+            except Exception as exc:
+                raise EngineLost(
+                    f"host {self.name}: cannot reach the Docker engine: {exc}"
+                ) from exc
+            engine = Engine(api, self.name)
+            await engine.start()
+            self._engine = engine
+            self._images.clear()
+            self._image_paths.clear()
+            return engine
+
+    async def start(self) -> None:
+        engine = await self._ensure_engine()
+        info = engine.info
+        if not self.slots:
+            self.slots = int(info.get("NCPU") or 1)
+        # The engine's facts are defaults; labels given by spec or farm.toml win.
+        self.labels = {
+            "arch": str(info.get("Architecture", "")),
+            "docker": str(info.get("ServerVersion", "")),
+            **self.labels,
+        }
+        await self.reap()
+
+    async def reap(self) -> list[str]:
+        """Remove psyduck containers whose coordinator is gone; returns their ids."""
+        engine = await self._ensure_engine()
+        containers = await engine.call(
+            engine.api.containers, all=True, filters={"label": LABEL_FARM}
+        )
+        removed = []
+        for c in containers:
+            farm = (c.get("Labels") or {}).get(LABEL_FARM, "")
+            if farm == FARM_ID:
+                continue
+            state, gone = c.get("State", ""), owner_is_gone(farm)
+            if state == "running" and not gone:
+                continue
+            if (
+                state == "created"
+                and not gone
+                and time.time() - c.get("Created", 0) < CREATED_GRACE
+            ):
+                continue
+            try:
+                await engine.call(engine.api.remove_container, c["Id"], force=True)
+                removed.append(c["Id"])
+            except docker.errors.APIError:
+                pass  # already being removed
+        if removed:
+            log.info("host %s: removed %d orphaned psyduck containers", self.name, len(removed))
+        volumes = await engine.call(engine.api.volumes, filters={"label": LABEL_FARM})
+        orphans = [
+            v["Name"]
+            for v in (volumes or {}).get("Volumes") or []
+            if (farm := (v.get("Labels") or {}).get(LABEL_FARM, "")) != FARM_ID
+            and owner_is_gone(farm)
+        ]
+        if orphans:
+            gone = await self._remove_volumes(engine, orphans)
+            log.info("host %s: removed %d orphaned psyduck volumes", self.name, len(gone))
+        return removed
+
+    async def close(self) -> None:
+        for pull in list(self._pulls):
+            pull.abort()
+        await asyncio.gather(*self._images.values(), return_exceptions=True)
+        for verdict in self._verdicts.values():
+            verdict.cancel()  # a probe still running removes its container as it ends
+        await asyncio.gather(*self._verdicts.values(), return_exceptions=True)
+        spares, self._spares = self._spares, {}
+        for spare in spares.values():
+            spare.expiry.cancel()
+        await asyncio.gather(*(discard(spare.task) for spare in spares.values()), *self._background)
+        volumes, self._volumes = self._volumes, {}
+        if volumes and self._engine is not None and self._engine.alive:
+            await asyncio.gather(*volumes.values(), return_exceptions=True)
+            try:
+                await self._remove_volumes(self._engine, list(volumes), patience=10.0)
+            except EngineLost:
+                pass  # the next farm's reaper removes them
+        if self._engine is not None:
+            await self._engine.close()
+            self._engine = None
+
+    def describe(self) -> dict[str, Any]:
+        info = self._engine.info if self._engine else {}
+        return {
+            **super().describe(),
+            "kind": "docker",
+            "docker_version": info.get("ServerVersion"),
+            "cpus": info.get("NCPU"),
+            "memory": info.get("MemTotal"),
+            "connected": bool(self._engine and self._engine.alive),
+        }
+
+    async def check(self, image: str | None) -> dict[str, Any]:
+        result = {**self.describe(), "reachable": True}
+        if image:
+            try:
+                await self._check_image(await self._ensure_engine(), image)
+                result["image_present"] = True
+            except HostError as exc:
+                result["image_present"] = False
+                result["problem"] = str(exc)
+        return result
+
+    async def _code_dir(self, run: RunContext) -> tuple[str, str]:
+        """(where the run's code is on the engine's machine, where it goes in the container).
+
+        The container always sees the code at the client's project root, so node
+        ids and absolute arguments are the client's; the source is the run's
+        snapshot when it has one, else the client's own directory.
+        """
+        root = run.manifest.worker.project_root
+        return await self.snapshots.tree(run) or root, root
+
+    async def spawn(
+        self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
+    ) -> WorkerConnection:
+        """A worker for the slot: the slot's spare if it fits, else a new container.
+
+        Either way a spare for the slot's next shard starts as soon as this
+        worker is up (not before: two starting containers would slow each other
+        down), so that its create, start and collection overlap this shard
+        instead of following it.  Its shard is not known yet, so every
+        container starts with the host's share; :meth:`DockerWorker.fit` gives
+        it its shard's limits.
+        """
+        key = (run.run_id, run.profile)
+        worker = await self._take_spare(slot, key)
+        if worker is None:
+            worker = await self._create_worker(run, slot, worker_id, on_output)
+        task = asyncio.ensure_future(self._spare_after(worker, run, slot, worker_id, on_output))
+        expiry = asyncio.get_running_loop().call_later(SPARE_TTL, self._expire_spare, slot, task)
+        self._spares[slot] = _Spare(key, task, expiry)
+        return worker
+
+    async def _spare_after(
+        self,
+        current: DockerWorker,
+        run: RunContext,
+        slot: int,
+        worker_id: str,
+        on_output: OutputHandler,
+    ) -> DockerWorker:
+        await current.heard.wait()
+        return await self._create_worker(run, slot, worker_id, on_output)
+
+    async def _take_spare(self, slot: int, key: tuple[str, str]) -> DockerWorker | None:
+        spare = self._spares.pop(slot, None)
+        if spare is None:
+            return None
+        spare.expiry.cancel()
+        if spare.key != key:
+            self._in_background(discard(spare.task))
+            return None
+        try:
+            worker = await spare.task
+        except Exception as exc:
+            log.info("host %s: spare container failed (%s); starting a new one", self.name, exc)
+            return None
+        if not worker.alive:
+            await discard(spare.task)
+            return None
+        return worker
+
+    def _expire_spare(self, slot: int, task: asyncio.Future[DockerWorker]) -> None:
+        spare = self._spares.get(slot)
+        if spare is not None and spare.task is task:
+            del self._spares[slot]
+            self._in_background(discard(task))
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _create_worker(
+        self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
+    ) -> DockerWorker:
+        engine = await self._ensure_engine()
+        image = run.manifest.image or self.image
+        if not image:
+            raise HostError(
+                f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
+            )
+        image = await self._run_image(engine, image, run)
+        module_dirs = inject_sources(run.manifest.worker.inject, client_disk=self.embedded)
+        image_pythonpath = await self._image_pythonpath(engine, image)
+        code_dir, code_root = await self._code_dir(run)
+        user = _owner(code_dir)
+        inject_volume = None
+        if self.remote:
+            inject_volume, code_dir = await self._payloads(
+                engine, run, image, code_dir, module_dirs
+            )
+        limits_for = self._limits_for(engine)
+        limits = limits_for(())  # the host's share, until the worker's shard is known
+        plan = plan_container(
+            run,
+            worker_id,
+            host=self.name,
+            slot=slot,
+            image=image,
+            python=self.python,
+            code_dir=code_dir,
+            code_root=code_root,
+            copy_code=self.copy_code,
+            user=user,
+            limits=limits,
+            module_dirs=module_dirs,
+            inject_volume=inject_volume,
+            image_pythonpath=image_pythonpath,
+        )
+        # Not interruptible: a create cancelled halfway would leave a container nobody
+        # knows about, so a cancelled caller hands the finished worker to discard.
+        starting = asyncio.ensure_future(
+            start_container(engine, plan, limits, limits_for, on_output, self._in_background)
+        )
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            self._in_background(discard(starting))
+            raise
+        except docker.errors.APIError as exc:
+            raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
+
+    def _limits_for(self, engine: Engine) -> Callable[[Sequence[TestSpec]], Limits]:
+        """Limits of a container running given tests: their hints, else the host's share."""
+        info = engine.info
+        memory_share, cpu_share = host_share(
+            self._memory or int(info.get("MemTotal", 1 << 32)),
+            self._cpus or int(info.get("NCPU", 1)),
+            self.slots,
+        )
+
+        def limits_for(tests: Sequence[TestSpec]) -> Limits:
+            return shard_limits(tests, memory_share=memory_share, cpu_share=cpu_share)
+
+        return limits_for

@@ -1,0 +1,200 @@
+"""Payload volumes: psyduck's packages and the run's code for engines on other machines.
+
+A local engine (``docker:N``) shares the coordinator's disk, so psyduck's own
+packages and the run's code are bind-mounted read-only.  An engine on another
+machine (``remote``: ssh hosts) cannot see that disk: there both payloads go
+through the Docker API instead — once per host and content (the snapshot's
+digest, else the run), the coordinator streams a tar of them with
+``put_archive`` into a named volume, through a helper container that is created
+from the run's image (no network, no capabilities) and never started.  The
+volumes are then mounted read-only where the binds would be, carry the farm's
+label, and are removed when the host closes, when a host keeps too many run
+volumes, or by the reaper once their coordinator is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import IO, Any
+
+import docker.errors
+
+from farm.hosts.base import HostError, RunContext
+from farm.hosts.containers import COPY_SKIP, FARM_ID, LABEL_FARM, LABEL_HOST
+from farm.hosts.docker.engine import Engine, EngineLost, bounded
+
+log = logging.getLogger("psyduck.farm.docker")
+
+#: Seconds building and uploading one payload (code or psyduck's packages) may take.
+PAYLOAD_TIMEOUT = 300.0
+#: Run-code volumes a remote host keeps (older ones not in use are removed).
+CODE_VOLUMES_KEPT = 4
+#: Where a payload helper container mounts the volume it fills.
+PAYLOAD_DIR = "/psyduck-payload"
+
+
+def _skip_cached(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    return None if os.path.basename(info.name) in COPY_SKIP else info
+
+
+def payload_tar(sources: Mapping[str, str]) -> IO[bytes]:
+    """A tar (in a temporary file, rewound) of each ``arcname → local path``.
+
+    Caches and VCS data (:data:`COPY_SKIP`) are left out; owners and modes are
+    kept, so the container's user (the code's owner) can read what it could read
+    through a bind mount.
+    """
+    archive = tempfile.TemporaryFile()
+    try:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for arcname, path in sources.items():
+                tar.add(path, arcname=arcname, filter=_skip_cached)
+        archive.seek(0)
+    except BaseException:
+        archive.close()
+        raise
+    return archive
+
+
+def volume_name(kind: str, key: str) -> str:
+    """This farm's volume for one payload: the farm and the content key, hashed."""
+    digest = hashlib.sha256(f"{FARM_ID}\0{key}".encode()).hexdigest()[:20]
+    return f"psyduck-{kind}-{digest}"
+
+
+class PayloadVolumes:
+    """The part of :class:`~farm.hosts.docker.DockerHost` that ships payloads in volumes."""
+
+    name: str
+    #: Payload volumes by name (filled, or being filled), oldest first.
+    _volumes: dict[str, asyncio.Future[str]]
+    _in_background: Callable[[Coroutine[Any, Any, None]], None]
+
+    async def _payloads(
+        self,
+        engine: Engine,
+        run: RunContext,
+        image: str,
+        code_dir: str,
+        module_dirs: Mapping[str, str],
+    ) -> tuple[str, str]:
+        """(volume of psyduck's packages, volume of the run's code) on the engine."""
+        inject = self._inject_volume(engine, image, module_dirs)
+        code = self._volume(
+            engine, image, "code", run.manifest.snapshot or f"run:{run.run_id}", {".": code_dir}
+        )
+        try:
+            return tuple(await asyncio.gather(inject, code))  # type: ignore[return-value]
+        except docker.errors.APIError as exc:
+            raise HostError(f"host {self.name}: cannot ship the run's code: {exc}") from exc
+        except TimeoutError as exc:
+            raise HostError(f"host {self.name}: shipping the run's code timed out") from exc
+
+    async def _inject_volume(
+        self, engine: Engine, image: str, module_dirs: Mapping[str, str]
+    ) -> str:
+        """The filled volume of psyduck's packages *module_dirs*, one per content."""
+        key = "\0".join(f"{name}={path}" for name, path in sorted(module_dirs.items()))
+        return await self._volume(engine, image, "inject", key, dict(module_dirs))
+
+    async def _volume(
+        self, engine: Engine, image: str, kind: str, key: str, sources: dict[str, str]
+    ) -> str:
+        """The filled volume for one payload; concurrent shards wait for one upload."""
+        name = volume_name(kind, key)
+        filling = self._volumes.get(name)
+        if filling is None or (
+            filling.done() and (filling.cancelled() or filling.exception() is not None)
+        ):
+            filling = asyncio.ensure_future(self._fill_volume(engine, image, name, sources))
+            self._volumes[name] = filling
+            if kind == "code":
+                self._in_background(self._trim_volumes(engine))
+        return await asyncio.shield(filling)
+
+    async def _fill_volume(
+        self, engine: Engine, image: str, name: str, sources: dict[str, str]
+    ) -> str:
+        api = engine.api
+        labels = {LABEL_FARM: FARM_ID, LABEL_HOST: self.name}
+        await engine.call(api.create_volume, name, labels=labels)
+        try:
+            helper = await engine.call(
+                api.create_container,
+                image,
+                ["true"],
+                labels=labels,
+                network_disabled=True,
+                host_config=api.create_host_config(
+                    binds={name: {"bind": PAYLOAD_DIR, "mode": "rw"}},
+                    network_mode="none",
+                    cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"],
+                    log_config={"type": "none", "config": {}},
+                ),
+                use_config_proxy=False,
+            )
+            try:
+                archive = await bounded(asyncio.to_thread(payload_tar, sources), PAYLOAD_TIMEOUT)
+                try:
+                    ok = await engine.call(
+                        api.put_archive,
+                        helper["Id"],
+                        PAYLOAD_DIR,
+                        archive,
+                        deadline=PAYLOAD_TIMEOUT,
+                    )
+                finally:
+                    archive.close()
+                if not ok:
+                    raise HostError(f"host {self.name}: the engine refused the payload for {name}")
+            finally:
+                try:
+                    await engine.call(api.remove_container, helper["Id"], force=True)
+                except docker.errors.APIError:
+                    pass  # the reaper takes it
+        except BaseException:
+            try:
+                await engine.call(api.remove_volume, name, force=True)
+            except Exception:
+                pass  # the reaper takes it
+            raise
+        log.info("host %s: shipped %s", self.name, name)
+        return name
+
+    async def _trim_volumes(self, engine: Engine) -> None:
+        """Remove the oldest run-code volumes beyond :data:`CODE_VOLUMES_KEPT` (if unused)."""
+        code = [n for n, f in self._volumes.items() if n.startswith("psyduck-code-") and f.done()]
+        old = code[: max(len(code) - CODE_VOLUMES_KEPT, 0)]
+        try:
+            for name in await self._remove_volumes(engine, old):
+                self._volumes.pop(name, None)
+        except EngineLost:
+            pass
+
+    async def _remove_volumes(
+        self, engine: Engine, names: list[str], patience: float = 0.0
+    ) -> list[str]:
+        """Remove volumes; one still in use is retried for *patience* seconds, then left."""
+        removed = []
+        deadline = time.monotonic() + patience
+        for name in names:
+            while True:
+                try:
+                    await engine.call(engine.api.remove_volume, name)
+                    removed.append(name)
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError:
+                    if time.monotonic() >= deadline:
+                        break  # in use: by a container still being removed, or another run
+                    await asyncio.sleep(0.25)
+        return removed
