@@ -7,9 +7,10 @@ and the reaper's ownership rule can be read (and unit-tested) on their own.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,16 @@ class ContainerPlan:
     host_config: dict[str, Any]
 
 
+def scratch_cache_args(argv: Sequence[str]) -> list[str]:
+    """Point pytest's cache into the container's scratch (the code is read-only), unless
+    the run turned the cache provider off: then ``cache_dir`` is an unknown ini key, which
+    ``--strict-config`` or ``filterwarnings = error`` turn into a failure of every worker."""
+    pairs = itertools.pairwise(argv)
+    if "-pno:cacheprovider" in argv or ("-p", "no:cacheprovider") in pairs:
+        return []
+    return ["-o", f"cache_dir={SCRATCH_DIR}/.pytest_cache"]
+
+
 def plan_container(
     run: RunContext,
     worker_id: str,
@@ -316,7 +327,7 @@ def plan_container(
         binds = injected_binds(module_dirs)
     tmpfs = {SCRATCH_DIR: "rw,exec,mode=1777"}
     environment = container_environment(run, worker_id, image_pythonpath)
-    argv = [*run.worker_argv, "-o", f"cache_dir={SCRATCH_DIR}/.pytest_cache"]
+    argv = [*run.worker_argv, *scratch_cache_args(run.worker_argv)]
     command = [python, "-c", BOOTSTRAP, *argv]
     if copy_code:
         command = [python, "-S", "-c", COPY_CODE, BOOTSTRAP, *argv]

@@ -293,3 +293,17 @@ def test_a_served_farm_runs_the_shipped_snapshot_in_containers(docker_image, sui
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_strict_suite_without_the_cache_provider_runs_in_containers(docker_image, suite):
+    """``-p no:cacheprovider`` with ``--strict-config`` and warnings as errors: the
+    container's scratch cache option must not become an unknown ini key there."""
+    path = suite(
+        {
+            "pytest.ini": "[pytest]\naddopts = --strict-config\nfilterwarnings = error\n",
+            "test_strict.py": "def test_one():\n    pass\n\ndef test_two():\n    pass\n",
+        }
+    )
+    session = psyduck_session(path, "--psyduck-hosts", "docker:2", "--psyduck-image", docker_image)
+    assert session.returncode == 0, session.output
+    assert "2 passed" in session.output

@@ -241,3 +241,11 @@ def test_farm_toml_fields_reach_the_host():
         HOST_KINDS["docker"]("docker:1", {"colour": "red"})
     host = HOST_KINDS["ssh"]("ssh://ci@h", {"key": os.devnull, "accept_new_host_keys": True})
     assert host.name == "ssh:ci@h:22"
+
+
+def test_the_scratch_cache_only_when_the_cache_provider_is_on():
+    from farm.hosts.containers import scratch_cache_args
+
+    assert scratch_cache_args(["-x"]) == ["-o", "cache_dir=/tmp/.pytest_cache"]
+    assert scratch_cache_args(["-p", "no:cacheprovider", "-x"]) == []
+    assert scratch_cache_args(["-pno:cacheprovider"]) == []
