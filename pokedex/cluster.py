@@ -197,16 +197,19 @@ class Cluster:
     # -- small JSON calls (status, ref consensus) --------------------------------------------
 
     async def forward(
-        self, node: str, method: str, path: str, json_body: Any = None
+        self,
+        node: str,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        *,
+        timeout: aiohttp.ClientTimeout = SMALL_TIMEOUT,
     ) -> tuple[int, Any] | None:
-        """A small JSON call to one peer; None if it could not be reached."""
+        """A small JSON call to one peer: (status, JSON); None if it could not be reached or
+        answered something unreadable or too large."""
         try:
             async with self.http.request(
-                method,
-                f"{node}{path}",
-                json=json_body,
-                headers=self._headers(),
-                timeout=SMALL_TIMEOUT,
+                method, f"{node}{path}", json=json_body, headers=self._headers(), timeout=timeout
             ) as r:
                 data = await read_body(r.content, MAX_PEER_REPLY, r.content_length)
                 return r.status, json.loads(data)
@@ -218,19 +221,8 @@ class Cluster:
     ) -> Any | None:
         """One consensus call to a peer's acceptor (``/peer/refs...``): its JSON answer, or
         None if the peer is unreachable, slow, refuses, or answers something too large."""
-        try:
-            async with self.http.request(
-                method,
-                f"{node}{path}",
-                json=json_body,
-                headers=self._headers(),
-                timeout=ACCEPTOR_TIMEOUT,
-            ) as r:
-                if r.status != 200:
-                    return None
-                return json.loads(await read_body(r.content, MAX_PEER_REPLY, r.content_length))
-        except (*PEER_ERRORS, ValueError):  # BodyTooLarge is a ValueError
-            return None
+        answer = await self.forward(node, method, path, json_body, timeout=ACCEPTOR_TIMEOUT)
+        return answer[1] if answer is not None and answer[0] == 200 else None
 
     async def delegate(self, node: str, path: str, json_body: Any) -> tuple[int, Any] | None:
         """POST a write to a peer that carries it out itself: (status, JSON).
