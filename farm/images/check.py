@@ -6,7 +6,10 @@ test of a run with the same error.  :func:`farm.images.probe.probe_image`
 starts one throw-away container of the image (no network, no capabilities,
 psyduck's packages mounted as the workers get them) that prints one JSON line
 of facts; :func:`image_problem` compares those facts with what the run's
-client has (:class:`Expectation`).  Everything here is pure (and
+client has (:class:`Expectation`).  A usable image may still differ from the
+client's machine in ways that change a test's outcome (another Python patch
+release): :func:`image_notes` says so, and the client shows it without
+stopping the run.  Everything here is pure (and
 cheap to import for the plugin); :mod:`farm.images.probe` talks to the engine.
 """
 
