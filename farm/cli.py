@@ -190,6 +190,8 @@ async def check_hosts(hosts: list[Host], image: str | None) -> list[dict[str, An
                 result["image_usable"] = problem is None
                 if problem:
                     result["problem"] = problem
+                if verdict.notes:
+                    result["image_notes"] = "; ".join(verdict.notes)
             return result
         except Exception as exc:  # report every failure as a finding, never a traceback
             return {

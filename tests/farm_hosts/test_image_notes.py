@@ -29,6 +29,7 @@ from farm.images.check import (
     python_release,
 )
 from tests.conftest import SESSION_TIMEOUT, run_pytest
+from tests.farm_hosts.test_image_check import hosts_check
 from tests.test_parity import _summary
 
 YOURS = Expectation("3.11", "9.2.0", "3.11.7")
@@ -96,11 +97,26 @@ def image_release(image: str) -> str:
     return done.stdout.strip()
 
 
-@pytest.mark.docker
-def test_a_run_on_docker_hosts_notes_the_images_other_release(docker_image, tmp_path):
+@pytest.fixture
+def other_release(docker_image: str) -> str:
+    """The test image's Python release, which must not be this interpreter's."""
     found = image_release(docker_image)
     if found == python_release():
         pytest.skip(f"the test image has this interpreter's Python {found}")
+    return found
+
+
+def noted(image: str, found: str) -> str:
+    return (
+        f"host docker: test image {image!r}: its Python is {found}, yours is {python_release()} "
+        "(a test may differ from plain pytest's where the two releases differ)"
+    )
+
+
+@pytest.mark.docker
+def test_a_run_on_docker_hosts_notes_the_images_other_release(
+    docker_image, other_release, tmp_path
+):
     for name, text in SUITE.items():
         (tmp_path / name).write_text(text)
     plain = run_pytest(tmp_path, "-p", "no:cacheprovider")
@@ -114,11 +130,15 @@ def test_a_run_on_docker_hosts_notes_the_images_other_release(docker_image, tmp_
         "--psyduck-image",
         docker_image,
     )
-    note = (
-        f"psyduck image: host docker: test image {docker_image!r}: "
-        f"its Python is {found}, yours is {python_release()} "
-        "(a test may differ from plain pytest's where the two releases differ)"
-    )
+    note = "psyduck image: " + noted(docker_image, other_release)
     assert note in farm.stdout.splitlines(), farm.stdout + farm.stderr
     assert farm.returncode == plain.returncode == 1
     assert _summary(farm.stdout) == _summary(plain.stdout)
+
+
+@pytest.mark.docker
+def test_hosts_check_notes_the_images_other_release(docker_image, other_release):
+    done = hosts_check(docker_image)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("docker: ok")
+    assert f"  image_notes: {noted(docker_image, other_release)}" in done.stdout.splitlines()
