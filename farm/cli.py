@@ -184,11 +184,14 @@ async def check_hosts(hosts: list[Host], image: str | None) -> list[dict[str, An
             await asyncio.wait_for(host.start(), 30)
             wanted = image or getattr(host, "image", None)  # else the host's own (farm.toml)
             result = await asyncio.wait_for(host.check(wanted), 30)
-            if wanted and not result.get("problem") and hasattr(host, "image_problem"):
-                problem = await host.image_problem(wanted, local_expectation(), check_context())
+            if wanted and not result.get("problem") and hasattr(host, "image_verdict"):
+                verdict = await host.image_verdict(wanted, local_expectation(), check_context())
+                problem = verdict.problem
                 result["image_usable"] = problem is None
                 if problem:
                     result["problem"] = problem
+                if verdict.notes:
+                    result["image_notes"] = "; ".join(verdict.notes)
             return result
         except Exception as exc:  # report every failure as a finding, never a traceback
             return {

@@ -143,13 +143,15 @@ class FarmClient:
     async def cancel(self, run_id: str) -> None:
         await self._request("POST", f"/v1/runs/{run_id}/cancel")
 
-    async def check_image(self, request: dict[str, Any]) -> list[str]:
-        """The farm's verdict on a ``check_image`` request: one line per unusable host's image.
+    async def check_image(self, request: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """The farm's verdict on a ``check_image`` request: (one line per unusable host's
+        image, one line per difference from the client's machine of a usable one).
 
         Its hosts may first pull the image and then start a container of it.
         """
         reply = await self._request("POST", "/v1/images/check", encode(request), CHECK_TIMEOUT)
-        return [str(problem) for problem in reply.get("problems") or ()]
+        problems = [str(problem) for problem in reply.get("problems") or ()]
+        return problems, [str(note) for note in reply.get("notes") or ()]
 
     async def info(self) -> dict[str, Any]:
         return await self._request("GET", "/v1/info")

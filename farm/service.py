@@ -10,10 +10,11 @@ submitted it, and only that name or an admin may watch or cancel it):
   The client may send ``cancel``; closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
 * ``GET /v1/status`` — hosts, slots, runs and queued tests.
-* ``POST /v1/images/check`` — msgpack ``check_image`` {image, python, pytest}; 200
-  with ``problems``, one line per docker/ssh host whose test image cannot run
-  this client's workers (:mod:`farm.images.check`); the client asks before it
-  submits a run.
+* ``POST /v1/images/check`` — msgpack ``check_image`` {image, python, pytest,
+  release}; 200 with ``problems``, one line per docker/ssh host whose test image
+  cannot run this client's workers, and ``notes``, one line per difference from
+  the client's machine of a usable one (:mod:`farm.images.check`); the client
+  asks before it submits a run.
 * ``GET /v1/info`` — protocol version and the farm's pokedex URLs (where
   clients push their snapshots).
 
@@ -31,7 +32,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from farm.coordinator import Coordinator, Run, event_batches
-from farm.images.check import check_context, hosts_problems, parse_check_request
+from farm.images.check import check_context, hosts_verdicts, parse_check_request
 from farm.intake import Unplaceable, read_run
 from farm.protocol import (
     HEARTBEAT,
@@ -174,8 +175,8 @@ async def check_image(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR_KEY]
     hosts = [state.host for state in coordinator.hosts if not state.quarantined]
     context = check_context(coordinator.pokedex_urls, coordinator.pokedex_token)
-    problems = await hosts_problems(hosts, image, expect, context)
-    return reply(request, {"t": "image_checked", "problems": problems})
+    problems, notes = await hosts_verdicts(hosts, image, expect, context)
+    return reply(request, {"t": "image_checked", "problems": problems, "notes": notes})
 
 
 async def health(request: web.Request) -> web.Response:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
@@ -60,10 +59,12 @@ def wants_auto_image(config: pytest.Config) -> bool:
 
 
 def expectation() -> Expectation:
-    """What a worker image must match: this interpreter's minor version and pytest."""
-    from farm.images.check import Expectation
+    """What a worker image must match: this interpreter's minor version and pytest
+    (and its full version, which the farm notes if the image's differs)."""
+    from farm.images.check import Expectation, python_minor, python_release
 
-    return Expectation(f"{sys.version_info.major}.{sys.version_info.minor}", pytest.__version__)
+    release = python_release()
+    return Expectation(python_minor(release), pytest.__version__, release)
 
 
 class _BuildArguments(argparse.ArgumentParser):
@@ -131,12 +132,18 @@ async def ship_image(
 async def check_image(config: pytest.Config, client: FarmClient, manifest: RunManifest) -> None:
     """Have the farm check the run's image on its container hosts; UsageError if unusable.
 
-    Skipped for an embedded farm without docker or ssh hosts (nothing to check).
+    A usable image's differences from this machine (another Python patch
+    release) are written on the terminal: where a test's outcome differs from
+    plain pytest's, they may be why.  Skipped for an embedded farm without docker
+    or ssh hosts (nothing to check).
     """
     if not remote_farm_url(config.option) and not embedded_container_hosts(config):
         return
     from farm.images.check import check_request
 
-    problems = await client.check_image(check_request(manifest.image, expectation()))
+    problems, notes = await client.check_image(check_request(manifest.image, expectation()))
     if problems:
         raise pytest.UsageError("psyduck: " + "\npsyduck: ".join(problems))
+    note = _progress(config)
+    for line in notes:
+        note(line)

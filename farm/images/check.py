@@ -6,7 +6,10 @@ test of a run with the same error.  :func:`farm.images.probe.probe_image`
 starts one throw-away container of the image (no network, no capabilities,
 psyduck's packages mounted as the workers get them) that prints one JSON line
 of facts; :func:`image_problem` compares those facts with what the run's
-client has (:class:`Expectation`).  Everything here is pure (and
+client has (:class:`Expectation`).  A usable image may still differ from the
+client's machine in ways that change a test's outcome (another Python patch
+release): :func:`image_notes` says so, and the client shows it without
+stopping the run.  Everything here is pure (and
 cheap to import for the plugin); :mod:`farm.images.probe` talks to the engine.
 """
 
@@ -35,11 +38,23 @@ MAX_VERSION_CHARS = 64
 class Expectation:
     """What the run's client has, and so what its image must have: ``3.11``, ``9.2.0``.
 
-    An empty field is not checked (a client that did not say).
+    *release* (``3.11.7``) is the client's full Python version: an image with
+    another patch release of the same minor is usable, but it is noted
+    (:func:`image_notes`).  An empty field is not checked (a client that did not say).
     """
 
     python: str = ""
     pytest: str = ""
+    release: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A host's verdict on an image: why it is unusable (or None), and what differs
+    from the client's machine although the image is usable (one line each)."""
+
+    problem: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 def local_expectation() -> Expectation:
@@ -48,7 +63,12 @@ def local_expectation() -> Expectation:
         pytest_version = importlib.metadata.version("pytest")
     except importlib.metadata.PackageNotFoundError:
         pytest_version = ""
-    return Expectation(f"{sys.version_info.major}.{sys.version_info.minor}", pytest_version)
+    return Expectation(python_minor(python_release()), pytest_version, python_release())
+
+
+def python_release() -> str:
+    """This interpreter's full version: ``3.11.7``."""
+    return ".".join(map(str, sys.version_info[:3]))
 
 
 def check_context(pokedex_urls: tuple[str, ...] = (), token: str | None = None) -> RunContext:
@@ -90,9 +110,36 @@ def image_problem(facts: dict[str, Any], expect: Expectation) -> str | None:
     return None
 
 
+def image_notes(facts: dict[str, Any], expect: Expectation) -> tuple[str, ...]:
+    """What differs between a usable image with *facts* and the client's machine.
+
+    Another patch release of Python runs psyduck's workers, but a test whose
+    outcome depends on a fix between the two releases differs from plain pytest's.
+    """
+    found = str(facts["python"])
+    if expect.release and found != expect.release:
+        return (
+            f"its Python is {found}, yours is {expect.release} "
+            "(a test may differ from plain pytest's where the two releases differ)",
+        )
+    return ()
+
+
+def judge(facts: dict[str, Any], expect: Expectation) -> Verdict:
+    """The verdict on an image with *facts* for a client with *expect*."""
+    problem = image_problem(facts, expect)
+    return Verdict(problem, () if problem else image_notes(facts, expect))
+
+
 def check_request(image: str | None, expect: Expectation) -> dict[str, Any]:
     """The ``check_image`` message a client sends before it submits a run."""
-    return {"t": "check_image", "image": image, "python": expect.python, "pytest": expect.pytest}
+    return {
+        "t": "check_image",
+        "image": image,
+        "python": expect.python,
+        "pytest": expect.pytest,
+        "release": expect.release,
+    }
 
 
 def _text(message: dict[str, Any], key: str, limit: int, *, optional: bool = False) -> str:
@@ -110,18 +157,23 @@ def parse_check_request(message: dict[str, Any]) -> tuple[str | None, Expectatio
         raise ProtocolError(f"expected a 'check_image' message, got {message.get('t')!r}")
     image = _text(message, "image", MAX_IMAGE_CHARS, optional=True) or None
     expect = Expectation(
-        _text(message, "python", MAX_VERSION_CHARS), _text(message, "pytest", MAX_VERSION_CHARS)
+        _text(message, "python", MAX_VERSION_CHARS),
+        _text(message, "pytest", MAX_VERSION_CHARS),
+        _text(message, "release", MAX_VERSION_CHARS, optional=True),
     )
     return image, expect
 
 
-async def hosts_problems(
+async def hosts_verdicts(
     hosts: Iterable[Host], image: str | None, expect: Expectation, run: RunContext
-) -> list[str]:
-    """One line per container host whose image is unusable (hosts check concurrently)."""
+) -> tuple[list[str], list[str]]:
+    """(one line per container host whose image is unusable, every host's notes);
+    the hosts check concurrently."""
     checks = [
-        host.image_problem(image, expect, run)  # type: ignore[attr-defined]
+        host.image_verdict(image, expect, run)  # type: ignore[attr-defined]
         for host in hosts
-        if hasattr(host, "image_problem")
+        if hasattr(host, "image_verdict")
     ]
-    return [problem for problem in await asyncio.gather(*checks) if problem]
+    verdicts = await asyncio.gather(*checks)
+    problems = [v.problem for v in verdicts if v.problem]
+    return problems, [note for v in verdicts for note in v.notes]

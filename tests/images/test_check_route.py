@@ -50,4 +50,4 @@ def test_a_farm_without_container_hosts_has_no_image_problems():
         async with FarmClient(farm.url, farm.token) as client:
             return await client.check_image(check_request(None, Expectation("3.11", "9.2.0")))
 
-    assert asyncio.run(asyncio.wait_for(_with_farm(body), 60)) == []
+    assert asyncio.run(asyncio.wait_for(_with_farm(body), 60)) == ([], [])

@@ -42,7 +42,7 @@ from farm.hosts.docker.images import ImagePull, ImageSupply
 from farm.hosts.docker.volumes import PayloadVolumes
 from farm.hosts.docker.worker import DockerWorker, discard, start_container
 from farm.hosts.local import default_cache_dir
-from farm.images.check import Expectation
+from farm.images.check import Expectation, Verdict
 from farm.manifest import TestSpec
 from farm.snapshots import SnapshotCache
 
@@ -120,7 +120,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         #: Per test image the run asked for: the reference its containers start from,
         #: once the engine has it (looked up, or pulled from pokedex: once at a time).
         self._images: dict[str, asyncio.Future[str]] = {}
-        self._verdicts: dict[tuple[str, Expectation, str], asyncio.Future[str | None]] = {}
+        self._verdicts: dict[tuple[str, Expectation, str], asyncio.Future[Verdict]] = {}
         self._pulls: set[ImagePull] = set()
         self._spares: dict[int, _Spare] = {}
         self._background: set[asyncio.Future[None]] = set()

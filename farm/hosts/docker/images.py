@@ -7,7 +7,7 @@ a time, then tagged as the name the run asked for
 (:meth:`ImageSupply._provide_image`).  Workers extend the ``PYTHONPATH`` the
 image sets, so it is looked up too.  Before a run is submitted, its client has
 the farm check the image once per host, image id and injected packages
-(:meth:`ImageSupply.image_problem`, :mod:`farm.images.check`).
+(:meth:`ImageSupply.image_verdict`, :mod:`farm.images.check`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from farm.hosts.containers import (
     worker_pythonpath,
 )
 from farm.hosts.docker.engine import Engine, EngineLost, bounded, explanation, raw_socket
-from farm.images.check import Expectation, image_problem
+from farm.images.check import Expectation, Verdict, judge
 from farm.images.probe import probe_image
 
 log = logging.getLogger("psyduck.farm.docker")
@@ -191,14 +191,15 @@ class ImageSupply:
     _image_paths: dict[str, str]
     #: Verdicts of the up-front image check, per image id, client expectation and
     #: the packages mounted for it.
-    _verdicts: dict[tuple[str, Expectation, str], asyncio.Future[str | None]]
+    _verdicts: dict[tuple[str, Expectation, str], asyncio.Future[Verdict]]
     _inject_volume: Callable[[Engine, str, Mapping[str, str]], Awaitable[str]]
     _ensure_engine: Callable[[], Awaitable[Engine]]
 
-    async def image_problem(
+    async def image_verdict(
         self, image: str | None, expect: Expectation, run: RunContext
-    ) -> str | None:
-        """Why the test image cannot run this host's workers (one line), or None.
+    ) -> Verdict:
+        """Why the test image cannot run this host's workers (one line, or None), and
+        how it differs from the client's machine though usable; each line names host and image.
 
         *image* (else the host's own) is provided as for a run (pulled from
         *run*'s pokedex if missing), then probed once per image id, *expect*
@@ -207,7 +208,9 @@ class ImageSupply:
         """
         image = image or self.image
         if not image:
-            return f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
+            return Verdict(
+                f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
+            )
         try:
             module_dirs = checked_sources(run, client_disk=self.embedded)
             engine = await self._ensure_engine()
@@ -218,18 +221,21 @@ class ImageSupply:
             if verdict is None or (verdict.done() and not _succeeded(verdict)):
                 verdict = asyncio.ensure_future(self._probe(engine, reference, expect, module_dirs))
                 self._verdicts[key] = verdict
-            problem = await asyncio.shield(verdict)
+            found = await asyncio.shield(verdict)
         except (HostError, RunError) as exc:
-            return str(exc) if isinstance(exc, HostError) else f"host {self.name}: {exc}"
+            return Verdict(str(exc) if isinstance(exc, HostError) else f"host {self.name}: {exc}")
         except docker.errors.APIError as exc:
-            problem = f"the engine refused to check it: {explanation(exc)}"
+            found = Verdict(f"the engine refused to check it: {explanation(exc)}")
         except TimeoutError:
-            problem = "shipping psyduck's worker code to check it timed out"
-        return f"host {self.name}: test image {image!r}: {problem}" if problem else None
+            found = Verdict("shipping psyduck's worker code to check it timed out")
+        where = f"host {self.name}: test image {image!r}: "
+        return Verdict(
+            found.problem and where + found.problem, tuple(where + note for note in found.notes)
+        )
 
     async def _probe(
         self, engine: Engine, image: str, expect: Expectation, module_dirs: dict[str, str]
-    ) -> str | None:
+    ) -> Verdict:
         if self.remote:
             volume = await self._inject_volume(engine, image, module_dirs)
             binds = {volume: {"bind": INJECT_DIR, "mode": "ro"}}
@@ -239,10 +245,10 @@ class ImageSupply:
         try:
             facts = await probe_image(engine, image, self.python, binds, self.name, pythonpath)
         except ValueError as exc:
-            return str(exc)
+            return Verdict(str(exc))
         except docker.errors.APIError as exc:
-            return f"a container of it cannot be created: {explanation(exc)}"
-        return image_problem(facts, expect)
+            return Verdict(f"a container of it cannot be created: {explanation(exc)}")
+        return judge(facts, expect)
 
     async def _check_image(self, engine: Engine, image: str) -> None:
         """HostError unless *image* is on the engine now (what ``hosts check`` reports)."""
