@@ -30,6 +30,7 @@ from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.roles import TRANSFORMATIONS_PLUGIN_NAME
 from pytest_psyduck.runmanifest import group_of
 from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
+from pytest_psyduck.subtests import count_failed_subtest
 
 #: Plugins whose ``pytest_runtest_protocol`` wrappers serve running the test
 #: in this process — catching its warnings, rewriting its asserts' messages,
@@ -176,6 +177,7 @@ class Replayer:
         ihook = self._hooks_at(item.path)[0]
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
         for report in reports:
+            count_failed_subtest(self.config, report)
             ihook.pytest_runtest_logreport(report=report)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
         return True
