@@ -126,7 +126,7 @@ def test_tests_and_plugins_write_to_the_terminal_writer(suite, spawn):
 @SPAWNS
 def test_pytest_timeout_fails_the_test_as_plain_pytest(suite, spawn):
     pytest.importorskip("pytest_timeout")
-    plain, psy = _both(suite(TIMEOUT_SUITE), spawn, "--timeout=1", "-p", "timeout")
+    plain, psy = _both(suite(TIMEOUT_SUITE), spawn, "--timeout=1")
     assert plain.returncode == 1
     assert _result_lines(psy.stdout) == _result_lines(plain.stdout)
     for needle in (
