@@ -2,7 +2,8 @@
 
 Pure logic, with the real pytest hooks of this session: a subtest report
 decoded in the user's process must describe its subtest exactly as the worker's
-did (plain pytest renders ``i=2``), and a failed one must count against its test.
+did (plain pytest renders ``i=2``).  That a failed subtest fails its test is
+checked on real sessions in tests/test_plugin_parity.py.
 """
 
 from __future__ import annotations
