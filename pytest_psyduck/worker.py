@@ -51,6 +51,7 @@ from pytest_psyduck.channel import Channel, ChannelClosed
 from pytest_psyduck.roles import WORKER_PLUGIN_NAME
 from pytest_psyduck.serialize import reports_to_payload, warning_to_wire
 from pytest_psyduck.shardfiles import ShardFilter, shard_files
+from pytest_psyduck.teamcity import attach_comparison, watch_item
 from pytest_psyduck.workerterminal import silence_reporting
 
 #: Exit status a worker uses when it kills itself over a test timeout.
@@ -213,11 +214,13 @@ class WorkerPlugin:
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool:
         started = time.perf_counter()
         self._logged = []
+        watch_item(item)
         try:
             phases = runtestprotocol(item, log=False, nextitem=nextitem)
             reports = interleave(phases, self._logged)
         finally:
             self._logged = None
+        attach_comparison(item, reports)
         # Sent by serve() once every wrapper of this hook has returned: pytest's
         # warnings plugin records the test's warnings only on its way out, and
         # they must reach the farm before the result that may end the run.

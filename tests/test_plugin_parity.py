@@ -47,6 +47,28 @@ def test_quick():
 """,
 }
 
+COMPARISONS_SUITE = {
+    "test_compare.py": """
+def test_lists():
+    assert [1, 2] == [1, 3]
+
+def test_dicts():
+    assert {"a": 1, "b": [1, 2]} == {"a": 1, "b": [2]}
+
+def test_numbers():
+    assert 6 * 7 == 41
+
+def test_strings():
+    assert "spam" == "eggs"
+
+def test_not_a_comparison():
+    assert not True
+
+def test_passes():
+    assert [1] == [1]
+""",
+}
+
 SUBTESTS_SUITE = {
     "test_sub.py": """
 def test_one_subtest_fails(subtests):
@@ -138,6 +160,31 @@ def test_pytest_timeout_fails_the_test_as_plain_pytest(suite, spawn):
         assert needle in psy.stdout, (needle, psy.stdout)
     # pytest-timeout dumps the stacks of the test's other threads: a worker has none either.
     assert ("Stack of" in psy.stdout) == ("Stack of" in plain.stdout), psy.stdout
+
+
+def _teamcity_failures(stdout: str) -> list[dict[str, str]]:
+    """The attributes of each ``testFailed`` service message, timing and flow aside.
+
+    A message may follow pytest's progress on the same line.
+    """
+    failures = []
+    for match in re.finditer(r"##teamcity\[testFailed (.*)\]$", stdout, re.M):
+        attrs = dict(re.findall(r"(\w+)='((?:[^'|]|\|.)*)'", match.group(1)))
+        for volatile in ("timestamp", "flowId"):
+            attrs.pop(volatile)
+        failures.append(attrs)
+    return sorted(failures, key=lambda attrs: attrs["name"])
+
+
+@SPAWNS
+def test_teamcity_gets_comparison_failures_as_from_plain_pytest(suite, spawn):
+    plain, psy = _both(suite(COMPARISONS_SUITE), spawn, "--teamcity")
+    assert plain.returncode == 1
+    plain_failures = _teamcity_failures(plain.stdout)
+    # The real teamcity-messages plugin saw each comparison: PyCharm's diff view.
+    assert [f.get("type") for f in plain_failures].count("comparisonFailure") == 4
+    assert {"expected": "|[1, 3|]", "actual": "|[1, 2|]"}.items() <= plain_failures[1].items()
+    assert _teamcity_failures(psy.stdout) == plain_failures
 
 
 @SPAWNS
