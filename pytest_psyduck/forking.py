@@ -35,12 +35,8 @@ from farm.protocol import decode, encode
 from farm.tokens import scrub
 from pytest_psyduck.channel import Channel
 from pytest_psyduck.roles import CONTROLLER_PLUGINS, WORKER_PLUGIN_NAME
-from pytest_psyduck.worker import (
-    WorkerPlugin,
-    die_with_parent,
-    serve,
-    silence_reporting,
-)
+from pytest_psyduck.worker import WorkerPlugin, die_with_parent, serve
+from pytest_psyduck.workerterminal import silence_reporting
 
 
 class LaunchServer:

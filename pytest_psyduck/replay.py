@@ -30,6 +30,8 @@ from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.roles import TRANSFORMATIONS_PLUGIN_NAME
 from pytest_psyduck.runmanifest import group_of
 from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
+from pytest_psyduck.subtests import count_failed_subtest
+from pytest_psyduck.teamcity import restore_comparison, watch_item
 
 #: Plugins whose ``pytest_runtest_protocol`` wrappers serve running the test
 #: in this process — catching its warnings, rewriting its asserts' messages,
@@ -173,9 +175,12 @@ class Replayer:
         # pytest-xdist's controller also logs it): computing it again here would
         # cost as much as all the terminal's reporting.
         location = reports[0].location
+        watch_item(item)
+        restore_comparison(item, reports)
         ihook = self._hooks_at(item.path)[0]
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
         for report in reports:
+            count_failed_subtest(self.config, report)
             ihook.pytest_runtest_logreport(report=report)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
         return True

@@ -16,6 +16,8 @@ from typing import Any
 import msgpack
 import pytest
 
+from pytest_psyduck.subtests import restore_context
+
 #: Marks a longrepr that was a terminal representation without a crash line
 #: (doctest failures, for one); pytest serializes those as plain text.
 _RENDERED = "psyduck_rendered_longrepr"
@@ -57,6 +59,7 @@ def payload_to_reports(config: pytest.Config, payload: bytes) -> list[pytest.Tes
     for data in msgpack.unpackb(payload, raw=False):
         rendered = data.pop(_RENDERED, False)
         report = config.hook.pytest_report_from_serializable(config=config, data=data)
+        restore_context(report, data)
         if rendered and isinstance(report.longrepr, str):
             report.longrepr = RenderedRepr(report.longrepr)
         report.location = tuple(report.location)

@@ -51,6 +51,8 @@ from pytest_psyduck.channel import Channel, ChannelClosed
 from pytest_psyduck.roles import WORKER_PLUGIN_NAME
 from pytest_psyduck.serialize import reports_to_payload, warning_to_wire
 from pytest_psyduck.shardfiles import ShardFilter, shard_files
+from pytest_psyduck.teamcity import attach_comparison, watch_item
+from pytest_psyduck.workerterminal import silence_reporting
 
 #: Exit status a worker uses when it kills itself over a test timeout.
 TIMEOUT_EXIT_STATUS = 86
@@ -66,12 +68,18 @@ class Watchdog:
         self._main = threading.main_thread().ident
         self._cond = threading.Condition()
         self._current: tuple[str, float, float] | None = None
-        thread = threading.Thread(target=self._watch, name="psyduck-watchdog", daemon=True)
-        thread.start()
+        self._thread: threading.Thread | None = None
 
     def arm(self, test_id: str, timeout: float | None) -> None:
         if not timeout and self._current is None:
             return  # nothing to watch: do not wake the watchdog thread for every test
+        if self._thread is None:
+            # Started for the first timeout only: a test sees the threads plain
+            # pytest has (pytest-timeout dumps the stack of every other thread).
+            self._thread = threading.Thread(
+                target=self._watch, name="psyduck-watchdog", daemon=True
+            )
+            self._thread.start()
         with self._cond:
             self._current = None if not timeout else (test_id, timeout, time.monotonic() + timeout)
             self._cond.notify()
@@ -206,11 +214,13 @@ class WorkerPlugin:
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool:
         started = time.perf_counter()
         self._logged = []
+        watch_item(item)
         try:
             phases = runtestprotocol(item, log=False, nextitem=nextitem)
             reports = interleave(phases, self._logged)
         finally:
             self._logged = None
+        attach_comparison(item, reports)
         # Sent by serve() once every wrapper of this hook has returned: pytest's
         # warnings plugin records the test's warnings only on its way out, and
         # they must reach the farm before the result that may end the run.
@@ -255,13 +265,6 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def silence_reporting(config: pytest.Config) -> None:
-    """Unregister the terminal reporter: results are shown by the user's process only."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        config.pluginmanager.unregister(reporter)
 
 
 def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
