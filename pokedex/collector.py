@@ -251,18 +251,18 @@ class Collector:
         return sum(await asyncio.gather(*asks))
 
     async def _ask_evict(self, node: str, digests: list[str]) -> int:
-        try:
-            async with self.cluster.http.post(
-                f"{node}/gc/evict",
-                json={"digests": digests, "grace": self.policy.grace},
-                headers={**self.cluster._headers(), HOP: "1"},
-                timeout=PASS_TIMEOUT,
-            ) as r:
-                if r.status == 200:
-                    return int((await r.json())["evicted"])
-                log.warning("%s refused to evict: HTTP %d", node, r.status)
-        except (*PEER_ERRORS, ValueError, KeyError) as e:
-            log.warning("%s did not evict its copies: %s", node, e or type(e).__name__)
+        body = {"digests": digests, "grace": self.policy.grace}
+        answer = await self.cluster.forward(node, "POST", "/gc/evict", body, timeout=PASS_TIMEOUT)
+        if answer is None:
+            log.warning("%s did not evict its copies: unreachable or no readable answer", node)
+        elif (
+            answer[0] != 200
+            or not isinstance(answer[1], dict)
+            or not isinstance(answer[1].get("evicted"), int)
+        ):
+            log.warning("%s refused to evict: HTTP %d", node, answer[0])
+        else:
+            return answer[1]["evicted"]
         return 0
 
     # -- automatic passes --------------------------------------------------------------------
