@@ -46,6 +46,12 @@ class TestSpec:
     memory: int | None = None
     #: Name of the worker profile (extra worker arguments) this test needs; "" is the base worker.
     profile: str = ""
+    #: The test's whole *group* runs as one shard on one worker, in manifest order
+    #: (``xdist_group`` marks, ``--psyduck-dist loadfile``): its tests depend on each
+    #: other's order or state, so the scheduler never splits it.
+    pinned: bool = False
+    #: Dispatch before every test without the flag (``--ff``'s previous failures).
+    first: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,10 @@ def _test_to_wire(test: TestSpec) -> dict[str, Any]:
         wire["memory"] = test.memory
     if test.profile:
         wire["profile"] = test.profile
+    if test.pinned:
+        wire["pinned"] = True
+    if test.first:
+        wire["first"] = True
     return wire
 
 
@@ -201,6 +211,8 @@ def _parse_test(data: Any, index: int) -> TestSpec:
         cpus=None if cpus is None else float(cpus),
         memory=memory,
         profile=_optional(data, "profile", str, where) or "",
+        pinned=bool(_optional(data, "pinned", bool, where)),
+        first=bool(_optional(data, "first", bool, where)),
     )
 
 

@@ -19,6 +19,7 @@ Two decisions are separate and swappable:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import statistics
@@ -57,6 +58,8 @@ class _Unit:
     requires: Mapping[str, str]
     retry: bool = False
     avoid_host: str | None = None
+    #: A pinned group's tests (see ``TestSpec.pinned``): dispatched whole, never split.
+    pinned: bool = False
     #: Sum of the tests' estimates, kept with them: a huge run's queue is summed on every shard.
     estimate: float = field(init=False)
 
@@ -187,9 +190,25 @@ def _split(group: list[TestSpec], target: float) -> list[list[TestSpec]]:
 def plan_run(
     tests: Sequence[TestSpec], policy: ShardingPolicy, slots: int, min_seconds: float
 ) -> RunPlan:
-    """Cut *tests* into the units *policy* makes of them for a farm of *slots* slots."""
+    """Cut *tests* into the units *policy* makes of them for a farm of *slots* slots.
+
+    Pinned groups bypass the policy: each is one unit, in manifest order, wherever
+    its tests sit in the manifest.  Units holding a ``first`` test go to the front,
+    keeping their relative order, so ``--ff``'s failures start before anything else.
+    """
     filled = fill_estimates(tests)
-    units = [_Unit(u, u[0].requires) for u in policy.units(filled, slots, min_seconds)]
+    pinned: dict[tuple[str, tuple[str, tuple[tuple[str, str], ...]]], list[TestSpec]] = {}
+    for test in filled:
+        if test.pinned:
+            pinned.setdefault((test.group, _placement_key(test)), []).append(test)
+    pinned_units = [_Unit(group, group[0].requires, pinned=True) for group in pinned.values()]
+    pinned_units.sort(key=lambda unit: -unit.estimate)
+    units = [u for u in pinned_units if any(t.first for t in u.tests)]
+    for first in (True, False):
+        free = [t for t in filled if t.first == first and not t.pinned]
+        units.extend(_Unit(u, u[0].requires) for u in policy.units(free, slots, min_seconds) if u)
+        if first:
+            units.extend(u for u in pinned_units if not any(t.first for t in u.tests))
     return RunPlan(tests, units, frozenset(_requirements(u.requires) for u in units))
 
 
@@ -201,12 +220,7 @@ def fill_estimates(tests: Sequence[TestSpec]) -> list[TestSpec]:
     """Give tests without history (estimate 0) the median of those with one."""
     known = [t.estimate for t in tests if t.estimate > 0]
     median = statistics.median(known) if known else DEFAULT_ESTIMATE
-    return [
-        t
-        if t.estimate > 0
-        else TestSpec(t.id, t.group, median, t.timeout, t.requires, t.cpus, t.memory, t.profile)
-        for t in tests
-    ]
+    return [t if t.estimate > 0 else dataclasses.replace(t, estimate=median) for t in tests]
 
 
 @dataclass
@@ -331,7 +345,8 @@ class Scheduler:
         unit = run.queue[index]
         remaining = sum(u.estimate for u in run.queue)
         limit = max(self.min_shard_seconds, remaining / (2 * max(len(self._slots), 1)), TAIL_FLOOR)
-        head = _split(unit.tests, limit)[0] if unit.estimate > limit else unit.tests
+        splits = unit.estimate > limit and not unit.pinned
+        head = _split(unit.tests, limit)[0] if splits else unit.tests
         rest = unit.estimate - sum(t.estimate for t in head)
         if len(head) == len(unit.tests) or rest < self.min_shard_seconds:
             del run.queue[index]
@@ -377,9 +392,17 @@ class Scheduler:
         if run is None or run.cancelled:
             return True
         pending = [t for t in tests if t.id not in run.finished]
-        for _, same in itertools.groupby(pending, key=_placement_key):
+        for _, same in itertools.groupby(pending, key=lambda t: (_placement_key(t), t.pinned)):
             unit_tests = list(same)
-            run.queue.insert(0, _Unit(unit_tests, unit_tests[0].requires, avoid_host=lost_host))
+            run.queue.insert(
+                0,
+                _Unit(
+                    unit_tests,
+                    unit_tests[0].requires,
+                    avoid_host=lost_host,
+                    pinned=unit_tests[0].pinned,
+                ),
+            )
         if interrupted is None or interrupted.id in run.finished:
             return True
         attempts = run.attempts.get(interrupted.id, 0)

@@ -189,3 +189,47 @@ def test_lost_work_is_rerun_and_nothing_is_lost(tests, nslots, data):
         t.id for t in tests
     )
     assert scheduler.is_done("r")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 3), st.booleans()), min_size=1, max_size=60
+    ),
+    st.integers(1, 6),
+)
+def test_a_pinned_group_is_one_shard_in_manifest_order(rows, nslots):
+    tests = [
+        TestSpec(
+            id=f"m{m}.py::t{i}",
+            group=f"g{g}" if pinned else f"m{m}.py",
+            estimate=0.5,
+            pinned=pinned,
+        )
+        for i, (m, g, pinned) in enumerate(rows)
+    ]
+    sched = Scheduler()
+    for n in range(nslots):
+        sched.add_slot(f"s{n}", "h")
+    assert sched.add_run("r", tests) == []
+    shards = []
+    while (shard := sched.next_shard("s0")) is not None:
+        shards.append(shard)
+    assert sorted(t.id for s in shards for t in s.tests) == sorted(t.id for t in tests)
+    for group in {t.group for t in tests if t.pinned}:
+        holding = [s for s in shards if any(t.group == group and t.pinned for t in s.tests)]
+        assert len(holding) == 1
+        assert [t.id for t in holding[0].tests] == [
+            t.id for t in tests if t.pinned and t.group == group
+        ]
+
+
+def test_first_tests_are_dispatched_before_longer_ones():
+    tests = [TestSpec(id=f"m{i}.py::t", group=f"m{i}.py", estimate=10.0) for i in range(5)]
+    tests.append(TestSpec(id="z.py::failed", group="z.py", estimate=0.01, first=True))
+    sched = Scheduler()
+    sched.add_slot("s0", "h")
+    assert sched.add_run("r", tests) == []
+    shard = sched.next_shard("s0")
+    assert shard is not None
+    assert shard.tests[0].id == "z.py::failed"
