@@ -15,9 +15,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import Client, PokedexError, SyncClient
+    from .client import Client, PokedexError
     from .retention import Policy
     from .server import RunningNode, start_node
+    from .syncclient import SyncClient
 
 __all__ = ["Client", "PokedexError", "Policy", "RunningNode", "SyncClient", "start_node"]
 
@@ -25,7 +26,7 @@ __all__ = ["Client", "PokedexError", "Policy", "RunningNode", "SyncClient", "sta
 _HOMES = {
     "Client": "client",
     "PokedexError": "client",
-    "SyncClient": "client",
+    "SyncClient": "syncclient",
     "Policy": "retention",
     "RunningNode": "server",
     "start_node": "server",

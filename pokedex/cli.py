@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from . import units
-from .client import PokedexError, SyncClient
+from .client import PokedexError
 from .retention import DEFAULT_GRACE, DEFAULT_KEEP_RECENT, Policy
 from .server import start_node
+from .syncclient import SyncClient
 
 EXIT_UNDER_REPLICATED = 3
 

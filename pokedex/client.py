@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +21,7 @@ import aiohttp
 import msgpack
 
 from . import digest as dg
-from . import names, placement, swarm, tree
+from . import names, placement, swarmpull, tree
 from .bodies import BodyTooLarge, read_body
 from .cluster import normalize_url
 from .replies import MAX_MISSING
@@ -379,10 +377,10 @@ class Client:
         remembering digests by (size, mtime, inode), so unchanged files are not re-read on
         the next push (see :func:`pokedex.tree.scan`).
         """
-        cache = _load_hash_cache(hash_cache)
+        cache = tree.load_hash_cache(hash_cache)
         entries, sources = await asyncio.to_thread(tree.scan, directory, 4, cache)
         if hash_cache is not None:
-            await asyncio.to_thread(_save_hash_cache, Path(hash_cache), cache)
+            await asyncio.to_thread(tree.save_hash_cache, Path(hash_cache), cache)
         manifest = tree.encode(entries)
         manifest_digest = dg.of_bytes(manifest)
         absent = set(await self.missing([*sources, manifest_digest]))
@@ -417,83 +415,20 @@ class Client:
         if swarm_peer is None:
             await self._gather_limited(self._fetch_into(cache, d) for d in wanted)
         else:
-            await self._swarm_pull(cache, wanted, sizes, swarm_peer, seed_seconds)
-        await asyncio.to_thread(tree.materialize, entries, dest, cache.path, link=link)
-
-    async def _swarm_pull(
-        self,
-        cache: BlobStore,
-        wanted: list[str],
-        sizes: dict[str, int],
-        host: str,
-        seed_seconds: float,
-    ) -> None:
-        """Fetch ``wanted`` into ``cache``: blobs of MIN_SWARM_SIZE or more via the swarm (a few
-        at a time, each with several chunks in flight), smaller ones straight from the nodes.
-
-        Each host takes the swarm blobs in its own random order, so that hosts start on
-        different blobs and soon have something to trade instead of queueing on the same one.
-        """
-        small = [d for d in wanted if sizes[d] < swarm.MIN_SWARM_SIZE]
-        large = [d for d in wanted if sizes[d] >= swarm.MIN_SWARM_SIZE]
-        random.shuffle(large)
-        peer = swarm.PeerServer(host)
-        await peer.start()
-        tracker = placement.rank("swarm", self.urls)[0]
-        few_at_a_time = asyncio.Semaphore(4)
-
-        async def via_swarm(d: str) -> None:
-            async with few_at_a_time:
-                try:
-                    await swarm.fetch_blob(
-                        self._http,
-                        tracker=tracker,
-                        origins=self.urls,
-                        headers=self._headers(),
-                        digest=d,
-                        size=sizes[d],
-                        cache=cache,
-                        peer=peer,
-                        timeout=self._small,
-                    )
-                except (StoreError, swarm.SwarmError, aiohttp.ClientError):
-                    # Corrupt after all, no progress, or no tracker: plain download.
-                    await self._fetch_into(cache, d)
-
-        try:
-            await asyncio.gather(
-                self._gather_limited(self._fetch_into(cache, d) for d in small),
-                *(via_swarm(d) for d in large),
+            await swarmpull.pull(
+                self._http,
+                tracker=placement.rank("swarm", self.urls)[0],
+                origins=self.urls,
+                headers=self._headers(),
+                timeout=self._small,
+                cache=cache,
+                sizes={d: sizes[d] for d in wanted},
+                host=swarm_peer,
+                seed_seconds=seed_seconds,
+                fetch=lambda d: self._fetch_into(cache, d),
+                concurrency=self.concurrency,
             )
-            with contextlib.suppress(*RETRY_ERRORS, PokedexError):
-                await self._seed(tracker, large, seed_seconds)
-        finally:
-            with contextlib.suppress(*RETRY_ERRORS):
-                async with self._http.post(
-                    f"{tracker}/swarm/leave",
-                    json={"peer": peer.url},
-                    headers=self._headers(),
-                    timeout=self._small,
-                ) as r:
-                    r.release()
-            await peer.close()
-
-    async def _seed(self, tracker: str, digests: list[str], seconds: float) -> None:
-        """Keep serving (the caller's peer server stays up) while other hosts still pull
-        ``digests``, for at most ``seconds``: chunks only this host has would otherwise have
-        to come from the origin again."""
-        deadline = time.monotonic() + seconds
-        while digests and time.monotonic() < deadline:
-            pulling = 0
-            for d in digests:
-                async with self._http.get(
-                    f"{tracker}/swarm/active/{d}", headers=self._headers(), timeout=self._small
-                ) as r:
-                    await self._check(r, (200,))
-                    pulling += json.loads(await _reply(r))["pulling"]
-            if not pulling:
-                return
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(tree.materialize, entries, dest, cache.path, link=link)
 
 
 async def _reply(r: aiohttp.ClientResponse) -> bytes:
@@ -514,93 +449,3 @@ def error_message(status: int, body: str) -> str:
     if isinstance(doc, dict) and isinstance(doc.get("message"), str):
         return f"HTTP {status} {doc.get('error')}: {doc['message'][:500]}"
     return f"HTTP {status}: {body[:500]}"
-
-
-def _load_hash_cache(path: str | os.PathLike[str] | None) -> tree.HashCache:
-    """The hash cache at ``path``; empty if absent or unreadable (it is only a cache)."""
-    if path is None:
-        return {}
-    try:
-        value = msgpack.unpackb(Path(path).read_bytes())
-    except (OSError, ValueError, msgpack.UnpackException):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _save_hash_cache(path: Path, cache: tree.HashCache) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(msgpack.packb(cache))
-    os.replace(tmp, path)
-
-
-class SyncClient:
-    """Blocking wrapper around :class:`Client` (one private event loop; not for use inside
-    a running event loop). Same constructor arguments and methods."""
-
-    def __init__(self, urls: str | Iterable[str], token: str | None = None, **kw: Any) -> None:
-        self._runner = asyncio.Runner()
-        self.client = Client(urls, token, **kw)
-
-    def _run(self, coro: Awaitable[T]) -> T:
-        return self._runner.run(coro)  # type: ignore[arg-type]
-
-    @property
-    def under_replicated(self) -> dict[str, tuple[int, int]]:
-        return self.client.under_replicated
-
-    def put_bytes(self, data: bytes) -> str:
-        return self._run(self.client.put_bytes(data))
-
-    def put_file(self, path: str | os.PathLike[str], digest: str | None = None) -> str:
-        return self._run(self.client.put_file(path, digest))
-
-    def get_bytes(self, digest: str, *, limit: int = 1 << 30) -> bytes:
-        return self._run(self.client.get_bytes(digest, limit=limit))
-
-    def get_file(self, digest: str, path: str | os.PathLike[str]) -> None:
-        self._run(self.client.get_file(digest, path))
-
-    def missing(self, digests: Iterable[str]) -> list[str]:
-        return self._run(self.client.missing(digests))
-
-    def get_ref(self, name: str) -> str | None:
-        return self._run(self.client.get_ref(name))
-
-    def set_ref(self, name: str, digest: str | None, *, expected: Any = ANY) -> None:
-        self._run(self.client.set_ref(name, digest, expected=expected))
-
-    def push_tree(
-        self, directory: str | os.PathLike[str], *, hash_cache: str | os.PathLike[str] | None = None
-    ) -> str:
-        return self._run(self.client.push_tree(directory, hash_cache=hash_cache))
-
-    def pull_tree(
-        self,
-        digest: str,
-        dest: str | os.PathLike[str],
-        cache_dir: str | os.PathLike[str],
-        **kw: Any,
-    ) -> None:
-        self._run(self.client.pull_tree(digest, dest, cache_dir, **kw))
-
-    def status(self) -> dict[str, Any]:
-        return self._run(self.client.status())
-
-    def repair(self) -> dict[str, Any]:
-        return self._run(self.client.repair())
-
-    def gc(self, keep_bytes: int = 0) -> dict[str, Any]:
-        return self._run(self.client.gc(keep_bytes))
-
-    def close(self) -> None:
-        try:
-            self._run(self.client.close())
-        finally:
-            self._runner.close()
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

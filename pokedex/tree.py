@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
+
 from . import digest as dg
 from . import names
 
@@ -285,3 +287,21 @@ def materialize(
                 pass  # other filesystem or link limit: fall back to copying
         shutil.copyfile(src, target)
         os.chmod(target, mode)
+
+
+def load_hash_cache(path: str | os.PathLike[str] | None) -> HashCache:
+    """The hash cache at ``path``; empty if absent or unreadable (it is only a cache)."""
+    if path is None:
+        return {}
+    try:
+        value = msgpack.unpackb(Path(path).read_bytes())
+    except (OSError, ValueError, msgpack.UnpackException):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def save_hash_cache(path: Path, cache: HashCache) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(msgpack.packb(cache))
+    os.replace(tmp, path)
