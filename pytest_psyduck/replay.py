@@ -13,7 +13,12 @@ pytest's own wrappers that only prepare running a test in this process
 Workers run several modules at once, but pytest shows one module at a time.
 Results of other modules are held back until the module on display is
 complete, so each module's progress line reads as it would without psyduck.
-With ``-x``/``--maxfail`` nothing is held back: stopping promptly comes first.
+
+When the session may stop early (``-x``/``--maxfail``, ``--sw``), results are
+replayed strictly in collection order instead: plain pytest stops at the first
+failure in that order, so a test after it that a worker happened to finish
+first must never be reported.  The controller cancels the run as soon as the
+replay stops.
 """
 
 from __future__ import annotations
@@ -56,6 +61,11 @@ def crash_report(item: pytest.Item, message: str) -> pytest.TestReport:
     )
 
 
+def stops_early(config: pytest.Config) -> bool:
+    """Whether the session stops at a failure: ``-x``/``--maxfail`` or ``--sw``."""
+    return bool(config.option.maxfail) or bool(config.getoption("stepwise", False))
+
+
 class Replayer:
     """Registered as ``psyduck-replay`` in the user's process while a run streams."""
 
@@ -67,7 +77,11 @@ class Replayer:
         self._index = {item.nodeid: i for i, item in enumerate(session.items)}
         self._pending: dict[str, list[pytest.TestReport]] = {}
         self._notices: dict[str, list[str]] = {}
-        self._contiguous = not self.config.option.maxfail
+        self._in_order = stops_early(self.config)
+        #: In-order replay: index in ``session.items`` of the next test to show,
+        #: and the results that arrived ahead of it.
+        self._next = 0
+        self._arrived: dict[str, list[pytest.TestReport]] = {}
         self._remaining = Counter(group_of(item) for item in session.items)
         self._held: dict[str, list[tuple[pytest.Item, list[pytest.TestReport]]]] = defaultdict(list)
         self._showing: str | None = None
@@ -125,8 +139,12 @@ class Replayer:
                 self.session.shouldstop = self.session.shouldstop or f"psyduck: {event['reason']}"
 
     def _deliver(self, item: pytest.Item, reports: list[pytest.TestReport]) -> None:
+        if self._in_order:
+            self._arrived[item.nodeid] = reports
+            self._replay_in_order(wait=True)
+            return
         module = group_of(item)
-        if self._contiguous and self._showing not in (None, module):
+        if self._showing not in (None, module):
             self._held[module].append((item, reports))
             return
         self._showing = module
@@ -143,8 +161,28 @@ class Replayer:
         for item, reports in sorted(self._held.pop(module), key=lambda p: self._index[p[0].nodeid]):
             self._replay(item, reports)
 
+    def _replay_in_order(self, wait: bool) -> None:
+        """Replay the arrived results from the next test on, until the session stops.
+
+        With *wait*, stop at the first test whose result has not arrived; else
+        (the run is over) pass over those: they will never come.
+        """
+        items = self.session.items
+        while self._next < len(items) and not (self.session.shouldfail or self.session.shouldstop):
+            item = items[self._next]
+            reports = self._arrived.pop(item.nodeid, None)
+            if reports is None and wait:
+                return
+            self._next += 1
+            if reports is not None:
+                self._replay(item, reports)
+        self._arrived.clear()  # past the stopping point: plain pytest never ran these
+
     def flush(self) -> None:
         """Replay everything still held back (the run ended or was cancelled)."""
+        if self._in_order:
+            self._replay_in_order(wait=False)
+            return
         for module in sorted(self._held, key=lambda m: self._index[self._held[m][0][0].nodeid]):
             self._replay_held(module)
 
