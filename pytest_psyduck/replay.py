@@ -31,6 +31,7 @@ from typing import Any
 import pluggy
 import pytest
 
+from pytest_psyduck.attempts import split_attempts
 from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.roles import TRANSFORMATIONS_PLUGIN_NAME
 from pytest_psyduck.runmanifest import group_of
@@ -209,6 +210,8 @@ class Replayer:
         reports = self._pending.pop(item.nodeid, None)
         if reports is None:
             return None
+        if not reports:
+            return True  # the protocol ran nothing (a plugin's own protocol decided so)
         # The location came with the reports, worked out where the test ran (as
         # pytest-xdist's controller also logs it): computing it again here would
         # cost as much as all the terminal's reporting.
@@ -216,9 +219,12 @@ class Replayer:
         watch_item(item)
         restore_comparison(item, reports)
         ihook = self._hooks_at(item.path)[0]
-        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
-        for report in reports:
-            count_failed_subtest(self.config, report)
-            ihook.pytest_runtest_logreport(report=report)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
+        # Each attempt (pytest-rerunfailures runs a failed test again) is logged
+        # between its own logstart and logfinish, as the protocol on the worker did.
+        for attempt in split_attempts(reports):
+            ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
+            for report in attempt:
+                count_failed_subtest(self.config, report)
+                ihook.pytest_runtest_logreport(report=report)
+            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
         return True
