@@ -16,6 +16,7 @@ report's extra attributes), set only from the second attempt on.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
@@ -28,14 +29,17 @@ ATTEMPT_ATTR = "psyduck_attempt"
 class Recorder:
     """Collects the reports one test's protocol logs, numbering its attempts."""
 
-    def __init__(self) -> None:
+    def __init__(self, stamp: Callable[[pytest.TestReport], None]) -> None:
         self.reports: list[pytest.TestReport] = []
+        #: Adds to a report what only the worker knows (its failed subtests).
+        self._stamp = stamp
         self._attempt = -1
 
     def start(self) -> None:
         self._attempt += 1
 
     def add(self, report: pytest.TestReport) -> None:
+        self._stamp(report)
         if self._attempt > 0:
             setattr(report, ATTEMPT_ATTR, self._attempt)
         self.reports.append(report)

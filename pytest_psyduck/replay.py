@@ -36,7 +36,7 @@ from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.roles import TRANSFORMATIONS_PLUGIN_NAME
 from pytest_psyduck.runmanifest import group_of
 from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
-from pytest_psyduck.subtests import count_failed_subtest
+from pytest_psyduck.subtests import restore_failed_subtests
 from pytest_psyduck.teamcity import restore_comparison, watch_item
 
 #: Plugins whose ``pytest_runtest_protocol`` wrappers serve running the test
@@ -224,7 +224,7 @@ class Replayer:
         for attempt in split_attempts(reports):
             ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
             for report in attempt:
-                count_failed_subtest(self.config, report)
+                restore_failed_subtests(self.config, report)
                 ihook.pytest_runtest_logreport(report=report)
             ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
         return True

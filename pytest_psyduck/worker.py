@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -51,6 +52,7 @@ from pytest_psyduck.channel import Channel, ChannelClosed
 from pytest_psyduck.roles import WORKER_PLUGIN_NAME
 from pytest_psyduck.serialize import reports_to_payload, warning_to_wire
 from pytest_psyduck.shardfiles import ShardFilter, shard_files
+from pytest_psyduck.subtests import stamp_failed_subtests
 from pytest_psyduck.teamcity import attach_comparison, watch_item
 from pytest_psyduck.workerterminal import silence_reporting
 
@@ -221,7 +223,7 @@ class WorkerPlugin:
         way out, and they must reach the farm before the result that may end the run.
         """
         started = time.perf_counter()
-        self._recorder = recorder = Recorder()
+        self._recorder = recorder = Recorder(functools.partial(stamp_failed_subtests, item))
         session = item.session
         hooks_at = session.gethookproxy
         session.gethookproxy = lambda path: RecordingRelay(hooks_at(path), recorder)  # type: ignore[method-assign]
