@@ -37,6 +37,16 @@ class DistributedSession:
         self.history = DurationHistory(config)
         self._frozen = False
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self) -> None:
+        """Name each plugin option this run cannot honour (after pytest's header)."""
+        from pytest_psyduck.unsupported import notices
+
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        for line in notices(self.config):
+            if reporter is not None:
+                reporter.write_line(line, yellow=True)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         if session.testsfailed and not self.config.option.continue_on_collection_errors:
