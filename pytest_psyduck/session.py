@@ -37,13 +37,12 @@ class DistributedSession:
         self.history = DurationHistory(config)
         self._frozen = False
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionstart(self) -> None:
-        """Name each plugin option this run cannot honour (after pytest's header)."""
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Name each plugin option or use this run cannot honour, before any result."""
         from pytest_psyduck.unsupported import notices
 
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        for line in notices(self.config):
+        for line in notices(self.config, session.items):
             if reporter is not None:
                 reporter.write_line(line, yellow=True)
 
