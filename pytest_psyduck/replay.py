@@ -33,6 +33,7 @@ import pytest
 
 from pytest_psyduck.attempts import split_attempts
 from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.ordering import InOrder
 from pytest_psyduck.roles import TRANSFORMATIONS_PLUGIN_NAME
 from pytest_psyduck.runmanifest import group_of
 from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
@@ -78,11 +79,10 @@ class Replayer:
         self._index = {item.nodeid: i for i, item in enumerate(session.items)}
         self._pending: dict[str, list[pytest.TestReport]] = {}
         self._notices: dict[str, list[str]] = {}
-        self._in_order = stops_early(self.config)
-        #: In-order replay: index in ``session.items`` of the next test to show,
-        #: and the results that arrived ahead of it.
-        self._next = 0
-        self._arrived: dict[str, list[pytest.TestReport]] = {}
+        #: Results waiting for their turn, when the session may stop at a failure.
+        self._in_order: InOrder[list[pytest.TestReport]] | None = (
+            InOrder([item.nodeid for item in session.items]) if stops_early(self.config) else None
+        )
         self._remaining = Counter(group_of(item) for item in session.items)
         self._held: dict[str, list[tuple[pytest.Item, list[pytest.TestReport]]]] = defaultdict(list)
         self._showing: str | None = None
@@ -140,9 +140,9 @@ class Replayer:
                 self.session.shouldstop = self.session.shouldstop or f"psyduck: {event['reason']}"
 
     def _deliver(self, item: pytest.Item, reports: list[pytest.TestReport]) -> None:
-        if self._in_order:
-            self._arrived[item.nodeid] = reports
-            self._replay_in_order(wait=True)
+        if self._in_order is not None:
+            self._in_order.arrive(item.nodeid, reports)
+            self._replay_in_order(self._in_order, wait=True)
             return
         module = group_of(item)
         if self._showing not in (None, module):
@@ -162,27 +162,23 @@ class Replayer:
         for item, reports in sorted(self._held.pop(module), key=lambda p: self._index[p[0].nodeid]):
             self._replay(item, reports)
 
-    def _replay_in_order(self, wait: bool) -> None:
-        """Replay the arrived results from the next test on, until the session stops.
+    def _replay_in_order(self, held: InOrder[list[pytest.TestReport]], wait: bool) -> None:
+        """Replay the results whose turn has come, until the session stops.
 
         With *wait*, stop at the first test whose result has not arrived; else
         (the run is over) pass over those: they will never come.
         """
-        items = self.session.items
-        while self._next < len(items) and not (self.session.shouldfail or self.session.shouldstop):
-            item = items[self._next]
-            reports = self._arrived.pop(item.nodeid, None)
-            if reports is None and wait:
+        while not (self.session.shouldfail or self.session.shouldstop):
+            ready = held.pop(wait)
+            if ready is None:
                 return
-            self._next += 1
-            if reports is not None:
-                self._replay(item, reports)
-        self._arrived.clear()  # past the stopping point: plain pytest never ran these
+            self._replay(self.items[ready[0]], ready[1])
+        held.drop()  # past the stopping point: plain pytest never ran these
 
     def flush(self) -> None:
         """Replay everything still held back (the run ended or was cancelled)."""
-        if self._in_order:
-            self._replay_in_order(wait=False)
+        if self._in_order is not None:
+            self._replay_in_order(self._in_order, wait=False)
             return
         for module in sorted(self._held, key=lambda m: self._index[self._held[m][0][0].nodeid]):
             self._replay_held(module)
