@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_psyduck.scheduling import Placement, placement, xdist_group
+from pytest_psyduck.scheduling import Placement, dispatched_first, placement, xdist_group
 
 MARKED = """
 import pytest
@@ -49,3 +49,36 @@ def test_placement_by_mode(pytester, mode, grouped, free):
     items = {item.name: item for item in pytester.getitems(MARKED)}
     assert placement(items["test_named"], "m.py", mode) == grouped
     assert placement(items["test_free"], "m.py", mode) == free
+
+
+FAILING = """
+def test_a(): pass
+def test_b(): assert 0
+def test_c(): pass
+def test_d(): assert 0
+"""
+
+
+def selected(pytester, *args: str) -> list[pytest.Item]:
+    """The session's items once collection is done: reordered and deselected."""
+    _, reprec = pytester.inline_genitems(*args)
+    return reprec.getcall("pytest_collection_finish").session.items
+
+
+def test_failed_first_dispatches_the_previous_failures_first(pytester):
+    pytester.makepyfile(test_m=FAILING)
+    pytester.runpytest("-q")  # records test_b and test_d as failed
+    items = selected(pytester, "--ff")
+    assert [item.name for item in items] == ["test_b", "test_d", "test_a", "test_c"]
+    first = dispatched_first(items[0].config, items)
+    assert first == {"test_m.py::test_b", "test_m.py::test_d"}
+    items = selected(pytester)
+    assert dispatched_first(items[0].config, items) == set()
+
+
+def test_stepwise_dispatches_the_test_it_resumes_at_first(pytester):
+    pytester.makepyfile(test_m=FAILING)
+    pytester.runpytest("-q", "--sw")  # stops at test_b
+    items = selected(pytester, "--sw")
+    assert [item.name for item in items] == ["test_b", "test_c", "test_d"]
+    assert dispatched_first(items[0].config, items) == {"test_m.py::test_b"}
