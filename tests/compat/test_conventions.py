@@ -227,7 +227,7 @@ NO_RERUNFAILURES = ("-p", "no:rerunfailures")
 
 
 @SPAWNS
-@pytest.mark.parametrize("dist", [None, "load", "loadgroup", "loadfile"])
+@pytest.mark.parametrize("dist", [None, "loadgroup", "loadfile"])
 def test_xdist_groups_run_in_order_on_one_worker(suite, spawn, dist):
     path = suite(ORDERED_GROUP_SUITE)
     args = ("-p", "no:cacheprovider", "-rA", *NO_RERUNFAILURES)
