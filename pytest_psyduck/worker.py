@@ -218,9 +218,9 @@ class WorkerPlugin:
         """Around the whole protocol chain — pytest's, or a plugin's such as
         pytest-rerunfailures' — recording what it logs (:mod:`pytest_psyduck.attempts`).
 
-        Outermost, so that every other wrapper has returned when the result is
-        built: pytest's warnings plugin records the test's warnings only on its
-        way out, and they must reach the farm before the result that may end the run.
+        The result is sent by serve() once the whole hook has returned: pytest's
+        warnings plugin records the test's warnings only on its way out, and they
+        must reach the farm before the result that may end the run.
         """
         started = time.perf_counter()
         self._recorder = recorder = Recorder(functools.partial(stamp_failed_subtests, item))
@@ -234,8 +234,8 @@ class WorkerPlugin:
             del session.gethookproxy
             self._recorder = None
             attach_comparison(item, recorder.reports)
-            # Sent by serve() once the hook has returned, even if a wrapper raised
-            # on its way out (pytest.exit() after its yield, say): the test ran.
+            # Built even if a wrapper raised on its way out (pytest.exit() after
+            # its yield, say): the test ran, and its result must not be lost.
             self.result = {
                 "t": "result",
                 "id": item.nodeid,
