@@ -18,11 +18,6 @@ import pytest
 
 from pytest_psyduck.subtests import restore_context
 
-#: Names the report's class when it is a subclass of pytest's: several plugins
-#: may claim one serialized form (pytest 9's subtests and the pytest-subtests
-#: plugin both tag theirs ``SubTestReport``), and the class decides how
-#: pytest's hooks show it.
-_CLASS = "psyduck_report_class"
 #: Marks a longrepr that was a terminal representation without a crash line
 #: (doctest failures, for one); pytest serializes those as plain text.
 _RENDERED = "psyduck_rendered_longrepr"
@@ -51,22 +46,7 @@ def _to_serializable(config: pytest.Config, report: pytest.TestReport) -> dict[s
     longrepr = report.longrepr
     if hasattr(longrepr, "toterminal") and not hasattr(longrepr, "reprcrash"):
         data[_RENDERED] = True
-    cls = type(report)
-    if cls is not pytest.TestReport and hasattr(cls, "_from_json"):
-        data[_CLASS] = f"{cls.__module__}:{cls.__qualname__}"
     return data
-
-
-def _from_serializable(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
-    """Decode through pytest's hook, as the worker's class if another plugin claimed it."""
-    name = data.pop(_CLASS, None)
-    report = config.hook.pytest_report_from_serializable(config=config, data=dict(data))
-    cls = type(report)
-    if name is not None and f"{cls.__module__}:{cls.__qualname__}" != name:
-        original = _imported(name, pytest.TestReport, None)
-        if original is not None:
-            report = original._from_json(data)
-    return report
 
 
 def reports_to_payload(config: pytest.Config, reports: list[pytest.TestReport]) -> bytes:
@@ -78,7 +58,7 @@ def payload_to_reports(config: pytest.Config, payload: bytes) -> list[pytest.Tes
     reports = []
     for data in msgpack.unpackb(payload, raw=False):
         rendered = data.pop(_RENDERED, False)
-        report = _from_serializable(config, data)
+        report = config.hook.pytest_report_from_serializable(config=config, data=data)
         restore_context(report, data)
         if rendered and isinstance(report.longrepr, str):
             report.longrepr = RenderedRepr(report.longrepr)
@@ -104,22 +84,16 @@ def warning_to_wire(message: warnings.WarningMessage, when: str, nodeid: str) ->
     }
 
 
-def _imported(name: str, base: type, default: type) -> Any:
-    """The subclass of *base* named ``module:qualname``, or *default* if it cannot be
-    imported here."""
+def _category(name: str) -> type[Warning]:
+    """The warning class named ``module:qualname``, or UserWarning if it cannot be imported here."""
     module_name, _, qualname = name.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError):
-        return default
-    return obj if isinstance(obj, type) and issubclass(obj, base) else default
-
-
-def _category(name: str) -> type[Warning]:
-    """The warning class named ``module:qualname``, or UserWarning if it cannot be imported here."""
-    return _imported(name, Warning, UserWarning)
+        return UserWarning
+    return obj if isinstance(obj, type) and issubclass(obj, Warning) else UserWarning
 
 
 def warning_from_wire(data: dict[str, Any]) -> warnings.WarningMessage:
