@@ -115,7 +115,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run tests also under these transformations: NAME[,NAME...], 'all' or 'none' "
         "(default: all with --psyduck, none without, so plain pytest is unchanged)",
     )
+    group.addoption(
+        "--psyduck-dist",
+        choices=("load", "loadfile", "loadgroup"),
+        default=None,
+        help="how tests may be spread over workers: load (default: freely, keeping each "
+        "@pytest.mark.xdist_group on one worker in order), loadfile (each module's tests "
+        "together, in order), loadgroup (pytest-xdist's name for load)",
+    )
     parser.addini("psyduck_hosts", "default --psyduck-hosts", default="")
+    parser.addini("psyduck_dist", "default --psyduck-dist: load, loadfile or loadgroup", default="")
     parser.addini("psyduck_timeout", "default --psyduck-timeout in seconds", default="")
     parser.addini("psyduck_image", "default --psyduck-image", default="")
     parser.addini(

@@ -13,7 +13,12 @@ pytest's own wrappers that only prepare running a test in this process
 Workers run several modules at once, but pytest shows one module at a time.
 Results of other modules are held back until the module on display is
 complete, so each module's progress line reads as it would without psyduck.
-With ``-x``/``--maxfail`` nothing is held back: stopping promptly comes first.
+
+When the session may stop early (``-x``/``--maxfail``, ``--sw``), results are
+replayed strictly in collection order instead: plain pytest stops at the first
+failure in that order, so a test after it that a worker happened to finish
+first must never be reported.  The controller cancels the run as soon as the
+replay stops.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from typing import Any
 import pluggy
 import pytest
 
+from pytest_psyduck.attempts import split_attempts
 from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.ordering import InOrder
 from pytest_psyduck.roles import TRANSFORMATIONS_PLUGIN_NAME
 from pytest_psyduck.runmanifest import group_of
 from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
-from pytest_psyduck.subtests import count_failed_subtest
+from pytest_psyduck.subtests import restore_failed_subtests
 from pytest_psyduck.teamcity import restore_comparison, watch_item
 
 #: Plugins whose ``pytest_runtest_protocol`` wrappers serve running the test
@@ -56,6 +63,11 @@ def crash_report(item: pytest.Item, message: str) -> pytest.TestReport:
     )
 
 
+def stops_early(config: pytest.Config) -> bool:
+    """Whether the session stops at a failure: ``-x``/``--maxfail`` or ``--sw``."""
+    return bool(config.option.maxfail) or bool(config.getoption("stepwise", False))
+
+
 class Replayer:
     """Registered as ``psyduck-replay`` in the user's process while a run streams."""
 
@@ -67,7 +79,10 @@ class Replayer:
         self._index = {item.nodeid: i for i, item in enumerate(session.items)}
         self._pending: dict[str, list[pytest.TestReport]] = {}
         self._notices: dict[str, list[str]] = {}
-        self._contiguous = not self.config.option.maxfail
+        #: Results waiting for their turn, when the session may stop at a failure.
+        self._in_order: InOrder[list[pytest.TestReport]] | None = (
+            InOrder([item.nodeid for item in session.items]) if stops_early(self.config) else None
+        )
         self._remaining = Counter(group_of(item) for item in session.items)
         self._held: dict[str, list[tuple[pytest.Item, list[pytest.TestReport]]]] = defaultdict(list)
         self._showing: str | None = None
@@ -125,8 +140,12 @@ class Replayer:
                 self.session.shouldstop = self.session.shouldstop or f"psyduck: {event['reason']}"
 
     def _deliver(self, item: pytest.Item, reports: list[pytest.TestReport]) -> None:
+        if self._in_order is not None:
+            self._in_order.arrive(item.nodeid, reports)
+            self._replay_in_order(self._in_order, wait=True)
+            return
         module = group_of(item)
-        if self._contiguous and self._showing not in (None, module):
+        if self._showing not in (None, module):
             self._held[module].append((item, reports))
             return
         self._showing = module
@@ -143,8 +162,24 @@ class Replayer:
         for item, reports in sorted(self._held.pop(module), key=lambda p: self._index[p[0].nodeid]):
             self._replay(item, reports)
 
+    def _replay_in_order(self, held: InOrder[list[pytest.TestReport]], wait: bool) -> None:
+        """Replay the results whose turn has come, until the session stops.
+
+        With *wait*, stop at the first test whose result has not arrived; else
+        (the run is over) pass over those: they will never come.
+        """
+        while not (self.session.shouldfail or self.session.shouldstop):
+            ready = held.pop(wait)
+            if ready is None:
+                return
+            self._replay(self.items[ready[0]], ready[1])
+        held.drop()  # past the stopping point: plain pytest never ran these
+
     def flush(self) -> None:
         """Replay everything still held back (the run ended or was cancelled)."""
+        if self._in_order is not None:
+            self._replay_in_order(self._in_order, wait=False)
+            return
         for module in sorted(self._held, key=lambda m: self._index[self._held[m][0][0].nodeid]):
             self._replay_held(module)
 
@@ -171,6 +206,8 @@ class Replayer:
         reports = self._pending.pop(item.nodeid, None)
         if reports is None:
             return None
+        if not reports:
+            return True  # the protocol ran nothing (a plugin's own protocol decided so)
         # The location came with the reports, worked out where the test ran (as
         # pytest-xdist's controller also logs it): computing it again here would
         # cost as much as all the terminal's reporting.
@@ -178,9 +215,12 @@ class Replayer:
         watch_item(item)
         restore_comparison(item, reports)
         ihook = self._hooks_at(item.path)[0]
-        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
-        for report in reports:
-            count_failed_subtest(self.config, report)
-            ihook.pytest_runtest_logreport(report=report)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
+        # Each attempt (pytest-rerunfailures runs a failed test again) is logged
+        # between its own logstart and logfinish, as the protocol on the worker did.
+        for attempt in split_attempts(reports):
+            ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
+            for report in attempt:
+                restore_failed_subtests(self.config, report)
+                ihook.pytest_runtest_logreport(report=report)
+            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)
         return True

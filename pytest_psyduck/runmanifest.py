@@ -23,6 +23,7 @@ from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.images import run_image
 from pytest_psyduck.marks import hints_for
 from pytest_psyduck.passenv import pass_env_patterns, passed_environment
+from pytest_psyduck.scheduling import Placement, dispatched_first, dist_mode, placement
 from pytest_psyduck.transformations import Transformation, transformation_of
 
 WORKER_MODULE = "pytest_psyduck.workermain"
@@ -38,18 +39,27 @@ def test_spec(
     transformation: Transformation,
     history: DurationHistory,
     default_timeout: float | None,
+    place: Placement | None = None,
+    first: bool = False,
 ) -> TestSpec:
-    """A variant adds its transformation's host requirements, and its profile if it has args."""
+    """A variant adds its transformation's host requirements, and its profile if it has args.
+
+    *place* is the test's group (its module unless :mod:`pytest_psyduck.scheduling`
+    says otherwise); *first* dispatches it before the rest.
+    """
     hints = hints_for(item, default_timeout)
+    place = place or Placement(group_of(item))
     return TestSpec(
         id=item.nodeid,
-        group=group_of(item),
+        group=place.group,
         estimate=history.estimate(item.nodeid),
         timeout=hints.timeout,
         requires={**(getattr(item, "psyduck_requires", None) or {}), **transformation.requires},
         cpus=hints.cpus,
         memory=hints.memory,
         profile=transformation.name if transformation.args else "",
+        pinned=place.pinned,
+        first=first,
     )
 
 
@@ -62,6 +72,8 @@ def build_manifest(
     items: list[pytest.Item], config: pytest.Config, history: DurationHistory
 ) -> RunManifest:
     default_timeout = config.getoption("psyduck_timeout") or _ini_timeout(config)
+    mode = dist_mode(config)
+    first = dispatched_first(config, items)
     tests = []
     # One worker profile per transformation with args: its workers start with those arguments.
     profiles = {}
@@ -69,7 +81,10 @@ def build_manifest(
         transformation = transformation_of(item)
         if transformation.args:
             profiles[transformation.name] = transformation.args
-        tests.append(test_spec(item, transformation, history, default_timeout))
+        place = placement(item, group_of(item), mode)
+        tests.append(
+            test_spec(item, transformation, history, default_timeout, place, item.nodeid in first)
+        )
     return RunManifest(
         tests=tuple(tests),
         worker=WorkerSpec(

@@ -37,6 +37,15 @@ class DistributedSession:
         self.history = DurationHistory(config)
         self._frozen = False
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Name each plugin option or use this run cannot honour, before any result."""
+        from pytest_psyduck.unsupported import notices
+
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        for line in notices(self.config, session.items):
+            if reporter is not None:
+                reporter.write_line(line, yellow=True)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         if session.testsfailed and not self.config.option.continue_on_collection_errors:

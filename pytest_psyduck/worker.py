@@ -26,15 +26,16 @@ The last test received is held back until more work or ``drain`` arrives, so
 that it runs with the right ``nextitem`` and module/session fixtures are torn
 down exactly when plain pytest would tear them down.
 
-Reports are produced without calling ``pytest_runtest_logreport`` here: every
-report is logged once, in the user's process, which is what keeps junitxml,
-the cache, IDE plugins and the terminal seeing each result exactly once.
+Reports are recorded rather than logged here (:mod:`pytest_psyduck.attempts`):
+every report is logged once, in the user's process, which is what keeps
+junitxml, the cache, IDE plugins and the terminal seeing each result exactly once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -45,12 +46,13 @@ from collections import deque
 from typing import Any
 
 import pytest
-from _pytest.runner import runtestprotocol
 
+from pytest_psyduck.attempts import Recorder, RecordingRelay
 from pytest_psyduck.channel import Channel, ChannelClosed
 from pytest_psyduck.roles import WORKER_PLUGIN_NAME
 from pytest_psyduck.serialize import reports_to_payload, warning_to_wire
 from pytest_psyduck.shardfiles import ShardFilter, shard_files
+from pytest_psyduck.subtests import stamp_failed_subtests
 from pytest_psyduck.teamcity import attach_comparison, watch_item
 from pytest_psyduck.workerterminal import silence_reporting
 
@@ -128,7 +130,8 @@ class WorkerPlugin:
         self.internal_error = ""
         self.items: dict[str, pytest.Item] = {}
         self.collect_errors: list[str] = []
-        self._logged: list[pytest.TestReport] | None = None
+        #: Records the reports of the test running now (None between tests).
+        self._recorder: Recorder | None = None
         #: The test that starts as soon as the current one is reported, if any.
         self.following: str | None = None
         #: The ``result`` message of the test that just ran, not yet sent.
@@ -210,53 +213,48 @@ class WorkerPlugin:
                 self.channel.send({"t": "missing", "id": test["id"], "message": message})
 
     # -- per test ----------------------------------------------------------------
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None):
+        """Around the whole protocol chain — pytest's, or a plugin's such as
+        pytest-rerunfailures' — recording what it logs (:mod:`pytest_psyduck.attempts`).
+
+        The result is sent by serve() once the whole hook has returned: pytest's
+        warnings plugin records the test's warnings only on its way out, and they
+        must reach the farm before the result that may end the run.
+        """
         started = time.perf_counter()
-        self._logged = []
+        self._recorder = recorder = Recorder(functools.partial(stamp_failed_subtests, item))
+        session = item.session
+        hooks_at = session.gethookproxy
+        session.gethookproxy = lambda path: RecordingRelay(hooks_at(path), recorder)  # type: ignore[method-assign]
         watch_item(item)
         try:
-            phases = runtestprotocol(item, log=False, nextitem=nextitem)
-            reports = interleave(phases, self._logged)
+            return (yield)
         finally:
-            self._logged = None
-        attach_comparison(item, reports)
-        # Sent by serve() once every wrapper of this hook has returned: pytest's
-        # warnings plugin records the test's warnings only on its way out, and
-        # they must reach the farm before the result that may end the run.
-        self.result = {
-            "t": "result",
-            "id": item.nodeid,
-            "payload": reports_to_payload(item.config, reports),
-            "duration": time.perf_counter() - started,
-            "next": self.following,
-        }
-        return True
+            del session.gethookproxy
+            self._recorder = None
+            attach_comparison(item, recorder.reports)
+            # Built even if a wrapper raised on its way out (pytest.exit() after
+            # its yield, say): the test ran, and its result must not be lost.
+            self.result = {
+                "t": "result",
+                "id": item.nodeid,
+                "payload": reports_to_payload(item.config, recorder.reports),
+                "duration": time.perf_counter() - started,
+                "next": self.following,
+            }
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Reports logged while the test runs (pytest's subtests, for one) are
-        # part of its result; the phase reports themselves are never logged here.
-        if self._logged is not None:
-            self._logged.append(report)
+        # Reports a test logs through the session's hooks rather than its own
+        # node's (which record them) are part of its result too.
+        if self._recorder is not None:
+            self._recorder.add(report)
 
     def pytest_warning_recorded(self, warning_message, when: str, nodeid: str, location) -> None:
         if when == "runtest":
             self.channel.send(
                 {"t": "warning", "data": warning_to_wire(warning_message, when, nodeid)}
             )
-
-
-def interleave(
-    phases: list[pytest.TestReport], logged: list[pytest.TestReport]
-) -> list[pytest.TestReport]:
-    """Put reports logged during a phase before that phase's own report, as pytest logs them."""
-    ordered: list[pytest.TestReport] = []
-    for phase in phases:
-        ordered.extend(r for r in logged if r.when == phase.when)
-        ordered.append(phase)
-    seen = {p.when for p in phases}
-    ordered.extend(r for r in logged if r.when not in seen)
-    return ordered
 
 
 def die_with_parent() -> None:
