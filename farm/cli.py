@@ -120,7 +120,9 @@ async def _serve_on(
         )
     coordinator = Coordinator(hosts, pokedex_urls=pokedex_urls, pokedex_token=pokedex_token)
     await coordinator.start()
-    runner = web.AppRunner(make_app(coordinator, tokens), access_log=None)
+    runner = web.AppRunner(
+        make_app(coordinator, tokens, heartbeat=config.heartbeat), access_log=None
+    )
     await runner.setup()
     await web.SockSite(runner, sock, backlog=1024).start()
     host, port = sock.getsockname()[:2]

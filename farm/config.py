@@ -6,6 +6,7 @@ Example::
     listen = "0.0.0.0:7400"
     token_file = "/etc/psyduck/token"     # held by the admin "default"
     tokens_file = "/etc/psyduck/tokens"   # named tokens (farm.tokens); reread on SIGHUP
+    heartbeat = 15                  # seconds between pings of a client's event stream
 
     [[hosts]]
     url = "docker"                  # the local engine
@@ -35,6 +36,7 @@ from typing import Any
 
 from farm.hosts import HOST_KINDS, HostSpecError, host_kind
 from farm.hosts.base import Host
+from farm.protocol import HEARTBEAT
 from farm.tokens import Holder, TokensError, merge_default, parse_tokens
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
@@ -74,6 +76,9 @@ class FarmConfig:
     hosts: tuple[HostConfig, ...]
     pokedex: PokedexConfig | None = None
     tokens_file: str | None = None
+    #: Seconds between the pings of each client's event stream; a client whose
+    #: network side does not answer within half of it is taken for gone.
+    heartbeat: float = HEARTBEAT
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -147,6 +152,14 @@ def _max_bytes(value: Any, runs_node: bool) -> int | None:
         raise ConfigError(f"[pokedex] max_bytes: {exc}") from None
 
 
+def _seconds(table: dict[str, Any], key: str, default: float) -> float:
+    """``[farm] KEY``: a positive number of seconds."""
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigError(f"[farm] {key} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
 def parse_config(data: dict[str, Any]) -> FarmConfig:
     farm = data.get("farm", {})
     if not isinstance(farm, dict):
@@ -162,6 +175,7 @@ def parse_config(data: dict[str, Any]) -> FarmConfig:
         raise ConfigError("[farm] tokens_file must be a path")
     return FarmConfig(
         listen=parse_listen(str(farm.get("listen", DEFAULT_LISTEN))),
+        heartbeat=_seconds(farm, "heartbeat", HEARTBEAT),
         token_file=token_file,
         hosts=tuple(_host(entry, i) for i, entry in enumerate(hosts)),
         pokedex=_pokedex(data.get("pokedex")),

@@ -205,11 +205,15 @@ class WebSocket:
         *,
         max_bytes: int,
         idle_timeout: float,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._max_bytes = max_bytes
-        self._idle_timeout = idle_timeout
+        #: Seconds of silence (not even a ping) after which the server is taken for dead.
+        self.idle_timeout = idle_timeout
+        #: The headers of the server's upgrade response, names in lower case.
+        self.headers = headers or {}
         self.closed = False
 
     @classmethod
@@ -245,7 +249,13 @@ class WebSocket:
         if response_headers.get("sec-websocket-accept") != expected:
             writer.close()
             raise HTTPError("the server answered the websocket upgrade with a wrong accept key")
-        return cls(reader, writer, max_bytes=max_bytes, idle_timeout=idle_timeout)
+        return cls(
+            reader,
+            writer,
+            max_bytes=max_bytes,
+            idle_timeout=idle_timeout,
+            headers=response_headers,
+        )
 
     async def _frame(self) -> tuple[bool, int, bytes]:
         first, second = await self._reader.readexactly(2)
@@ -269,10 +279,10 @@ class WebSocket:
         message = bytearray()
         while not self.closed:
             try:
-                async with asyncio.timeout(self._idle_timeout):
+                async with asyncio.timeout(self.idle_timeout):
                     fin, opcode, payload = await self._frame()
             except TimeoutError as exc:
-                raise HTTPError(f"the server sent nothing for {self._idle_timeout:g}s") from exc
+                raise HTTPError(f"the server sent nothing for {self.idle_timeout:g}s") from exc
             except (asyncio.IncompleteReadError, OSError) as exc:
                 self.closed = True
                 raise HTTPError("the websocket connection was cut") from exc
