@@ -665,6 +665,8 @@ class Coordinator:
                     "done": len(r.reported),
                     "queued": self.scheduler.queued(r.id),
                     "workers": len(r.workers),
+                    # Events the client has not taken yet (held back by flow control).
+                    "events": r.events.qsize(),
                 }
                 for r in self.runs.values()
             ],

@@ -82,14 +82,16 @@ class EventSpool:
         self._written += len(data)
 
     def _refill(self) -> None:
-        """Read events back from the file until memory is half full or the file is drained."""
+        """Read events back from the file (at least one) until memory is half full or the file
+        is drained."""
         assert self._file is not None
         self._file.flush()
-        while self.spilled and self._held < self._memory_bytes // 2:
+        while self.spilled and (not self._head or self._held < self._memory_bytes // 2):
             self._file.seek(self._read)
             chunk = self._file.read(min(READ_CHUNK, self.spilled))
             self._read += len(chunk)
             for event in self._decoder.feed(chunk):
+                del event["v"]  # the protocol version the frame was stamped with
                 size = weight(event)
                 self._head.append((event, size))
                 self._held += size
