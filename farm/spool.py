@@ -16,16 +16,17 @@ follows it there until the file has been read back.
 from __future__ import annotations
 
 import asyncio
+import struct
 import tempfile
 from collections import deque
 from typing import IO, Any
 
-from farm.protocol import FrameDecoder, frame
+from farm.protocol import decode, frame
 
 #: Bytes of events a run keeps in memory before the rest go to its spool file.
 MEMORY_BYTES = 16 * 1024 * 1024
-#: Bytes read back from the spool file at a time.
-READ_CHUNK = 1024 * 1024
+#: The length prefix of each event's frame in the spool file (:func:`farm.protocol.frame`).
+_LENGTH = struct.Struct(">I")
 
 
 def weight(event: dict[str, Any]) -> int:
@@ -48,7 +49,6 @@ class EventSpool:
         self._file: IO[bytes] | None = None
         self._written = 0
         self._read = 0
-        self._decoder = FrameDecoder()
         self._count = 0
         self._ready = asyncio.Event()
 
@@ -82,19 +82,19 @@ class EventSpool:
         self._written += len(data)
 
     def _refill(self) -> None:
-        """Read events back from the file (at least one) until memory is half full or the file
-        is drained."""
+        """Read events back from the file, one at least, until memory is half full or the
+        file is drained."""
         assert self._file is not None
         self._file.flush()
+        self._file.seek(self._read)
         while self.spilled and (not self._head or self._held < self._memory_bytes // 2):
-            self._file.seek(self._read)
-            chunk = self._file.read(min(READ_CHUNK, self.spilled))
-            self._read += len(chunk)
-            for event in self._decoder.feed(chunk):
-                del event["v"]  # the protocol version the frame was stamped with
-                size = weight(event)
-                self._head.append((event, size))
-                self._held += size
+            (length,) = _LENGTH.unpack(self._file.read(_LENGTH.size))
+            event = decode(self._file.read(length))
+            self._read += _LENGTH.size + length
+            del event["v"]  # the protocol version the frame was stamped with
+            size = weight(event)
+            self._head.append((event, size))
+            self._held += size
         if not self.spilled:
             self._file.seek(0)
             self._file.truncate()
