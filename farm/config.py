@@ -7,6 +7,13 @@ Example::
     token_file = "/etc/psyduck/token"     # held by the admin "default"
     tokens_file = "/etc/psyduck/tokens"   # named tokens (farm.tokens); reread on SIGHUP
     heartbeat = 15                  # seconds between pings of a client's event stream
+    state_dir = "/var/lib/psyduck"  # default: $XDG_STATE_HOME/psyduck
+
+    [history]                       # test durations, to schedule runs the client never timed
+    # path = "<state_dir>/history.sqlite3"
+    keep = 10                       # durations per test (its estimate: their median)
+    max_age_days = 30               # tests not seen for longer are dropped
+    # enabled = false
 
     [[hosts]]
     url = "docker"                  # the local engine
@@ -70,6 +77,26 @@ class PokedexConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """``[history]``: the farm's database of test durations (:mod:`farm.history`)."""
+
+    #: None: not kept (``enabled = false``).
+    path: str | None
+    #: Durations kept per test; its estimate is their median.
+    keep: int = 10
+    #: Tests not seen for this many days are dropped.
+    max_age_days: float = 30.0
+
+
+def default_state_dir() -> str:
+    """``$XDG_STATE_HOME/psyduck``, else ``~/.local/state/psyduck``."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "psyduck")
+
+
+@dataclass(frozen=True)
 class FarmConfig:
     listen: tuple[str, int]
     token_file: str | None
@@ -79,6 +106,9 @@ class FarmConfig:
     #: Seconds between the pings of each client's event stream; a client whose
     #: network side does not answer within half of it is taken for gone.
     heartbeat: float = HEARTBEAT
+    history: HistoryConfig = field(
+        default_factory=lambda: HistoryConfig(os.path.join(default_state_dir(), "history.sqlite3"))
+    )
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -160,6 +190,26 @@ def _seconds(table: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+def _history(table: Any, state_dir: Any) -> HistoryConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("[history] must be a table")
+    if state_dir is not None and not isinstance(state_dir, str):
+        raise ConfigError("[farm] state_dir must be a path")
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("[history] enabled must be true or false")
+    path = table.get("path", os.path.join(state_dir or default_state_dir(), "history.sqlite3"))
+    if not isinstance(path, str):
+        raise ConfigError("[history] path must be a path")
+    keep = table.get("keep", 10)
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1000:
+        raise ConfigError(f"[history] keep must be a whole number from 1 to 1000, got {keep!r}")
+    days = table.get("max_age_days", 30)
+    if isinstance(days, bool) or not isinstance(days, int | float) or not days > 0:
+        raise ConfigError(f"[history] max_age_days must be a positive number, got {days!r}")
+    return HistoryConfig(path if enabled else None, keep, float(days))
+
+
 def parse_config(data: dict[str, Any]) -> FarmConfig:
     farm = data.get("farm", {})
     if not isinstance(farm, dict):
@@ -176,6 +226,7 @@ def parse_config(data: dict[str, Any]) -> FarmConfig:
     return FarmConfig(
         listen=parse_listen(str(farm.get("listen", DEFAULT_LISTEN))),
         heartbeat=_seconds(farm, "heartbeat", HEARTBEAT),
+        history=_history(data.get("history", {}), farm.get("state_dir")),
         token_file=token_file,
         hosts=tuple(_host(entry, i) for i, entry in enumerate(hosts)),
         pokedex=_pokedex(data.get("pokedex")),

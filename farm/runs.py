@@ -41,6 +41,8 @@ class Run:
     losses: LossBudget = field(default_factory=LossBudget)
     status: str = "running"
     attached: bool = False
+    #: Tests whose estimate came from the farm's duration history.
+    from_history: int = 0
 
     @property
     def finished(self) -> bool:

@@ -12,7 +12,8 @@ submitted it, and only that name or an admin may watch or cancel it):
   upgrade's ``X-Psyduck-Heartbeat`` header says how often the farm pings.
   The client may send ``cancel``; closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
-* ``GET /v1/status`` — hosts, slots, runs and queued tests.
+* ``GET /v1/status`` — hosts, slots, runs and queued tests; ``slowest``: the
+  :data:`SLOWEST` longest tests of the farm's duration history (:mod:`farm.history`).
 * ``POST /v1/images/check`` — msgpack ``check_image`` {image, python, pytest,
   release}; 200 with ``problems``, one line per docker/ssh host whose test image
   cannot run this client's workers, and ``notes``, one line per difference from
@@ -30,6 +31,7 @@ error body, never aiohttp's plain text.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -52,6 +54,8 @@ from farm.tokens import Holder, Tokens
 
 COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
 TOKENS_KEY = web.AppKey("tokens", Tokens)
+#: Tests ``GET /v1/status`` lists from the duration history, slowest first.
+SLOWEST = 10
 #: Seconds between the pings of an event stream (``[farm] heartbeat``).
 HEARTBEAT_KEY = web.AppKey("heartbeat", float)
 #: Request key of the :class:`~farm.tokens.Holder` whose token the request carried.
@@ -184,7 +188,15 @@ async def cancel_run(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return reply(request, request.app[COORDINATOR_KEY].status())
+    """The coordinator's status, and the slowest tests of its duration history if it keeps one."""
+    coordinator = request.app[COORDINATOR_KEY]
+    report = coordinator.status()
+    if coordinator.history is not None:
+        try:
+            report["slowest"] = await asyncio.to_thread(coordinator.history.slowest, SLOWEST)
+        except sqlite3.Error as exc:
+            report["history_problem"] = f"{coordinator.history.path}: {exc}"
+    return reply(request, report)
 
 
 async def info(request: web.Request) -> web.Response:
