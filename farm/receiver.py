@@ -28,6 +28,12 @@ CLOSE_TIMEOUT = 10.0
 _Item = list[dict[str, Any]] | FarmError
 
 
+def _as_farm_error(exc: Exception) -> FarmError:
+    if isinstance(exc, FarmError):
+        return exc
+    return FarmError(f"the event stream failed: {type(exc).__name__}: {exc}")
+
+
 class StreamReceiver:
     """Attach to a run and receive its events on a thread; iterate :meth:`events` to take them.
 
@@ -66,8 +72,8 @@ class StreamReceiver:
     async def _receive(self) -> None:
         try:
             self._stream = await self._client.attach(self._run_id)
-        except FarmError as exc:
-            self._tell(self._opened, exc)
+        except Exception as exc:
+            self._tell(self._opened, _as_farm_error(exc))
             return
         self._tell(self._opened, None)
         try:
@@ -78,8 +84,8 @@ class StreamReceiver:
                         f"the farm sent more than {STREAM_WINDOW} unacknowledged batches of events"
                     )
                 self._deliver(batch)
-        except FarmError as exc:
-            self._deliver(exc)
+        except Exception as exc:  # whatever it was, the consumer must not wait forever
+            self._deliver(_as_farm_error(exc))
 
     def _deliver(self, item: _Item) -> None:
         self._tell(self._inbox.put_nowait, item)
