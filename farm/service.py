@@ -162,8 +162,12 @@ async def run_events(request: web.Request) -> web.StreamResponse:
                 await ws.close(code=1008, message=b"acknowledged more batches than were sent")
 
     async def send() -> None:
-        async for batch in event_batches(run):
-            await credit.acquire()
+        batches = event_batches(run)
+        while True:
+            await credit.acquire()  # before taking events: those not sent stay in the spool
+            batch = await anext(batches, None)
+            if batch is None:
+                return
             await ws.send_bytes(encode({"t": "events", "events": batch}))
 
     sender = asyncio.create_task(send())

@@ -17,6 +17,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from farm.client import FarmClient
+from farm.embedded import start_embedded_farm
+from farm.hosts.local import LocalHost
+from farm.manifest import RunManifest, TestSpec, WorkerSpec
 from farm.protocol import STREAM_WINDOW
 from farm.runs import MAX_BATCH
 from farm.spool import EventSpool, weight
@@ -153,3 +156,48 @@ def test_a_spool_waits_for_its_next_event():
         assert await waiting == {"t": "output", "data": b"x" * 10}
 
     asyncio.run(scenario())
+
+
+def test_the_farm_never_sends_more_than_its_window_of_unacknowledged_batches(suite):
+    """A client that takes no batch leaves the run's events at the farm: every event is
+    either among the window's batches it received or still queued there."""
+    project = suite(
+        {
+            "test_many.py": (
+                "import pytest\n\n"
+                f"@pytest.mark.parametrize('n', range({TESTS}))\n"
+                "def test_n(n):\n    pass\n"
+            )
+        }
+    )
+    tests = tuple(
+        TestSpec(id=f"test_many.py::test_n[{n}]", group="test_many.py") for n in range(TESTS)
+    )
+    manifest = RunManifest(
+        tests=tests,
+        worker=WorkerSpec(
+            argv=("pytest_psyduck.workermain", "-p", "no:cacheprovider"), cwd=str(project)
+        ),
+    )
+
+    async def scenario() -> None:
+        farm = await start_embedded_farm([LocalHost(2)])
+        try:
+            async with FarmClient(farm.url, farm.token) as client:
+                run_id = await client.submit(manifest)
+                stream = await client.attach(run_id)
+                received = []
+                batches = stream.batches()
+                for _ in range(STREAM_WINDOW):
+                    received.extend(await anext(batches))
+                run = farm.coordinator.runs[run_id]
+                while not run.finished:
+                    await asyncio.sleep(0.05)
+                assert len(received) + run.events.qsize() == TESTS + 1  # the results and done
+                await stream.ack()
+                received.extend(await anext(batches))
+                await stream.close()
+        finally:
+            await farm.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), SESSION_TIMEOUT))
