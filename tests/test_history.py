@@ -15,11 +15,15 @@ import asyncio
 import os
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from farm.client import FarmClient
 from farm.config import parse_config
@@ -51,6 +55,28 @@ def test_each_test_keeps_its_last_durations_and_their_median(tmp_path):
         {"project": "proj", "test": "t.py::test_a", "estimate": 3.0, "runs": 3}
     ]
     history.close()
+
+
+@given(
+    st.lists(st.lists(st.floats(0, 1e5), min_size=1, max_size=8), min_size=1, max_size=4),
+    st.integers(1, 12),
+)
+@settings(deadline=None, max_examples=40)
+def test_any_sequence_of_runs_keeps_the_last_durations_and_their_median(runs, keep):
+    """Runs written in separate transactions (and reopenings) keep exactly the last *keep*
+    durations, to six significant digits, and their median as the estimate."""
+    with tempfile.TemporaryDirectory() as tmp:
+        history = History(Path(tmp) / "h.sqlite3", keep=keep)
+        for run in runs:
+            for seconds in run:
+                history.record("p", "t", seconds)
+            history = _reopen(history)
+        everything = [seconds for run in runs for seconds in run]
+        [row] = history.slowest(1)
+        assert row["runs"] == min(keep, len(everything))
+        expected = statistics.median(everything[-keep:])
+        assert row["estimate"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+        history.close()
 
 
 def test_two_projects_with_the_same_test_ids_do_not_share_durations(tmp_path):
