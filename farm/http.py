@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+#: Seconds closing a websocket may wait for its socket to close.
+CLOSE_TIMEOUT = 5.0
 #: Upper bound of a response's status line and headers.
 MAX_HEAD_BYTES = 64 * 1024
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -321,11 +323,17 @@ class WebSocket:
         await self._send(_BINARY, data)
 
     async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            await self._send(_CLOSE, struct.pack("!H", 1000))
-        except HTTPError:
-            pass
+        """Say goodbye (unless the connection is gone already) and close the socket, waiting
+        a bounded time for it to close: a caller may close its event loop next."""
+        if not self.closed:
+            self.closed = True
+            try:
+                await self._send(_CLOSE, struct.pack("!H", 1000))
+            except HTTPError:
+                pass
         self._writer.close()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._writer.wait_closed()
+        except (OSError, TimeoutError):
+            pass

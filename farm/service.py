@@ -179,6 +179,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             task.cancel()
         await asyncio.gather(sender, listener, return_exceptions=True)
         await coordinator.cancel(run.id, "the client went away")
+        run.events.close()
         await ws.close()
     return ws
 

@@ -51,6 +51,7 @@ class EventSpool:
         self._read = 0
         self._count = 0
         self._ready = asyncio.Event()
+        self._closed = False
 
     @property
     def spilled(self) -> int:
@@ -64,6 +65,8 @@ class EventSpool:
         return self._count == 0
 
     def put_nowait(self, event: dict[str, Any]) -> None:
+        if self._closed:
+            return
         size = weight(event)
         if self.spilled or self._held + size > self._memory_bytes:
             self._spill(event)
@@ -118,7 +121,11 @@ class EventSpool:
         return self.get_nowait()
 
     def close(self) -> None:
-        """Delete the spool file (the run is over and its client gone)."""
+        """Nobody will read the run's events any more (its stream ended): drop what is
+        queued, delete the spool file, and ignore what is put from now on."""
+        self._closed = True
+        self._head.clear()
+        self._held = self._count = self._written = self._read = 0
         if self._file is not None:
             self._file.close()
             self._file = None

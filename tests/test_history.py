@@ -188,6 +188,12 @@ def _serve(tmp_path: Path) -> ServedFarm:
     return ServedFarm(config, f"http://127.0.0.1:{port}")
 
 
+def _stop(farm: ServedFarm) -> None:
+    farm.stop()
+    assert farm.proc.stdout is not None
+    farm.proc.stdout.close()
+
+
 def _status(url: str) -> dict:
     async def ask() -> dict:
         async with FarmClient(url, TOKEN) as client:
@@ -217,7 +223,7 @@ def test_a_served_farm_keeps_durations_across_restarts_and_schedules_fresh_clien
         assert _status(farm.url)["runs"][0]["from_history"] == 0
         wait_until(lambda: len(_status(farm.url)["slowest"]) == 3, "the durations to be written")
     finally:
-        farm.stop()
+        _stop(farm)
     farm = _serve(tmp_path)
     try:
         slowest = _status(farm.url)["slowest"]
@@ -236,7 +242,7 @@ def test_a_served_farm_keeps_durations_across_restarts_and_schedules_fresh_clien
         assert second.returncode == 0, second.stdout
         assert _status(farm.url)["runs"][0]["from_history"] == 3
     finally:
-        farm.stop()
+        _stop(farm)
 
 
 def test_a_farm_whose_history_file_is_corrupt_warns_and_serves_without_it(tmp_path, suite):
@@ -251,4 +257,4 @@ def test_a_farm_whose_history_file_is_corrupt_warns_and_serves_without_it(tmp_pa
         assert session.returncode == 0, session.stdout
         assert "slowest" not in _status(farm.url)
     finally:
-        farm.stop()
+        _stop(farm)

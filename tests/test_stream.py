@@ -105,7 +105,7 @@ def test_a_client_stuck_replaying_for_many_heartbeats_keeps_its_stream(tmp_path,
         assert "lost the event stream" not in output
     finally:
         farm.terminate()
-        farm.wait(timeout=60)
+        farm.communicate(timeout=60)
 
 
 events_strategy = st.lists(
@@ -154,6 +154,7 @@ def test_a_spool_waits_for_its_next_event():
         assert not waiting.done()
         spool.put_nowait({"t": "output", "data": b"x" * 10})
         assert await waiting == {"t": "output", "data": b"x" * 10}
+        spool.close()
 
     asyncio.run(scenario())
 
