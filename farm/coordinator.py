@@ -176,7 +176,9 @@ class Coordinator:
         Planning touches every test, so it runs in a thread: a huge manifest
         must not silence the other runs' streams while it is admitted.
         """
-        manifest, from_history = await asyncio.to_thread(self._with_history, manifest)
+        from_history = 0
+        if self.history is not None:
+            manifest, from_history = await asyncio.to_thread(self.history.with_estimates, manifest)
         plan, tests = await asyncio.to_thread(prepare, manifest, self.scheduler.planner())
         run_id = secrets.token_hex(8)
         unplaceable = self.scheduler.install(run_id, plan)
@@ -196,13 +198,7 @@ class Coordinator:
         self._wake_all()
         return run
 
-    # -- the duration history: where the farm's own durations come in ------------------
-    def _with_history(self, manifest: RunManifest) -> tuple[RunManifest, int]:
-        """The farm's estimate for each test the client sent none for (in a thread)."""
-        if self.history is None:
-            return manifest, 0
-        return self.history.with_estimates(manifest)
-
+    # -- the duration history (farm.history): each result's duration goes in ----------
     def _record_duration(self, run: Run, test_id: str, seconds: Any) -> None:
         if self.history is not None:
             self.history.record(project_of(run.manifest), test_id, seconds)
