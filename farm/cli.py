@@ -19,6 +19,7 @@ import secrets
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -121,8 +122,17 @@ async def _serve_on(
             read_token(config.pokedex.token_file) if config.pokedex.token_file else single
         )
     history = open_history(config)
+    spool = Path(config.state_dir) / "spool"
+    try:
+        spool.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"[farm] state_dir: cannot create {spool}: {_reason(exc)}") from exc
     coordinator = Coordinator(
-        hosts, pokedex_urls=pokedex_urls, pokedex_token=pokedex_token, history=history
+        hosts,
+        pokedex_urls=pokedex_urls,
+        pokedex_token=pokedex_token,
+        history=history,
+        spool_dir=str(spool),
     )
     await coordinator.start()
     runner = web.AppRunner(

@@ -109,6 +109,9 @@ class FarmConfig:
     history: HistoryConfig = field(
         default_factory=lambda: HistoryConfig(os.path.join(default_state_dir(), "history.sqlite3"))
     )
+    #: Where the farm keeps what outlives a run or must not sit in memory: the duration
+    #: history, and the events a slow client has not taken yet (``spool/``).
+    state_dir: str = field(default_factory=lambda: default_state_dir())
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -190,15 +193,21 @@ def _seconds(table: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def _history(table: Any, state_dir: Any) -> HistoryConfig:
+def _state_dir(value: Any) -> str:
+    if value is None:
+        return default_state_dir()
+    if not isinstance(value, str) or not value:
+        raise ConfigError("[farm] state_dir must be a path")
+    return value
+
+
+def _history(table: Any, state_dir: str) -> HistoryConfig:
     if not isinstance(table, dict):
         raise ConfigError("[history] must be a table")
-    if state_dir is not None and not isinstance(state_dir, str):
-        raise ConfigError("[farm] state_dir must be a path")
     enabled = table.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError("[history] enabled must be true or false")
-    path = table.get("path", os.path.join(state_dir or default_state_dir(), "history.sqlite3"))
+    path = table.get("path", os.path.join(state_dir, "history.sqlite3"))
     if not isinstance(path, str):
         raise ConfigError("[history] path must be a path")
     keep = table.get("keep", 10)
@@ -226,7 +235,8 @@ def parse_config(data: dict[str, Any]) -> FarmConfig:
     return FarmConfig(
         listen=parse_listen(str(farm.get("listen", DEFAULT_LISTEN))),
         heartbeat=_seconds(farm, "heartbeat", HEARTBEAT),
-        history=_history(data.get("history", {}), farm.get("state_dir")),
+        history=_history(data.get("history", {}), _state_dir(farm.get("state_dir"))),
+        state_dir=_state_dir(farm.get("state_dir")),
         token_file=token_file,
         hosts=tuple(_host(entry, i) for i, entry in enumerate(hosts)),
         pokedex=_pokedex(data.get("pokedex")),

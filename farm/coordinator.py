@@ -51,6 +51,7 @@ from farm.manifest import RunManifest, TestSpec
 from farm.runs import MAX_BATCH, Run, event_batches
 from farm.scheduler import Scheduler, Shard, placeable
 from farm.slots import ActiveWorker, Held, HostState, exit_info, kill_worker
+from farm.spool import EventSpool
 
 # The service and its tests know a run's stream from here.
 __all__ = ["MAX_BATCH", "Coordinator", "Run", "event_batches"]
@@ -76,10 +77,13 @@ class Coordinator:
         pokedex_urls: tuple[str, ...] = (),
         pokedex_token: str | None = None,
         history: History | None = None,
+        spool_dir: str | None = None,
     ) -> None:
         self.pokedex_urls = pokedex_urls
         #: The farm's own durations (:mod:`farm.history`); None: not kept.
         self.history = history
+        #: Where runs spill the events their clients have not taken (None: the temp dir).
+        self.spool_dir = spool_dir
         self.pokedex_token = pokedex_token
         self.hosts = [HostState(h) for h in hosts]
         min_seconds = max((h.min_shard_seconds for h in hosts), default=0.0)
@@ -184,7 +188,14 @@ class Coordinator:
         unplaceable = self.scheduler.install(run_id, plan)
         if unplaceable:
             raise Unplaceable(unplaceable, self._waiting_hosts(unplaceable))
-        run = Run(run_id, manifest, owner, tests=tests, from_history=from_history)
+        run = Run(
+            run_id,
+            manifest,
+            owner,
+            tests=tests,
+            from_history=from_history,
+            events=EventSpool(directory=self.spool_dir),
+        )
         self.runs[run_id] = run
         for state in self.hosts:
             if state.quarantined:

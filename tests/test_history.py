@@ -221,6 +221,7 @@ def test_a_served_farm_keeps_durations_across_restarts_and_schedules_fresh_clien
         first = run_pytest(project, *on_farm(farm.url), env=env)
         assert first.returncode == 0, first.stdout
         assert _status(farm.url)["runs"][0]["from_history"] == 0
+        assert (tmp_path / "state" / "spool").is_dir()  # where slow clients' events would wait
         wait_until(lambda: len(_status(farm.url)["slowest"]) == 3, "the durations to be written")
     finally:
         _stop(farm)
