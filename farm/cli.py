@@ -2,7 +2,8 @@
 
 * ``psyduck farm serve --config farm.toml`` — the coordinator as a long-lived service
   (SIGHUP rereads its ``tokens_file``; no credential of it reaches a worker);
-* ``psyduck farm status`` — hosts, slots in use, runs (with their owners) and queued tests;
+* ``psyduck farm status`` — hosts, slots in use, runs (with their owners) and queued tests,
+  and the slowest tests of the farm's duration history;
 * ``psyduck hosts check`` — reach each host and say what is wrong with it;
 * ``psyduck image build`` — build (or reuse) the project's test image.
 """
@@ -18,6 +19,7 @@ import secrets
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +36,7 @@ from farm.config import (
     single_token,
 )
 from farm.coordinator import Coordinator
+from farm.history import History, HistoryError
 from farm.hosts import HostSpecError, parse_hosts
 from farm.hosts.base import Host, HostError
 from farm.images.build import add_build_arguments
@@ -118,9 +121,23 @@ async def _serve_on(
         pokedex_token = (
             read_token(config.pokedex.token_file) if config.pokedex.token_file else single
         )
-    coordinator = Coordinator(hosts, pokedex_urls=pokedex_urls, pokedex_token=pokedex_token)
+    history = open_history(config)
+    spool = Path(config.state_dir) / "spool"
+    try:
+        spool.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"[farm] state_dir: cannot create {spool}: {_reason(exc)}") from exc
+    coordinator = Coordinator(
+        hosts,
+        pokedex_urls=pokedex_urls,
+        pokedex_token=pokedex_token,
+        history=history,
+        spool_dir=str(spool),
+    )
     await coordinator.start()
-    runner = web.AppRunner(make_app(coordinator, tokens), access_log=None)
+    runner = web.AppRunner(
+        make_app(coordinator, tokens, heartbeat=config.heartbeat), access_log=None
+    )
     await runner.setup()
     await web.SockSite(runner, sock, backlog=1024).start()
     host, port = sock.getsockname()[:2]
@@ -136,6 +153,30 @@ async def _serve_on(
         await runner.cleanup()
         if node is not None:
             await node.close()
+        if history is not None:
+            await asyncio.to_thread(history.close)
+
+
+def open_history(config: FarmConfig) -> History | None:
+    """The farm's duration history, or None (with a warning) when its file cannot be used:
+    the farm serves without it rather than not at all."""
+    settings = config.history
+    if settings.path is None:
+        print("duration history: off ([history] enabled = false)", flush=True)
+        return None
+    try:
+        history = History(settings.path, settings.keep, settings.max_age_days)
+    except HistoryError as exc:
+        print(
+            f"psyduck farm: WARNING: duration history disabled: {exc}", file=sys.stderr, flush=True
+        )
+        return None
+    print(
+        f"duration history: {history.path} (last {history.keep} per test, "
+        f"dropped after {history.max_age_days:g} days unseen)",
+        flush=True,
+    )
+    return history
 
 
 def reload_tokens(config: FarmConfig, tokens: Tokens, single: str | None) -> None:
@@ -175,6 +216,19 @@ def format_status(report: dict[str, Any]) -> str:
         )
     if not report["runs"]:
         lines.append("(no runs)")
+    lines.append("")
+    if "history_problem" in report:
+        lines.append(f"duration history: {report['history_problem']}")
+    elif "slowest" in report:
+        lines.append("SLOWEST TESTS (farm history)      MEDIAN  RUNS  PROJECT")
+        for test in report["slowest"]:
+            lines.append(
+                f"{test['test']:<32} {test['estimate']:>8.2f}s {test['runs']:>4}  {test['project']}"
+            )
+        if not report["slowest"]:
+            lines.append("(no durations recorded yet)")
+    else:
+        lines.append("duration history: off")
     return "\n".join(lines)
 
 

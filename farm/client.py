@@ -14,14 +14,28 @@ from typing import Any
 
 from farm import http
 from farm.manifest import RunManifest, manifest_to_wire
-from farm.protocol import HEARTBEAT, MAX_MESSAGE_BYTES, MSGPACK, ProtocolError, decode, encode
+from farm.protocol import (
+    HEARTBEAT,
+    HEARTBEAT_HEADER,
+    MAX_MESSAGE_BYTES,
+    MSGPACK,
+    ProtocolError,
+    decode,
+    encode,
+)
 
 REQUEST_TIMEOUT = 120.0
 ATTACH_TIMEOUT = 30.0
 #: Seconds an image check may take: hosts may pull the image first (up to 11 minutes).
 CHECK_TIMEOUT = 900.0
-#: Silence after which the event stream is taken for dead (the farm pings every HEARTBEAT).
-STREAM_IDLE_TIMEOUT = 2 * HEARTBEAT + 5.0
+
+
+def idle_timeout(heartbeat: float) -> float:
+    """Silence after which the event stream is taken for dead: the farm pings every *heartbeat*."""
+    return 2 * heartbeat + 5.0
+
+
+STREAM_IDLE_TIMEOUT = idle_timeout(HEARTBEAT)
 
 
 class FarmError(RuntimeError):
@@ -44,13 +58,20 @@ def _refusal(url: str, status: int, body: bytes) -> FarmError:
 
 
 class RunStream:
-    """The events of one run, and the means to cancel it."""
+    """The events of one run, and the means to acknowledge them and to cancel the run.
+
+    The farm sends at most :data:`~farm.protocol.STREAM_WINDOW` batches beyond
+    those acknowledged: iterating the stream acknowledges each batch once its
+    events were all taken; :meth:`batches` leaves that to the caller
+    (:mod:`farm.receiver` acknowledges a batch when its consumer takes it).
+    """
 
     def __init__(self, ws: http.WebSocket, url: str) -> None:
         self._ws = ws
         self._url = url
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Each batch of events as it arrives, unacknowledged; the last ends with ``done``."""
         while True:
             try:
                 data = await self._ws.receive()
@@ -62,16 +83,30 @@ class RunStream:
                 events = decode(data)["events"]
             except (ProtocolError, KeyError) as exc:
                 raise FarmError(f"the farm sent a malformed event: {exc}") from exc
+            yield events
+            if any(event["t"] == "done" for event in events):
+                return
+        raise FarmError("the farm closed the event stream before the run finished")
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for events in self.batches():
             for event in events:
                 yield event
                 if event["t"] == "done":
                     return
-        raise FarmError("the farm closed the event stream before the run finished")
+            await self.ack()
+
+    async def ack(self) -> None:
+        """Tell the farm one more batch was taken, so it may send another."""
+        await self._send({"t": "ack"})
 
     async def cancel(self) -> None:
+        await self._send({"t": "cancel"})
+
+    async def _send(self, message: dict[str, Any]) -> None:
         if not self._ws.closed:
             try:
-                await self._ws.send(encode({"t": "cancel"}))
+                await self._ws.send(encode(message))
             except http.HTTPError:
                 pass  # the stream is gone; the farm cancels runs whose client left
 
@@ -138,6 +173,11 @@ class FarmClient:
             raise _refusal(self.url, exc.response.status, exc.response.body) from exc
         except http.HTTPError as exc:
             raise FarmError(f"cannot attach to run {run_id} at {self.url}: {exc}") from exc
+        heartbeat = ws.headers.get(HEARTBEAT_HEADER.lower(), "")
+        try:
+            ws.idle_timeout = idle_timeout(float(heartbeat))
+        except ValueError:
+            pass  # a farm that does not say: the default heartbeat's
         return RunStream(ws, self.url)
 
     async def cancel(self, run_id: str) -> None:

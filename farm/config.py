@@ -6,6 +6,14 @@ Example::
     listen = "0.0.0.0:7400"
     token_file = "/etc/psyduck/token"     # held by the admin "default"
     tokens_file = "/etc/psyduck/tokens"   # named tokens (farm.tokens); reread on SIGHUP
+    heartbeat = 15                  # seconds between pings of a client's event stream
+    state_dir = "/var/lib/psyduck"  # default: $XDG_STATE_HOME/psyduck
+
+    [history]                       # test durations, to schedule runs the client never timed
+    # path = "<state_dir>/history.sqlite3"
+    keep = 10                       # durations per test (its estimate: their median)
+    max_age_days = 30               # tests not seen for longer are dropped
+    # enabled = false
 
     [[hosts]]
     url = "docker"                  # the local engine
@@ -35,6 +43,7 @@ from typing import Any
 
 from farm.hosts import HOST_KINDS, HostSpecError, host_kind
 from farm.hosts.base import Host
+from farm.protocol import HEARTBEAT
 from farm.tokens import Holder, TokensError, merge_default, parse_tokens
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
@@ -68,12 +77,41 @@ class PokedexConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """``[history]``: the farm's database of test durations (:mod:`farm.history`)."""
+
+    #: None: not kept (``enabled = false``).
+    path: str | None
+    #: Durations kept per test; its estimate is their median.
+    keep: int = 10
+    #: Tests not seen for this many days are dropped.
+    max_age_days: float = 30.0
+
+
+def default_state_dir() -> str:
+    """``$XDG_STATE_HOME/psyduck``, else ``~/.local/state/psyduck``."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "psyduck")
+
+
+@dataclass(frozen=True)
 class FarmConfig:
     listen: tuple[str, int]
     token_file: str | None
     hosts: tuple[HostConfig, ...]
     pokedex: PokedexConfig | None = None
     tokens_file: str | None = None
+    #: Seconds between the pings of each client's event stream; a client whose
+    #: network side does not answer within half of it is taken for gone.
+    heartbeat: float = HEARTBEAT
+    history: HistoryConfig = field(
+        default_factory=lambda: HistoryConfig(os.path.join(default_state_dir(), "history.sqlite3"))
+    )
+    #: Where the farm keeps what outlives a run or must not sit in memory: the duration
+    #: history, and the events a slow client has not taken yet (``spool/``).
+    state_dir: str = field(default_factory=lambda: default_state_dir())
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -147,6 +185,40 @@ def _max_bytes(value: Any, runs_node: bool) -> int | None:
         raise ConfigError(f"[pokedex] max_bytes: {exc}") from None
 
 
+def _seconds(table: dict[str, Any], key: str, default: float) -> float:
+    """``[farm] KEY``: a positive number of seconds."""
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigError(f"[farm] {key} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _state_dir(value: Any) -> str:
+    if value is None:
+        return default_state_dir()
+    if not isinstance(value, str) or not value:
+        raise ConfigError("[farm] state_dir must be a path")
+    return value
+
+
+def _history(table: Any, state_dir: str) -> HistoryConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("[history] must be a table")
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("[history] enabled must be true or false")
+    path = table.get("path", os.path.join(state_dir, "history.sqlite3"))
+    if not isinstance(path, str):
+        raise ConfigError("[history] path must be a path")
+    keep = table.get("keep", 10)
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1000:
+        raise ConfigError(f"[history] keep must be a whole number from 1 to 1000, got {keep!r}")
+    days = table.get("max_age_days", 30)
+    if isinstance(days, bool) or not isinstance(days, int | float) or not days > 0:
+        raise ConfigError(f"[history] max_age_days must be a positive number, got {days!r}")
+    return HistoryConfig(path if enabled else None, keep, float(days))
+
+
 def parse_config(data: dict[str, Any]) -> FarmConfig:
     farm = data.get("farm", {})
     if not isinstance(farm, dict):
@@ -162,6 +234,9 @@ def parse_config(data: dict[str, Any]) -> FarmConfig:
         raise ConfigError("[farm] tokens_file must be a path")
     return FarmConfig(
         listen=parse_listen(str(farm.get("listen", DEFAULT_LISTEN))),
+        heartbeat=_seconds(farm, "heartbeat", HEARTBEAT),
+        history=_history(data.get("history", {}), _state_dir(farm.get("state_dir"))),
+        state_dir=_state_dir(farm.get("state_dir")),
         token_file=token_file,
         hosts=tuple(_host(entry, i) for i, entry in enumerate(hosts)),
         pokedex=_pokedex(data.get("pokedex")),

@@ -44,12 +44,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from farm.faults import crash_message, describe, how_it_ended
+from farm.history import History, project_of
 from farm.hosts.base import Host, HostError, RunContext, RunError
 from farm.intake import Unplaceable, prepare
 from farm.manifest import RunManifest, TestSpec
 from farm.runs import MAX_BATCH, Run, event_batches
 from farm.scheduler import Scheduler, Shard, placeable
 from farm.slots import ActiveWorker, Held, HostState, exit_info, kill_worker
+from farm.spool import EventSpool
 
 # The service and its tests know a run's stream from here.
 __all__ = ["MAX_BATCH", "Coordinator", "Run", "event_batches"]
@@ -74,8 +76,14 @@ class Coordinator:
         *,
         pokedex_urls: tuple[str, ...] = (),
         pokedex_token: str | None = None,
+        history: History | None = None,
+        spool_dir: str | None = None,
     ) -> None:
         self.pokedex_urls = pokedex_urls
+        #: The farm's own durations (:mod:`farm.history`); None: not kept.
+        self.history = history
+        #: Where runs spill the events their clients have not taken (None: the temp dir).
+        self.spool_dir = spool_dir
         self.pokedex_token = pokedex_token
         self.hosts = [HostState(h) for h in hosts]
         min_seconds = max((h.min_shard_seconds for h in hosts), default=0.0)
@@ -172,12 +180,22 @@ class Coordinator:
         Planning touches every test, so it runs in a thread: a huge manifest
         must not silence the other runs' streams while it is admitted.
         """
+        from_history = 0
+        if self.history is not None:
+            manifest, from_history = await asyncio.to_thread(self.history.with_estimates, manifest)
         plan, tests = await asyncio.to_thread(prepare, manifest, self.scheduler.planner())
         run_id = secrets.token_hex(8)
         unplaceable = self.scheduler.install(run_id, plan)
         if unplaceable:
             raise Unplaceable(unplaceable, self._waiting_hosts(unplaceable))
-        run = Run(run_id, manifest, owner, tests=tests)
+        run = Run(
+            run_id,
+            manifest,
+            owner,
+            tests=tests,
+            from_history=from_history,
+            events=EventSpool(directory=self.spool_dir),
+        )
         self.runs[run_id] = run
         for state in self.hosts:
             if state.quarantined:
@@ -190,6 +208,11 @@ class Coordinator:
         asyncio.get_running_loop().call_later(ATTACH_TIMEOUT, self._cancel_unattached, run_id)
         self._wake_all()
         return run
+
+    # -- the duration history (farm.history): each result's duration goes in ----------
+    def _record_duration(self, run: Run, test_id: str, seconds: Any) -> None:
+        if self.history is not None:
+            self.history.record(project_of(run.manifest), test_id, seconds)
 
     def _waiting_hosts(self, tests: Sequence[TestSpec]) -> list[str]:
         """Quarantined hosts that could run some of *tests*, with their problems and retry time."""
@@ -460,6 +483,7 @@ class Coordinator:
             worker.disarm()
             worker.current = None
             worker.outstanding.pop(test_id, None)
+            self._record_duration(run, test_id, message.get("duration"))
             self._report(
                 run, test_id, {"t": "result", "id": test_id, "payload": message["payload"]}
             )
@@ -665,6 +689,10 @@ class Coordinator:
                     "done": len(r.reported),
                     "queued": self.scheduler.queued(r.id),
                     "workers": len(r.workers),
+                    # Events the client has not taken yet (held back by flow control).
+                    "events": r.events.qsize(),
+                    # Tests scheduled by the farm's duration history (the client had none).
+                    "from_history": r.from_history,
                 }
                 for r in self.runs.values()
             ],

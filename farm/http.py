@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+#: Seconds closing a websocket may wait for its socket to close.
+CLOSE_TIMEOUT = 5.0
 #: Upper bound of a response's status line and headers.
 MAX_HEAD_BYTES = 64 * 1024
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -205,11 +207,15 @@ class WebSocket:
         *,
         max_bytes: int,
         idle_timeout: float,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._max_bytes = max_bytes
-        self._idle_timeout = idle_timeout
+        #: Seconds of silence (not even a ping) after which the server is taken for dead.
+        self.idle_timeout = idle_timeout
+        #: The headers of the server's upgrade response, names in lower case.
+        self.headers = headers or {}
         self.closed = False
 
     @classmethod
@@ -245,7 +251,13 @@ class WebSocket:
         if response_headers.get("sec-websocket-accept") != expected:
             writer.close()
             raise HTTPError("the server answered the websocket upgrade with a wrong accept key")
-        return cls(reader, writer, max_bytes=max_bytes, idle_timeout=idle_timeout)
+        return cls(
+            reader,
+            writer,
+            max_bytes=max_bytes,
+            idle_timeout=idle_timeout,
+            headers=response_headers,
+        )
 
     async def _frame(self) -> tuple[bool, int, bytes]:
         first, second = await self._reader.readexactly(2)
@@ -269,10 +281,10 @@ class WebSocket:
         message = bytearray()
         while not self.closed:
             try:
-                async with asyncio.timeout(self._idle_timeout):
+                async with asyncio.timeout(self.idle_timeout):
                     fin, opcode, payload = await self._frame()
             except TimeoutError as exc:
-                raise HTTPError(f"the server sent nothing for {self._idle_timeout:g}s") from exc
+                raise HTTPError(f"the server sent nothing for {self.idle_timeout:g}s") from exc
             except (asyncio.IncompleteReadError, OSError) as exc:
                 self.closed = True
                 raise HTTPError("the websocket connection was cut") from exc
@@ -311,11 +323,17 @@ class WebSocket:
         await self._send(_BINARY, data)
 
     async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            await self._send(_CLOSE, struct.pack("!H", 1000))
-        except HTTPError:
-            pass
+        """Say goodbye (unless the connection is gone already) and close the socket, waiting
+        a bounded time for it to close: a caller may close its event loop next."""
+        if not self.closed:
+            self.closed = True
+            try:
+                await self._send(_CLOSE, struct.pack("!H", 1000))
+            except HTTPError:
+                pass
         self._writer.close()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._writer.wait_closed()
+        except (OSError, TimeoutError):
+            pass

@@ -30,6 +30,10 @@ MSGPACK = "application/x-msgpack"
 #: Seconds an event stream may stay silent before the farm pings it; a peer
 #: that hears nothing for twice as long takes the other end for dead.
 HEARTBEAT = 15.0
+#: Header of the event stream's upgrade response that says the farm's heartbeat.
+HEARTBEAT_HEADER = "X-Psyduck-Heartbeat"
+#: Batches of events a farm sends a client beyond those the client acknowledged.
+STREAM_WINDOW = 4
 
 #: Deepest nesting msgpack's unpacker accepts; deeper is refused as malformed.
 MAX_DEPTH = 1024

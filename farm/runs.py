@@ -17,6 +17,7 @@ from typing import Any
 from farm.faults import LossBudget
 from farm.hosts.base import WorkerConnection
 from farm.manifest import RunManifest, TestSpec
+from farm.spool import EventSpool
 
 
 @dataclass
@@ -31,7 +32,8 @@ class Run:
     manifest: RunManifest
     owner: str
     created: float = field(default_factory=time.time)
-    events: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    #: Bounded in memory, the rest on disk: a slow client must not grow the farm.
+    events: EventSpool = field(default_factory=EventSpool)
     tests: dict[str, TestSpec] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
     workers: set[WorkerConnection] = field(default_factory=set)
@@ -39,6 +41,8 @@ class Run:
     losses: LossBudget = field(default_factory=LossBudget)
     status: str = "running"
     attached: bool = False
+    #: Tests whose estimate came from the farm's duration history.
+    from_history: int = 0
 
     @property
     def finished(self) -> bool:

@@ -6,10 +6,14 @@ submitted it, and only that name or an admin may watch or cancel it):
 
 * ``POST /v1/runs`` — body: a msgpack ``run`` manifest; 201 with the run id.
 * ``GET /v1/runs/{id}/events`` — websocket; binary msgpack ``events`` messages,
-  each a batch of the events ready at that moment, until ``done``.
+  each a batch of the events ready at that moment, until ``done``.  The client
+  sends ``ack`` for each batch it has taken: no more than
+  :data:`~farm.protocol.STREAM_WINDOW` batches are ever unacknowledged.  The
+  upgrade's ``X-Psyduck-Heartbeat`` header says how often the farm pings.
   The client may send ``cancel``; closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
-* ``GET /v1/status`` — hosts, slots, runs and queued tests.
+* ``GET /v1/status`` — hosts, slots, runs and queued tests; ``slowest``: the
+  :data:`SLOWEST` longest tests of the farm's duration history (:mod:`farm.history`).
 * ``POST /v1/images/check`` — msgpack ``check_image`` {image, python, pytest,
   release}; 200 with ``problems``, one line per docker/ssh host whose test image
   cannot run this client's workers, and ``notes``, one line per difference from
@@ -27,6 +31,7 @@ error body, never aiohttp's plain text.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -36,8 +41,10 @@ from farm.images.check import check_context, hosts_verdicts, parse_check_request
 from farm.intake import Unplaceable, read_run
 from farm.protocol import (
     HEARTBEAT,
+    HEARTBEAT_HEADER,
     MAX_MESSAGE_BYTES,
     MSGPACK,
+    STREAM_WINDOW,
     VERSION,
     ProtocolError,
     decode,
@@ -47,6 +54,10 @@ from farm.tokens import Holder, Tokens
 
 COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
 TOKENS_KEY = web.AppKey("tokens", Tokens)
+#: Tests ``GET /v1/status`` lists from the duration history, slowest first.
+SLOWEST = 10
+#: Seconds between the pings of an event stream (``[farm] heartbeat``).
+HEARTBEAT_KEY = web.AppKey("heartbeat", float)
 #: Request key of the :class:`~farm.tokens.Holder` whose token the request carried.
 HOLDER = web.RequestKey("holder", Holder)
 
@@ -114,6 +125,14 @@ async def create_run(request: web.Request) -> web.Response:
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
+    """Stream a run's events with flow control: at most :data:`STREAM_WINDOW` batches go
+    out beyond those the client acknowledged (``ack``, one per batch it has taken).
+
+    A client busy replaying results therefore never has more than a few batches
+    coming its way, its network side keeps reading and answers the heartbeat's
+    pings at once, and what it has not taken yet waits in the run's
+    :class:`~farm.spool.EventSpool`, bounded in memory.
+    """
     run, refusal = _owned_run(request, "watch")
     if refusal is not None:
         return refusal
@@ -121,29 +140,46 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         return error(request, 409, f"run {run.id} already has a client attached")
     run.attached = True
     coordinator = request.app[COORDINATOR_KEY]
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=1024 * 1024)
+    heartbeat = request.app[HEARTBEAT_KEY]
+    ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=1024 * 1024)
+    ws.headers[HEARTBEAT_HEADER] = f"{heartbeat:g}"
     await ws.prepare(request)
+    credit = asyncio.BoundedSemaphore(STREAM_WINDOW)
 
     async def listen() -> None:
         async for msg in ws:
             if msg.type != WSMsgType.BINARY:
                 continue
             try:
-                if decode(msg.data)["t"] == "cancel":
+                kind = decode(msg.data)["t"]
+                if kind == "ack":
+                    credit.release()
+                elif kind == "cancel":
                     await coordinator.cancel(run.id, "cancelled by the client")
             except ProtocolError:
                 await ws.close(code=1003, message=b"malformed message")
-        await coordinator.cancel(run.id, "the client went away")
+            except ValueError:
+                await ws.close(code=1008, message=b"acknowledged more batches than were sent")
 
+    async def send() -> None:
+        batches = event_batches(run)
+        while True:
+            await credit.acquire()  # before taking events: those not sent stay in the spool
+            batch = await anext(batches, None)
+            if batch is None:
+                return
+            await ws.send_bytes(encode({"t": "events", "events": batch}))
+
+    sender = asyncio.create_task(send())
     listener = asyncio.create_task(listen())
     try:
-        async for batch in event_batches(run):
-            await ws.send_bytes(encode({"t": "events", "events": batch}))
-    except (ConnectionError, RuntimeError):
-        pass
+        await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        listener.cancel()
+        for task in (sender, listener):
+            task.cancel()
+        await asyncio.gather(sender, listener, return_exceptions=True)
         await coordinator.cancel(run.id, "the client went away")
+        run.events.close()
         await ws.close()
     return ws
 
@@ -157,7 +193,15 @@ async def cancel_run(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return reply(request, request.app[COORDINATOR_KEY].status())
+    """The coordinator's status, and the slowest tests of its duration history if it keeps one."""
+    coordinator = request.app[COORDINATOR_KEY]
+    report = coordinator.status()
+    if coordinator.history is not None:
+        try:
+            report["slowest"] = await asyncio.to_thread(coordinator.history.slowest, SLOWEST)
+        except sqlite3.Error as exc:
+            report["history_problem"] = f"{coordinator.history.path}: {exc}"
+    return reply(request, report)
 
 
 async def info(request: web.Request) -> web.Response:
@@ -183,10 +227,13 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def make_app(coordinator: Coordinator, tokens: Tokens) -> web.Application:
+def make_app(
+    coordinator: Coordinator, tokens: Tokens, heartbeat: float = HEARTBEAT
+) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=MAX_MESSAGE_BYTES)
     app[COORDINATOR_KEY] = coordinator
     app[TOKENS_KEY] = tokens
+    app[HEARTBEAT_KEY] = heartbeat
     app.router.add_post("/v1/runs", create_run)
     app.router.add_get("/v1/runs/{run_id}/events", run_events)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)

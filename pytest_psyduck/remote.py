@@ -11,6 +11,7 @@ import pytest
 
 from farm.client import FarmClient, FarmError
 from farm.manifest import RunManifest
+from farm.receiver import StreamReceiver
 from pytest_psyduck.images import check_image, ship_image
 from pytest_psyduck.plugin import remote_farm_url
 from pytest_psyduck.replay import Replayer
@@ -78,19 +79,29 @@ async def _follow(
     session: pytest.Session, client: FarmClient, manifest: RunManifest, replayer: Replayer
 ) -> None:
     """Check the run's image, submit the run and replay its events; -x, Ctrl-C or a lost
-    farm end it early."""
+    farm end it early.
+
+    The stream is received on a thread of its own (:class:`StreamReceiver`): this
+    thread may replay a result for as long as the user's plugins take, and the
+    farm's heartbeat is answered meanwhile.
+    """
     await check_image(session.config, client, manifest)
     run_id = await client.submit(manifest)
-    stream = await client.attach(run_id)
+    receiver = StreamReceiver(client, run_id)
     try:
-        async for event in stream:
+        await receiver.attached()
+    except FarmError:
+        receiver.close()
+        raise
+    try:
+        async for event in receiver.events():
             replayer.handle(event)
             if session.shouldfail or session.shouldstop:
-                await stream.cancel()
+                receiver.cancel()
                 break
     except FarmError as exc:
         # Lost mid-run: keep what arrived and stop as pytest stops on -x.
         session.shouldstop = f"psyduck: {exc}"
     finally:
         replayer.flush()
-        await stream.close()
+        receiver.close()

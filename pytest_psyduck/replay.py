@@ -37,6 +37,7 @@ from pytest_psyduck.ordering import InOrder
 from pytest_psyduck.roles import TRANSFORMATIONS_PLUGIN_NAME
 from pytest_psyduck.runmanifest import group_of
 from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
+from pytest_psyduck.sharing import share_with_item
 from pytest_psyduck.subtests import restore_failed_subtests
 from pytest_psyduck.teamcity import restore_comparison, watch_item
 
@@ -87,6 +88,8 @@ class Replayer:
         self._held: dict[str, list[tuple[pytest.Item, list[pytest.TestReport]]]] = defaultdict(list)
         self._showing: str | None = None
         self._hooks: dict[Path, tuple[pluggy.HookRelay, pluggy.HookCaller]] = {}
+        #: One string per test file for the reports' locations (:mod:`pytest_psyduck.sharing`).
+        self._paths: dict[str, str] = {}
 
     def _hooks_at(self, path: Path) -> tuple[pluggy.HookRelay, pluggy.HookCaller]:
         """The hooks that apply at *path* (its conftests', as ``item.ihook``), and
@@ -113,6 +116,7 @@ class Replayer:
         if kind == "result":
             item = self.items[event["id"]]
             reports = payload_to_reports(self.config, event["payload"])
+            share_with_item(item, reports, self._paths)
             self.history.record(item.nodeid, sum(r.duration for r in reports))
             self._deliver(item, reports)
         elif kind == "crashed":

@@ -46,6 +46,9 @@ class _Sink:
     def close(self) -> None:
         pass
 
+    async def wait_closed(self) -> None:
+        pass
+
 
 def feed(data: bytes, max_bytes: int = 1 << 20) -> tuple[list[bytes], _Sink]:
     """Every message a websocket client reads from a server that sent *data* and hung up."""

@@ -1,0 +1,127 @@
+"""Memory the user's pytest process gains per result: ``pytest --psyduck`` beside plain pytest.
+
+Run with plain Python from the repository root::
+
+    python benchmarks/replay_memory.py [--tests 10000] [--transformations 11] [--hosts local:2]
+
+The same suite (tests x env-only transformations) runs twice: once with
+psyduck on the embedded farm, once in-process without it.  A tiny plugin
+reads the process's resident memory (``VmRSS``, after a full garbage
+collection) when collection ends and when the session finishes; what the run
+added, divided by the number of results, is the cost of a result.  Plain
+pytest keeps every report too (the terminal's statistics), so the ratio says
+what psyduck holds beyond it.  Prints ``name: value`` lines, ratios first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+MODULES = 50
+
+PROBE = """
+import gc, json, os
+
+_marks = {}
+
+
+def _rss():
+    gc.collect()
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+
+
+def pytest_collection_finish(session):
+    _marks["collected"] = _rss()
+    _marks["items"] = len(session.items)
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workerinput") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    _marks["finished"] = _rss()
+    with open(os.environ["BENCH_MEMORY_OUT"], "w") as f:
+        json.dump(_marks, f)
+"""
+
+
+def write_suite(root: Path, tests: int, transformations: int) -> None:
+    per_module = tests // MODULES
+    for m in range(MODULES):
+        body = "\n".join(f"def test_{t}():\n    assert {t} >= 0\n" for t in range(per_module))
+        (root / f"test_m{m}.py").write_text(body)
+    (root / "conftest.py").write_text(
+        textwrap.dedent(f"""
+        from pytest_psyduck import Transformation
+
+        def pytest_psyduck_transformations(config):
+            return [
+                Transformation(f"t{{i}}", env={{"SETTING": str(i)}})
+                for i in range({transformations})
+            ]
+        """)
+    )
+    (root / "bench_memory.py").write_text(PROBE)
+
+
+def measure(root: Path, extra: tuple[str, ...]) -> tuple[dict, float]:
+    out = root / "memory.json"
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
+            *("-p", "bench_memory", *extra),
+        ],
+        cwd=root,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(root), *sys.path[1:2]]),
+            "BENCH_MEMORY_OUT": str(out),
+        },
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return json.loads(out.read_text()), time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tests", type=int, default=10_000)
+    parser.add_argument("--transformations", type=int, default=11)
+    parser.add_argument("--hosts", default="local:2")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_suite(root, options.tests, options.transformations)
+        psyduck, psyduck_s = measure(root, ("--psyduck", f"--psyduck-hosts={options.hosts}"))
+        plain, plain_s = measure(root, ("--psyduck-transform", "all"))
+    results = plain["items"]
+    assert psyduck["items"] == results, (psyduck["items"], results)
+
+    def per_result(marks: dict) -> float:
+        return (marks["finished"] - marks["collected"]) / results
+
+    print(f"rss_per_result_ratio: {per_result(psyduck) / per_result(plain):.2f}")
+    print(f"wall_time_ratio: {psyduck_s / plain_s:.2f}")
+    print(f"results: {results}")
+    print(f"rss_per_result_bytes_psyduck: {per_result(psyduck):.0f}")
+    print(f"rss_per_result_bytes_plain: {per_result(plain):.0f}")
+    for name, marks in (("psyduck", psyduck), ("plain", plain)):
+        print(f"rss_after_collection_mb_{name}: {marks['collected'] / 2**20:.0f}")
+        print(f"rss_at_session_finish_mb_{name}: {marks['finished'] / 2**20:.0f}")
+    print(f"wall_seconds_psyduck: {psyduck_s:.1f}")
+    print(f"wall_seconds_plain: {plain_s:.1f}")
+
+
+if __name__ == "__main__":
+    main()
