@@ -31,6 +31,13 @@ class Session:
         return RunResult.parse_summary_nouns(self.stdout.splitlines())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _farm_state_of_this_session(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Farms started by these tests keep their duration history and spool in this session's
+    own state directory: not in the user's, and never shared by tests run side by side."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+
+
 def outer_environment() -> dict[str, str]:
     """Our environment minus what the pytest running this suite (and a psyduck or
     xdist worker of it) adds: a session started with it is a top-level one."""
