@@ -15,9 +15,11 @@ import pytest
 
 from pytest_psyduck import hookspecs
 from pytest_psyduck.roles import (
+    CONTROLLER_BRIDGES_PLUGIN_NAME,
     MATRIX_PLUGIN_NAME,
     SESSION_PLUGIN_NAME,
     TRANSFORMATIONS_PLUGIN_NAME,
+    WORKER_BRIDGES_PLUGIN_NAME,
     WORKER_JUNIT_PLUGIN_NAME,
     WORKER_PLUGIN_NAME,
 )
@@ -187,8 +189,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(transformations, TRANSFORMATIONS_PLUGIN_NAME)
     if config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME):
         from pytest_psyduck import workerjunit
+        from pytest_psyduck.pluginbridges import WorkerBridges
 
         config.pluginmanager.register(workerjunit, WORKER_JUNIT_PLUGIN_NAME)
+        config.pluginmanager.register(WorkerBridges(), WORKER_BRIDGES_PLUGIN_NAME)
         return
     config.pluginmanager.register(TransformationMatrix(config), MATRIX_PLUGIN_NAME)
     if not config.getoption("psyduck"):
@@ -199,8 +203,10 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--psyduck and pytest-xdist's -n cannot be combined")
+    from pytest_psyduck.pluginbridges import ControllerBridges
     from pytest_psyduck.session import DistributedSession
     from pytest_psyduck.xdistcontract import ensure_hookspecs
 
     ensure_hookspecs(config.pluginmanager)
+    config.pluginmanager.register(ControllerBridges(), CONTROLLER_BRIDGES_PLUGIN_NAME)
     config.pluginmanager.register(DistributedSession(config), SESSION_PLUGIN_NAME)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.pluginbridges import need_fresh_workers
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.roles import REPLAY_PLUGIN_NAME
 from pytest_psyduck.runmanifest import build_manifest, project_root
@@ -65,7 +66,7 @@ class DistributedSession:
         sidecar = self.config.stash.get(SIDECAR_KEY, None)
         if sidecar is not None:
             sidecar.launcher.session = session
-            if contract.needs_fresh_workers():
+            if contract.needs_fresh_workers() or need_fresh_workers(self.config):
                 # Those plugins configure and finish workers in their own sessions.
                 sidecar.launcher.fork = False
         self.config.pluginmanager.register(replayer, REPLAY_PLUGIN_NAME)

@@ -125,11 +125,13 @@ class XdistController:
         self.nodes: dict[str, WorkerNode] = {}
 
     def needs_fresh_workers(self) -> bool:
-        """Whether a plugin implements the controller hooks (then forked workers won't do)."""
+        """Whether a plugin (not psyduck's own) implements the controller hooks: then
+        forked workers won't do."""
         hook = self.config.pluginmanager.hook
         for name in CONTROLLER_HOOKS:
             caller = getattr(hook, name, None)
-            if caller is not None and caller.get_hookimpls():
+            impls = caller.get_hookimpls() if caller is not None else []
+            if any(not impl.plugin_name.startswith("psyduck") for impl in impls):
                 return True
         return False
 
