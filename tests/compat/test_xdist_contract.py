@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_psyduck import homecoming, xdistcontract
-from tests.compat.xdistlib import psyduck_args, summary
+from tests.compat.xdistlib import HOSTS, psyduck_args, summary
 from tests.conftest import run_pytest
 from tests.farm_hosts.hostlib import docker_problem
 
@@ -118,7 +118,7 @@ def _hosts(host: str) -> tuple[str, ...]:
     return psyduck_args(host)
 
 
-@pytest.mark.parametrize("host", ["fork", "exec", "docker"])
+@pytest.mark.parametrize("host", HOSTS)
 def test_nodes_get_workerinput_and_bring_workeroutput_home(suite, host):
     path = suite(SUITE)
     plain = run_pytest(path, "-p", "no:cacheprovider")

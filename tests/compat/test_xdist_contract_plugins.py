@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.compat.xdistlib import HOSTS, compat_image, psyduck_args, run, section, summary
+from tests.farm_hosts.conftest import client_key, docker_image, known_hosts, sshd  # noqa: F401
 
 LIBRARY = {
     "pytest.ini": "[pytest]\n",
@@ -296,6 +297,22 @@ def test_pytest_cov_reports_plain_pytests_total(suite, host):
     assert sorted(p.name for p in path.glob(".coverage*")) == [".coverage"]
 
 
+@pytest.mark.docker
+def test_pytest_cov_over_ssh_reports_plain_pytests_total(suite, sshd, client_key, known_hosts):  # noqa: F811
+    """Containers behind a real sshd: the coverage data travels home in workeroutput."""
+    path = _project(suite, COV_TESTS)
+    plain = run(path, "--cov=mylib")
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    spec = server.spec(client_key, known_hosts, slots=2)
+    farm = run(
+        path, "--cov=mylib", "--psyduck", "--psyduck-hosts", spec, "--psyduck-image", compat_image()
+    )
+    assert farm.returncode == plain.returncode == 0, farm.stdout + farm.stderr
+    assert summary(farm.stdout) == summary(plain.stdout) == "37 passed"
+    assert _coverage_table(farm.stdout) == _coverage_table(plain.stdout), farm.stdout
+
+
 @pytest.mark.parametrize("host", HOSTS)
 def test_syrupy_passes_and_updates_as_plain_pytest(suite, host):
     path = _project(suite, SNAPSHOT_TESTS)
@@ -362,6 +379,7 @@ def test_pytest_benchmark_shows_one_table_and_writes_json(suite, host):
     assert stats["rounds"] >= 3 and len(stats["data"]) == stats["rounds"]
 
 
+@pytest.mark.docker
 def test_hypothesis_examples_come_home_from_containers(suite):
     path = _project(suite, HYPOTHESIS_TESTS)
     kept = path / ".hypothesis" / "examples" / "0123456789abcdef" / "fedcba9876543210"

@@ -26,7 +26,7 @@ PLUGINS = ROOT / ".ci" / "cache" / "compat-site" / "plugins"
 REQUIREMENTS = ROOT / "tests" / "compat" / "plugins.txt"
 
 #: Host kinds every plugin runs on: forked and fresh local workers, two containers.
-HOSTS = ("fork", "exec", "docker")
+HOSTS = ("fork", "exec", pytest.param("docker", marks=pytest.mark.docker))
 
 
 def plugins_dir() -> Path:
