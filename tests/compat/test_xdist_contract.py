@@ -135,6 +135,16 @@ def test_nodes_get_workerinput_and_bring_workeroutput_home(suite, host):
     assert contract["errors"] == "[]"
 
 
+def test_the_contract_holds_without_pytest_xdist(suite):
+    """psyduck then registers xdist's hook specs itself."""
+    path = suite(SUITE)
+    farm = run_pytest(path, "-p", "no:cacheprovider", "-p", "no:xdist", *_hosts("exec"))
+    assert farm.returncode == 0, farm.stdout + farm.stderr
+    contract = _contract(farm.stdout)
+    assert contract["setup"] == "1" and contract["ran"] == "22", contract
+    assert contract["seen"] == "[\"{'greeting': 'hello from the controller', 'env': True}\"]"
+
+
 def test_a_crashed_worker_goes_down_with_an_error(suite):
     path = suite(CRASHING)
     farm = run_pytest(path, "-p", "no:cacheprovider", *_hosts("exec"))

@@ -349,6 +349,16 @@ def test_syrupy_passes_and_updates_as_plain_pytest(suite, host):
     assert leftovers == []
 
 
+def test_syrupy_merges_workers_reports_without_pytest_xdist(suite):
+    """syrupy merges worker reports only with xdist loaded; psyduck's bridge does it then."""
+    path = _project(suite, SNAPSHOT_TESTS)
+    assert run(path, "--snapshot-update").returncode == 0
+    farm = run(path, "-p", "no:xdist", "--psyduck")
+    assert farm.returncode == 0, farm.stdout + farm.stderr
+    assert _syrupy_report(farm.stdout) == "19 snapshots passed."
+    assert not [p for p in path.rglob("__snapshots__/*") if p.suffix == ".lock"]
+
+
 def _syrupy_report(output: str) -> str:
     """syrupy's summary: the line after its ``snapshot report summary`` heading."""
     return section(output, "snapshot report summary", r"^\d+ snapshots? ")[-1]
