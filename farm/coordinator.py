@@ -287,14 +287,16 @@ class Coordinator:
         worker.reported_down = True
         run = worker.run
         run.workers.discard(worker.conn)
-        farewell = worker.farewell or {}
+        farewell = worker.farewell
+        if farewell is not None:  # it said goodbye: however it exited then, that is its word
+            error = farewell.get("error")
         if not run.finished:
             run.emit(
                 {
                     "t": "worker_down",
                     "worker": worker.id,
-                    "data": farewell.get("data"),
-                    "error": farewell.get("error") or error,
+                    "data": farewell.get("data") if farewell else None,
+                    "error": error,
                 }
             )
         if run.all_reported:
