@@ -10,7 +10,10 @@
 * **syrupy** merges its workers' snapshot reports only where pytest-xdist is
   installed, and removes its write-lock sidecars (``*.lock``) only on a
   controller that knows xdist's ``-n``: psyduck merges them without xdist, and
-  cleans up after its workers' locks.
+  cleans up after its workers' locks.  When a worker's report is missing (it
+  crashed, or ``-x`` cancelled the run), unused-snapshot detection is skipped
+  with syrupy's own warning, as syrupy does for missing xdist reports: a
+  ``--snapshot-update`` must never delete a snapshot a lost worker used.
 
 Both plugins set up in ``pytest_configure`` and finish in
 ``pytest_sessionfinish``, which a worker forked from the controller's session
@@ -70,13 +73,22 @@ class ControllerBridges:
 
     def __init__(self) -> None:
         self._order: dict[str, int] = {}
+        #: Workers that came up, and those whose syrupy report came home.
+        self._up: set[str] = set()
+        self._reported: set[str] = set()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._order = {item.nodeid: i for i, item in enumerate(session.items)}
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodeready(self, node: Any) -> None:
+        self._up.add(node.gateway.id)
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
         output = getattr(node, "workeroutput", None) or {}
+        if output.get("syrupy_report") is not None:
+            self._reported.add(node.gateway.id)
         snapshots = getattr(node.config, "_syrupy", None)
         if snapshots is not None and not _syrupy_merges_itself(node.config):
             if output.get("syrupy_report") is not None:
@@ -90,12 +102,22 @@ class ControllerBridges:
         bench.benchmarks.extend(_metadata(data) for data in found)
         bench.benchmarks.sort(key=lambda b: self._order.get(b.fullname, len(self._order)))
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionfinish(self, session: pytest.Session):
         snapshots = getattr(session.config, "_syrupy", None)
-        cleanup = getattr(snapshots, "_cleanup_write_sidecars", None)
-        if cleanup is not None:
-            cleanup()
+        option = session.config.option
+        missing = self._up - self._reported
+        if snapshots is not None and missing and not getattr(option, "disable_unused_snapshots", 1):
+            from syrupy.utils import warn_incomplete_worker_reports
+
+            warn_incomplete_worker_reports(received=len(self._reported), expected=len(self._up))
+            option.disable_unused_snapshots = True
+        try:
+            return (yield)
+        finally:
+            cleanup = getattr(snapshots, "_cleanup_write_sidecars", None)
+            if cleanup is not None:
+                cleanup()
 
 
 def _syrupy_merges_itself(config: pytest.Config) -> bool:

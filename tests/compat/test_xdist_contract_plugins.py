@@ -359,6 +359,20 @@ def test_syrupy_merges_workers_reports_without_pytest_xdist(suite):
     assert not [p for p in path.rglob("__snapshots__/*") if p.suffix == ".lock"]
 
 
+def test_syrupy_update_never_deletes_snapshots_a_lost_worker_used(suite):
+    """A worker that crashes takes its report with it: unused detection is skipped."""
+    path = _project(suite, SNAPSHOT_TESTS)
+    assert run(path, "--snapshot-update").returncode == 0
+    committed = {p: p.read_bytes() for p in path.rglob("__snapshots__/*")}
+    (path / "tests" / "test_crash.py").write_text(
+        "import os\n\ndef test_crash():\n    os._exit(3)\n"
+    )
+    farm = run(path, "--snapshot-update", "--psyduck", "--psyduck-hosts=local:1")
+    assert farm.returncode == 1, farm.stdout + farm.stderr
+    assert "unused snapshot detection skipped" in farm.stderr, farm.stdout + farm.stderr
+    assert {p: p.read_bytes() for p in path.rglob("__snapshots__/*")} == committed
+
+
 def _syrupy_report(output: str) -> str:
     """syrupy's summary: the line after its ``snapshot report summary`` heading."""
     return section(output, "snapshot report summary", r"^\d+ snapshots? ")[-1]
