@@ -19,7 +19,6 @@ from pytest_psyduck.roles import (
     MATRIX_PLUGIN_NAME,
     SESSION_PLUGIN_NAME,
     TRANSFORMATIONS_PLUGIN_NAME,
-    WORKER_BRIDGES_PLUGIN_NAME,
     WORKER_JUNIT_PLUGIN_NAME,
     WORKER_PLUGIN_NAME,
 )
@@ -189,10 +188,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(transformations, TRANSFORMATIONS_PLUGIN_NAME)
     if config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME):
         from pytest_psyduck import workerjunit
-        from pytest_psyduck.pluginbridges import WorkerBridges
 
         config.pluginmanager.register(workerjunit, WORKER_JUNIT_PLUGIN_NAME)
-        config.pluginmanager.register(WorkerBridges(), WORKER_BRIDGES_PLUGIN_NAME)
         return
     config.pluginmanager.register(TransformationMatrix(config), MATRIX_PLUGIN_NAME)
     if not config.getoption("psyduck"):

@@ -44,7 +44,19 @@ def need_fresh_workers(config: pytest.Config) -> bool:
 
 
 class WorkerBridges:
-    """In a worker: keep pytest-benchmark measuring, and hand its results over."""
+    """In a fresh worker (registered before its configuration): keep pytest-benchmark
+    measuring, and hand its results over."""
+
+    def __init__(self) -> None:
+        self._only = False
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_cmdline_main(self, config: pytest.Config) -> None:
+        # pytest-benchmark refuses --benchmark-only where it disables itself (an xdist
+        # worker): held back until it is enabled again, below.
+        if getattr(config.option, "benchmark_only", False):
+            config.option.benchmark_only = False
+            self._only = True
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -53,6 +65,8 @@ class WorkerBridges:
             # Disabled only because it runs on an xdist worker: measure, never save here.
             bench.disabled = bench.xdist_warning = bench.xdist_benchmark_found = False
             bench.save = bench.autosave = bench.json = None
+        if bench is not None and self._only:
+            session.config.option.benchmark_only = bench.only = True
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session):

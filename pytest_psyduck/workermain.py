@@ -20,6 +20,7 @@ from importlib.metadata import entry_points
 import pytest
 
 from pytest_psyduck.channel import Channel
+from pytest_psyduck.pluginbridges import WorkerBridges
 from pytest_psyduck.worker import WorkerPlugin, die_with_parent
 from pytest_psyduck.xdistcontract import Farewell, worker_input
 
@@ -56,7 +57,7 @@ def main() -> int:
     plugin = WorkerPlugin(
         channel, workerinput, shard_collection=shard_collection, farewell_at_session_end=True
     )
-    return int(pytest.main(args, plugins=[plugin, Farewell(channel)]))
+    return int(pytest.main(args, plugins=[plugin, Farewell(channel), WorkerBridges()]))
 
 
 if __name__ == "__main__":

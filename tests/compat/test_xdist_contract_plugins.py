@@ -403,6 +403,16 @@ def test_pytest_benchmark_shows_one_table_and_writes_json(suite, host):
     assert stats["rounds"] >= 3 and len(stats["data"]) == stats["rounds"]
 
 
+def test_pytest_benchmark_only_runs_as_plain_pytest(suite):
+    """pytest-benchmark refuses --benchmark-only on xdist workers; psyduck's run them."""
+    path = _project(suite, BENCHMARK_TESTS)
+    plain = run(path, *BENCHMARK_ARGS, "--benchmark-only")
+    farm = run(path, *BENCHMARK_ARGS, "--benchmark-only", "--psyduck")
+    assert farm.returncode == plain.returncode == 0, farm.stdout + farm.stderr
+    assert summary(farm.stdout) == summary(plain.stdout) == "5 passed, 1 skipped"
+    assert sorted(_benchmark_rows(farm.stdout)) == sorted(_benchmark_rows(plain.stdout))
+
+
 @pytest.mark.docker
 def test_hypothesis_examples_come_home_from_containers(suite):
     path = _project(suite, HYPOTHESIS_TESTS)
