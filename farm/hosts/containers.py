@@ -28,6 +28,8 @@ SOURCE_DIR = "/psyduck/src"
 SCRATCH_DIR = "/tmp"
 #: Directories not copied into a container's private code copy: caches and VCS
 #: data that tests do not read and that would only cost copy time and memory.
+#: Not ``.hypothesis``: its example database is read by tests (plain pytest
+#: replays the failing examples saved there first).
 COPY_SKIP = (
     ".git",
     ".hg",
@@ -38,7 +40,6 @@ COPY_SKIP = (
     ".pytest_cache",
     ".mypy_cache",
     ".ruff_cache",
-    ".hypothesis",
     "node_modules",
 )
 PIDS_LIMIT = 4096

@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.xdistlib import HOSTS, compat_image, psyduck_args, run, section, summary
+from tests.compat.xdistlib import (
+    HOSTS,
+    compat_image,
+    plugin_env,
+    psyduck_args,
+    run,
+    section,
+    summary,
+)
+from tests.conftest import run_pytest
 from tests.farm_hosts.conftest import client_key, docker_image, known_hosts, sshd  # noqa: F401
 
 LIBRARY = {
@@ -411,6 +420,38 @@ def test_pytest_benchmark_only_runs_as_plain_pytest(suite):
     assert farm.returncode == plain.returncode == 0, farm.stdout + farm.stderr
     assert summary(farm.stdout) == summary(plain.stdout) == "5 passed, 1 skipped"
     assert sorted(_benchmark_rows(farm.stdout)) == sorted(_benchmark_rows(plain.stdout))
+
+
+@pytest.mark.docker
+def test_hypothesis_replays_a_saved_failing_example_in_containers(suite):
+    """Plain pytest replays the failing example saved in ``.hypothesis/`` first: so must a
+    container, even when its own search would never find it."""
+    path = _project(
+        suite,
+        {
+            "tests/test_rare.py": """
+import os
+
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=int(os.environ.get("EXAMPLES", "1")), deadline=None)
+@given(st.integers(min_value=0, max_value=10**6))
+def test_rare(n):
+    assert n < 1000
+""",
+        },
+    )
+    quiet = ("-W", "ignore::DeprecationWarning")
+    found = run_pytest(
+        path, "-p", "no:cacheprovider", *quiet, env={**plugin_env(), "EXAMPLES": "500"}
+    )
+    assert found.returncode == 1, found.stdout
+    plain = run(path, *quiet)
+    farm = run(path, *quiet, *_hosts("docker"))
+    assert farm.returncode == plain.returncode == 1, farm.stdout + farm.stderr
+    assert "n=1000" in plain.stdout
+    assert "n=1000" in farm.stdout, farm.stdout
 
 
 @pytest.mark.docker
