@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import platform
 import sys
@@ -65,13 +66,18 @@ def ensure_hookspecs(pluginmanager: pytest.PytestPluginManager) -> None:
         pluginmanager.add_hookspecs(xdisthooks)
 
 
+@functools.cache
+def _platform() -> str:
+    return platform.platform()  # reads the interpreter's binary: once per process
+
+
 def worker_info() -> dict[str, Any]:
     """What pytest-xdist's workers report about themselves (``node.workerinfo``)."""
     return {
         "version": sys.version,
         "version_info": tuple(sys.version_info),
         "sysplatform": sys.platform,
-        "platform": platform.platform(),
+        "platform": _platform(),
         "executable": sys.executable,
         "cwd": os.getcwd(),
     }
@@ -153,27 +159,44 @@ class XdistController:
             self.config.hook.pytest_testnodeready(node=node)
             return
         error = event.get("error")
-        data = event.get("data")
-        if data:
-            farewell = msgpack.unpackb(data, strict_map_key=False)
+        farewell = _unpack_farewell(event.get("data"))
+        if isinstance(farewell, str):
+            error = error or farewell
+        elif farewell:
             node.workeroutput = farewell.get("output") or {}
-            node.workerinfo = node.gateway.info = farewell.get("info") or node.workerinfo
+            info = farewell.get("info")
+            if isinstance(info, dict):
+                node.workerinfo = node.gateway.info = info
             self._bring_files_home(worker_id, farewell)
         node.shutting_down = True
         self.config.hook.pytest_testnodedown(node=node, error=error)
 
     def _bring_files_home(self, worker_id: str, farewell: dict[str, Any]) -> None:
-        problems = homecoming.bring_home(self.root, farewell.get("files") or {})
+        files = farewell.get("files")
+        problems = homecoming.bring_home(self.root, files if isinstance(files, dict) else {})
         left_out = farewell.get("left_out") or []
         if left_out:
             problems.append(
                 f"{len(left_out)} files over {homecoming.MAX_HOMECOMING_BYTES:,} bytes in all "
-                f"were not brought home: {', '.join(left_out[:10])}"
+                f"were not brought home: {', '.join(map(str, left_out[:10]))}"
             )
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         for problem in problems:
             if reporter is not None:
                 reporter.write_line(f"psyduck: {worker_id}: {problem}", yellow=True)
+
+
+def _unpack_farewell(data: Any) -> dict[str, Any] | str | None:
+    """A worker's farewell data as sent; a string says why it cannot be read."""
+    if not data:
+        return None
+    try:
+        farewell = msgpack.unpackb(data, strict_map_key=False)
+    except (TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
+        return f"its farewell cannot be read ({exc})"
+    if not isinstance(farewell, dict):
+        return "its farewell is not a map"
+    return farewell
 
 
 def encode_workerinput(workerinput: dict[str, Any]) -> str:
