@@ -30,8 +30,15 @@ host fault before the slot goes on.
 
 Events a client receives (see :mod:`farm.protocol` for the encoding):
 ``result`` {id, payload}, ``crashed`` {id, message}, ``warning`` {data},
-``output`` {data}, ``notice`` {message}, ``done`` {status, reason} with status
+``output`` {data}, ``notice`` {message}, ``worker_ready`` {worker},
+``worker_down`` {worker, data, error}, ``done`` {status, reason} with status
 ``complete``, ``cancelled`` or ``failed``.
+
+``worker_down`` carries the opaque ``data`` of the worker's ``farewell`` (what
+its session hands back at its end: pytest-xdist's ``workeroutput``, the files
+its tests wrote) and an ``error`` when it ended without one.  A run completes
+once its tests are reported *and* its workers are down, so every farewell
+reaches the client before ``done`` (within :data:`FAREWELL_TIMEOUT`).
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ MAX_WORKER_START_FAILURES = 3
 ATTACH_TIMEOUT = 30.0
 #: Seconds a new worker may take to import and collect before it counts as failed to start.
 READY_TIMEOUT = 600.0
+#: Seconds a run whose tests are all reported waits for its workers' farewells.
+FAREWELL_TIMEOUT = 120.0
 
 
 class Coordinator:
@@ -271,8 +280,50 @@ class Coordinator:
         run.reported.add(test_id)
         run.emit(event)
         self.scheduler.finished(run.id, test_id)
-        if len(run.reported) == len(run.tests):
+        if run.all_reported:
+            self._complete_when_workers_down(run)
+
+    def _complete_when_workers_down(self, run: Run) -> None:
+        """Complete *run* now if no worker of it is up, else once the last is down (bounded)."""
+        if run.finished:
+            return
+        if not run.workers:
             self._finish(run, "complete")
+        elif not run.awaiting_farewells:
+            run.awaiting_farewells = True
+            asyncio.get_running_loop().call_later(
+                FAREWELL_TIMEOUT, self._stop_waiting_for_farewells, run
+            )
+
+    def _stop_waiting_for_farewells(self, run: Run) -> None:
+        if run.finished:
+            return
+        log.warning("run %s: workers still up %gs after its last test", run.id, FAREWELL_TIMEOUT)
+        self._finish(run, "complete")
+        for conn in list(run.workers):
+            self._in_background(kill_worker(conn))
+
+    def _worker_down(self, worker: ActiveWorker, error: str | None) -> None:
+        """Tell the client *worker* is down, with its farewell's data or what went wrong."""
+        if worker.reported_down:
+            return
+        worker.reported_down = True
+        run = worker.run
+        run.workers.discard(worker.conn)
+        farewell = worker.farewell
+        if farewell is not None:  # it said goodbye: however it exited then, that is its word
+            error = farewell.get("error")
+        if not run.finished:
+            run.emit(
+                {
+                    "t": "worker_down",
+                    "worker": worker.id,
+                    "data": farewell.get("data") if farewell else None,
+                    "error": error,
+                }
+            )
+        if run.all_reported:
+            self._complete_when_workers_down(run)
 
     def _crashed(self, run: Run, test_id: str, message: str) -> None:
         self._report(run, test_id, {"t": "crashed", "id": test_id, "message": message})
@@ -398,7 +449,9 @@ class Coordinator:
             return None
         state.busy += 1
         run.workers.add(conn)
-        return ActiveWorker(conn, run, state, shard.profile)
+        if not run.finished:
+            run.emit({"t": "worker_ready", "worker": worker_id})
+        return ActiveWorker(conn, run, state, shard.profile, worker_id)
 
     def _output_handler(self, run: Run):
         def forward(data: bytes) -> None:
@@ -437,6 +490,7 @@ class Coordinator:
                 return
             if not await self._pump(worker, until="done"):
                 return  # it died on the way; _pump accounted for it
+            self._worker_down(worker, None)
         await kill_worker(worker.conn)
         await self._worker_gone(worker)
 
@@ -500,6 +554,8 @@ class Coordinator:
                 run.emit({"t": "warning", "data": message["data"]})
         elif kind == "timeout":
             worker.timed_out = message
+        elif kind == "farewell":
+            worker.farewell = message
         return False
 
     def _started(self, worker: ActiveWorker, test_id: str) -> None:
@@ -517,7 +573,9 @@ class Coordinator:
         worker.disarm()
         info = await exit_info(worker.conn, fault)
         run = worker.run
-        run.workers.discard(worker.conn)
+        self._worker_down(
+            worker, info.detail if info.host_lost else f"the worker {how_it_ended(info)}"
+        )
         state = worker.state
         state.busy -= 1
         if run.finished:

@@ -43,10 +43,17 @@ class Run:
     attached: bool = False
     #: Tests whose estimate came from the farm's duration history.
     from_history: int = 0
+    #: All tests are reported; the run waits for its workers' farewells to complete.
+    awaiting_farewells: bool = False
 
     @property
     def finished(self) -> bool:
         return self.status != "running"
+
+    @property
+    def all_reported(self) -> bool:
+        """Every test has its final event: the run completes once its workers are down."""
+        return len(self.reported) == len(self.tests)
 
     def emit(self, event: dict[str, Any]) -> None:
         self.events.put_nowait(event)

@@ -52,11 +52,19 @@ class HostState:
 class ActiveWorker:
     """A worker bound to one run, with the bookkeeping needed when it dies."""
 
-    def __init__(self, conn: WorkerConnection, run: Run, state: HostState, profile: str) -> None:
+    def __init__(
+        self, conn: WorkerConnection, run: Run, state: HostState, profile: str, worker_id: str = ""
+    ) -> None:
         self.conn = conn
         self.run = run
         self.state = state
         self.profile = profile
+        #: ``gw<N>``, unique in the farm: how the client tells its workers apart.
+        self.id = worker_id
+        #: The worker's ``farewell`` message (its opaque ``data``, or an ``error``), if it sent one.
+        self.farewell: dict[str, Any] | None = None
+        #: Set once the client was told this worker is down; it never is twice.
+        self.reported_down = False
         self.outstanding: dict[str, TestSpec] = {}
         self.current: str | None = None
         self.timed_out: dict[str, Any] | None = None

@@ -37,6 +37,7 @@ from pytest_psyduck.channel import Channel
 from pytest_psyduck.roles import CONTROLLER_PLUGINS, WORKER_PLUGIN_NAME
 from pytest_psyduck.worker import WorkerPlugin, die_with_parent, serve
 from pytest_psyduck.workerterminal import silence_reporting
+from pytest_psyduck.xdistcontract import worker_input
 
 
 class LaunchServer:
@@ -182,12 +183,9 @@ class LaunchServer:
         faulthandler.enable(file=output_fd, all_threads=True)
         os.environ.update(env)
         scrub(os.environ)  # the user's farm credentials stay with the user
-        workerinput = {
-            "workerid": request["worker_id"],
-            "workercount": request["workers"],
-            "testrunuid": request["run_id"],
-        }
+        workerinput = worker_input(request["worker_id"], request["workers"], request["run_id"])
         config.workerinput = workerinput  # type: ignore[attr-defined]
+        config.workeroutput = {}  # type: ignore[attr-defined]
         for name in CONTROLLER_PLUGINS:
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:

@@ -15,6 +15,7 @@ import pytest
 
 from pytest_psyduck import hookspecs
 from pytest_psyduck.roles import (
+    CONTROLLER_BRIDGES_PLUGIN_NAME,
     MATRIX_PLUGIN_NAME,
     SESSION_PLUGIN_NAME,
     TRANSFORMATIONS_PLUGIN_NAME,
@@ -160,14 +161,21 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
     Its start-up (~0.2 s, mostly importing aiohttp) then overlaps loading the
     conftests and collecting instead of delaying the first test.
+
+    Plugins that decide this early whether the run is distributed (pytest-cov
+    picks its controller side here) read pytest-xdist's ``dist`` option from
+    the early options: it says ``load`` for a psyduck run, as for ``-n``.
     """
     options = early_config.known_args_namespace
     if (
         not getattr(options, "psyduck", False)
         or getattr(options, "collectonly", False)
-        or remote_farm_url(options)
         or early_config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME)
     ):
+        return
+    if getattr(options, "dist", "no") == "no":
+        options.dist = "load"
+    if remote_farm_url(options):
         return
     from pytest_psyduck.sidecar import SIDECAR_KEY, Sidecar
 
@@ -201,6 +209,10 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--psyduck and pytest-xdist's -n cannot be combined")
+    from pytest_psyduck.pluginbridges import ControllerBridges
     from pytest_psyduck.session import DistributedSession
+    from pytest_psyduck.xdistcontract import ensure_hookspecs
 
+    ensure_hookspecs(config.pluginmanager)
+    config.pluginmanager.register(ControllerBridges(), CONTROLLER_BRIDGES_PLUGIN_NAME)
     config.pluginmanager.register(DistributedSession(config), SESSION_PLUGIN_NAME)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,15 @@ def stops_early(config: pytest.Config) -> bool:
 class Replayer:
     """Registered as ``psyduck-replay`` in the user's process while a run streams."""
 
-    def __init__(self, session: pytest.Session, history: DurationHistory) -> None:
+    def __init__(
+        self,
+        session: pytest.Session,
+        history: DurationHistory,
+        on_worker: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.session = session
+        #: Takes ``worker_ready``/``worker_down`` events (pytest-xdist's node hooks).
+        self.on_worker = on_worker
         self.config = session.config
         self.history = history
         self.items = {item.nodeid: item for item in session.items}
@@ -138,6 +146,9 @@ class Replayer:
                 sys.stdout.flush()
         elif kind == "notice":
             self._notice(event)
+        elif kind in ("worker_ready", "worker_down"):
+            if self.on_worker is not None:
+                self.on_worker(event)
         elif kind == "done":
             self.flush()
             if event["status"] == "cancelled" and not self.session.shouldfail:

@@ -18,3 +18,6 @@ TRANSFORMATIONS_PLUGIN_NAME = "psyduck-transformations"
 MATRIX_PLUGIN_NAME = "psyduck-matrix"
 #: A fresh worker's stand-in for the junitxml state (:mod:`pytest_psyduck.workerjunit`).
 WORKER_JUNIT_PLUGIN_NAME = "psyduck-worker-junit"
+#: Where pytest-benchmark and syrupy give up under xdist (:mod:`pytest_psyduck.pluginbridges`),
+#: in the user's process; its workers' half is registered by :mod:`workermain`.
+CONTROLLER_BRIDGES_PLUGIN_NAME = "psyduck-controller-bridges"

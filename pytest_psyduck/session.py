@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import gc
 import os
 import sys
@@ -21,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from pytest_psyduck.durations import DurationHistory
+from pytest_psyduck.pluginbridges import need_fresh_workers
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.roles import REPLAY_PLUGIN_NAME
-from pytest_psyduck.runmanifest import build_manifest
+from pytest_psyduck.runmanifest import build_manifest, project_root
+from pytest_psyduck.xdistcontract import XdistController
 
 #: The names pytest's command line goes by (its console scripts, on POSIX and Windows).
 CONSOLE_SCRIPTS = ("pytest", "py.test", "pytest.exe", "py.test.exe")
@@ -56,7 +59,13 @@ class DistributedSession:
         if self.config.option.collectonly or not session.items:
             return True
         manifest = build_manifest(session.items, self.config, self.history)
-        replayer = Replayer(session, self.history)
+        # pytest-xdist's plugin contract: workerinput out to every worker, and
+        # each worker's workeroutput home to pytest_testnodedown.
+        contract = XdistController(self.config, Path(project_root(self.config)))
+        worker = manifest.worker
+        worker = dataclasses.replace(worker, env={**worker.env, **contract.worker_environment()})
+        manifest = dataclasses.replace(manifest, worker=worker)
+        replayer = Replayer(session, self.history, on_worker=contract.handle)
         self._frozen = keep_out_of_garbage_collection()
         from pytest_psyduck import remote
         from pytest_psyduck.sidecar import SIDECAR_KEY
@@ -66,6 +75,9 @@ class DistributedSession:
         sidecar = self.config.stash.get(SIDECAR_KEY, None)
         if sidecar is not None:
             sidecar.launcher.session = session
+            if contract.needs_fresh_workers() or need_fresh_workers(self.config):
+                # Those plugins configure and finish workers in their own sessions.
+                sidecar.launcher.fork = False
         self.config.pluginmanager.register(replayer, REPLAY_PLUGIN_NAME)
         try:
             asyncio.run(remote.run(session, manifest, replayer, sidecar))

@@ -7,7 +7,9 @@ a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
 * worker → host: ``ready``; ``started`` {id}; ``result`` {id, payload,
   duration, next}; ``warning`` {data}, ahead of its test's result; ``missing``
   {id, message}; ``idle`` (wants more work); ``timeout`` {id, stack, timeout}
-  just before it kills itself; ``done``.  A result's ``next`` names the test
+  just before it kills itself; ``farewell`` {data} or {error} (its
+  ``workeroutput`` and files, :mod:`pytest_psyduck.xdistcontract`), then ``done``,
+  once its session finished.  A result's ``next`` names the test
   the worker starts right after it, which then sends no ``started`` of its own:
   one message a test instead of two, and the host still always knows which
   test is running.
@@ -55,6 +57,7 @@ from pytest_psyduck.shardfiles import ShardFilter, shard_files
 from pytest_psyduck.subtests import stamp_failed_subtests
 from pytest_psyduck.teamcity import attach_comparison, watch_item
 from pytest_psyduck.workerterminal import silence_reporting
+from pytest_psyduck.xdistcontract import say_farewell
 
 #: Exit status a worker uses when it kills itself over a test timeout.
 TIMEOUT_EXIT_STATUS = 86
@@ -116,10 +119,17 @@ class WorkerPlugin:
     __name__ = WORKER_PLUGIN_NAME
 
     def __init__(
-        self, channel: Channel, workerinput: dict[str, Any], shard_collection: bool = False
+        self,
+        channel: Channel,
+        workerinput: dict[str, Any],
+        shard_collection: bool = False,
+        farewell_at_session_end: bool = False,
     ) -> None:
         self.channel = channel
         self.workerinput = workerinput
+        #: A fresh worker says farewell when its session ends (xdistcontract.Farewell);
+        #: a forked one, whose session is the controller's, as soon as it is drained.
+        self.farewell_at_session_end = farewell_at_session_end
         #: Learn the shard before collecting, and collect only its files.
         self.shard_collection = shard_collection
         #: Messages received before serving began; None stands for a closed channel.
@@ -144,6 +154,7 @@ class WorkerPlugin:
         # stepwise stay passive under this attribute (the pytest-xdist worker
         # contract), so a worker never writes the user's junit file or cache.
         config.workerinput = self.workerinput  # type: ignore[attr-defined]
+        config.workeroutput = {}  # type: ignore[attr-defined]
 
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
@@ -336,5 +347,6 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
         elif message["t"] == "drain":
             while queue:
                 run_one(queue.popleft(), queue[0] if queue else None, keep=0)
-            channel.send({"t": "done"})
+            if not plugin.farewell_at_session_end:
+                say_farewell(channel, session.config)
             return

@@ -20,7 +20,9 @@ from importlib.metadata import entry_points
 import pytest
 
 from pytest_psyduck.channel import Channel
+from pytest_psyduck.pluginbridges import WorkerBridges
 from pytest_psyduck.worker import WorkerPlugin, die_with_parent
+from pytest_psyduck.xdistcontract import Farewell, worker_input
 
 #: Set to 1 by hosts whose fresh workers each serve a single shard.
 SHARD_COLLECTION_VARIABLE = "PSYDUCK_SHARD_COLLECTION"
@@ -42,18 +44,20 @@ def _open_channel() -> Channel:
 def main() -> int:
     die_with_parent()
     channel = _open_channel()
-    workerinput = {
-        "workerid": os.environ.get("PYTEST_XDIST_WORKER", "gw0"),
-        "workercount": int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")),
-        "testrunuid": os.environ.get("PSYDUCK_RUN_ID", ""),
-    }
+    workerinput = worker_input(
+        os.environ.get("PYTEST_XDIST_WORKER", "gw0"),
+        int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")),
+        os.environ.get("PSYDUCK_RUN_ID", ""),
+    )
     args = sys.argv[1:]
     if not any(ep.name == "psyduck" for ep in entry_points(group="pytest11")):
         # Injected into an image without psyduck installed: load the plugin by module.
         args = ["-p", "pytest_psyduck.plugin", *args]
     shard_collection = os.environ.get(SHARD_COLLECTION_VARIABLE) == "1"
-    plugin = WorkerPlugin(channel, workerinput, shard_collection=shard_collection)
-    return int(pytest.main(args, plugins=[plugin]))
+    plugin = WorkerPlugin(
+        channel, workerinput, shard_collection=shard_collection, farewell_at_session_end=True
+    )
+    return int(pytest.main(args, plugins=[plugin, Farewell(channel), WorkerBridges()]))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class FakeWorker(WorkerConnection):
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["t"] == "drain":
+            self.inbox.put_nowait({"t": "farewell", "data": b"workeroutput"})
             self.inbox.put_nowait({"t": "done"})
             return
         tests = [t["id"] for t in message["tests"]]
@@ -305,6 +306,14 @@ class CoordinatorFaults(RuleBasedStateMachine):
                 assert events[-1]["status"] in ("complete", "failed")
             if events[-1]["status"] == "failed":
                 assert events[-1]["reason"]
+            # A complete run's every worker is down, each once, before its done:
+            # with its farewell's data, or with what went wrong.
+            if events[-1]["status"] == "complete":
+                ready = [e["worker"] for e in events if e["t"] == "worker_ready"]
+                down = [e for e in events if e["t"] == "worker_down"]
+                assert sorted(ready) == sorted(e["worker"] for e in down), (ready, down)
+                for e in down:
+                    assert (e["data"] == b"workeroutput") != bool(e["error"]), e
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,8 @@ SOURCE_DIR = "/psyduck/src"
 SCRATCH_DIR = "/tmp"
 #: Directories not copied into a container's private code copy: caches and VCS
 #: data that tests do not read and that would only cost copy time and memory.
+#: Not ``.hypothesis``: its example database is read by tests (plain pytest
+#: replays the failing examples saved there first).
 COPY_SKIP = (
     ".git",
     ".hg",
@@ -38,7 +40,6 @@ COPY_SKIP = (
     ".pytest_cache",
     ".mypy_cache",
     ".ruff_cache",
-    ".hypothesis",
     "node_modules",
 )
 PIDS_LIMIT = 4096
@@ -71,10 +72,16 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 #: with the interpreter that runs :data:`BOOTSTRAP`.  The code is thus in place
 #: before that interpreter starts, as it is on the user's machine: ``site`` adds
 #: the directories an editable install's ``.pth`` names only if they exist then.
+#: ``PSYDUCK_CODE_COPY`` and ``PSYDUCK_CODE_COPIED_FROM`` tell the worker its tree is
+#: a copy, and of what: the files its tests write there are sent home
+#: (:mod:`pytest_psyduck.homecoming`).
 COPY_CODE = f"""\
 import os, shutil, sys
-shutil.copytree(os.environ.pop("PSYDUCK_CODE_SRC"), os.environ.pop("PSYDUCK_CODE_ROOT"),
+src, root = os.environ.pop("PSYDUCK_CODE_SRC"), os.environ.pop("PSYDUCK_CODE_ROOT")
+shutil.copytree(src, root,
                 symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*{COPY_SKIP!r}))
+os.environ["PSYDUCK_CODE_COPY"] = root
+os.environ["PSYDUCK_CODE_COPIED_FROM"] = src
 os.execv(sys.executable, [sys.executable, "-c", *sys.argv[1:]])
 """
 
@@ -90,6 +97,8 @@ CONTAINER_VARIABLES = frozenset(
         "PYTHONDONTWRITEBYTECODE",
         "PSYDUCK_CODE_SRC",
         "PSYDUCK_CODE_ROOT",
+        "PSYDUCK_CODE_COPY",
+        "PSYDUCK_CODE_COPIED_FROM",
         "PSYDUCK_WORKER_FD",
     }
 )

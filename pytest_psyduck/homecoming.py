@@ -1,0 +1,135 @@
+"""Files tests write into the project on a container host, brought into the user's tree.
+
+A container's worker runs in a private copy of the project (the farm sets
+``PSYDUCK_CODE_COPY`` to the copy and ``PSYDUCK_CODE_COPIED_FROM`` to its
+read-only source).  What tests and plugins write there — syrupy's
+``--snapshot-update`` files, hypothesis's example database, pytest-benchmark's
+``.benchmarks/`` — would be lost with the container, while plain pytest leaves
+it in the user's tree.  At its end the worker therefore sends every file under
+the copy that is new or differs (size or modification time) from the source,
+and the user's process writes them at the same relative paths.
+
+The boundary: files only, never deletions (a file a test removes stays in the
+user's tree, where plain pytest would have removed it: keeping is the safe
+side); not version-control or tool caches (:data:`SKIP_DIRS`); not bytecode;
+not coverage data files, which pytest-cov brings home itself through
+``workeroutput``.  Directory stores merge file by file: several workers adding
+entries to hypothesis's database all land.  A file several workers write is
+last-writer-wins, as when local workers write it.  Local workers write the
+user's tree directly and send nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+
+#: The variables a container's bootstrap sets: the private copy, and what it copied.
+COPY_VARIABLE = "PSYDUCK_CODE_COPY"
+SOURCE_VARIABLE = "PSYDUCK_CODE_COPIED_FROM"
+#: Directories never sent home: version control, environments, tool caches.
+SKIP_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".tox",
+        ".nox",
+        ".venv",
+        "__pycache__",
+        ".pytest_cache",
+        ".mypy_cache",
+        ".ruff_cache",
+        "node_modules",
+    }
+)
+#: File names never sent home: bytecode, and coverage data (pytest-cov's ``workeroutput``).
+SKIP_FILES = ("*.pyc", ".coverage", ".coverage.*")
+#: Bytes of files one worker sends home at most; past it, files are named, not sent.
+MAX_HOMECOMING_BYTES = 12 * 1024 * 1024
+
+
+def copied_tree(environ: Mapping[str, str]) -> tuple[Path, Path] | None:
+    """(copy, source) when this worker runs in a private copy of the project, else None."""
+    copy, source = environ.get(COPY_VARIABLE), environ.get(SOURCE_VARIABLE)
+    if not copy or not source:
+        return None
+    return Path(copy), Path(source)
+
+
+def _skipped(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in SKIP_FILES)
+
+
+def written_files(
+    copy: Path, source: Path, limit: int = MAX_HOMECOMING_BYTES
+) -> tuple[dict[str, bytes], list[str]]:
+    """Files under *copy* that are new or changed against *source*: (sent, left out).
+
+    Keys are POSIX paths relative to *copy*.  Files past *limit* bytes in all
+    are left out, by name, so the user hears which did not come home.
+    """
+    sent: dict[str, bytes] = {}
+    left_out: list[str] = []
+    total = 0
+    for directory, dirs, files in os.walk(copy):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        here = Path(directory)
+        relative_dir = here.relative_to(copy)
+        for name in sorted(files):
+            if _skipped(name):
+                continue
+            path = here / name
+            relative = relative_dir / name
+            try:
+                stat = path.lstat()
+                if not path.is_file() or path.is_symlink():
+                    continue
+                try:
+                    original = (source / relative).lstat()
+                    if (original.st_size, original.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+                        continue
+                except FileNotFoundError:
+                    pass
+                if total + stat.st_size > limit:
+                    left_out.append(relative.as_posix())
+                    continue
+                sent[relative.as_posix()] = path.read_bytes()
+                total += stat.st_size
+            except OSError:
+                continue  # removed while we looked: nothing to bring
+    return sent, left_out
+
+
+def target_in(root: Path, relative: str) -> Path | None:
+    """Where *relative* (sent by a worker) goes under *root*; None if it would leave *root*."""
+    parts = PurePosixPath(relative).parts
+    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts or "\\" in relative:
+        return None
+    target = root.joinpath(*parts)
+    resolved_root = root.resolve()
+    if not target.parent.resolve().is_relative_to(resolved_root) or target.is_symlink():
+        return None
+    return target
+
+
+def bring_home(root: Path, files: Mapping[str, bytes]) -> list[str]:
+    """Write *files* under *root* (creating directories); the paths refused, with why."""
+    refused = []
+    for relative, data in files.items():
+        target = target_in(root, relative) if isinstance(relative, str) else None
+        if target is None or not isinstance(data, bytes):
+            refused.append(f"{relative!r}: not a file path inside the project")
+            continue
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.resolve().is_relative_to(root.resolve()):
+                refused.append(f"{relative}: not a file path inside the project")
+                continue
+            partial = target.with_name(f".{target.name}.psyduck-partial")
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        except OSError as exc:
+            refused.append(f"{relative}: {exc.strerror or exc}")
+    return refused
