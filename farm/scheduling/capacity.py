@@ -1,0 +1,152 @@
+"""What each host can hold: slots, and CPUs and memory as capacity shards reserve.
+
+A shard reserves the CPUs and memory its tests ask for, or its slot's share
+of the host (the host's capacity divided by its slots), and is placed only
+where that much is free: a host is never given more than it has.  A host
+that declares no capacity is bounded by its slots alone.
+
+Placement questions asked per run or per queue ("can any host run tests
+needing these labels and this much memory?") are answered from *host
+classes* — hosts grouped by labels and capacity — so they cost the number of
+distinct kinds of host, not the number of slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from farm.scheduling.policies import PlacementKey
+
+#: CPUs are counted in thousandths, so that reservations add up exactly.
+MILLI = 1000
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """A host's CPUs and memory (bytes), all of which its slots share."""
+
+    cpus: float
+    memory: int
+
+    def __post_init__(self) -> None:
+        if self.cpus <= 0 or self.memory <= 0:
+            raise ValueError(f"a host's capacity must be positive, not {self}")
+
+
+def placeable(requires: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Every required dimension is among the host's values (comma-separated in a label)."""
+    return all(v in labels.get(k, "").split(",") for k, v in requires.items())
+
+
+Labels = tuple[tuple[str, str], ...]
+#: What a shard asks of a host: (milli-CPUs, bytes).
+Need = tuple[int, int]
+
+
+@dataclass
+class HostRoom:
+    """One host's slots and what its running shards have reserved."""
+
+    name: str
+    labels: Labels
+    capacity: Capacity | None
+    slots: int = 0
+    used: Need = (0, 0)
+    #: Resources (a placement key's) held back for a big shard the host is draining for.
+    reserved: PlacementKey | None = None
+
+    def need(self, key: PlacementKey) -> Need:
+        """What a shard of *key* reserves here: its hints, else one slot's share."""
+        if self.capacity is None:
+            return (0, 0)
+        _, _, cpus, memory = key
+        share = max(self.slots, 1)
+        return (
+            round((cpus or self.capacity.cpus / share) * MILLI),
+            memory or self.capacity.memory // share,
+        )
+
+    def could_hold(self, key: PlacementKey) -> bool:
+        """A shard of *key* fits on the empty host."""
+        _, _, cpus, memory = key
+        if self.capacity is None:
+            return True
+        return (cpus or 0) <= self.capacity.cpus and (memory or 0) <= self.capacity.memory
+
+    def free(self) -> Need:
+        assert self.capacity is not None
+        return (
+            round(self.capacity.cpus * MILLI) - self.used[0],
+            self.capacity.memory - self.used[1],
+        )
+
+    def fits(self, key: PlacementKey) -> bool:
+        """A shard of *key* fits now, leaving the reservation (if any, and not *key*'s) free."""
+        if self.capacity is None:
+            return True
+        cpus, memory = self.need(key)
+        free_cpus, free_memory = self.free()
+        if self.reserved is not None and self.reserved != key:
+            held_cpus, held_memory = self.need(self.reserved)
+            free_cpus, free_memory = free_cpus - held_cpus, free_memory - held_memory
+        return cpus <= free_cpus and memory <= free_memory
+
+    def take(self, need: Need) -> None:
+        self.used = (self.used[0] + need[0], self.used[1] + need[1])
+
+    def give_back(self, need: Need) -> None:
+        self.used = (self.used[0] - need[0], self.used[1] - need[1])
+
+
+@dataclass
+class HostIndex:
+    """The hosts in service, by name and by class (labels and capacity)."""
+
+    hosts: dict[str, HostRoom] = field(default_factory=dict)
+    classes: dict[tuple[Labels, Capacity | None], set[str]] = field(default_factory=dict)
+    _fits: dict[tuple[Labels, tuple[tuple[str, str], ...]], bool] = field(default_factory=dict)
+
+    def add_slot(self, host: str, labels: Mapping[str, str], capacity: Capacity | None) -> HostRoom:
+        room = self.hosts.get(host)
+        sorted_labels = tuple(sorted(labels.items()))
+        if room is None:
+            room = self.hosts[host] = HostRoom(host, sorted_labels, capacity)
+        elif (room.labels, room.capacity) != (sorted_labels, capacity):
+            self._unclass(room)
+            room.labels, room.capacity = sorted_labels, capacity
+        room.slots += 1
+        self.classes.setdefault((room.labels, room.capacity), set()).add(host)
+        return room
+
+    def remove_slot(self, host: str) -> None:
+        room = self.hosts[host]
+        room.slots -= 1
+        if room.slots <= 0:
+            self._unclass(room)
+            del self.hosts[host]
+
+    def _unclass(self, room: HostRoom) -> None:
+        members = self.classes.get((room.labels, room.capacity), set())
+        members.discard(room.name)
+        if not members:
+            self.classes.pop((room.labels, room.capacity), None)
+
+    def labels_fit(self, labels: Labels, key: PlacementKey) -> bool:
+        """Hosts labelled *labels* may run tests of *key* (memoized: few distinct pairs)."""
+        pair = (labels, key[1])
+        fit = self._fits.get(pair)
+        if fit is None:
+            fit = self._fits[pair] = placeable(dict(key[1]), dict(labels))
+        return fit
+
+    def anywhere(self, key: PlacementKey, but: str | None = None) -> bool:
+        """Some host in service (other than *but*) could ever run a shard of *key*."""
+        for (labels, _), names in self.classes.items():
+            if not names or (but is not None and names == {but}):
+                continue
+            if not self.labels_fit(labels, key):
+                continue
+            if self.hosts[next(n for n in names if n != but)].could_hold(key):
+                return True
+        return False
