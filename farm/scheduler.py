@@ -118,6 +118,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._shard_ids = itertools.count(1)
         self._front = itertools.count(-1, -1)  # priorities of requeued work
+        self._grown: set[str] = set()
 
     # -- slots -----------------------------------------------------------------
     def add_slot(
@@ -136,20 +137,33 @@ class Scheduler:
     def remove_slot(self, slot_id: str) -> None:
         slot = self._slots.pop(slot_id, None)
         if slot is not None:
-            self._vacate(slot)
+            self._grew(slot.room, self._vacate(slot), (0, 0))
             self._hosts.remove_slot(slot.room.name)
 
     def release(self, slot_id: str) -> None:
         """The slot finished (or gave up) its shard and holds no run any more."""
         if slot_id in self._slots:
-            self._vacate(self._slots[slot_id])
+            slot = self._slots[slot_id]
+            self._grew(slot.room, self._vacate(slot), (0, 0))
 
-    def _vacate(self, slot: _Slot) -> None:
+    def _vacate(self, slot: _Slot) -> Need:
+        """Free what the slot held; return what that was."""
         if slot.run is not None:
             self._held[slot.run] -= 1
             slot.run = None
-        slot.room.give_back(slot.holds)
-        slot.holds = (0, 0)
+        held, slot.holds = slot.holds, (0, 0)
+        slot.room.give_back(held)
+        return held
+
+    def _grew(self, room: HostRoom, before: Need, after: Need) -> None:
+        if after[0] < before[0] or after[1] < before[1]:
+            self._grown.add(room.name)
+
+    def hosts_with_room(self) -> set[str]:
+        """Hosts with more CPUs or memory free than when last asked: their idle slots
+        may now fit work they could not take before, and should ask again."""
+        grown, self._grown = self._grown, set()
+        return grown
 
     # -- runs ------------------------------------------------------------------
     def add_run(self, run_id: str, tests: Sequence[TestSpec]) -> list[TestSpec]:
@@ -180,7 +194,12 @@ class Scheduler:
         """Pick work for an idle slot: the neediest run's first unit that fits the slot."""
         slot = self._slots[slot_id]
         previous = slot.run
-        self._vacate(slot)
+        before = self._vacate(slot)
+        shard = self._pick(slot, previous)
+        self._grew(slot.room, before, slot.holds)
+        return shard
+
+    def _pick(self, slot: _Slot, previous: str | None) -> Shard | None:
         room = slot.room
         if room.reserved is not None and not self._wanted(room.reserved):
             room.reserved = None

@@ -199,7 +199,8 @@ def plan_run(
 
     Dispatch order: units holding a ``first`` test (``--ff``'s failures), then
     pinned groups (each one unit, in manifest order, wherever its tests sit),
-    then groups with a test nobody has timed, then the rest.  Untimed groups go
+    then the policy's order, except that groups with a test nobody has timed go
+    right behind the timed tests too long to share a unit.  Untimed groups go
     early because their size is a guess: one of them may last hours, and it must
     not start last; they get the median estimate of the timed tests, and units
     small enough (whatever the hosts' minimum shard) that every slot gets some.
@@ -225,11 +226,15 @@ def plan_run(
     units.extend(u for u in pinned_units if not any(t.first for t in u.tests))
     rest = [t for t in filled if not t.first and not t.pinned]
     untimed = [t for t in rest if t.group in guessed_groups]
+    timed = [t for t in rest if t.group not in guessed_groups] if untimed else rest
+    known = _units(policy, timed, slots, min_seconds, guessed=False)
+    # Untimed units go behind the timed units longer than any unit is made, before the rest.
+    cut = next((i for i, u in enumerate(known) if u.size <= micros(MAX_UNIT_SECONDS)), len(known))
+    units.extend(known[:cut])
     if untimed:
         share = sum(t.estimate for t in untimed) / max(slots, 1)
         units.extend(_units(policy, untimed, slots, min(min_seconds, share), guessed=True))
-    timed = [t for t in rest if t.group not in guessed_groups] if untimed else rest
-    units.extend(_units(policy, timed, slots, min_seconds, guessed=False))
+    units.extend(known[cut:])
     for priority, unit in enumerate(units):
         unit.priority = priority
     return RunPlan(tests, units, frozenset(u.key for u in units))
