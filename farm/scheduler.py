@@ -228,7 +228,7 @@ class Scheduler:
         first = fitting = None
         room = slot.room
         for key, queue in run.queue.keys.items():
-            if not self._hosts.labels_fit(slot.labels, key) or not room.could_hold(key):
+            if not self._hosts.labels_fit(slot.labels, key):
                 continue
             elsewhere = functools.partial(self._hosts.anywhere, key, but=room.name)
             unit = queue.head(room.name, elsewhere)

@@ -6,7 +6,7 @@ where that much is free: a host is never given more than it has.  A host
 that declares no capacity is bounded by its slots alone.
 
 Placement questions asked per run or per queue ("can any host run tests
-needing these labels and this much memory?") are answered from *host
+needing these labels?") are answered from *host
 classes* — hosts grouped by labels and capacity — so they cost the number of
 distinct kinds of host, not the number of slots.
 """
@@ -57,22 +57,19 @@ class HostRoom:
     reserved: PlacementKey | None = None
 
     def need(self, key: PlacementKey) -> Need:
-        """What a shard of *key* reserves here: its hints, else one slot's share."""
+        """What a shard of *key* reserves here: its hints, else one slot's share.
+
+        A hint beyond the host's capacity reserves the whole host: the test
+        runs as it would under plain pytest on that machine, alone.
+        """
         if self.capacity is None:
             return (0, 0)
         _, _, cpus, memory = key
         share = max(self.slots, 1)
         return (
-            round((cpus or self.capacity.cpus / share) * MILLI),
-            memory or self.capacity.memory // share,
+            round(min(cpus or self.capacity.cpus / share, self.capacity.cpus) * MILLI),
+            min(memory or self.capacity.memory // share, self.capacity.memory),
         )
-
-    def could_hold(self, key: PlacementKey) -> bool:
-        """A shard of *key* fits on the empty host."""
-        _, _, cpus, memory = key
-        if self.capacity is None:
-            return True
-        return (cpus or 0) <= self.capacity.cpus and (memory or 0) <= self.capacity.memory
 
     def free(self) -> Need:
         assert self.capacity is not None
@@ -141,12 +138,8 @@ class HostIndex:
         return fit
 
     def anywhere(self, key: PlacementKey, but: str | None = None) -> bool:
-        """Some host in service (other than *but*) could ever run a shard of *key*."""
-        for (labels, _), names in self.classes.items():
-            if not names or (but is not None and names == {but}):
-                continue
-            if not self.labels_fit(labels, key):
-                continue
-            if self.hosts[next(n for n in names if n != but)].could_hold(key):
-                return True
-        return False
+        """Some host in service (other than *but*) has the labels *key* requires."""
+        return any(
+            names - {but} and self.labels_fit(labels, key)
+            for (labels, _), names in self.classes.items()
+        )
