@@ -23,7 +23,7 @@ DEFAULT_ESTIMATE = 0.01
 SPLIT_FLOOR = 0.1
 #: A unit lasts at most about this long (unless hosts ask for longer shards): slots
 #: must come free often enough that a run arriving later gets its share quickly.
-MAX_UNIT_SECONDS = 30.0
+MAX_UNIT_SECONDS = 10.0
 
 #: Where a test may run and with whom it may share a shard: its worker profile,
 #: host label requirements, and the CPUs and memory it asks for (None: a slot's share).
