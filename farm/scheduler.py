@@ -201,8 +201,8 @@ class Scheduler:
 
     def _pick(self, slot: _Slot, previous: str | None) -> Shard | None:
         room = slot.room
-        if room.reserved is not None and not self._wanted(room.reserved):
-            room.reserved = None
+        if room.reserved is not None and not self._wanted(room.reserved, room):
+            self._hosts.hold(room, None)
         # Fewest held slots first; a warm worker of the same run breaks ties; then age.
         runs = sorted(
             (r for r in self._runs.values() if r.queue.keys),
@@ -214,12 +214,12 @@ class Scheduler:
                 continue
             if fitting is not first and room.reserved is None and self._wanted(first.key, room):
                 # Hold the host for the run's next big unit: no small shard fills it meanwhile.
-                room.reserved = first.key
+                self._hosts.hold(room, first.key)
                 first, fitting = self._candidates(run, slot)
             if fitting is None:
                 continue
             if room.reserved == fitting.key:
-                room.reserved = None
+                self._hosts.hold(room, None)
             return self._dispatch(run, slot, fitting)
         return None
 
@@ -243,7 +243,7 @@ class Scheduler:
     def _wanted(self, key: PlacementKey, room: HostRoom | None = None) -> bool:
         """Units of *key* are queued beyond the hosts already held for them (besides *room*)."""
         queued = sum(len(r.queue.keys.get(key, ())) for r in self._runs.values())
-        held = sum(1 for h in self._hosts.hosts.values() if h.reserved == key and h is not room)
+        held = self._hosts.holding.get(key, 0) - (room is not None and room.reserved == key)
         return queued > held
 
     def _dispatch(self, run: _Run, slot: _Slot, unit: Unit) -> Shard:

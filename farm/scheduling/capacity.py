@@ -101,6 +101,8 @@ class HostIndex:
     """The hosts in service, by name and by class (labels and capacity)."""
 
     hosts: dict[str, HostRoom] = field(default_factory=dict)
+    #: How many hosts are held back for shards of each placement key.
+    holding: dict[PlacementKey, int] = field(default_factory=dict)
     classes: dict[tuple[Labels, Capacity | None], set[str]] = field(default_factory=dict)
     _fits: dict[tuple[Labels, tuple[tuple[str, str], ...]], bool] = field(default_factory=dict)
 
@@ -120,8 +122,17 @@ class HostIndex:
         room = self.hosts[host]
         room.slots -= 1
         if room.slots <= 0:
+            self.hold(room, None)
             self._unclass(room)
             del self.hosts[host]
+
+    def hold(self, room: HostRoom, key: PlacementKey | None) -> None:
+        """Hold *room* back for a shard of *key* (None: for nothing any more)."""
+        if room.reserved is not None:
+            self.holding[room.reserved] -= 1
+        room.reserved = key
+        if key is not None:
+            self.holding[key] = self.holding.get(key, 0) + 1
 
     def _unclass(self, room: HostRoom) -> None:
         members = self.classes.get((room.labels, room.capacity), set())

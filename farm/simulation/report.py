@@ -30,7 +30,7 @@ def simulate(options: Options, gantt: bool = False) -> tuple[dict[str, Any], Out
     runs: list[tuple[float, str, Suite]] = [(0.0, "big", big)]
     if small:
         runs.append((arrival, "small", small))
-    failures = sorted(rng.uniform(0, arrival or work / 2) for _ in range(options.host_failures))
+    failures = sorted(rng.uniform(0, arrival) for _ in range(options.host_failures))
     drawn = {f"host{h}/{s}" for h in range(options.hosts) for s in range(options.slots)}
     drawn = set(sorted(drawn, key=_slot_order)[:GANTT_SLOTS]) if gantt else set()
     wall = time.perf_counter()
