@@ -227,10 +227,13 @@ def test_untimed_tests_reach_every_slot_despite_a_minimum_shard():
     assert all(shards)
 
 
-def test_an_untimed_group_starts_before_the_bulk_of_timed_ones():
+def test_untimed_tests_beside_timed_ones_start_early_and_alone():
     timed = [TestSpec(id=f"a{i}.py::t", group=f"a{i}.py", estimate=5.0) for i in range(50)]
-    untimed = TestSpec(id="new.py::t", group="new.py")
+    # Two variants of a new test: if it lasts hours, they must not queue behind each other.
+    untimed = [TestSpec(id=f"new.py::t[{v}]", group="new.py") for v in range(2)]
     scheduler = Scheduler()
     scheduler.add_slot("h/0", "h")
-    assert scheduler.add_run("r", [*timed, untimed]) == []
-    assert scheduler.next_shard("h/0").tests[0].id == "new.py::t"
+    scheduler.add_slot("h/1", "h")
+    assert scheduler.add_run("r", [*timed, *untimed]) == []
+    assert [t.id for t in scheduler.next_shard("h/0").tests] == ["new.py::t[0]"]
+    assert [t.id for t in scheduler.next_shard("h/1").tests] == ["new.py::t[1]"]

@@ -202,11 +202,12 @@ def plan_run(
     then the policy's order, except that groups with a test nobody has timed go
     right behind the timed tests too long to share a unit.  Untimed groups go
     early because their size is a guess: one of them may last hours, and it must
-    not start last; they get the median estimate of the timed tests, and units
-    small enough (whatever the hosts' minimum shard) that every slot gets some.
+    not start last.  They get the median estimate of the timed tests and a unit
+    each; when no test is timed, the policy's units, small enough (whatever the
+    hosts' minimum shard) that every slot gets some.
     """
-    known = [t.estimate for t in tests if t.estimate > 0]
-    guess = statistics.median(known) if known else DEFAULT_ESTIMATE
+    timed_estimates = [t.estimate for t in tests if t.estimate > 0]
+    guess = statistics.median(timed_estimates) if timed_estimates else DEFAULT_ESTIMATE
     guessed_groups = {t.group for t in tests if t.estimate <= 0}
     filled = [t if t.estimate > 0 else _with_estimate(t, guess) for t in tests]
     pinned: dict[tuple[str, PlacementKey], list[TestSpec]] = {}
@@ -231,7 +232,11 @@ def plan_run(
     # Untimed units go behind the timed units longer than any unit is made, before the rest.
     cut = next((i for i, u in enumerate(known) if u.size <= micros(MAX_UNIT_SECONDS)), len(known))
     units.extend(known[:cut])
-    if untimed:
+    if untimed and timed_estimates:
+        # Beside timed tests, an untimed one may last longer than all of them: a unit of
+        # several (a slow test's variants, say) would multiply that, so each goes alone.
+        units.extend(Unit([t], placement_key(t), guessed=True) for t in untimed)
+    elif untimed:
         share = sum(t.estimate for t in untimed) / max(slots, 1)
         units.extend(_units(policy, untimed, slots, min(min_seconds, share), guessed=True))
     units.extend(known[cut:])

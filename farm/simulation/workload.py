@@ -83,7 +83,12 @@ class Suite:
 
 
 def generate(options: Options, rng: random.Random, prefix: str, count: int) -> Suite:
-    """*count* test functions of *options*' kind, each in ``options.variants`` variants."""
+    """*count* test functions of *options*' kind, each in ``options.variants`` variants.
+
+    What the scheduler is told comes from a generator of its own, so that the
+    same seed gives the same true durations whatever ``--noise`` and ``--unknown``.
+    """
+    told = random.Random(rng.random())
     tests: list[TestSpec] = []
     durations: dict[str, float] = {}
     for index in range(count):
@@ -93,7 +98,7 @@ def generate(options: Options, rng: random.Random, prefix: str, count: int) -> S
         else:
             base = min(rng.lognormvariate(math.log(MEDIAN_SECONDS), SIGMA), LONGEST_ORDINARY)
             base *= HEAVY_FACTOR if heavy else 1.0
-        timed = rng.random() >= options.unknown
+        timed = told.random() >= options.unknown
         group = f"{prefix}/test_{index // TESTS_PER_FILE}.py"
         for variant in range(options.variants):
             test_id = f"{group}::test_{index}[v{variant}]"
@@ -103,7 +108,7 @@ def generate(options: Options, rng: random.Random, prefix: str, count: int) -> S
                 TestSpec(
                     id=test_id,
                     group=group,
-                    estimate=true * rng.lognormvariate(0.0, options.noise) if timed else 0.0,
+                    estimate=true * told.lognormvariate(0.0, options.noise) if timed else 0.0,
                     cpus=options.heavy_cpus if heavy else None,
                     memory=options.heavy_memory if heavy else None,
                 )
