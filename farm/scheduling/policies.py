@@ -199,17 +199,19 @@ def plan_run(
 
     Dispatch order: units holding a ``first`` test (``--ff``'s failures), then
     pinned groups (each one unit, in manifest order, wherever its tests sit),
-    then the policy's order, except that groups with a test nobody has timed go
-    right behind the timed tests too long to share a unit.  Untimed groups go
-    early because their size is a guess: one of them may last hours, and it must
-    not start last.  They get the median estimate of the timed tests and a unit
-    each; when no test is timed, the policy's units, small enough (whatever the
-    hosts' minimum shard) that every slot gets some.
+    then the policy's order, except that tests nobody has timed go right behind
+    the timed units longer than half the run's expected length.  Untimed tests go
+    early because their length is a guess: one of them may last hours, and it
+    must not start last.  They get the median estimate of the timed tests and a
+    unit each (so a module's new tests may run apart from, and before, its timed
+    ones); when no test is timed, the policy's units, small enough (whatever
+    the hosts' minimum shard) that every slot gets some.
     """
     timed_estimates = [t.estimate for t in tests if t.estimate > 0]
     guess = statistics.median(timed_estimates) if timed_estimates else DEFAULT_ESTIMATE
     guessed_groups = {t.group for t in tests if t.estimate <= 0}
     filled = [t if t.estimate > 0 else _with_estimate(t, guess) for t in tests]
+    untimed_ids = {t.id for t in tests if t.estimate <= 0}
     pinned: dict[tuple[str, PlacementKey], list[TestSpec]] = {}
     for test in filled:
         if test.pinned:
@@ -226,11 +228,13 @@ def plan_run(
     units.extend(_units(policy, free_first, slots, min_seconds, guessed=False))
     units.extend(u for u in pinned_units if not any(t.first for t in u.tests))
     rest = [t for t in filled if not t.first and not t.pinned]
-    untimed = [t for t in rest if t.group in guessed_groups]
-    timed = [t for t in rest if t.group not in guessed_groups] if untimed else rest
+    untimed = [t for t in rest if t.id in untimed_ids]
+    timed = [t for t in rest if t.id not in untimed_ids] if untimed else rest
     known = _units(policy, timed, slots, min_seconds, guessed=False)
-    # Untimed units go behind the timed units longer than any unit is made, before the rest.
-    cut = next((i for i, u in enumerate(known) if u.size <= micros(MAX_UNIT_SECONDS)), len(known))
+    # Untimed units go behind the timed units that must start at once for the run to
+    # end near its bound (longer than half of it), before the rest, which can wait.
+    bound = max(max(timed_estimates, default=0.0), sum(timed_estimates) / max(slots, 1))
+    cut = next((i for i, u in enumerate(known) if u.size < micros(bound / 2)), len(known))
     units.extend(known[:cut])
     if untimed and timed_estimates:
         # Beside timed tests, an untimed one may last longer than all of them: a unit of
