@@ -237,3 +237,21 @@ def test_untimed_tests_beside_timed_ones_start_early_and_alone():
     assert scheduler.add_run("r", [*timed, *untimed]) == []
     assert [t.id for t in scheduler.next_shard("h/0").tests] == ["new.py::t[0]"]
     assert [t.id for t in scheduler.next_shard("h/1").tests] == ["new.py::t[1]"]
+
+
+def test_a_docker_hosts_configured_capacity_is_what_its_slots_share():
+    from farm.hosts.docker import DockerHost
+
+    host = DockerHost(2, memory=8 * GiB, cpus=4.0, name="d")
+    assert host.capacity() == Capacity(4.0, 8 * GiB)
+    assert DockerHost(2, name="e").capacity() is None  # known once its engine is reached
+    scheduler = Scheduler(PerTest())
+    for s in range(2):
+        scheduler.add_slot(f"d/{s}", "d", host.labels, host.capacity())
+    tests = [TestSpec(id=f"t{i}", group="g", cpus=3.0) for i in range(2)]
+    assert scheduler.add_run("r", tests) == []
+    assert scheduler.next_shard("d/0") is not None
+    assert scheduler.next_shard("d/1") is None  # 3 + 3 CPUs would be more than the host's 4
+    scheduler.release("d/0")
+    assert scheduler.hosts_with_room() == {"d"}
+    assert scheduler.next_shard("d/1") is not None
