@@ -293,6 +293,7 @@ def _simulate_arguments(sim: argparse.ArgumentParser) -> None:
     add("--heavy-memory", type=size, default=d.heavy_memory, help="memory a heavy test asks for")
     add("--long", type=float, default=d.long, help="fraction of tests lasting 1-2 hours")
     add("--small-run", type=int, default=d.small_run, help="tests of a run arriving mid-way")
+    add("--small-variants", type=int, default=d.small_variants, help="variants of each (1)")
     add("--unknown", type=float, default=d.unknown, help="fraction of tests never timed")
     add("--host-failures", type=int, default=d.host_failures, help="hosts lost during the run")
     add("--min-shard-seconds", type=float, default=d.min_shard_seconds, help="hosts' minimum")

@@ -241,8 +241,12 @@ class Scheduler:
         return first, fitting
 
     def _wanted(self, key: PlacementKey, room: HostRoom | None = None) -> bool:
-        """Units of *key* are queued beyond the hosts already held for them (besides *room*)."""
-        queued = sum(len(r.queue.keys.get(key, ())) for r in self._runs.values())
+        """Tests of *key* are queued beyond the hosts already held for them (besides *room*).
+
+        Tests, not units: the tail of a run hands a unit out a test at a time, and
+        each of those shards needs a host with the room.
+        """
+        queued = sum(q.tests for r in self._runs.values() if (q := r.queue.keys.get(key)))
         held = self._hosts.holding.get(key, 0) - (room is not None and room.reserved == key)
         return queued > held
 

@@ -23,6 +23,8 @@ class KeyQueue:
 
     ready: deque[Unit] = field(default_factory=deque)
     avoiding: list[Unit] = field(default_factory=list)
+    #: Tests queued here: at most this many shards will come of them.
+    tests: int = 0
 
     def __len__(self) -> int:
         return len(self.ready) + len(self.avoiding)
@@ -84,13 +86,14 @@ class RunQueue:
         unit.size -= size
         self.size -= size
         self.tests -= count
+        self.keys[unit.key].tests -= count
 
     def drop(self, key: PlacementKey) -> list[Unit]:
         """Remove and return every unit of *key*."""
         queue = self.keys.pop(key, None)
         units = [] if queue is None else list(queue.units())
-        for unit in units:
-            self._count(unit, -1)
+        self.size -= sum(u.size for u in units)
+        self.tests -= sum(len(u) for u in units)
         return units
 
     def clear(self) -> None:
@@ -106,3 +109,4 @@ class RunQueue:
     def _count(self, unit: Unit, sign: int) -> None:
         self.size += sign * unit.size
         self.tests += sign * len(unit)
+        self.keys[unit.key].tests += sign * len(unit)

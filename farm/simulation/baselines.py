@@ -12,7 +12,10 @@ mid-way), with true durations and no per-shard cost:
   the least-loaded slot (untimed tests count as the mean of the timed ones).
 
 None knows about CPUs or memory: a slot runs whatever it is given, so heavy
-tests may share a host beyond its capacity, which is counted.
+tests may share a host beyond its capacity, which is counted.  A test asking
+for more CPUs than a slot's share gets only that share of a busy host, so it
+takes proportionally longer (its CPU-seconds are the same); memory beyond a
+host's is counted, not modelled.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ class _Timeline:
 
     def run(self, slot: int, tests: list[TestSpec]) -> float:
         end = self.end[slot]
+        share = self.options.cpus / self.options.slots
         for test in tests:
-            seconds = self.durations[test.id]
+            seconds = self.durations[test.id] * max(1.0, (test.cpus or share) / share)
             if test.cpus or test.memory:
                 cpus, memory = need(test, self.options)
                 self.heavy.append((slot // self.options.slots, end, end + seconds, cpus, memory))

@@ -20,8 +20,12 @@ def simulate(options: Options, gantt: bool = False) -> tuple[dict[str, Any], Out
     """Simulate *options*' workload with the farm's scheduler and the baselines."""
     options.check()
     rng = random.Random(options.seed)
-    big = generate(options, rng, "big", options.tests)
-    small = generate(options, rng, "small", options.small_run) if options.small_run else None
+    big = generate(options, rng, "big", options.tests, options.variants)
+    small = (
+        generate(options, rng, "small", options.small_run, options.small_variants)
+        if options.small_run
+        else None
+    )
     suites = [big] + ([small] if small else [])
     longest, work = bounds(suites, options)
     bound = max(longest, work)

@@ -52,6 +52,8 @@ class Options:
     heavy_memory: int = 4 << 30
     long: float = 0.0
     small_run: int = 0
+    #: Variants of each of the small run's tests (a developer's run beside the big one).
+    small_variants: int = 1
     unknown: float = 0.0
     host_failures: int = 0
     seed: int = 0
@@ -60,7 +62,7 @@ class Options:
 
     def check(self) -> None:
         """Raise ValueError naming the first option out of range."""
-        for name in ("hosts", "slots", "tests", "variants"):
+        for name in ("hosts", "slots", "tests", "variants", "small_variants"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
         for name in ("heavy", "long", "unknown"):
@@ -82,8 +84,8 @@ class Suite:
     durations: dict[str, float]
 
 
-def generate(options: Options, rng: random.Random, prefix: str, count: int) -> Suite:
-    """*count* test functions of *options*' kind, each in ``options.variants`` variants.
+def generate(options: Options, rng: random.Random, prefix: str, count: int, variants: int) -> Suite:
+    """*count* test functions of *options*' kind, each in *variants* variants.
 
     What the scheduler is told comes from a generator of its own, so that the
     same seed gives the same true durations whatever ``--noise`` and ``--unknown``.
@@ -100,7 +102,7 @@ def generate(options: Options, rng: random.Random, prefix: str, count: int) -> S
             base *= HEAVY_FACTOR if heavy else 1.0
         timed = told.random() >= options.unknown
         group = f"{prefix}/test_{index // TESTS_PER_FILE}.py"
-        for variant in range(options.variants):
+        for variant in range(variants):
             test_id = f"{group}::test_{index}[v{variant}]"
             true = base * rng.uniform(0.9, 1.1)
             durations[test_id] = true
