@@ -125,5 +125,9 @@ def gantt_svg(outcome: Outcome, title: str) -> str:
     axis = top + height * len(slots) + 14
     parts.append(f'<text x="{left}" y="{axis}">0 s</text>')
     parts.append(f'<text x="{left + width - 60}" y="{axis}">{end:.0f} s</text>')
+    parts.append(
+        f'<text x="{left + 200}" y="{axis}">blue: the big run; orange: the small run; '
+        "darker: shards reserving more than a slot's share</text>"
+    )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
