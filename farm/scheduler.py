@@ -212,6 +212,10 @@ class Scheduler:
             first, fitting = self._candidates(run, slot)
             if first is None:
                 continue
+            if room.reserved is not None and room.reserved not in run.queue.keys:
+                # Held for another run's big unit, but this run's turn comes first.
+                self._hosts.hold(room, None)
+                first, fitting = self._candidates(run, slot)
             if fitting is not first and room.reserved is None and self._wanted(first.key, room):
                 # Hold the host for the run's next big unit: no small shard fills it meanwhile.
                 self._hosts.hold(room, first.key)

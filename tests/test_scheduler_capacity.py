@@ -255,3 +255,20 @@ def test_a_docker_hosts_configured_capacity_is_what_its_slots_share():
     scheduler.release("d/0")
     assert scheduler.hosts_with_room() == {"d"}
     assert scheduler.next_shard("d/1") is not None
+
+
+def test_a_host_held_for_one_runs_big_test_still_serves_a_run_with_fewer_slots():
+    scheduler = Scheduler(PerTest())
+    for s in range(4):
+        scheduler.add_slot(f"h/{s}", "h", {}, Capacity(4.0, 16 * GiB))
+    big = [TestSpec(id=f"light{i}", group="g", estimate=1.0) for i in range(3)]
+    big += [TestSpec(id=f"heavy{i}", group="g", estimate=1.0, cpus=4.0) for i in range(2)]
+    assert scheduler.add_run("big", big) == []
+    assert [scheduler.next_shard(f"h/{s}").tests[0].id for s in range(3)] == [
+        "light0",
+        "light1",
+        "light2",
+    ]
+    assert scheduler.next_shard("h/3") is None  # the host drains for heavy0
+    assert scheduler.add_run("small", [TestSpec(id="quick", group="q", estimate=1.0)]) == []
+    assert scheduler.next_shard("h/3").tests[0].id == "quick"  # its turn: fewest slots held
