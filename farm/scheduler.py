@@ -32,7 +32,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from farm.manifest import TestSpec
-from farm.scheduling.capacity import Capacity, HostIndex, HostRoom, Labels, Need, placeable
+from farm.scheduling.capacity import (
+    DRAIN_SECONDS,
+    Capacity,
+    HostIndex,
+    HostRoom,
+    Labels,
+    Need,
+    placeable,
+)
 from farm.scheduling.policies import (
     LongestFirst,
     PerGroup,
@@ -85,6 +93,7 @@ class _Slot:
     labels: Labels
     run: str | None = None  # the run whose shard it holds, if any
     holds: Need = (0, 0)  # what that shard reserved on the host
+    lasting: bool = False  # that shard is expected to outlast a host's drain
 
 
 @dataclass
@@ -152,7 +161,7 @@ class Scheduler:
             self._held[slot.run] -= 1
             slot.run = None
         held, slot.holds = slot.holds, (0, 0)
-        slot.room.give_back(held)
+        slot.room.give_back(held, slot.lasting)
         return held
 
     def _grew(self, room: HostRoom, before: Need, after: Need) -> None:
@@ -216,7 +225,12 @@ class Scheduler:
                 # Held for another run's big unit, but this run's turn comes first.
                 self._hosts.hold(room, None)
                 first, fitting = self._candidates(run, slot)
-            if fitting is not first and room.reserved is None and self._wanted(first.key, room):
+            if (
+                fitting is not first
+                and room.reserved is None
+                and room.could_drain_for(first.key)
+                and self._wanted(first.key, room)
+            ):
                 # Hold the host for the run's next big unit: no small shard fills it meanwhile.
                 self._hosts.hold(room, first.key)
                 first, fitting = self._candidates(run, slot)
@@ -257,9 +271,10 @@ class Scheduler:
     def _dispatch(self, run: _Run, slot: _Slot, unit: Unit) -> Shard:
         slot.run = run.id
         self._held[run.id] += 1
-        slot.holds = slot.room.need(unit.key)
-        slot.room.take(slot.holds)
         tests = self._take(run, unit)
+        slot.holds = slot.room.need(unit.key)
+        slot.lasting = sum(micros(t.estimate) for t in tests) > micros(DRAIN_SECONDS)
+        slot.room.take(slot.holds, slot.lasting)
         return Shard(next(self._shard_ids), run.id, tuple(tests), retry=unit.retry)
 
     def _take(self, run: _Run, unit: Unit) -> list[TestSpec]:

@@ -20,6 +20,9 @@ from farm.scheduling.policies import PlacementKey
 
 #: CPUs are counted in thousandths, so that reservations add up exactly.
 MILLI = 1000
+#: A host is held back for a big shard only if enough of it frees up within about
+#: this many (estimated) seconds.
+DRAIN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class HostRoom:
     capacity: Capacity | None
     slots: int = 0
     used: Need = (0, 0)
+    #: Part of ``used`` held by shards expected to run longer than :data:`DRAIN_SECONDS`.
+    lasting: Need = (0, 0)
     #: Resources (a placement key's) held back for a big shard the host is draining for.
     reserved: PlacementKey | None = None
 
@@ -89,11 +94,27 @@ class HostRoom:
             free_cpus, free_memory = free_cpus - held_cpus, free_memory - held_memory
         return cpus <= free_cpus and memory <= free_memory
 
-    def take(self, need: Need) -> None:
-        self.used = (self.used[0] + need[0], self.used[1] + need[1])
+    def could_drain_for(self, key: PlacementKey) -> bool:
+        """A shard of *key* would fit once the shards that end soon have ended.
 
-    def give_back(self, need: Need) -> None:
+        Holding a host back for a big shard is worth it only then: a host busy
+        with hours-long shards would leave its free room idle for hours.
+        """
+        if self.capacity is None:
+            return True
+        cpus, memory = self.need(key)
+        total = (round(self.capacity.cpus * MILLI), self.capacity.memory)
+        return cpus <= total[0] - self.lasting[0] and memory <= total[1] - self.lasting[1]
+
+    def take(self, need: Need, lasting: bool) -> None:
+        self.used = (self.used[0] + need[0], self.used[1] + need[1])
+        if lasting:
+            self.lasting = (self.lasting[0] + need[0], self.lasting[1] + need[1])
+
+    def give_back(self, need: Need, lasting: bool) -> None:
         self.used = (self.used[0] - need[0], self.used[1] - need[1])
+        if lasting:
+            self.lasting = (self.lasting[0] - need[0], self.lasting[1] - need[1])
 
 
 @dataclass
