@@ -272,3 +272,18 @@ def test_a_host_held_for_one_runs_big_test_still_serves_a_run_with_fewer_slots()
     assert scheduler.next_shard("h/3") is None  # the host drains for heavy0
     assert scheduler.add_run("small", [TestSpec(id="quick", group="q", estimate=1.0)]) == []
     assert scheduler.next_shard("h/3").tests[0].id == "quick"  # its turn: fewest slots held
+
+
+def test_a_host_busy_for_long_is_not_held_back_for_a_big_test():
+    scheduler = Scheduler(PerTest())
+    for s in range(2):
+        scheduler.add_slot(f"h/{s}", "h", {}, Capacity(2.0, 8 * GiB))
+    tests = [
+        TestSpec(id="hours", group="g", estimate=3600.0),
+        TestSpec(id="big", group="g", estimate=5.0, cpus=2.0),
+        TestSpec(id="light", group="g", estimate=1.0),
+    ]
+    assert scheduler.add_run("r", tests) == []
+    assert scheduler.next_shard("h/0").tests[0].id == "hours"
+    # "big" cannot fit before "hours" ends: the other CPU serves meanwhile.
+    assert scheduler.next_shard("h/1").tests[0].id == "light"
