@@ -93,7 +93,7 @@ class _Slot:
     labels: Labels
     run: str | None = None  # the run whose shard it holds, if any
     holds: Need = (0, 0)  # what that shard reserved on the host
-    lasting: bool = False  # that shard is expected to outlast a host's drain
+    lasting: bool = False  # that shard may outlast a host's drain
 
 
 @dataclass
@@ -210,8 +210,7 @@ class Scheduler:
 
     def _pick(self, slot: _Slot, previous: str | None) -> Shard | None:
         room = slot.room
-        if room.reserved is not None and not self._wanted(room.reserved, room):
-            self._hosts.hold(room, None)
+        self._check_hold(room)
         # Fewest held slots first; a warm worker of the same run breaks ties; then age.
         runs = sorted(
             (r for r in self._runs.values() if r.queue.keys),
@@ -238,8 +237,20 @@ class Scheduler:
                 continue
             if room.reserved == fitting.key:
                 self._hosts.hold(room, None)
-            return self._dispatch(run, slot, fitting)
+            shard = self._dispatch(run, slot, fitting)
+            self._check_hold(room)
+            return shard
         return None
+
+    def _check_hold(self, room: HostRoom) -> None:
+        """Stop holding *room* back for a big shard no longer queued, or that could
+        not fit before its long shards end; its idle slots may use the room now."""
+        reserved = room.reserved
+        if reserved is None:
+            return
+        if not self._wanted(reserved, room) or not room.could_drain_for(reserved):
+            self._hosts.hold(room, None)
+            self._grown.add(room.name)
 
     def _candidates(self, run: _Run, slot: _Slot) -> tuple[Unit | None, Unit | None]:
         """The run's first unit the slot's labels allow, and its first that fits the host now."""
@@ -273,7 +284,10 @@ class Scheduler:
         self._held[run.id] += 1
         tests = self._take(run, unit)
         slot.holds = slot.room.need(unit.key)
-        slot.lasting = sum(micros(t.estimate) for t in tests) > micros(DRAIN_SECONDS)
+        # An untimed test's length is a guess: it may be the one that lasts hours.
+        slot.lasting = unit.guessed or sum(micros(t.estimate) for t in tests) > micros(
+            DRAIN_SECONDS
+        )
         slot.room.take(slot.holds, slot.lasting)
         return Shard(next(self._shard_ids), run.id, tuple(tests), retry=unit.retry)
 

@@ -56,7 +56,7 @@ class HostRoom:
     capacity: Capacity | None
     slots: int = 0
     used: Need = (0, 0)
-    #: Part of ``used`` held by shards expected to run longer than :data:`DRAIN_SECONDS`.
+    #: Part of ``used`` held by shards that may run longer than :data:`DRAIN_SECONDS`.
     lasting: Need = (0, 0)
     #: Resources (a placement key's) held back for a big shard the host is draining for.
     reserved: PlacementKey | None = None
