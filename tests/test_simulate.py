@@ -30,7 +30,7 @@ def test_simulate_json_reports_the_schedule_beside_the_baselines(tmp_path):
         *("--tests", "120", "--variants", "3", "--noise", "0.3"),
         *("--heavy", "0.1", "--heavy-cpus", "2", "--heavy-memory", "8GiB"),
         *("--long", "0.01", "--small-run", "10", "--unknown", "0.2"),
-        *("--host-failures", "1", "--seed", "3", "--json"),
+        *("--host-failures", "3", "--seed", "3", "--json"),
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr

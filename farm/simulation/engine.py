@@ -127,8 +127,12 @@ class Simulation:
         self.left[run_id] = {t.id for t in tests}
         self._offer_idle(self.hosts.values())
 
-    def _on_done(self, slot: str) -> None:
-        running = self.running.pop(slot)
+    def _on_done(self, event: tuple[str, int]) -> None:
+        slot, shard_id = event
+        running = self.running.get(slot)
+        if running is None or running.shard.id != shard_id:
+            return  # its host was lost meanwhile
+        del self.running[slot]
         for test in running.shard.tests:
             self._finished(running.shard.run, test.id)
         host = self.hosts[slot.split("/")[0]]
@@ -211,7 +215,7 @@ class Simulation:
         if self.gantt(slot):
             heavy = any(t.cpus or t.memory for t in shard.tests)
             self.outcome.bars.append((slot, self.clock, self.clock + seconds, shard.run, heavy))
-        self.at(self.clock + seconds, "done", slot)
+        self.at(self.clock + seconds, "done", (slot, shard.id))
 
     def _unuse(self, host: _Host, taken: tuple[float, int]) -> None:
         self._use(host, (host.used[0] - taken[0], host.used[1] - taken[1]))
