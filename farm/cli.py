@@ -5,7 +5,8 @@
 * ``psyduck farm status`` — hosts, slots in use, runs (with their owners) and queued tests,
   and the slowest tests of the farm's duration history;
 * ``psyduck hosts check`` — reach each host and say what is wrong with it;
-* ``psyduck image build`` — build (or reuse) the project's test image.
+* ``psyduck image build`` — build (or reuse) the project's test image;
+* ``psyduck simulate`` — the real scheduler over simulated hosts, in virtual time.
 """
 
 from __future__ import annotations
@@ -315,7 +316,64 @@ def _parser() -> argparse.ArgumentParser:
     add_build_arguments(build)
     build.add_argument("--push", metavar="URL", help="store the image in this pokedex node")
     build.add_argument("--token-file", help="pokedex token for --push (else env PSYDUCK_TOKEN)")
+    _simulate_arguments(
+        commands.add_parser(
+            "simulate", help="the farm's scheduler over simulated hosts, without sleeping"
+        )
+    )
     return parser
+
+
+def _simulate_arguments(sim: argparse.ArgumentParser) -> None:
+    from farm.simulation.workload import Options, parse_size
+
+    def size(text: str) -> int:
+        try:
+            return parse_size(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    d = Options()
+    add = sim.add_argument
+    add("--hosts", type=int, default=d.hosts, help="hosts (default %(default)s)")
+    add("--slots", type=int, default=d.slots, help="slots per host (default %(default)s)")
+    add("--cpus", type=float, default=d.cpus, help="CPUs per host (default %(default)s)")
+    add("--memory", type=size, default=d.memory, help="memory per host, e.g. 64G (default 16G)")
+    add("--tests", type=int, default=d.tests, help="test functions (default %(default)s)")
+    add("--variants", type=int, default=d.variants, help="variants of each (default %(default)s)")
+    add("--noise", type=float, default=d.noise, help="lognormal sigma of estimates' error")
+    add("--heavy", type=float, default=d.heavy, help="fraction of tests asking for resources")
+    add("--heavy-cpus", type=float, default=d.heavy_cpus, help="CPUs a heavy test asks for")
+    add("--heavy-memory", type=size, default=d.heavy_memory, help="memory a heavy test asks for")
+    add("--long", type=float, default=d.long, help="fraction of tests lasting 1-2 hours")
+    add("--small-run", type=int, default=d.small_run, help="tests of a run arriving mid-way")
+    add("--small-variants", type=int, default=d.small_variants, help="variants of each (1)")
+    add("--unknown", type=float, default=d.unknown, help="fraction of tests never timed")
+    add("--host-failures", type=int, default=d.host_failures, help="hosts lost during the run")
+    add("--min-shard-seconds", type=float, default=d.min_shard_seconds, help="hosts' minimum")
+    add("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    add("--json", action="store_true", help="print one JSON object (the last line)")
+    add("--gantt", metavar="FILE.svg", help="draw the first slots over time as SVG")
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    """``psyduck simulate``: figures on stdout (JSON on its last line with ``--json``)."""
+    from farm.simulation.report import gantt_svg, simulate, summary
+    from farm.simulation.workload import Options
+
+    names = [f.name for f in dataclasses.fields(Options)]
+    options = Options(**{name: getattr(args, name) for name in names})
+    try:
+        result, outcome = simulate(options, gantt=bool(args.gantt))
+    except ValueError as exc:
+        print(f"psyduck simulate: {exc}", file=sys.stderr)
+        return 2
+    if args.gantt:
+        title = f"{options.hosts} hosts x {options.slots} slots, {result['tests']} tests"
+        with open(args.gantt, "w", encoding="utf-8") as out:
+            out.write(gantt_svg(outcome, title))
+    print(json.dumps(result) if args.json else summary(result))
+    return 0
 
 
 def build_image(args: argparse.Namespace) -> int:
@@ -356,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "image":
             return build_image(args)
+        if args.command == "simulate":
+            return simulate_command(args)
         hosts = (
             [build_host(h) for h in load_config(args.config).hosts]
             if args.config

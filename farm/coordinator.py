@@ -158,10 +158,20 @@ class Coordinator:
             self._wake_all()
 
     def _add_slots(self, state: HostState) -> None:
+        capacity = state.host.capacity()
         for index in range(state.host.slots):
             self.scheduler.add_slot(
-                f"{state.host.name}/{index}", state.host.name, state.host.labels
+                f"{state.host.name}/{index}", state.host.name, state.host.labels, capacity
             )
+
+    def _wake_hosts_with_room(self) -> None:
+        """A shard gave back CPUs or memory: idle slots of its host may fit work now."""
+        grown = self.scheduler.hosts_with_room()
+        for state in self.hosts:
+            if state.host.name in grown:
+                for index in range(state.host.slots):
+                    if (wakeup := self._wakeups.get(f"{state.host.name}/{index}")) is not None:
+                        wakeup.set()
 
     async def close(self) -> None:
         self._closing = True
@@ -373,6 +383,7 @@ class Coordinator:
             wakeup.clear()
             shard = self.scheduler.next_shard(slot_id)
             held.shard = shard
+            self._wake_hosts_with_room()
             worker = held.worker
             if worker is not None and (
                 shard is None
@@ -386,6 +397,7 @@ class Coordinator:
                     return
             if shard is None:
                 self.scheduler.release(slot_id)
+                self._wake_hosts_with_room()
                 await wakeup.wait()
                 continue
             run = self.runs.get(shard.run)

@@ -1,38 +1,72 @@
 """The farm's scheduler: a pure data structure deciding which tests run where.
 
 No asyncio and no I/O live here, so the coordinator drives it from its event
-loop and a simulation (or a hypothesis state machine) can drive it just the
-same.  The coordinator tells it about slots (one place where one worker runs at
-a time), runs, finished tests and lost work; it answers "what should this idle
-slot run next?".
+loop and ``psyduck simulate`` (or a hypothesis state machine) drives it just
+the same.  The coordinator tells it about slots (one place where one worker
+runs at a time, on a host with some CPUs and memory), runs, finished tests
+and lost work; it answers "what should this idle slot run next?".
 
-Two decisions are separate and swappable:
+Three decisions are separate:
 
-* a :class:`ShardingPolicy` turns one run's tests into *units* (future shards)
-  ordered by dispatch priority — the default, :class:`LongestFirst`, keeps each
-  group (a test module) together unless splitting it pays, and hands out the
-  longest units first so the run ends close to ``max(longest, total / slots)``;
+* a :class:`~farm.scheduling.policies.ShardingPolicy` turns one run's tests
+  into units (future shards) in dispatch order — the default,
+  :class:`LongestFirst`, keeps each group (a test module) together unless
+  splitting it pays, and hands out the longest units first so the run ends
+  close to ``max(longest, total / slots)``;
 * the fairness rule across runs, in :meth:`Scheduler.next_shard`: an idle slot
   goes to the run holding the fewest slots, so one huge run cannot starve a
-  small one.
+  small one;
+* packing (:mod:`farm.scheduling.capacity`): a shard reserves CPUs and memory
+  on its host, never more than the host has; when the run's next unit is too
+  big for the room left, the host stops taking small shards until it fits.
+
+Every decision costs the number of runs times the number of distinct placement
+keys, whatever the number of queued tests (:mod:`farm.scheduling.queues`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
-import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from farm.manifest import TestSpec
+from farm.scheduling.capacity import (
+    DRAIN_SECONDS,
+    Capacity,
+    HostIndex,
+    HostRoom,
+    Labels,
+    Need,
+    placeable,
+)
+from farm.scheduling.policies import (
+    LongestFirst,
+    PerGroup,
+    PerTest,
+    PlacementKey,
+    RunPlan,
+    ShardingPolicy,
+    Unit,
+    micros,
+    placement_key,
+    plan_run,
+)
+from farm.scheduling.queues import RunQueue
 
-#: Estimate for a test nobody has timed yet, when no test of its run has history either.
-DEFAULT_ESTIMATE = 0.01
-#: Groups shorter than this are never split: their fixtures cost more than the balance gains.
-SPLIT_FLOOR = 0.1
+__all__ = [
+    "Capacity",
+    "LongestFirst",
+    "PerGroup",
+    "PerTest",
+    "RunPlan",
+    "Scheduler",
+    "Shard",
+    "ShardingPolicy",
+    "placeable",
+]
+
 #: Shards shrink towards a run's end, but not below this: a shard costs a round
 #: trip to its worker, and the last slots need only finish within about this much.
 TAIL_FLOOR = 0.01
@@ -53,182 +87,13 @@ class Shard:
 
 
 @dataclass
-class _Unit:
-    tests: list[TestSpec]
-    requires: Mapping[str, str]
-    retry: bool = False
-    avoid_host: str | None = None
-    #: A pinned group's tests (see ``TestSpec.pinned``): dispatched whole, never split.
-    pinned: bool = False
-    #: Sum of the tests' estimates, kept with them: a huge run's queue is summed on every shard.
-    estimate: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.estimate = sum(t.estimate for t in self.tests)
-
-    def drop_head(self, count: int) -> None:
-        """Remove the first *count* tests (dispatched on their own)."""
-        self.tests = self.tests[count:]
-        self.estimate = sum(t.estimate for t in self.tests)
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """A run's queue worked out from its tests alone, by :func:`plan_run`.
-
-    Planning touches every test; for a run of a million tests it takes seconds,
-    so the coordinator plans in a thread and only :meth:`Scheduler.install`,
-    which touches each distinct placement once, runs on its event loop.
-    """
-
-    tests: Sequence[TestSpec]  # as submitted, in manifest order
-    units: list[_Unit]
-    placements: frozenset[tuple[tuple[str, str], ...]]
-
-
-class ShardingPolicy(Protocol):
-    """Splits one run's tests into units, first-to-dispatch first."""
-
-    def units(
-        self, tests: Sequence[TestSpec], slots: int, min_seconds: float
-    ) -> list[list[TestSpec]]:
-        """Return lists of tests; every test appears in exactly one list, in manifest order."""
-        ...
-
-
-def _placement_key(test: TestSpec) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """Tests may share a shard only if they need the same worker profile and host labels."""
-    return test.profile, tuple(sorted(test.requires.items()))
-
-
-class LongestFirst:
-    """Group-preserving longest-processing-time-first sharding.
-
-    A unit is a contiguous run of tests of one group (or of several small
-    groups merged, when a shard has a fixed cost worth amortizing).  The target
-    unit size is a quarter of a slot's fair share of the work: large enough
-    that a module's fixtures are set up few times, small enough that the tail
-    of the run balances.  Units are sorted longest first; the pieces of a split
-    group keep their order, so one worker never runs a module backwards.
-    """
-
-    name = "longest-first"
-
-    def units(
-        self, tests: Sequence[TestSpec], slots: int, min_seconds: float
-    ) -> list[list[TestSpec]]:
-        total = sum(t.estimate for t in tests)
-        target = max(min_seconds, total / (max(slots, 1) * 4))
-        units: list[list[TestSpec]] = []
-        merging: dict[tuple[str, tuple[tuple[str, str], ...]], list[TestSpec]] = {}
-        # Each bucket's running sum, added test by test as sum() would: re-summing the
-        # bucket at every group made a million small tests take minutes.
-        merged: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        for _, group_iter in itertools.groupby(tests, key=lambda t: (t.group, _placement_key(t))):
-            group = list(group_iter)
-            key = _placement_key(group[0])
-            if sum(t.estimate for t in group) >= max(target, SPLIT_FLOOR):
-                units.extend(_split(group, target))
-                continue
-            bucket = merging.setdefault(key, [])
-            bucket.extend(group)
-            acc = merged.get(key, 0)
-            for test in group:
-                acc += test.estimate
-            merged[key] = acc
-            if acc >= target:
-                units.append(bucket)
-                del merging[key], merged[key]
-        units.extend(bucket for bucket in merging.values() if bucket)
-        # Longest first, but the pieces of one split group stay in collection
-        # order: they rank by the group's largest piece and keep their sequence.
-        largest: dict[str, float] = {}
-        for unit in units:
-            size = sum(t.estimate for t in unit)
-            largest[unit[0].group] = max(largest.get(unit[0].group, 0.0), size)
-        units.sort(key=lambda unit: -largest[unit[0].group])
-        return units
-
-
-class PerGroup:
-    """One unit per group (module), like pytest-xdist's ``--dist loadscope``."""
-
-    name = "per-group"
-
-    def units(
-        self, tests: Sequence[TestSpec], slots: int, min_seconds: float
-    ) -> list[list[TestSpec]]:
-        return [
-            list(g) for _, g in itertools.groupby(tests, key=lambda t: (t.group, _placement_key(t)))
-        ]
-
-
-class PerTest:
-    """One unit per test in manifest order, like pytest-xdist's ``--dist load`` at its finest."""
-
-    name = "per-test"
-
-    def units(
-        self, tests: Sequence[TestSpec], slots: int, min_seconds: float
-    ) -> list[list[TestSpec]]:
-        return [[t] for t in tests]
-
-
-def _split(group: list[TestSpec], target: float) -> list[list[TestSpec]]:
-    """Cut *group* into contiguous pieces of about *target* seconds each."""
-    pieces: list[list[TestSpec]] = [[]]
-    acc = 0.0
-    for test in group:
-        if pieces[-1] and acc + test.estimate > target:
-            pieces.append([])
-            acc = 0.0
-        pieces[-1].append(test)
-        acc += test.estimate
-    return pieces
-
-
-def plan_run(
-    tests: Sequence[TestSpec], policy: ShardingPolicy, slots: int, min_seconds: float
-) -> RunPlan:
-    """Cut *tests* into the units *policy* makes of them for a farm of *slots* slots.
-
-    Pinned groups bypass the policy: each is one unit, in manifest order, wherever
-    its tests sit in the manifest.  Units holding a ``first`` test go to the front,
-    keeping their relative order, so ``--ff``'s failures start before anything else.
-    """
-    filled = fill_estimates(tests)
-    pinned: dict[tuple[str, tuple[str, tuple[tuple[str, str], ...]]], list[TestSpec]] = {}
-    for test in filled:
-        if test.pinned:
-            pinned.setdefault((test.group, _placement_key(test)), []).append(test)
-    pinned_units = [_Unit(group, group[0].requires, pinned=True) for group in pinned.values()]
-    pinned_units.sort(key=lambda unit: -unit.estimate)
-    units = [u for u in pinned_units if any(t.first for t in u.tests)]
-    for first in (True, False):
-        free = [t for t in filled if t.first == first and not t.pinned]
-        units.extend(_Unit(u, u[0].requires) for u in policy.units(free, slots, min_seconds) if u)
-        if first:
-            units.extend(u for u in pinned_units if not any(t.first for t in u.tests))
-    return RunPlan(tests, units, frozenset(_requirements(u.requires) for u in units))
-
-
-def _requirements(requires: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(requires.items()))
-
-
-def fill_estimates(tests: Sequence[TestSpec]) -> list[TestSpec]:
-    """Give tests without history (estimate 0) the median of those with one."""
-    known = [t.estimate for t in tests if t.estimate > 0]
-    median = statistics.median(known) if known else DEFAULT_ESTIMATE
-    return [t if t.estimate > 0 else dataclasses.replace(t, estimate=median) for t in tests]
-
-
-@dataclass
 class _Slot:
     id: str
-    host: str
-    labels: Mapping[str, str]
+    room: HostRoom
+    labels: Labels
     run: str | None = None  # the run whose shard it holds, if any
+    holds: Need = (0, 0)  # what that shard reserved on the host
+    lasting: bool = False  # that shard may outlast a host's drain
 
 
 @dataclass
@@ -236,15 +101,10 @@ class _Run:
     id: str
     seq: int
     total: int
-    queue: list[_Unit] = field(default_factory=list)
+    queue: RunQueue = field(default_factory=RunQueue)
     finished: set[str] = field(default_factory=set)
     attempts: dict[str, int] = field(default_factory=dict)
     cancelled: bool = False
-
-
-def placeable(requires: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """Every required dimension is among the host's values (comma-separated in a label)."""
-    return all(v in labels.get(k, "").split(",") for k, v in requires.items())
 
 
 class Scheduler:
@@ -261,21 +121,58 @@ class Scheduler:
         self.min_shard_seconds = min_shard_seconds
         self.max_retries = max_retries
         self._slots: dict[str, _Slot] = {}
+        self._hosts = HostIndex()
         self._runs: dict[str, _Run] = {}
+        self._held: dict[str, int] = {}  # slots held, by run
         self._seq = itertools.count()
         self._shard_ids = itertools.count(1)
+        self._front = itertools.count(-1, -1)  # priorities of requeued work
+        self._grown: set[str] = set()
 
     # -- slots -----------------------------------------------------------------
-    def add_slot(self, slot_id: str, host: str, labels: Mapping[str, str] | None = None) -> None:
-        self._slots[slot_id] = _Slot(slot_id, host, dict(labels or {}))
+    def add_slot(
+        self,
+        slot_id: str,
+        host: str,
+        labels: Mapping[str, str] | None = None,
+        capacity: Capacity | None = None,
+    ) -> None:
+        """A slot of *host*; the host's *capacity* (if any) is shared by all its slots."""
+        if slot_id in self._slots:
+            self.remove_slot(slot_id)
+        room = self._hosts.add_slot(host, labels or {}, capacity)
+        self._slots[slot_id] = _Slot(slot_id, room, room.labels)
 
     def remove_slot(self, slot_id: str) -> None:
-        self._slots.pop(slot_id, None)
+        slot = self._slots.pop(slot_id, None)
+        if slot is not None:
+            self._grew(slot.room, self._vacate(slot), (0, 0))
+            self._hosts.remove_slot(slot.room.name)
 
     def release(self, slot_id: str) -> None:
         """The slot finished (or gave up) its shard and holds no run any more."""
         if slot_id in self._slots:
-            self._slots[slot_id].run = None
+            slot = self._slots[slot_id]
+            self._grew(slot.room, self._vacate(slot), (0, 0))
+
+    def _vacate(self, slot: _Slot) -> Need:
+        """Free what the slot held; return what that was."""
+        if slot.run is not None:
+            self._held[slot.run] -= 1
+            slot.run = None
+        held, slot.holds = slot.holds, (0, 0)
+        slot.room.give_back(held, slot.lasting)
+        return held
+
+    def _grew(self, room: HostRoom, before: Need, after: Need) -> None:
+        if after[0] < before[0] or after[1] < before[1]:
+            self._grown.add(room.name)
+
+    def hosts_with_room(self) -> set[str]:
+        """Hosts with more CPUs or memory free than when last asked: their idle slots
+        may now fit work they could not take before, and should ask again."""
+        grown, self._grown = self._grown, set()
+        return grown
 
     # -- runs ------------------------------------------------------------------
     def add_run(self, run_id: str, tests: Sequence[TestSpec]) -> list[TestSpec]:
@@ -292,79 +189,126 @@ class Scheduler:
         """Queue a planned run, or return the tests no current slot could ever run (and
         queue nothing).  Slots may have come or gone since planning: placement is checked now.
         """
-        stuck = {r for r in plan.placements if not self._any_slot_fits(dict(r))}
+        stuck = {key for key in plan.keys if not self._hosts.anywhere(key)}
         if stuck:
-            return [t for t in plan.tests if _requirements(t.requires) in stuck]
+            return [t for t in plan.tests if placement_key(t) in stuck]
         run = _Run(run_id, next(self._seq), total=len(plan.tests))
-        run.queue.extend(plan.units)
+        for unit in plan.units:
+            run.queue.append(unit)
         self._runs[run_id] = run
+        self._held.setdefault(run_id, 0)
         return []
 
-    def _any_slot_fits(self, requires: Mapping[str, str]) -> bool:
-        return any(placeable(requires, s.labels) for s in self._slots.values())
-
     def next_shard(self, slot_id: str) -> Shard | None:
-        """Pick work for an idle slot: the neediest run's longest unit that fits the slot."""
+        """Pick work for an idle slot: the neediest run's first unit that fits the slot."""
         slot = self._slots[slot_id]
-        previous, slot.run = slot.run, None
-        held = self._slots_held()
-        best: tuple[tuple[int, int, int], _Run, int] | None = None
-        for run in self._runs.values():
-            if run.cancelled:
-                continue
-            index = next(
-                (
-                    i
-                    for i, unit in enumerate(run.queue)
-                    if placeable(unit.requires, slot.labels)
-                    and (unit.avoid_host != slot.host or not self._other_host_fits(unit, slot))
-                ),
-                None,
-            )
-            if index is None:
-                continue
-            # Fewest held slots first; a warm worker of the same run breaks ties; then age.
-            rank = (held.get(run.id, 0), 0 if run.id == previous else 1, run.seq)
-            if best is None or rank < best[0]:
-                best = (rank, run, index)
-        if best is None:
-            return None
-        _, run, index = best
-        slot.run = run.id
-        tests, retry = self._take(run, index)
-        return Shard(next(self._shard_ids), run.id, tuple(tests), retry=retry)
+        previous = slot.run
+        before = self._vacate(slot)
+        shard = self._pick(slot, previous)
+        self._grew(slot.room, before, slot.holds)
+        return shard
 
-    def _take(self, run: _Run, index: int) -> tuple[list[TestSpec], bool]:
-        """Dequeue the unit at *index*, or only its head when it is too big for the tail.
+    def _pick(self, slot: _Slot, previous: str | None) -> Shard | None:
+        room = slot.room
+        self._check_hold(room)
+        # Fewest held slots first; a warm worker of the same run breaks ties; then age.
+        runs = sorted(
+            (r for r in self._runs.values() if r.queue.keys),
+            key=lambda r: (self._held[r.id], r.id != previous, r.seq),
+        )
+        for run in runs:
+            first, fitting = self._candidates(run, slot)
+            if first is None:
+                continue
+            if room.reserved is not None and room.reserved not in run.queue.keys:
+                # Held for another run's big unit, but this run's turn comes first.
+                self._hosts.hold(room, None)
+                first, fitting = self._candidates(run, slot)
+            if (
+                fitting is not first
+                and room.reserved is None
+                and room.could_drain_for(first.key)
+                and self._wanted(first.key, room)
+            ):
+                # Hold the host for the run's next big unit: no small shard fills it meanwhile.
+                self._hosts.hold(room, first.key)
+                first, fitting = self._candidates(run, slot)
+            if fitting is None:
+                continue
+            if room.reserved == fitting.key:
+                self._hosts.hold(room, None)
+            shard = self._dispatch(run, slot, fitting)
+            self._check_hold(room)
+            return shard
+        return None
+
+    def _check_hold(self, room: HostRoom) -> None:
+        """Stop holding *room* back for a big shard no longer queued, or that could
+        not fit before its long shards end; its idle slots may use the room now."""
+        reserved = room.reserved
+        if reserved is None:
+            return
+        if not self._wanted(reserved, room) or not room.could_drain_for(reserved):
+            self._hosts.hold(room, None)
+            self._grown.add(room.name)
+
+    def _candidates(self, run: _Run, slot: _Slot) -> tuple[Unit | None, Unit | None]:
+        """The run's first unit the slot's labels allow, and its first that fits the host now."""
+        first = fitting = None
+        room = slot.room
+        for key, queue in run.queue.keys.items():
+            if not self._hosts.labels_fit(slot.labels, key):
+                continue
+            elsewhere = functools.partial(self._hosts.anywhere, key, but=room.name)
+            unit = queue.head(room.name, elsewhere)
+            if unit is None:
+                continue
+            if first is None or unit.priority < first.priority:
+                first = unit
+            if (fitting is None or unit.priority < fitting.priority) and room.fits(key):
+                fitting = unit
+        return first, fitting
+
+    def _wanted(self, key: PlacementKey, room: HostRoom | None = None) -> bool:
+        """Tests of *key* are queued beyond the hosts already held for them (besides *room*).
+
+        Tests, not units: the tail of a run hands a unit out a test at a time, and
+        each of those shards needs a host with the room.
+        """
+        queued = sum(q.tests for r in self._runs.values() if (q := r.queue.keys.get(key)))
+        held = self._hosts.holding.get(key, 0) - (room is not None and room.reserved == key)
+        return queued > held
+
+    def _dispatch(self, run: _Run, slot: _Slot, unit: Unit) -> Shard:
+        slot.run = run.id
+        self._held[run.id] += 1
+        tests = self._take(run, unit)
+        slot.holds = slot.room.need(unit.key)
+        # An untimed test's length is a guess: it may be the one that lasts hours.
+        slot.lasting = unit.guessed or sum(micros(t.estimate) for t in tests) > micros(
+            DRAIN_SECONDS
+        )
+        slot.room.take(slot.holds, slot.lasting)
+        return Shard(next(self._shard_ids), run.id, tuple(tests), retry=unit.retry)
+
+    def _take(self, run: _Run, unit: Unit) -> list[TestSpec]:
+        """Dequeue *unit*, or only its head when it is too big for the tail.
 
         Guided self-scheduling: a shard is at most half of an equal share of
         the work still queued, so shards shrink as the run nears its end and
         the last slots finish together.  A remainder smaller than a worthwhile
         shard (hosts that pay per shard say how small) stays with the head.
         """
-        unit = run.queue[index]
-        remaining = sum(u.estimate for u in run.queue)
-        limit = max(self.min_shard_seconds, remaining / (2 * max(len(self._slots), 1)), TAIL_FLOOR)
-        splits = unit.estimate > limit and not unit.pinned
-        head = _split(unit.tests, limit)[0] if splits else unit.tests
-        rest = unit.estimate - sum(t.estimate for t in head)
-        if len(head) == len(unit.tests) or rest < self.min_shard_seconds:
-            del run.queue[index]
-            return unit.tests, unit.retry
-        unit.drop_head(len(head))
-        return head, unit.retry
-
-    def _other_host_fits(self, unit: _Unit, slot: _Slot) -> bool:
-        return any(
-            s.host != slot.host and placeable(unit.requires, s.labels) for s in self._slots.values()
-        )
-
-    def _slots_held(self) -> dict[str, int]:
-        held: dict[str, int] = {}
-        for slot in self._slots.values():
-            if slot.run is not None:
-                held[slot.run] = held.get(slot.run, 0) + 1
-        return held
+        minimum = 0 if unit.guessed else micros(self.min_shard_seconds)
+        limit = max(minimum, run.queue.size // (2 * max(len(self._slots), 1)), micros(TAIL_FLOOR))
+        if not unit.pinned and unit.size > limit:
+            count, size = unit.head(limit)
+            if count < len(unit) and unit.size - size >= minimum:
+                tests = unit.tests[unit.start : unit.start + count]
+                run.queue.shrink(unit, count, size)
+                return tests
+        run.queue.remove(unit)
+        return unit.tests[unit.start :]
 
     def finished(self, run_id: str, test_id: str) -> None:
         run = self._runs.get(run_id)
@@ -392,26 +336,22 @@ class Scheduler:
         if run is None or run.cancelled:
             return True
         pending = [t for t in tests if t.id not in run.finished]
-        for _, same in itertools.groupby(pending, key=lambda t: (_placement_key(t), t.pinned)):
-            unit_tests = list(same)
-            run.queue.insert(
-                0,
-                _Unit(
-                    unit_tests,
-                    unit_tests[0].requires,
-                    avoid_host=lost_host,
-                    pinned=unit_tests[0].pinned,
-                ),
-            )
+        for (key, pinned), same in itertools.groupby(
+            pending, key=lambda t: (placement_key(t), t.pinned)
+        ):
+            unit = Unit(list(same), key, priority=next(self._front), pinned=pinned)
+            unit.avoid_host = lost_host
+            run.queue.push_front(unit)
         if interrupted is None or interrupted.id in run.finished:
             return True
         attempts = run.attempts.get(interrupted.id, 0)
         if attempts >= self.max_retries:
             return False
         run.attempts[interrupted.id] = attempts + 1
-        run.queue.insert(
-            0, _Unit([interrupted], interrupted.requires, retry=True, avoid_host=lost_host)
-        )
+        key = placement_key(interrupted)
+        retry = Unit([interrupted], key, priority=next(self._front), retry=True)
+        retry.avoid_host = lost_host
+        run.queue.push_front(retry)
         return True
 
     def cancel(self, run_id: str) -> None:
@@ -421,10 +361,14 @@ class Scheduler:
             run.queue.clear()
 
     def forget(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
+        if self._runs.pop(run_id, None) is None:
+            return
+        # Its slots keep their reservations until they are released: their workers
+        # may still be ending.
         for slot in self._slots.values():
             if slot.run == run_id:
                 slot.run = None
+        self._held.pop(run_id, None)
 
     def is_done(self, run_id: str) -> bool:
         run = self._runs.get(run_id)
@@ -435,14 +379,12 @@ class Scheduler:
         run = self._runs.get(run_id)
         if run is None:
             return []
-        stuck = [u for u in run.queue if not self._any_slot_fits(u.requires)]
-        if stuck:
-            run.queue = [u for u in run.queue if self._any_slot_fits(u.requires)]
-        return [t for u in stuck for t in u.tests]
+        stuck = [key for key in run.queue.keys if not self._hosts.anywhere(key)]
+        return [t for key in stuck for u in run.queue.drop(key) for t in u.tests[u.start :]]
 
     def queued(self, run_id: str) -> int:
         run = self._runs.get(run_id)
-        return 0 if run is None else sum(len(u.tests) for u in run.queue)
+        return 0 if run is None else run.queue.tests
 
     def runs(self) -> list[str]:
         return list(self._runs)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm.manifest import RunManifest, TestSpec
+from farm.scheduling.capacity import Capacity
 
 OutputHandler = Callable[[bytes], None]
 
@@ -151,6 +152,15 @@ class Host(abc.ABC):
         the run cannot start here through no fault of the host.  Anything else
         raised counts as a host failure too.
         """
+
+    def capacity(self) -> Capacity | None:
+        """CPUs and memory the host's slots share, once :meth:`start` succeeded.
+
+        The scheduler reserves each shard's share (or its tests' hints) against
+        it; None leaves the host bounded by its slots alone (local processes,
+        which no limit confines).
+        """
+        return None
 
     async def close(self) -> None:
         """Release connections; workers are already gone."""

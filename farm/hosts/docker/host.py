@@ -44,6 +44,7 @@ from farm.hosts.docker.worker import DockerWorker, discard, start_container
 from farm.hosts.local import default_cache_dir
 from farm.images.check import Expectation, Verdict
 from farm.manifest import TestSpec
+from farm.scheduling.capacity import Capacity
 from farm.snapshots import SnapshotCache
 
 log = logging.getLogger("psyduck.farm.docker")
@@ -371,6 +372,13 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             raise
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
+
+    def capacity(self) -> Capacity | None:
+        """The configured memory and CPUs, else the engine's (known once it is reached)."""
+        info = self._engine.info if self._engine is not None else {}
+        cpus = self._cpus or info.get("NCPU")
+        memory = self._memory or info.get("MemTotal")
+        return Capacity(float(cpus), int(memory)) if cpus and memory else None
 
     def _limits_for(self, engine: Engine) -> Callable[[Sequence[TestSpec]], Limits]:
         """Limits of a container running given tests: their hints, else the host's share."""

@@ -1,0 +1,289 @@
+"""The scheduler's invariants with hosts of limited CPUs and memory, several runs, lost hosts.
+
+A discrete-event driver (no I/O) plays the coordinator's part; what a host
+holds is worked out here from each shard's tests, not read from the scheduler.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from farm.manifest import TestSpec
+from farm.scheduler import Capacity, PerTest, Scheduler
+from farm.scheduling.policies import split
+
+GiB = 1 << 30
+
+
+def need(shard_tests, capacity: Capacity, slots: int) -> tuple[float, int]:
+    cpus = max((t.cpus or capacity.cpus / slots) for t in shard_tests)
+    memory = max((t.memory or capacity.memory // slots) for t in shard_tests)
+    return min(cpus, capacity.cpus), min(memory, capacity.memory)
+
+
+class Farm:
+    """Hosts of *slots* slots and *capacity* each, running whatever the scheduler hands out."""
+
+    def __init__(self, scheduler: Scheduler, hosts: int, slots: int, capacity: Capacity) -> None:
+        self.scheduler, self.capacity, self.slots = scheduler, capacity, slots
+        self.clock = 0.0
+        self.events: list[tuple[float, int, str]] = []
+        self.seq = itertools.count()
+        self.running: dict[str, tuple[object, tuple[float, int]]] = {}
+        self.used: dict[str, list[float]] = {}
+        self.idle: set[str] = set()
+        self.log: list[tuple[str, str, str, float]] = []  # slot, run, test, start
+        self.held: dict[str, int] = {}
+        for h in range(hosts):
+            for s in range(slots):
+                scheduler.add_slot(f"h{h}/{s}", f"h{h}", {}, capacity)
+                self.idle.add(f"h{h}/{s}")
+            self.used[f"h{h}"] = [0.0, 0]
+
+    def offer(self, slot: str, fairness: bool = False) -> None:
+        host = slot.split("/")[0]
+        queued = {r: self.scheduler.queued(r) for r in self.scheduler.runs()}
+        shard = self.scheduler.next_shard(slot)
+        if shard is None:
+            self.scheduler.release(slot)
+            self.idle.add(slot)
+            return
+        self.idle.discard(slot)
+        if fairness:
+            # An idle slot goes to the run holding the fewest slots among those with work.
+            others = [r for r, n in queued.items() if n and r != shard.run]
+            assert all(self.held.get(r, 0) >= self.held.get(shard.run, 0) for r in others)
+        self.held[shard.run] = self.held.get(shard.run, 0) + 1
+        taken = need(shard.tests, self.capacity, self.slots)
+        used = self.used[host]
+        used[0] += taken[0]
+        used[1] += taken[1]
+        assert used[0] <= self.capacity.cpus + 1e-9 and used[1] <= self.capacity.memory
+        self.running[slot] = (shard, taken)
+        start = self.clock
+        for test in shard.tests:
+            self.log.append((slot, shard.run, test.id, start))
+            start += test.estimate
+        heapq.heappush(self.events, (start, next(self.seq), slot))
+
+    def finish(self, slot: str, only: int | None = None) -> None:
+        """The slot's shard ended; with *only*, its host was lost after that many tests."""
+        shard, taken = self.running.pop(slot)
+        self.held[shard.run] -= 1
+        used = self.used[slot.split("/")[0]]
+        used[0] -= taken[0]
+        used[1] -= taken[1]
+        for test in shard.tests[:only]:
+            self.scheduler.finished(shard.run, test.id)
+        if only is not None:
+            self.events = [e for e in self.events if e[2] != slot]
+            heapq.heapify(self.events)
+
+    def wake(self, fairness: bool = False) -> None:
+        for slot in sorted(self.idle):
+            self.offer(slot, fairness)
+        while grown := self.scheduler.hosts_with_room():
+            for slot in sorted(s for s in self.idle if s.split("/")[0] in grown):
+                self.offer(slot, fairness)
+
+    def step(self, fairness: bool = False) -> bool:
+        if not self.events:
+            return False
+        self.clock, _, slot = heapq.heappop(self.events)
+        self.finish(slot)
+        self.offer(slot, fairness)
+        self.wake(fairness)
+        return True
+
+
+def suite(rows, prefix: str = "") -> list[TestSpec]:
+    return [
+        TestSpec(
+            id=f"{prefix}m{g}.py::t{i}",
+            group=f"{prefix}m{g}.py",
+            estimate=d,
+            cpus=cpus,
+            memory=None if memory is None else memory * GiB,
+        )
+        for i, (g, d, cpus, memory) in enumerate(sorted(rows, key=lambda r: r[0]))
+    ]
+
+
+rows = st.lists(
+    st.tuples(
+        st.integers(0, 6),
+        st.floats(0.001, 20.0),
+        st.sampled_from([None, None, 1.0, 3.0, 8.0, 32.0]),
+        st.sampled_from([None, None, 2, 8, 16, 128]),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows, st.integers(1, 3), st.integers(1, 6), st.sampled_from([4.0, 16.0]))
+def test_never_over_capacity_and_every_test_runs_once(rows, hosts, slots, cpus):
+    tests = suite(rows)
+    scheduler = Scheduler()
+    farm = Farm(scheduler, hosts, slots, Capacity(cpus, 64 * GiB))
+    assert scheduler.add_run("r", tests) == []
+    farm.wake()
+    while farm.step():
+        pass
+    assert sorted(t for _, _, t, _ in farm.log) == sorted(t.id for t in tests)
+    assert scheduler.is_done("r")
+
+
+plain = st.lists(
+    st.tuples(st.integers(0, 6), st.floats(0.001, 20.0), st.none(), st.none()),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(plain, plain, st.integers(1, 3), st.integers(1, 4), st.integers(0, 6))
+def test_an_idle_slot_goes_to_the_run_holding_fewest_slots(big, small, hosts, slots, arrival):
+    scheduler = Scheduler()
+    farm = Farm(scheduler, hosts, slots, Capacity(16.0, 64 * GiB))
+    assert scheduler.add_run("big", suite(big, "b")) == []
+    farm.wake(fairness=True)
+    for _ in range(arrival):
+        farm.step(fairness=True)
+    assert scheduler.add_run("small", suite(small, "s")) == []
+    farm.wake(fairness=True)
+    while farm.step(fairness=True):
+        pass
+    assert scheduler.is_done("big") and scheduler.is_done("small")
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows, rows, st.integers(2, 3), st.integers(2, 5), st.data())
+def test_a_lost_host_loses_no_test_of_any_run(big, small, hosts, slots, data):
+    tests = {"big": suite(big, "b"), "small": suite(small, "s")}
+    scheduler = Scheduler(max_retries=5)
+    farm = Farm(scheduler, hosts, slots, Capacity(16.0, 64 * GiB))
+    assert scheduler.add_run("big", tests["big"]) == []
+    farm.wake()
+    for _ in range(data.draw(st.integers(0, 5))):
+        farm.step()
+    assert scheduler.add_run("small", tests["small"]) == []
+    farm.wake()
+    # Lose host h0 as the coordinator does: requeue what its slots had not finished
+    # (the running test as a retry, elsewhere if possible), then remove its slots.
+    rerun: collections.Counter[tuple[str, str]] = collections.Counter()
+    for slot in sorted(s for s in farm.running if s.startswith("h0/")):
+        shard, _ = farm.running[slot]
+        done = data.draw(st.integers(0, len(shard.tests)))
+        farm.finish(slot, only=done)
+        rest = list(shard.tests[done:])
+        rerun.update((shard.run, t.id) for t in rest)
+        if rest:
+            assert scheduler.requeue(shard.run, rest[1:], interrupted=rest[0], lost_host="h0")
+    for s in range(slots):
+        scheduler.remove_slot(f"h0/{s}")
+        farm.idle.discard(f"h0/{s}")
+    farm.wake()
+    while farm.step():
+        pass
+    dispatched = collections.Counter((run, test) for _, run, test, _ in farm.log)
+    expected = collections.Counter({(run, t.id): 1 for run, ts in tests.items() for t in ts})
+    assert dispatched == expected + rerun
+    assert scheduler.is_done("big") and scheduler.is_done("small")
+
+
+def test_a_big_test_is_not_starved_by_a_stream_of_small_ones():
+    scheduler = Scheduler(PerTest())
+    farm = Farm(scheduler, 1, 16, Capacity(16.0, 64 * GiB))
+    small = [TestSpec(id=f"s{i}", group="s", estimate=1.0) for i in range(400)]
+    big = TestSpec(id="big", group="b", estimate=5.0, cpus=8.0, memory=16 * GiB)
+    # The big test comes after the first wave of small ones, in dispatch order.
+    assert scheduler.add_run("r", [*small[:16], big, *small[16:]]) == []
+    farm.wake()
+    while farm.step():
+        pass
+    start = {t: s for _, _, t, s in farm.log}
+    assert start["big"] <= 2.0  # the host drained for it, instead of running 400 s first
+
+
+def test_shards_of_hundredths_are_cut_at_whole_seconds():
+    tests = [TestSpec(id=f"t{i}", group="g", estimate=0.01) for i in range(1000)]
+    assert [len(p) for p in split(tests, 1_000_000)] == [100] * 10
+
+
+def test_untimed_tests_reach_every_slot_despite_a_minimum_shard():
+    scheduler = Scheduler(min_shard_seconds=1.0)
+    for s in range(240):
+        scheduler.add_slot(f"h/{s}", "h")
+    tests = [TestSpec(id=f"m{i // 10}.py::t{i}", group=f"m{i // 10}.py") for i in range(10_000)]
+    assert scheduler.add_run("r", tests) == []
+    shards = [scheduler.next_shard(f"h/{s}") for s in range(240)]
+    assert all(shards)
+
+
+def test_untimed_tests_beside_timed_ones_start_early_and_alone():
+    timed = [TestSpec(id=f"a{i}.py::t", group=f"a{i}.py", estimate=5.0) for i in range(50)]
+    # Two variants of a new test: if it lasts hours, they must not queue behind each other.
+    untimed = [TestSpec(id=f"new.py::t[{v}]", group="new.py") for v in range(2)]
+    scheduler = Scheduler()
+    scheduler.add_slot("h/0", "h")
+    scheduler.add_slot("h/1", "h")
+    assert scheduler.add_run("r", [*timed, *untimed]) == []
+    assert [t.id for t in scheduler.next_shard("h/0").tests] == ["new.py::t[0]"]
+    assert [t.id for t in scheduler.next_shard("h/1").tests] == ["new.py::t[1]"]
+
+
+def test_a_docker_hosts_configured_capacity_is_what_its_slots_share():
+    from farm.hosts.docker import DockerHost
+
+    host = DockerHost(2, memory=8 * GiB, cpus=4.0, name="d")
+    assert host.capacity() == Capacity(4.0, 8 * GiB)
+    assert DockerHost(2, name="e").capacity() is None  # known once its engine is reached
+    scheduler = Scheduler(PerTest())
+    for s in range(2):
+        scheduler.add_slot(f"d/{s}", "d", host.labels, host.capacity())
+    tests = [TestSpec(id=f"t{i}", group="g", cpus=3.0) for i in range(2)]
+    assert scheduler.add_run("r", tests) == []
+    assert scheduler.next_shard("d/0") is not None
+    assert scheduler.next_shard("d/1") is None  # 3 + 3 CPUs would be more than the host's 4
+    scheduler.release("d/0")
+    assert scheduler.hosts_with_room() == {"d"}
+    assert scheduler.next_shard("d/1") is not None
+
+
+def test_a_host_held_for_one_runs_big_test_still_serves_a_run_with_fewer_slots():
+    scheduler = Scheduler(PerTest())
+    for s in range(4):
+        scheduler.add_slot(f"h/{s}", "h", {}, Capacity(4.0, 16 * GiB))
+    big = [TestSpec(id=f"light{i}", group="g", estimate=1.0) for i in range(3)]
+    big += [TestSpec(id=f"heavy{i}", group="g", estimate=1.0, cpus=4.0) for i in range(2)]
+    assert scheduler.add_run("big", big) == []
+    assert [scheduler.next_shard(f"h/{s}").tests[0].id for s in range(3)] == [
+        "light0",
+        "light1",
+        "light2",
+    ]
+    assert scheduler.next_shard("h/3") is None  # the host drains for heavy0
+    assert scheduler.add_run("small", [TestSpec(id="quick", group="q", estimate=1.0)]) == []
+    assert scheduler.next_shard("h/3").tests[0].id == "quick"  # its turn: fewest slots held
+
+
+def test_a_host_busy_for_long_is_not_held_back_for_a_big_test():
+    scheduler = Scheduler(PerTest())
+    for s in range(2):
+        scheduler.add_slot(f"h/{s}", "h", {}, Capacity(2.0, 8 * GiB))
+    tests = [
+        TestSpec(id="hours", group="g", estimate=3600.0),
+        TestSpec(id="big", group="g", estimate=5.0, cpus=2.0),
+        TestSpec(id="light", group="g", estimate=1.0),
+    ]
+    assert scheduler.add_run("r", tests) == []
+    assert scheduler.next_shard("h/0").tests[0].id == "hours"
+    # "big" cannot fit before "hours" ends: the other CPU serves meanwhile.
+    assert scheduler.next_shard("h/1").tests[0].id == "light"
