@@ -50,6 +50,7 @@ from _pytest.unittest import TestCaseFunction
 
 from pytest_psyduck.marks import NO_CHOICE, TransformationChoice, transformation_choice
 from pytest_psyduck.roles import WORKER_PLUGIN_NAME
+from pytest_psyduck.variants import Family
 
 BASELINE_NAME = "baseline"
 #: Names that mean something else on the command line and in marks.
@@ -469,6 +470,7 @@ class TransformationState:
             family.append(item)
         callspec = getattr(item, "callspec", None)
         ids = tuple(callspec._idlist) if callspec is not None else ()
+        shared: Family | None = None
         for transformation in declared.values():
             name = transformation.name
             if choice.only is not None and name not in choice.only:
@@ -487,7 +489,8 @@ class TransformationState:
             if transformation.applies is not None and not self._applies(transformation, item):
                 continue
             taken.add(new_name)
-            family.append(self._variant(item, transformation, callspec, new_ids, new_name))
+            shared = shared or Family(item)
+            family.append(self._variant(shared, transformation, callspec, new_ids, new_name))
         return family
 
     @staticmethod
@@ -515,7 +518,7 @@ class TransformationState:
 
     def _variant(
         self,
-        item: pytest.Function,
+        family: Family,
         transformation: Transformation,
         callspec: CallSpec | None,
         ids: tuple[str, ...],
@@ -524,15 +527,8 @@ class TransformationState:
         # A variant is built as parametrization builds items: same function,
         # same fixture closure, one more id; pytest derives its node id from it.
         spec = CallSpec(_idlist=ids) if callspec is None else replace(callspec, _idlist=ids)
-        variant = type(item).from_parent(
-            item.parent,
-            name=name,
-            callspec=spec,
-            fixtureinfo=item._fixtureinfo,
-            keywords={spec.id: True},
-            originalname=item.originalname,
-        )
-        variant.stash[VARIANT_KEY] = Variant(transformation, item.nodeid)
+        variant = family.variant(name, spec)
+        variant.stash[VARIANT_KEY] = Variant(transformation, family.item.nodeid)
         variant.user_properties.append((PROPERTY, transformation.name))
         if self.local:
             if transformation.name not in self._local_skips:
