@@ -141,9 +141,9 @@ def _tests_to_wire(tests: Sequence[TestSpec]) -> tuple[list[Any], list[dict[str,
         if previous is None or _placement(previous) != _placement(test):
             wire.append(_test_to_wire(test))
         else:
-            # Any shared prefix will do; the last one usually still holds.
-            if not (0 < cut <= len(previous.id) and test.id.startswith(previous.id[:cut])):
-                cut = _common_prefix(previous.id, test.id)
+            # The last cut, when it still holds, bounds the search for the longest.
+            known = cut if cut <= len(previous.id) and test.id.startswith(previous.id[:cut]) else 0
+            cut = _common_prefix(previous.id, test.id, known)
             kind = kinds.setdefault((tuple(test.requires.items()), test.profile), len(kinds))
             row: list[Any] = [cut, test.id[cut:], kind]
             if test.estimate or test.first:
@@ -160,9 +160,12 @@ def _placement(test: TestSpec) -> tuple[Any, ...]:
     return (test.group, test.timeout, test.cpus, test.memory, test.pinned)
 
 
-def _common_prefix(a: str, b: str) -> int:
-    """How many leading characters *a* and *b* share (found by halving, in C-speed slices)."""
-    low, high = 0, min(len(a), len(b))
+def _common_prefix(a: str, b: str, known: int = 0) -> int:
+    """How many leading characters *a* and *b* share, *known* of them at least.
+
+    Found by halving, comparing slices (a character loop in Python is slower).
+    """
+    low, high = known, min(len(a), len(b))
     while low < high:
         middle = (low + high + 1) // 2
         if a[:middle] == b[:middle]:
