@@ -31,9 +31,12 @@ class ManifestError(ProtocolError):
     """The manifest is malformed; the message names the field."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TestSpec:
-    """One test to run.  ``requires`` must match a host's labels."""
+    """One test to run.  ``requires`` must match a host's labels.
+
+    Slotted: a run holds one per test, a million of them for a large matrix.
+    """
 
     __test__ = False  # not a pytest test class, despite its name
 

@@ -50,6 +50,8 @@ class Family:
         self.keywords: dict[str, Any] = {mark.name: mark for mark in self.marks}
         self.keywords.update(obj.__dict__)
         self.in_class = isinstance(item.parent, Class)
+        #: The node id of the test function, which each variant parametrizes.
+        self.function_id = item.parent.id.child(item.originalname)
 
     def variant(self, name: str, callspec: CallSpec) -> pytest.Function:
         """The item ``Function.from_parent`` would build for *name* and *callspec*."""
@@ -65,19 +67,24 @@ class Family:
             )
         parent = item.parent
         assert parent is not None
+        # Attributes are set in the constructor's order, which also gives the
+        # item's __dict__ the constructor's layout.
         variant = object.__new__(pytest.Function)
         variant.name = name
         variant.parent = parent
         variant.config = item.config
         variant.session = item.session
         variant.path = item.path
-        variant._id = parent.id.child(item.originalname).with_params(
-            callspec.id if callspec._idlist else None
-        )
+        keywords = NodeKeywords(variant)
+        keywords._markers.update(self.keywords)
+        keywords._markers[callspec.id] = True
+        variant.keywords = keywords
+        variant.own_markers = list(self.marks)
+        variant.extra_keyword_matches = set()
+        variant._id = self.function_id.with_params(callspec.id if callspec._idlist else None)
         variant.stash = variant._store = pytest.Stash()
         variant._report_sections = []
         variant.user_properties = []
-        variant.extra_keyword_matches = set()
         variant.originalname = item.originalname
         if self.in_class:
             # Each item gets a fresh instance of its class, as from the constructor.
@@ -86,12 +93,7 @@ class Family:
         else:
             variant._instance = None
             variant._obj = item.obj
-        variant.own_markers = list(self.marks)
         variant.callspec = callspec
-        keywords = NodeKeywords(variant)
-        keywords._markers.update(self.keywords)
-        keywords._markers[callspec.id] = True
-        variant.keywords = keywords
         variant._fixtureinfo = item._fixtureinfo
         variant.fixturenames = item._fixtureinfo.names_closure
         variant._initrequest()
