@@ -211,3 +211,47 @@ def test_a_hundred_thousand_variants_run_to_plain_pytests_summary(
     assert re.match(r"^102000 passed in [\d.]+s", result.stdout.lines[-1].lstrip("= ")), (
         result.stdout.lines[-5:]
     )
+
+
+def test_a_variant_given_a_mark_of_its_own_gets_its_own_hints(suite: pytest.Pytester) -> None:
+    """The manifest reads a test's marks once for all its variants, unless one has its own."""
+    conftest = suite.path / "conftest.py"
+    conftest.write_text(
+        conftest.read_text()
+        + textwrap.dedent("""
+        from pytest_psyduck.durations import DurationHistory
+        from pytest_psyduck.runmanifest import build_manifest
+
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                if item.name == "test_plain[vec]":
+                    item.add_marker(pytest.mark.psyduck(timeout=7, cpus=2))
+                    item.add_marker(pytest.mark.xdist_group("solo"))
+
+        def pytest_collection_finish(session):
+            history = DurationHistory(session.config)
+            manifest = build_manifest(session.items, session.config, history)
+            for test in manifest.tests:
+                print("SPEC", test.id, test.timeout, test.cpus, test.group, test.pinned)
+        """)
+    )
+    result = suite.runpytest_subprocess(
+        "--collect-only",
+        "-s",
+        "-p",
+        "no:cacheprovider",
+        "--psyduck-transform",
+        "all",
+        timeout=TIMEOUT,
+    )
+    specs = dict(
+        (line.split()[1], tuple(line.split()[2:]))
+        for line in result.stdout.lines
+        if line.startswith("SPEC ")
+    )
+    assert specs["test_q.py::test_plain"] == ("None", "None", "test_q.py", "False")
+    assert specs["test_q.py::test_plain[rep]"] == ("None", "None", "test_q.py", "False")
+    assert specs["test_q.py::test_plain[vec]"] == ("7.0", "2.0", "xdist_group:solo", "True")
+    assert specs["test_q.py::TestGroup::test_method"][:2] == ("5.0", "None")
+    assert specs["test_q.py::TestGroup::test_method[rep]"][:2] == ("5.0", "None")
+    assert len(specs) == 14
