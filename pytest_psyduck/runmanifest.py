@@ -14,6 +14,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Mapping
 
 import pytest
 
@@ -52,13 +53,19 @@ def test_spec(
         group=place.group,
         estimate=history.estimate(item.nodeid),
         timeout=hints.timeout,
-        requires={**(getattr(item, "psyduck_requires", None) or {}), **transformation.requires},
+        requires=_requires(item, transformation),
         cpus=hints.cpus,
         memory=hints.memory,
         profile=transformation.name if transformation.args else "",
         pinned=place.pinned,
         first=first,
     )
+
+
+def _requires(item: pytest.Item, transformation: Transformation) -> Mapping[str, str]:
+    """The item's own requirements and its transformation's (that one mapping, if alone)."""
+    own = getattr(item, "psyduck_requires", None)
+    return {**own, **transformation.requires} if own else transformation.requires
 
 
 def _marks_key(item: pytest.Item) -> tuple[int, ...]:

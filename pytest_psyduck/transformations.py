@@ -281,7 +281,7 @@ def _assign(environ: MutableMapping[str, str], values: Mapping[str, str | None])
 # -- items -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Variant:
     """What an item runs under, and the node id of the test as written."""
 
@@ -368,6 +368,7 @@ class TransformationState:
         self._by_impls: dict[tuple[int, ...], dict[str, Transformation]] = {}
         #: transformation name → why this process cannot run its variants (None: it can)
         self._local_skips: dict[str, str | None] = {}
+        self._properties: dict[str, tuple[str, str]] = {}
 
     def _last_failed_ids(self) -> frozenset[str]:
         """Variant ids ``--lf``/``--ff`` must find collected even when not selected."""
@@ -471,6 +472,10 @@ class TransformationState:
             family.append(item)
         callspec = getattr(item, "callspec", None)
         ids = tuple(callspec._idlist) if callspec is not None else ()
+        # Variants of a parametrized test share its callspec's parameters, as
+        # each parametrized item shares its own; those of a plain test share
+        # one empty set of them.
+        callspec = callspec or CallSpec()
         shared: Family | None = None
         for transformation in declared.values():
             name = transformation.name
@@ -521,16 +526,15 @@ class TransformationState:
         self,
         family: Family,
         transformation: Transformation,
-        callspec: CallSpec | None,
+        callspec: CallSpec,
         ids: tuple[str, ...],
         name: str,
     ) -> pytest.Function:
         # A variant is built as parametrization builds items: same function,
         # same fixture closure, one more id; pytest derives its node id from it.
-        spec = CallSpec(_idlist=ids) if callspec is None else replace(callspec, _idlist=ids)
-        variant = family.variant(name, spec)
+        variant = family.variant(name, replace(callspec, _idlist=ids))
         variant.stash[VARIANT_KEY] = Variant(transformation, family.item.nodeid)
-        variant.user_properties.append((PROPERTY, transformation.name))
+        variant.user_properties.append(self._property(transformation.name))
         if self.local:
             if transformation.name not in self._local_skips:
                 self._local_skips[transformation.name] = self._cannot_run_here(transformation)
@@ -538,6 +542,13 @@ class TransformationState:
             if reason:
                 variant.add_marker(pytest.mark.skip(reason=reason))
         return variant
+
+    def _property(self, name: str) -> tuple[str, str]:
+        """The junitxml property naming *name*: one tuple shared by all its variants."""
+        found = self._properties.get(name)
+        if found is None:
+            found = self._properties[name] = (PROPERTY, name)
+        return found
 
     def _cannot_run_here(self, transformation: Transformation) -> str | None:
         name, args = transformation.name, transformation.args
