@@ -55,10 +55,15 @@ def pytest_unconfigure(config):
 
 
 def write_suite(root: Path, tests: int, transformations: int) -> None:
+    """Node ids of about 80 characters, as in a real project's tree."""
     per_module = tests // MODULES
+    package = root / "tests" / "storage" / "replication"
+    package.mkdir(parents=True)
     for m in range(MODULES):
-        body = "\n".join(f"def test_{t}():\n    assert {t} < 0\n" for t in range(per_module))
-        (root / f"test_m{m}.py").write_text(body)
+        body = "\n".join(
+            f"def test_write_path_case_{t}():\n    assert {t} < 0\n" for t in range(per_module)
+        )
+        (package / f"test_replicated_writes_{m}.py").write_text(body)
     (root / "conftest.py").write_text(
         textwrap.dedent(f"""
         from pytest_psyduck import Transformation

@@ -188,6 +188,7 @@ def test_selection_sees_variants_as_items(
     assert [line for line in result.stdout.lines if "::" in line] == expected
 
 
+@pytest.mark.slow
 def test_a_hundred_thousand_variants_run_to_plain_pytests_summary(
     pytester: pytest.Pytester,
 ) -> None:
