@@ -84,12 +84,16 @@ def pytest_collection_modifyitems(items):
 """
 
 TESTS = """
+import gc
+
 import pytest
 
 pytestmark = pytest.mark.modmark
 
 
 def test_plain(answer):
+    # Collection kept the cyclic garbage collector off, and turned it back on.
+    assert gc.isenabled()
     assert answer == 42
 
 
