@@ -91,8 +91,9 @@ def test_a_variant_is_a_row_carrying_only_what_differs() -> None:
     )
     wire = manifest_to_wire(RunManifest(tests=tests, worker=WORKER))
     assert wire["tests"][0] == {"id": "t.py::test_join", "group": "t.py", "timeout": 5.0}
-    assert wire["tests"][1] == [15, "[replicated]", 0, 0.5]
-    assert wire["tests"][2] == [16, "avx]", 1]
+    assert wire["tests"][1] == (15, "[replicated]", 0, 0.5)
+    assert wire["tests"][2] == (16, "avx]", 1)
+    assert parse_manifest(wire).tests == tests
     assert wire["kinds"] == [
         {"requires": {}, "profile": ""},
         {"requires": {"cpu": "avx2"}, "profile": ""},
