@@ -43,13 +43,16 @@ class Family:
         if not self.cheap:
             return
         callspec: CallSpec | None = getattr(item, "callspec", None)
-        obj = item.obj
+        self.in_class = isinstance(item.parent, Class)
+        # Looked up as the constructor looks it up (the test may have been made from
+        # another callable); a method is looked up again on each variant's instance.
+        obj = item.obj if self.in_class else item._getobj()
+        self.obj = obj
         #: The marks the constructor gives every variant (the callspec's marks are the test's).
         self.marks: list[Mark] = [*get_unpacked_marks(obj), *(callspec.marks if callspec else ())]
         #: Keywords after the variant's own name, in the constructor's order of precedence.
         self.keywords: dict[str, Any] = {mark.name: mark for mark in self.marks}
         self.keywords.update(obj.__dict__)
-        self.in_class = isinstance(item.parent, Class)
         #: The node id of the test function, which each variant parametrizes.
         self.function_id = item.parent.id.child(item.originalname)
 
@@ -92,7 +95,7 @@ class Family:
             variant._obj = getattr(variant._instance, item.originalname)
         else:
             variant._instance = None
-            variant._obj = item.obj
+            variant._obj = self.obj
         variant.callspec = callspec
         variant._fixtureinfo = item._fixtureinfo
         variant.fixturenames = item._fixtureinfo.names_closure
