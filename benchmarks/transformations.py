@@ -64,7 +64,12 @@ def collect(root: Path, selection: str) -> tuple[float, int]:
             *("-p", "bench_timer", "--psyduck-transform", selection),
         ],
         cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root), "BENCH_TIMER_OUT": str(out)},
+        env={
+            **os.environ,
+            # The suite's timer plugin, then whatever code the caller chose.
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+            "BENCH_TIMER_OUT": str(out),
+        },
         check=True,
         stdout=subprocess.DEVNULL,
     )

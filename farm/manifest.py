@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +31,12 @@ class ManifestError(ProtocolError):
     """The manifest is malformed; the message names the field."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TestSpec:
-    """One test to run.  ``requires`` must match a host's labels."""
+    """One test to run.  ``requires`` must match a host's labels.
+
+    Slotted: a run holds one per test, a million of them for a large matrix.
+    """
 
     __test__ = False  # not a pytest test class, despite its name
 
@@ -110,11 +113,70 @@ def manifest_to_wire(manifest: RunManifest) -> dict[str, Any]:
             "env": dict(manifest.worker.env),
             "root": manifest.worker.root,
         },
-        "tests": [_test_to_wire(t) for t in manifest.tests],
     }
+    wire["tests"], kinds = _tests_to_wire(manifest.tests)
+    if kinds:
+        wire["kinds"] = kinds
     if manifest.worker.inject:
         wire["worker"]["inject"] = dict(manifest.worker.inject)
     return wire
+
+
+def _tests_to_wire(tests: Sequence[TestSpec]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The ``tests`` list, each test that shares its predecessor's placement as a short *row*.
+
+    A run multiplied by transformations is mostly tests that differ from the
+    one before only in the end of their id (``test_join[replicated]`` after
+    ``test_join``), their estimate, and their requirements and profile, which
+    take few distinct values.  Such a test goes as a row ``[cut, tail, kind]``
+    (``+ [estimate]``, ``+ [estimate, True]`` when dispatched first): its id is
+    the previous test's id cut to *cut* characters plus *tail*; *kind* indexes
+    the returned list of ``{"requires", "profile"}`` maps; group, timeout,
+    cpus, memory and pinned are the previous test's.  Ids stay opaque — this
+    is front coding, not knowledge of pytest's ids — and a row costs about a
+    tenth of a map, so a run of a million tests fits the farm's request limit.
+    """
+    wire: list[Any] = []
+    kinds: dict[tuple[tuple[tuple[str, str], ...], str], int] = {}
+    previous: TestSpec | None = None
+    cut = 0
+    for test in tests:
+        if previous is None or _placement(previous) != _placement(test):
+            wire.append(_test_to_wire(test))
+        else:
+            # The last cut, when it still holds, bounds the search for the longest.
+            known = cut if cut <= len(previous.id) and test.id.startswith(previous.id[:cut]) else 0
+            cut = _common_prefix(previous.id, test.id, known)
+            kind = kinds.setdefault((tuple(test.requires.items()), test.profile), len(kinds))
+            # A tuple (msgpack's array) is smaller than a list while a million wait.
+            if test.first:
+                wire.append((cut, test.id[cut:], kind, test.estimate, True))
+            elif test.estimate:
+                wire.append((cut, test.id[cut:], kind, test.estimate))
+            else:
+                wire.append((cut, test.id[cut:], kind))
+        previous = test
+    return wire, [{"requires": dict(requires), "profile": profile} for requires, profile in kinds]
+
+
+def _placement(test: TestSpec) -> tuple[Any, ...]:
+    """The fields a row shares with the test before it."""
+    return (test.group, test.timeout, test.cpus, test.memory, test.pinned)
+
+
+def _common_prefix(a: str, b: str, known: int = 0) -> int:
+    """How many leading characters *a* and *b* share, *known* of them at least.
+
+    Found by halving, comparing slices (a character loop in Python is slower).
+    """
+    low, high = known, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _test_to_wire(test: TestSpec) -> dict[str, Any]:
@@ -216,6 +278,69 @@ def _parse_test(data: Any, index: int) -> TestSpec:
     )
 
 
+def _parse_kinds(value: Any) -> list[tuple[dict[str, str], str]]:
+    """``kinds``: the requirements and profile each row of ``tests`` refers to by index."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_TESTS:
+        raise ManifestError("manifest: 'kinds' must be a list of maps")
+    kinds = []
+    for index, kind in enumerate(value):
+        where = f"kinds[{index}]"
+        if not isinstance(kind, dict):
+            raise ManifestError(f"{where}: must be a map")
+        requires = _string_map(kind.get("requires"), f"{where}.requires")
+        kinds.append((requires, _optional(kind, "profile", str, where) or ""))
+    return kinds
+
+
+def _parse_tests(raw: list[Any], kinds: list[tuple[dict[str, str], str]]) -> tuple[TestSpec, ...]:
+    """Maps as they are; each row (see :func:`_tests_to_wire`) as a copy of the test before it."""
+    tests: list[TestSpec] = []
+    for index, data in enumerate(raw):
+        if not isinstance(data, list | tuple):  # tuples: a wire not yet encoded
+            tests.append(_parse_test(data, index))
+            continue
+        where = f"tests[{index}]"
+        if not tests:
+            raise ManifestError(f"{where}: a row must follow a test")
+        if not 3 <= len(data) <= 5:
+            raise ManifestError(f"{where}: a row is [cut, tail, kind, estimate?, first?]")
+        cut, tail, kind, *rest = data
+        previous = tests[-1]
+        if not isinstance(cut, int) or isinstance(cut, bool) or not 0 <= cut <= len(previous.id):
+            raise ManifestError(f"{where}: cut must be 0..{len(previous.id)}")
+        if not isinstance(tail, str):
+            raise ManifestError(f"{where}: tail must be a string")
+        if not isinstance(kind, int) or isinstance(kind, bool) or not 0 <= kind < len(kinds):
+            raise ManifestError(f"{where}: kind must index 'kinds' (0..{len(kinds) - 1})")
+        test_id = previous.id[:cut] + tail
+        if not test_id or len(test_id) > MAX_ID_LENGTH:
+            raise ManifestError(f"{where}: id must be 1..{MAX_ID_LENGTH} characters")
+        estimate = rest[0] if rest else 0.0
+        if not isinstance(estimate, int | float) or isinstance(estimate, bool):
+            raise ManifestError(f"{where}: estimate must be a number")
+        first = rest[1] if len(rest) > 1 else False
+        if not isinstance(first, bool):
+            raise ManifestError(f"{where}: first must be true or false")
+        requires, profile = kinds[kind]
+        tests.append(
+            TestSpec(
+                test_id,
+                previous.group,
+                float(_non_negative(estimate, f"{where}.estimate") or 0.0),
+                previous.timeout,
+                requires,
+                previous.cpus,
+                previous.memory,
+                profile,
+                previous.pinned,
+                first,
+            )
+        )
+    return tuple(tests)
+
+
 def _parse_profiles(value: Any) -> dict[str, tuple[str, ...]]:
     if value is None:
         return {}
@@ -236,7 +361,7 @@ def parse_manifest(data: Any) -> RunManifest:
         raise ManifestError("manifest: 'tests' is empty; there is nothing to run")
     if len(raw_tests) > MAX_TESTS:
         raise ManifestError(f"manifest: {len(raw_tests)} tests exceed the limit of {MAX_TESTS}")
-    tests = tuple(_parse_test(t, i) for i, t in enumerate(raw_tests))
+    tests = _parse_tests(raw_tests, _parse_kinds(data.get("kinds")))
     seen: set[str] = set()
     for test in tests:
         if test.id in seen:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Mapping
 
 import pytest
 
@@ -21,7 +22,7 @@ from farm.manifest import RunManifest, TestSpec, WorkerSpec
 from farm.packages import WORKER_PACKAGES, package_dirs
 from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.images import run_image
-from pytest_psyduck.marks import hints_for
+from pytest_psyduck.marks import Hints, hints_for
 from pytest_psyduck.passenv import pass_env_patterns, passed_environment
 from pytest_psyduck.scheduling import Placement, dispatched_first, dist_mode, placement
 from pytest_psyduck.transformations import Transformation, transformation_of
@@ -38,29 +39,42 @@ def test_spec(
     item: pytest.Item,
     transformation: Transformation,
     history: DurationHistory,
-    default_timeout: float | None,
-    place: Placement | None = None,
+    hints: Hints,
+    place: Placement,
     first: bool = False,
 ) -> TestSpec:
     """A variant adds its transformation's host requirements, and its profile if it has args.
 
-    *place* is the test's group (its module unless :mod:`pytest_psyduck.scheduling`
-    says otherwise); *first* dispatches it before the rest.
+    *hints* are the test's mark hints; *place* is its group (its module unless
+    :mod:`pytest_psyduck.scheduling` says otherwise); *first* dispatches it before the rest.
     """
-    hints = hints_for(item, default_timeout)
-    place = place or Placement(group_of(item))
     return TestSpec(
         id=item.nodeid,
         group=place.group,
         estimate=history.estimate(item.nodeid),
         timeout=hints.timeout,
-        requires={**(getattr(item, "psyduck_requires", None) or {}), **transformation.requires},
+        requires=_requires(item, transformation),
         cpus=hints.cpus,
         memory=hints.memory,
         profile=transformation.name if transformation.args else "",
         pinned=place.pinned,
         first=first,
     )
+
+
+def _requires(item: pytest.Item, transformation: Transformation) -> Mapping[str, str]:
+    """The item's own requirements and its transformation's (that one mapping, if alone)."""
+    own = getattr(item, "psyduck_requires", None)
+    return {**own, **transformation.requires} if own else transformation.requires
+
+
+def _marks_key(item: pytest.Item) -> tuple[int, ...]:
+    """Items with equal keys have the same marks: the same parent, and the same own marks.
+
+    A test's variants share its mark objects (unless a plugin gave one a mark of
+    its own), so the marks are read once per test, not once per variant.
+    """
+    return (id(item.parent), *map(id, item.own_markers))
 
 
 def project_root(config: pytest.Config) -> str:
@@ -77,14 +91,19 @@ def build_manifest(
     tests = []
     # One worker profile per transformation with args: its workers start with those arguments.
     profiles = {}
+    read: dict[tuple[int, ...], tuple[Hints, Placement]] = {}
     for item in items:
         transformation = transformation_of(item)
         if transformation.args:
             profiles[transformation.name] = transformation.args
-        place = placement(item, group_of(item), mode)
-        tests.append(
-            test_spec(item, transformation, history, default_timeout, place, item.nodeid in first)
-        )
+        key = _marks_key(item)
+        marked = read.get(key)
+        if marked is None:
+            marked = read[key] = (
+                hints_for(item, default_timeout),
+                placement(item, group_of(item), mode),
+            )
+        tests.append(test_spec(item, transformation, history, *marked, item.nodeid in first))
     return RunManifest(
         tests=tuple(tests),
         worker=WorkerSpec(

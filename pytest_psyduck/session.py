@@ -40,6 +40,24 @@ class DistributedSession:
         self.history = DurationHistory(config)
         self._frozen = False
 
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_collection(self):
+        """Collect without the cyclic collector, and keep what was collected out of it.
+
+        Collecting allocates a dozen objects per test and no garbage to speak
+        of; the collector's full passes over a growing session are most of the
+        cost of collecting a large transformation matrix, and so are the ones
+        building its manifest would trigger.
+        """
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return (yield)
+        finally:
+            self._frozen = keep_out_of_garbage_collection()
+            if enabled:
+                gc.enable()
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         """Name each plugin option or use this run cannot honour, before any result."""
         from pytest_psyduck.unsupported import notices
@@ -66,7 +84,6 @@ class DistributedSession:
         worker = dataclasses.replace(worker, env={**worker.env, **contract.worker_environment()})
         manifest = dataclasses.replace(manifest, worker=worker)
         replayer = Replayer(session, self.history, on_worker=contract.handle)
-        self._frozen = keep_out_of_garbage_collection()
         from pytest_psyduck import remote
         from pytest_psyduck.sidecar import SIDECAR_KEY
 

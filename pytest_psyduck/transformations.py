@@ -26,6 +26,7 @@ reason that says how to run it.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shlex
@@ -50,6 +51,7 @@ from _pytest.unittest import TestCaseFunction
 
 from pytest_psyduck.marks import NO_CHOICE, TransformationChoice, transformation_choice
 from pytest_psyduck.roles import WORKER_PLUGIN_NAME
+from pytest_psyduck.variants import Family
 
 BASELINE_NAME = "baseline"
 #: Names that mean something else on the command line and in marks.
@@ -279,7 +281,7 @@ def _assign(environ: MutableMapping[str, str], values: Mapping[str, str | None])
 # -- items -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Variant:
     """What an item runs under, and the node id of the test as written."""
 
@@ -366,6 +368,7 @@ class TransformationState:
         self._by_impls: dict[tuple[int, ...], dict[str, Transformation]] = {}
         #: transformation name → why this process cannot run its variants (None: it can)
         self._local_skips: dict[str, str | None] = {}
+        self._properties: dict[str, tuple[str, str]] = {}
 
     def _last_failed_ids(self) -> frozenset[str]:
         """Variant ids ``--lf``/``--ff`` must find collected even when not selected."""
@@ -469,6 +472,11 @@ class TransformationState:
             family.append(item)
         callspec = getattr(item, "callspec", None)
         ids = tuple(callspec._idlist) if callspec is not None else ()
+        # Variants of a parametrized test share its callspec's parameters, as
+        # each parametrized item shares its own; those of a plain test share
+        # one empty set of them.
+        callspec = callspec or CallSpec()
+        shared: Family | None = None
         for transformation in declared.values():
             name = transformation.name
             if choice.only is not None and name not in choice.only:
@@ -487,7 +495,8 @@ class TransformationState:
             if transformation.applies is not None and not self._applies(transformation, item):
                 continue
             taken.add(new_name)
-            family.append(self._variant(item, transformation, callspec, new_ids, new_name))
+            shared = shared or Family(item)
+            family.append(self._variant(shared, transformation, callspec, new_ids, new_name))
         return family
 
     @staticmethod
@@ -515,25 +524,17 @@ class TransformationState:
 
     def _variant(
         self,
-        item: pytest.Function,
+        family: Family,
         transformation: Transformation,
-        callspec: CallSpec | None,
+        callspec: CallSpec,
         ids: tuple[str, ...],
         name: str,
     ) -> pytest.Function:
         # A variant is built as parametrization builds items: same function,
         # same fixture closure, one more id; pytest derives its node id from it.
-        spec = CallSpec(_idlist=ids) if callspec is None else replace(callspec, _idlist=ids)
-        variant = type(item).from_parent(
-            item.parent,
-            name=name,
-            callspec=spec,
-            fixtureinfo=item._fixtureinfo,
-            keywords={spec.id: True},
-            originalname=item.originalname,
-        )
-        variant.stash[VARIANT_KEY] = Variant(transformation, item.nodeid)
-        variant.user_properties.append((PROPERTY, transformation.name))
+        variant = family.variant(name, replace(callspec, _idlist=ids))
+        variant.stash[VARIANT_KEY] = Variant(transformation, family.item.nodeid)
+        variant.user_properties.append(self._property(transformation.name))
         if self.local:
             if transformation.name not in self._local_skips:
                 self._local_skips[transformation.name] = self._cannot_run_here(transformation)
@@ -541,6 +542,13 @@ class TransformationState:
             if reason:
                 variant.add_marker(pytest.mark.skip(reason=reason))
         return variant
+
+    def _property(self, name: str) -> tuple[str, str]:
+        """The junitxml property naming *name*: one tuple shared by all its variants."""
+        found = self._properties.get(name)
+        if found is None:
+            found = self._properties[name] = (PROPERTY, name)
+        return found
 
     def _cannot_run_here(self, transformation: Transformation) -> str | None:
         name, args = transformation.name, transformation.args
@@ -567,6 +575,21 @@ STATE_KEY = pytest.StashKey[TransformationState]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = TransformationState(config)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection(session: pytest.Session):
+    # Collection that makes variants allocates a dozen small objects per
+    # variant, none of them garbage; the cyclic collector's passes over them
+    # cost a third of collecting a large matrix.  Cycles that do become
+    # garbage meanwhile are collected once collection is over.
+    if session.config.stash[STATE_KEY].selection.names == frozenset() or not gc.isenabled():
+        return (yield)
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.enable()
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)

@@ -1,0 +1,139 @@
+"""A large transformation matrix end to end: before (another checkout) vs this code, side by side.
+
+Run with plain Python from the repository root::
+
+    python benchmarks/variants.py [--tests 10000] [--transformations 100] [--before /work/main]
+
+Writes a suite of ``--tests`` tests that all fail and ``--transformations``
+env-only transformations, then runs ``pytest --psyduck --psyduck-transform all -x``
+on it twice, each a fresh process: once with ``--before`` first on
+``PYTHONPATH`` (the code to compare with), once with this repository.  A tiny
+plugin records when collection ends and when the run has its manifest; the
+process's peak RSS comes from ``wait4``.  Target: accepted, ``1 failed``,
+exit 1, within 120 s and under 2.5 GiB.  Prints ``name: value`` lines, ratios
+first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+MODULES = 20
+
+PHASES = """
+import json, os, time, pytest
+from pytest_psyduck import session as _session
+
+_marks = {"started": time.perf_counter()}
+_build = _session.build_manifest
+
+def _timed_build(*args, **kwargs):
+    manifest = _build(*args, **kwargs)
+    _marks["manifest"] = time.perf_counter()
+    return manifest
+
+_session.build_manifest = _timed_build
+
+def pytest_collection_finish(session):
+    _marks["collected"] = time.perf_counter()
+    _marks["items"] = len(session.items)
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput") and "collected" in _marks:
+        with open(os.environ["BENCH_PHASES_OUT"], "w") as f:
+            json.dump(_marks, f)
+"""
+
+
+def write_suite(root: Path, tests: int, transformations: int) -> None:
+    """Node ids of about 80 characters, as in a real project's tree."""
+    per_module = tests // MODULES
+    package = root / "tests" / "storage" / "replication"
+    package.mkdir(parents=True)
+    for m in range(MODULES):
+        body = "\n".join(
+            f"def test_write_path_case_{t}():\n    assert {t} < 0\n" for t in range(per_module)
+        )
+        (package / f"test_replicated_writes_{m}.py").write_text(body)
+    (root / "conftest.py").write_text(
+        textwrap.dedent(f"""
+        from pytest_psyduck import Transformation
+
+        def pytest_psyduck_transformations(config):
+            return [
+                Transformation(f"t{{i}}", env={{"SETTING": str(i)}})
+                for i in range({transformations})
+            ]
+        """)
+    )
+    (root / "pytest.ini").write_text("[pytest]\n")
+    (root / "bench_phases.py").write_text(PHASES)
+
+
+def run(root: Path, code: Path) -> dict[str, float | int | str]:
+    out = root / "phases.json"
+    out.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "pytest", "-p", "bench_phases", "-p", "no:cacheprovider"]
+    command += ["--psyduck", "--psyduck-transform", "all", "-x", "-q"]
+    env = {**os.environ, "PYTHONPATH": f"{code}:{root}", "BENCH_PHASES_OUT": str(out)}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    output = process.stdout.read()
+    # Reaped here rather than by Popen, for the child's own resource usage.
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    phases = json.loads(out.read_text()) if out.exists() else {}
+    last = output.strip().splitlines()[-1] if output.strip() else ""
+    return {
+        "wall_s": wall,
+        "collection_s": phases.get("collected", started) - phases.get("started", started),
+        "manifest_s": phases.get("manifest", 0.0) - phases.get("collected", 0.0),
+        "items": phases.get("items", 0),
+        "exit": process.returncode,
+        "summary": last,
+        "peak_rss_bytes": usage.ru_maxrss * 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tests", type=int, default=10_000)
+    parser.add_argument("--transformations", type=int, default=100)
+    parser.add_argument("--before", type=Path, default=Path("/work/main"))
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_suite(root, options.tests, options.transformations)
+        before = run(root, options.before)
+        after = run(root, HERE)
+    for key in ("wall_s", "collection_s", "peak_rss_bytes"):
+        ratio = after[key] / before[key] if before[key] else float("nan")
+        print(f"{key.removesuffix('_s').removesuffix('_bytes')}_after_vs_before: {ratio:.2f}")
+    for name, result in (("before", before), ("after", after)):
+        for key, value in result.items():
+            shown = f"{value:.2f}" if isinstance(value, float) else value
+            print(f"{name}_{key}: {shown}")
+    fine = (
+        after["exit"] == 1
+        and "1 failed" in str(after["summary"])
+        and after["wall_s"] <= 120
+        and after["peak_rss_bytes"] < 2.5 * 2**30  # the issue measures in GiB
+    )
+    print(f"within_target: {'yes' if fine else 'no'}")
+
+
+if __name__ == "__main__":
+    main()
