@@ -20,6 +20,12 @@ container otherwise compiles every module it imports, every time.
 The four commands take turns, round after round (one warm-up round that also
 records the durations the scheduler sizes shards by, then ``--repeat`` rounds);
 the best wall time of each counts.
+
+The environment is a developer's terminal unless told otherwise: pytest writes
+the assertion-rewritten test modules as it collects, and psyduck ships them to
+the containers with the code; ``--bytecode-cache off`` is what
+``PYTHONDONTWRITEBYTECODE=1`` does (common in CI images): then every container
+rewrites its shard's test modules again.
 """
 
 from __future__ import annotations
@@ -157,6 +163,12 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--only", default="attrs,click")
     parser.add_argument(
+        "--bytecode-cache",
+        choices=("on", "off"),
+        default="on",
+        help="off is PYTHONDONTWRITEBYTECODE=1: pytest then writes no rewritten test modules",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "psyduck-bench",
@@ -175,6 +187,9 @@ def main() -> None:
             "PYTHONPATH": str(ROOT),
             "XDG_RUNTIME_DIR": str(tmp_path / "run"),
         }
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if args.bytecode_cache == "off":
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         key = keygen(tmp_path / "id_ed25519")
         server = start_sshd(tmp_path / "sshd", "127.0.0.2", key)
         try:

@@ -28,13 +28,20 @@ SOURCE_DIR = "/psyduck/src"
 SCRATCH_DIR = "/tmp"
 #: Directories not copied into a container's private code copy: caches and VCS
 #: data that tests do not read and that would only cost copy time and memory.
+#: ``__pycache__`` is copied: it holds the bytecode of the project's modules and
+#: the assertion-rewritten test modules the client's pytest wrote as it collected
+#: (``*.cpython-3XX-pytest-<version>.pyc``).  A container cannot write bytecode
+#: (``PYTHONDONTWRITEBYTECODE``, read-only code), so without them every container
+#: compiled and rewrote its shard's modules again, often the largest part of its
+#: start.  pytest checks its pycs by the source's hash, Python its own by the
+#: source's mtime and size, which copies and payload tars keep; a stale pyc is
+#: compiled again, as on the client.
 COPY_SKIP = (
     ".git",
     ".hg",
     ".tox",
     ".nox",
     ".venv",
-    "__pycache__",
     ".pytest_cache",
     ".mypy_cache",
     ".ruff_cache",

@@ -85,16 +85,20 @@ def test_remote_plans_mount_volumes_where_the_binds_would_be():
     }
 
 
-def test_payload_tar_keeps_code_and_leaves_caches_out(tmp_path):
+def test_payload_tar_keeps_code_and_bytecode_and_leaves_caches_out(tmp_path):
     import tarfile
 
     (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
     (tmp_path / "pkg" / "mod.py").write_text("x = 1\n")
     (tmp_path / "pkg" / "__pycache__" / "mod.pyc").write_bytes(b"")
     (tmp_path / ".git").mkdir()
+    (tmp_path / ".pytest_cache").mkdir()
+    os.utime(tmp_path / "pkg" / "mod.py", (1_000_000_000, 1_000_000_000))
     with payload_tar({".": str(tmp_path)}) as archive, tarfile.open(fileobj=archive) as tar:
         names = {os.path.normpath(n) for n in tar.getnames()}
-    assert names == {".", "pkg", "pkg/mod.py"}
+        # A pyc is valid only for its source's mtime: the tar keeps it.
+        assert tar.getmember("./pkg/mod.py").mtime == 1_000_000_000
+    assert names == {".", "pkg", "pkg/mod.py", "pkg/__pycache__", "pkg/__pycache__/mod.pyc"}
 
 
 def test_network_only_when_the_run_asks():
