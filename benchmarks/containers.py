@@ -200,6 +200,8 @@ def timed(
                 expected = outcome
             elif outcome != expected:
                 print(f"# {cwd.name} {name}: {outcome} (plain: {expected})", file=sys.stderr)
+                failed = [line for line in stdout.splitlines() if line.startswith("FAILED ")]
+                print(*(f"#   {line[:200]}" for line in failed[:10]), sep="\n", file=sys.stderr)
             if attempt and wall < best[name]:
                 best[name] = wall
                 started_containers[name] = containers

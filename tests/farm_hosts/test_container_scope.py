@@ -36,7 +36,7 @@ def test_a_run_scoped_container_runs_several_shards_and_a_new_run_gets_new_ones(
 ):
     path = suite({f"test_{n}.py": REPORTS_CONTAINER.format(name=n) for n in NAMES})
     # Long enough that every module is a shard of its own.
-    seed_durations(path, {f"test_{n}.py::test_{n}": 5.0 for n in NAMES})
+    seed_durations(path, {f"test_{n}.py::test_{n}": 20.0 for n in NAMES})
     host = "docker:2?container_scope=run"
     first = run_session(path, tmp_path / "first.xml", host, docker_image)
     # Five shards on two slots: each container ran several of them, each
@@ -48,6 +48,6 @@ def test_a_run_scoped_container_runs_several_shards_and_a_new_run_gets_new_ones(
 
 def test_by_default_every_shard_gets_a_fresh_container(docker_image, suite, tmp_path):
     path = suite({f"test_{n}.py": REPORTS_CONTAINER.format(name=n) for n in NAMES})
-    seed_durations(path, {f"test_{n}.py::test_{n}": 5.0 for n in NAMES})
+    seed_durations(path, {f"test_{n}.py::test_{n}": 20.0 for n in NAMES})
     containers = run_session(path, tmp_path / "out.xml", "docker:2", docker_image)
     assert len(set(containers.values())) == len(NAMES), containers

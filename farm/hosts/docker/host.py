@@ -83,12 +83,14 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
     #: A slot's next container (its spare) is created and started, and its worker has
     #: imported pytest and the plugins, while the slot's current shard runs; once the
     #: spare is handed its shard, the shard costs the slot's critical path its hand-off
-    #: and the collection of the shard's own files only.  A shard must outlast its
-    #: spare's start-up, or the slot waits for it.  Shards get this small only in a
-    #: run's tail (the scheduler shrinks them as the queue empties), where small shards
-    #: let the slots finish together; larger minimums left one slot running a long last
-    #: shard alone, and on attrs' suite a minimum of 4 s ran no faster than this one.
-    min_shard_seconds = 1.0
+    #: and the collection of the shard's own files only.  That start-up still costs
+    #: CPU, and where the slots use every CPU (as many slots as cores, the usual
+    #: setting) it delays the running shards as much as if it were not overlapped: so
+    #: every shard must be worth several container start-ups.  The minimum is sized so
+    #: that on a small machine a container's start is a small part of its shard; the
+    #: price is that the last shard of a slot may end that much after the others
+    #: (benchmarks/containers.py measures both suites; the README quotes the figures).
+    min_shard_seconds = 6.0
 
     def __init__(
         self,
