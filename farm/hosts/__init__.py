@@ -1,7 +1,7 @@
 """Host kinds and the ``--psyduck-hosts`` / farm.toml host syntax.
 
-``local:N`` — N worker processes here; ``docker[:N]`` — N containers on the
-local Docker engine; ``ssh://user@host[:port][?slots=N&…]`` — a Docker engine
+``local:N`` — N worker processes here; ``docker[:N][?container_scope=run]`` — N
+containers on the local Docker engine; ``ssh://user@host[:port][?slots=N&…]`` — a Docker engine
 reached over SSH.  Docker and SSH builders import their modules lazily: the
 docker SDK and paramiko load only when such a host is used.
 """
@@ -9,6 +9,7 @@ docker SDK and paramiko load only when such a host is used.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -36,18 +37,23 @@ def _local(spec: str, options: dict[str, Any]) -> Host:
 def _docker(spec: str, options: dict[str, Any]) -> Host:
     from farm.hosts.docker import HOST_OPTIONS, DockerHost, host_options, local_engine
 
-    _, _, count = spec.partition(":")
+    head, _, query = spec.partition("?")
+    _, _, count = head.partition(":")
     try:
-        chosen = host_options(options, {**HOST_OPTIONS, "base_url": str})
+        given = dict(urllib.parse.parse_qsl(query, strict_parsing=bool(query)))
+        unknown = sorted(set(given) - {"container_scope"})
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} (known: container_scope)")
+        chosen = host_options({**given, **options}, {**HOST_OPTIONS, "base_url": str})
+        connect = local_engine(chosen.pop("base_url", None))
+        return DockerHost(
+            _count(count, spec) if count else None,
+            connect,
+            embedded=bool(options.get("embedded")),
+            **chosen,
+        )
     except ValueError as exc:
         raise HostSpecError(f"{spec!r}: {exc}") from exc
-    connect = local_engine(chosen.pop("base_url", None))
-    return DockerHost(
-        _count(count, spec) if count else None,
-        connect,
-        embedded=bool(options.get("embedded")),
-        **chosen,
-    )
 
 
 def _ssh(spec: str, options: dict[str, Any]) -> Host:

@@ -29,14 +29,19 @@ SCRATCH_DIR = "/tmp"
 #: Directories not copied into a container's private code copy: caches and VCS
 #: data that tests do not read and that would only cost copy time and memory.
 #: Not ``.hypothesis``: its example database is read by tests (plain pytest
-#: replays the failing examples saved there first).
+#: replays the failing examples saved there first).  Not ``__pycache__``: it holds
+#: the bytecode of the project's modules and the assertion-rewritten test modules
+#: the client's pytest wrote as it collected; a container cannot write bytecode
+#: (``PYTHONDONTWRITEBYTECODE``, read-only code), so without them every container
+#: compiles and rewrites its shard's modules again.  pytest checks its pycs by the
+#: source's hash, Python its own by the source's mtime and size, which copies and
+#: payload tars keep; a stale pyc is compiled again, as on the client.
 COPY_SKIP = (
     ".git",
     ".hg",
     ".tox",
     ".nox",
     ".venv",
-    "__pycache__",
     ".pytest_cache",
     ".mypy_cache",
     ".ruff_cache",
@@ -212,17 +217,27 @@ def worker_pythonpath(image_pythonpath: str) -> str:
     return os.pathsep.join([*filter(None, image_pythonpath.split(os.pathsep)), INJECT_DIR])
 
 
+#: A fresh container for every shard: the default, and the promise of docker hosts.
+SCOPE_SHARD = "shard"
+#: One container per slot and run, running that run's shards one after another
+#: (an opt-in); runs never share a container.
+SCOPE_RUN = "run"
+CONTAINER_SCOPES = (SCOPE_SHARD, SCOPE_RUN)
+
+
 def container_environment(
-    run: RunContext, worker_id: str, image_pythonpath: str = ""
+    run: RunContext, worker_id: str, image_pythonpath: str = "", *, scope: str = SCOPE_SHARD
 ) -> dict[str, str]:
     """A worker container's variables, on top of its image's environment.
 
     The invoker's passed variables and the variables every worker gets
     (:func:`~farm.hosts.local.worker_environment`: xdist's, the run id; never a
     credential), less those that are the container's own (:data:`CONTAINER_VARIABLES`),
-    then the container's own.
+    then the container's own.  A container that runs one shard collects only
+    that shard's files; one that serves a run's shards collects the suite, as a
+    local worker does.
     """
-    return {
+    environment = {
         **{
             name: value
             for name, value in worker_environment(run, worker_id).items()
@@ -232,9 +247,10 @@ def container_environment(
         "PYTHONDONTWRITEBYTECODE": "1",
         "TMPDIR": SCRATCH_DIR,
         "HOME": SCRATCH_DIR,
-        # One shard per container: its worker collects only that shard's files.
-        "PSYDUCK_SHARD_COLLECTION": "1",
     }
+    if scope == SCOPE_SHARD:
+        environment["PSYDUCK_SHARD_COLLECTION"] = "1"
+    return environment
 
 
 def inject_sources(requested: Mapping[str, str], *, client_disk: bool) -> dict[str, str]:
@@ -315,6 +331,7 @@ def plan_container(
     module_dirs: Mapping[str, str],
     inject_volume: str | None = None,
     image_pythonpath: str = "",
+    scope: str = SCOPE_SHARD,
 ) -> ContainerPlan:
     """The container for one worker: locked down, limited, labelled, removed when done.
 
@@ -329,13 +346,15 @@ def plan_container(
     For an engine on another machine, *code_dir* is instead the name of a volume
     holding the code and *inject_volume* one holding psyduck's packages (see
     :mod:`farm.hosts.docker.volumes`): the same read-only mounts, with volumes as sources.
+    *scope* says whether the container runs one shard or a run's shards
+    (:func:`container_environment`).
     """
     if inject_volume:
         binds = {inject_volume: {"bind": INJECT_DIR, "mode": "ro"}}
     else:
         binds = injected_binds(module_dirs)
     tmpfs = {SCRATCH_DIR: "rw,exec,mode=1777"}
-    environment = container_environment(run, worker_id, image_pythonpath)
+    environment = container_environment(run, worker_id, image_pythonpath, scope=scope)
     argv = [*run.worker_argv, *scratch_cache_args(run.worker_argv)]
     command = [python, "-c", BOOTSTRAP, *argv]
     if copy_code:

@@ -68,12 +68,19 @@ def parse_ssh_spec(spec: str) -> tuple[SshTarget, int | None]:
     """``ssh://user@host:port?slots=N&key=…&known_hosts=…&accept_new_host_keys=1``.
 
     Returns the target and the slot count (None: as many as the engine has CPUs).
+    A ``container_scope`` parameter is the host's, read by :func:`ssh_host`.
     """
     url = urllib.parse.urlsplit(spec)
     if url.scheme != "ssh" or not url.hostname:
         raise ValueError(f"{spec!r}: write ssh://user@host[:port][?slots=N]")
     query = dict(urllib.parse.parse_qsl(url.query, strict_parsing=bool(url.query)))
-    unknown = set(query) - {"slots", "key", "known_hosts", "accept_new_host_keys"}
+    unknown = set(query) - {
+        "slots",
+        "key",
+        "known_hosts",
+        "accept_new_host_keys",
+        "container_scope",
+    }
     if unknown:
         raise ValueError(f"{spec!r}: unknown option(s) {', '.join(sorted(unknown))}")
     slots = query.get("slots")
@@ -223,6 +230,9 @@ def ssh_host(spec: str, options: dict[str, Any] | None = None) -> DockerHost:
     docker host fields) override the spec's query parameters.
     """
     target, slots = parse_ssh_spec(spec)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(spec).query))
+    if "container_scope" in query:
+        options = {"container_scope": query["container_scope"], **(options or {})}
     chosen = host_options(options or {}, {**HOST_OPTIONS, **SSH_OPTIONS})
     ssh = {name: chosen.pop(name) for name in list(chosen) if name in SSH_OPTIONS}
     if "key" in ssh:

@@ -3,7 +3,8 @@
 The default base is a Debian minbase with ``python3`` and pip, made by
 debootstrap from the Debian mirror this machine's apt uses (no image registry
 needed), kept as a rootfs tar in the image cache and imported once; any local
-image with the same Python and pip may be the base instead.  Either way one
+image with the same Python and pip may be the base instead (the only way for an
+engine of another architecture than this machine's).  Either way one
 throw-away container reports the base's Python, glibc and machine, which decide
 the wheels pip fetches (:func:`farm.images.recipe.pip_target`).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +40,28 @@ BASE_PROBE = (
 
 class BuildError(RuntimeError):
     """The image could not be built; the text says which step failed and why."""
+
+
+#: Docker's and Python's names of one architecture, to Python's (``platform.machine()``).
+ARCHITECTURE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def foreign_architecture(engine_arch: str, local_arch: str) -> str | None:
+    """Why a base debootstrapped here cannot serve an engine of *engine_arch*, or None.
+
+    debootstrap makes a rootfs of this machine's architecture: on an engine of
+    another one (an ssh host's) its interpreter would not even start.  An
+    unknown engine architecture is given the benefit of the doubt.
+    """
+    engine_arch = ARCHITECTURE_ALIASES.get(engine_arch, engine_arch)
+    local_arch = ARCHITECTURE_ALIASES.get(local_arch, local_arch)
+    if not engine_arch or engine_arch == local_arch:
+        return None
+    return (
+        f"the engine is {engine_arch} and this machine {local_arch}: a Debian base made "
+        f"here would not run there; pass --base IMAGE, an image on that engine with "
+        f"python3 and pip (wheels are then fetched for its platform)"
+    )
 
 
 def engine(host: str | None = None) -> docker.APIClient:
@@ -115,6 +139,13 @@ def debian_base(api: docker.APIClient, python_minor: str, cache: Path, progress:
     tag = f"psyduck-base/{suite}:{key}"
     if image_id(api, tag):
         return tag
+    try:
+        engine_arch = str(api.info().get("Architecture", ""))
+    except Exception as exc:  # the engine answered ping moments ago; say what broke
+        raise BuildError(f"cannot ask the Docker engine its architecture: {exc}") from exc
+    problem = foreign_architecture(engine_arch, platform.machine())
+    if problem:
+        raise BuildError(problem)
     rootfs = cache / f"{suite}-minbase-{key}.tar"
     if not rootfs.is_file():
         if shutil.which("debootstrap") is None or os.geteuid() != 0:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farm.hosts import HostSpecError, parse_hosts
+from farm.hosts import HOST_KINDS, HostSpecError, parse_hosts
 from farm.hosts.base import RunContext
 from farm.hosts.containers import (
     CPU_PERIOD,
@@ -24,7 +24,7 @@ from farm.hosts.containers import (
     shard_limits,
     update_fields,
 )
-from farm.hosts.docker import StreamDemux, exit_info, payload_tar
+from farm.hosts.docker import DockerHost, StreamDemux, exit_info, payload_tar
 from farm.hosts.ssh import parse_ssh_spec
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
 
@@ -85,16 +85,20 @@ def test_remote_plans_mount_volumes_where_the_binds_would_be():
     }
 
 
-def test_payload_tar_keeps_code_and_leaves_caches_out(tmp_path):
+def test_payload_tar_keeps_code_and_bytecode_and_leaves_caches_out(tmp_path):
     import tarfile
 
     (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
     (tmp_path / "pkg" / "mod.py").write_text("x = 1\n")
     (tmp_path / "pkg" / "__pycache__" / "mod.pyc").write_bytes(b"")
     (tmp_path / ".git").mkdir()
+    (tmp_path / ".pytest_cache").mkdir()
+    os.utime(tmp_path / "pkg" / "mod.py", (1_000_000_000, 1_000_000_000))
     with payload_tar({".": str(tmp_path)}) as archive, tarfile.open(fileobj=archive) as tar:
         names = {os.path.normpath(n) for n in tar.getnames()}
-    assert names == {".", "pkg", "pkg/mod.py"}
+        # A pyc is valid only for its source's mtime: the tar keeps it.
+        assert tar.getmember("./pkg/mod.py").mtime == 1_000_000_000
+    assert names == {".", "pkg", "pkg/mod.py", "pkg/__pycache__", "pkg/__pycache__/mod.pyc"}
 
 
 def test_network_only_when_the_run_asks():
@@ -219,7 +223,15 @@ def test_ssh_specs():
 
 @pytest.mark.parametrize(
     "spec",
-    ["ssh://ci@host?slots=0", "ssh://ci@host?colour=red", "ssh://", "docker:x", "docker:0"],
+    [
+        "ssh://ci@host?slots=0",
+        "ssh://ci@host?colour=red",
+        "ssh://",
+        "docker:x",
+        "docker:0",
+        "docker:2?colour=red",
+        "docker:2?container_scope=forever",
+    ],
 )
 def test_bad_host_specs_are_explained(spec):
     with pytest.raises(HostSpecError):
@@ -232,9 +244,47 @@ def test_host_specs_build_docker_hosts_without_connecting():
     assert (ssh.name, ssh.slots, ssh.labels["kind"]) == ("ssh:ci@127.0.0.9:2200", 2, "ssh")
 
 
-def test_farm_toml_fields_reach_the_host():
-    from farm.hosts import HOST_KINDS
+def test_a_container_per_shard_unless_the_host_opts_into_one_per_run():
+    shard, run, ssh = parse_hosts(
+        "docker:2,docker:2?container_scope=run,ssh://ci@h?slots=2&container_scope=run"
+    )
+    assert (shard.container_scope, shard.reuse_workers, shard.min_shard_seconds) == (
+        "shard",
+        False,
+        DockerHost.min_shard_seconds,
+    )
+    for host in (run, ssh):
+        assert (host.container_scope, host.reuse_workers, host.min_shard_seconds) == (
+            "run",
+            True,
+            0.0,
+        )
+    # farm.toml's field wins over the spec's parameter, as for every ssh option.
+    [host] = [HOST_KINDS["ssh"]("ssh://ci@h?container_scope=run", {"container_scope": "shard"})]
+    assert not host.reuse_workers
 
+
+def test_only_a_single_shard_container_collects_only_its_shard():
+    assert plan().environment["PSYDUCK_SHARD_COLLECTION"] == "1"
+    run_scoped = plan_container(
+        run_context(False),
+        "gw3",
+        host="docker",
+        slot=1,
+        image="img",
+        python="python3",
+        code_dir="/cache/tree",
+        code_root="/src/proj",
+        copy_code=True,
+        user="1000:1000",
+        limits=shard_limits([], memory_share=1 << 30, cpu_share=1.0),
+        module_dirs={"farm": "/site/farm"},
+        scope="run",
+    )
+    assert "PSYDUCK_SHARD_COLLECTION" not in run_scoped.environment
+
+
+def test_farm_toml_fields_reach_the_host():
     host = HOST_KINDS["docker"]("docker:1", {"image": "img", "memory": "2G", "copy_code": False})
     assert (host.image, host._memory, host.copy_code) == ("img", 2 << 30, False)
     with pytest.raises(HostSpecError, match="unknown host option 'colour'"):

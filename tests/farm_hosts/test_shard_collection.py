@@ -40,7 +40,7 @@ def test_a_container_collects_only_its_shards_files(docker_image, suite, tmp_pat
         }
     )
     # Long enough that every test is a shard of its own, in a container of its own.
-    seed_durations(path, {f"test_{n}.py::test_{n}": 5.0 for n in names})
+    seed_durations(path, {f"test_{n}.py::test_{n}": 20.0 for n in names})
     done, cases = recorded_session(
         path,
         tmp_path / "out.xml",

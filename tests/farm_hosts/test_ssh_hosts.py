@@ -172,7 +172,7 @@ def test_losing_a_host_reschedules_its_work_once_and_quarantines_it(
     modules = {f"test_m{i}.py": SLEEPERS for i in range(4)}
     path = suite({"conftest.py": CURRENT_TEST_CONFTEST, **modules})
     seed_durations(
-        path, {f"test_m{i}.py::test_sleeps[{n}]": 1.0 for i in range(4) for n in range(3)}
+        path, {f"test_m{i}.py::test_sleeps[{n}]": 10.0 for i in range(4) for n in range(3)}
     )
     servers = [sshd(f"127.0.0.{i}") for i in (2, 3, 4)]
     known_hosts.write_text("".join(s.known_hosts_line() for s in servers))

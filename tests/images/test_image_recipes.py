@@ -354,3 +354,23 @@ def test_environment_pins_take_pytest_and_its_plugins_at_the_installed_versions(
     assert set(plugins) <= set(everything)
     assert f"msgpack=={importlib.metadata.version('msgpack')}" in everything  # not a plugin
     assert not any(p.startswith("msgpack==") for p in plugins)
+
+
+@pytest.mark.parametrize(
+    ("engine", "local", "foreign"),
+    [
+        ("x86_64", "x86_64", False),
+        ("amd64", "x86_64", False),
+        ("arm64", "aarch64", False),
+        ("", "x86_64", False),
+        ("aarch64", "x86_64", True),
+        ("x86_64", "arm64", True),
+    ],
+)
+def test_a_base_made_here_is_refused_for_an_engine_of_another_architecture(engine, local, foreign):
+    from farm.images.base import foreign_architecture
+
+    problem = foreign_architecture(engine, local)
+    assert bool(problem) == foreign
+    if foreign:
+        assert "--base IMAGE" in problem

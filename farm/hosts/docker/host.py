@@ -2,8 +2,11 @@
 
 Each shard gets a fresh container (``reuse_workers = False``) planned by
 :mod:`farm.hosts.containers`; while it runs, the slot's next container (its
-spare) already starts.  The engine connection, the workers, the images and the
-payload volumes each have their own module in this package.
+spare) already starts.  A host with ``container_scope = "run"`` (an opt-in)
+instead keeps one container per slot for the shards of one run, as local
+workers are kept; a new run, or a new profile, always gets new containers.
+The engine connection, the workers, the images and the payload volumes each
+have their own module in this package.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import docker.errors
 
 from farm.hosts.base import Host, HostError, OutputHandler, RunContext, WorkerConnection
 from farm.hosts.containers import (
+    CONTAINER_SCOPES,
     FARM_ID,
     LABEL_FARM,
+    SCOPE_RUN,
+    SCOPE_SHARD,
     Limits,
     host_share,
     inject_sources,
@@ -78,12 +84,14 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
     #: A slot's next container (its spare) is created and started, and its worker has
     #: imported pytest and the plugins, while the slot's current shard runs; once the
     #: spare is handed its shard, the shard costs the slot's critical path its hand-off
-    #: and the collection of the shard's own files only.  A shard must outlast its
-    #: spare's start-up, or the slot waits for it.  Shards get this small only in a
-    #: run's tail (the scheduler shrinks them as the queue empties), where small shards
-    #: let the slots finish together; larger minimums left one slot running a long last
-    #: shard alone, and on attrs' suite a minimum of 4 s ran no faster than this one.
-    min_shard_seconds = 1.0
+    #: and the collection of the shard's own files only.  That start-up still costs
+    #: CPU, and where the slots use every CPU (as many slots as cores, the usual
+    #: setting) it delays the running shards as much as if it were not overlapped: so
+    #: every shard must be worth several container start-ups.  The minimum is sized so
+    #: that on a small machine a container's start is a small part of its shard; the
+    #: price is that the last shard of a slot may end that much after the others
+    #: (benchmarks/containers.py measures both suites; the README quotes the figures).
+    min_shard_seconds = 6.0
 
     def __init__(
         self,
@@ -100,8 +108,21 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         cache_dir: str | None = None,
         remote: bool = False,
         embedded: bool = False,
+        container_scope: str = SCOPE_SHARD,
     ) -> None:
+        if container_scope not in CONTAINER_SCOPES:
+            raise ValueError(
+                f"container_scope must be one of {', '.join(CONTAINER_SCOPES)}, "
+                f"not {container_scope!r}"
+            )
         self.name = name
+        #: Whether a container runs one shard (the default) or a run's shards on its slot.
+        self.container_scope = container_scope
+        if container_scope == SCOPE_RUN:
+            # The coordinator keeps the slot's worker while the run's shards last;
+            # shards are then no dearer than on a local host.
+            self.reuse_workers = True
+            self.min_shard_seconds = Host.min_shard_seconds
         #: The engine does not share the coordinator's disk: payloads go in volumes.
         self.remote = remote
         #: The farm runs on the client's machine as its user (the embedded farm):
@@ -278,6 +299,8 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         worker = await self._take_spare(slot, key)
         if worker is None:
             worker = await self._create_worker(run, slot, worker_id, on_output)
+        if self.reuse_workers:
+            return worker  # it serves the run's next shards itself: no spare
         task = asyncio.ensure_future(self._spare_after(worker, run, slot, worker_id, on_output))
         expiry = asyncio.get_running_loop().call_later(SPARE_TTL, self._expire_spare, slot, task)
         self._spares[slot] = _Spare(key, task, expiry)
@@ -359,6 +382,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             module_dirs=module_dirs,
             inject_volume=inject_volume,
             image_pythonpath=image_pythonpath,
+            scope=self.container_scope,
         )
         # Not interruptible: a create cancelled halfway would leave a container nobody
         # knows about, so a cancelled caller hands the finished worker to discard.

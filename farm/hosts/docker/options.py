@@ -12,6 +12,7 @@ HOST_OPTIONS = {
     "memory": (int, str),
     "cpus": (int, float),
     "cache_dir": str,
+    "container_scope": str,
 }
 
 
