@@ -95,6 +95,8 @@ class Coordinator:
         self.spool_dir = spool_dir
         self.pokedex_token = pokedex_token
         self.hosts = [HostState(h) for h in hosts]
+        for host in hosts:
+            host.new_worker_id = self._new_worker_id
         min_seconds = max((h.min_shard_seconds for h in hosts), default=0.0)
         self.scheduler = scheduler or Scheduler(min_shard_seconds=min_seconds)
         self.runs: dict[str, Run] = {}
@@ -102,6 +104,10 @@ class Coordinator:
         self._worker_ids = itertools.count()
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
+
+    def _new_worker_id(self) -> str:
+        """``gw<N>``, unique in the farm: how a client tells its workers (xdist nodes) apart."""
+        return f"gw{next(self._worker_ids)}"
 
     @property
     def total_slots(self) -> int:
@@ -417,7 +423,7 @@ class Coordinator:
         self, state: HostState, index: int, run: Run, shard: Shard
     ) -> ActiveWorker | None:
         """A ready worker for *shard*, or None once the shard's tests are accounted for."""
-        worker_id = f"gw{next(self._worker_ids)}"
+        worker_id = self._new_worker_id()
         context = RunContext(
             run.id,
             run.manifest,
@@ -428,6 +434,7 @@ class Coordinator:
         )
         try:
             conn = await state.host.spawn(context, index, worker_id, self._output_handler(run))
+            worker_id = conn.worker_id or worker_id
         except RunError as exc:
             self._fail_run(run, f"it cannot start on host {state.host.name}: {exc}")
             return None

@@ -89,6 +89,11 @@ class OutputTail:
 class WorkerConnection(abc.ABC):
     """The coordinator's end of one worker."""
 
+    #: The worker id (``PYTEST_XDIST_WORKER``) this worker runs as, when it is not the
+    #: one :meth:`Host.spawn` was given: a container started ahead of its shard got
+    #: an id of its own then.  "" means the id given to ``spawn``.
+    worker_id: str = ""
+
     @abc.abstractmethod
     async def send(self, message: dict[str, Any]) -> None: ...
 
@@ -138,6 +143,9 @@ class Host(abc.ABC):
     reuse_workers: bool = True
     #: Smallest shard worth sending, in estimated seconds, to amortize per-shard cost.
     min_shard_seconds: float = 0.0
+    #: Mints a farm-unique worker id (``gw<N>``), for workers a host starts before
+    #: the coordinator asks for them (spare containers).  The coordinator sets it.
+    new_worker_id: Callable[[], str] | None = None
 
     async def start(self) -> None:
         """Connect and check the host; raise HostError if it cannot serve."""

@@ -14,10 +14,12 @@ from tests.farm_hosts.test_shard_collection import junit_properties
 pytestmark = pytest.mark.docker
 
 REPORTS_CONTAINER = """
+import os
 import socket
 
 def test_{name}(record_property):
     record_property("container", socket.gethostname())
+    record_property("worker", os.environ["PYTEST_XDIST_WORKER"])
 """
 
 NAMES = ["alpha", "beta", "gamma", "delta", "epsilon"]
@@ -46,8 +48,14 @@ def test_a_run_scoped_container_runs_several_shards_and_a_new_run_gets_new_ones(
     assert not set(first.values()) & set(second.values()), (first, second)
 
 
-def test_by_default_every_shard_gets_a_fresh_container(docker_image, suite, tmp_path):
+def test_by_default_every_shard_gets_a_fresh_container_and_worker_id(
+    docker_image, suite, tmp_path
+):
+    """Containers started ahead of their shard (spares) are xdist nodes of their own:
+    no two containers of a run share a ``PYTEST_XDIST_WORKER``."""
     path = suite({f"test_{n}.py": REPORTS_CONTAINER.format(name=n) for n in NAMES})
     seed_durations(path, {f"test_{n}.py::test_{n}": 20.0 for n in NAMES})
     containers = run_session(path, tmp_path / "out.xml", "docker:2", docker_image)
     assert len(set(containers.values())) == len(NAMES), containers
+    properties = junit_properties(tmp_path / "out.xml").values()
+    assert len({p["worker"] for p in properties}) == len(NAMES), properties

@@ -315,7 +315,11 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         on_output: OutputHandler,
     ) -> DockerWorker:
         await current.heard.wait()
-        return await self._create_worker(run, slot, worker_id, on_output)
+        # Its own id: it will serve another shard than *current*, as another xdist node.
+        spare_id = self.new_worker_id() if self.new_worker_id else worker_id
+        spare = await self._create_worker(run, slot, spare_id, on_output)
+        spare.worker_id = spare_id
+        return spare
 
     async def _take_spare(self, slot: int, key: tuple[str, str]) -> DockerWorker | None:
         spare = self._spares.pop(slot, None)
