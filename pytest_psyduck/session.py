@@ -45,7 +45,7 @@ class DistributedSession:
         from pytest_psyduck.unsupported import notices
 
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        for line in notices(self.config, session.items):
+        for line in notices(self.config):
             if reporter is not None:
                 reporter.write_line(line, yellow=True)
 
