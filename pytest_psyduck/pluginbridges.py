@@ -122,9 +122,15 @@ class ControllerBridges:
         #: Workers that came up, and those whose syrupy report came home.
         self._up: set[str] = set()
         self._reported: set[str] = set()
+        #: Tests whose results were replayed: a worker may run more before the run
+        #: stops at a failure (-x), which plain pytest never ran.
+        self._logged: set[str] = set()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._order = {item.nodeid: i for i, item in enumerate(session.items)}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._logged.add(report.nodeid)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodeready(self, node: Any) -> None:
@@ -148,8 +154,11 @@ class ControllerBridges:
         bench.benchmarks.extend(_metadata(data) for data in found)
         bench.benchmarks.sort(key=lambda b: self._order.get(b.fullname, len(self._order)))
 
-    @pytest.hookimpl(wrapper=True)
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session):
+        bench = getattr(session.config, "_benchmarksession", None)
+        if bench is not None:
+            bench.benchmarks = [b for b in bench.benchmarks if b.fullname in self._logged]
         snapshots = getattr(session.config, "_syrupy", None)
         option = session.config.option
         missing = self._up - self._reported

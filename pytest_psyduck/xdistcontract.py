@@ -141,6 +141,16 @@ class XdistController:
                 return True
         return False
 
+    def wants_farewells(self) -> bool:
+        """Whether workers hand something home at their end: ``workeroutput`` a plugin
+        takes, or files written in a container.  Then a session stopping at a failure
+        lets running workers finish and say farewell (:func:`pytest_psyduck.remote.run`)."""
+        return (
+            self.needs_fresh_workers()
+            or pluginbridges.need_fresh_workers(self.config)
+            or homecoming.may_come_home(self.config)
+        )
+
     def worker_environment(self) -> dict[str, str]:
         """Call the set-up hooks on the prototype node; its ``workerinput`` as a variable."""
         hook = self.config.hook
