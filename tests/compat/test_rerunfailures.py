@@ -2,9 +2,9 @@
 
 The real plugin (from ``.ci/cache/compat-site/plugins``) reruns tests inside
 the worker's protocol; each attempt is replayed as plain pytest logs it.  A
-real suite runs plain and on forked and fresh local workers and on two
-containers (whose image has no pytest-xdist, where rerunfailures would drop
-its rerun reports), comparing exit code, summary line
+real suite runs plain and on forked and fresh local workers, on two
+containers and on two behind a real sshd (the image has no pytest-xdist, where
+rerunfailures would drop its rerun reports), comparing exit code, summary line
 (``2 failed, 5 passed, 8 rerun``), the ``R`` letters, the ``RERUN`` lines of
 ``-v`` and the junit xml.  Where an option cannot be honoured, the session
 says so in one line at its start.
@@ -18,8 +18,9 @@ from collections import Counter
 import pytest
 
 from tests.compat.test_conventions import with_site
-from tests.compat.xdistlib import HOSTS, compat_image, psyduck_args, summary
+from tests.compat.xdistlib import WITH_SSH, compat_image, over_ssh, psyduck_args, summary
 from tests.conftest import junit_cases, run_pytest
+from tests.farm_hosts.conftest import client_key, docker_image, known_hosts, sshd  # noqa: F401
 
 #: Attempts are counted in files, so each session starts from a clean ``counts``.
 RERUN_SUITE = {
@@ -78,18 +79,22 @@ def fresh(path) -> None:
         counted.unlink()
 
 
-def _farm(host: str) -> tuple[str, ...]:
+def _farm(host: str, request: pytest.FixtureRequest | None = None) -> tuple[str, ...]:
+    if host == "ssh":
+        assert request is not None
+        return over_ssh(request)
     if host == "docker":
         return psyduck_args(host, compat_image())
     return (*psyduck_args(host), "--psyduck-hosts=local:2", *(FORKABLE if host == "fork" else ()))
 
 
-def run_both(path, *args: str, host: str = "fork"):
+def run_both(path, *args: str, farm: tuple[str, ...] | None = None):
     env = with_site("plugins")
     fresh(path)
     plain = run_pytest(path, *ARGS, *args, "--junitxml=plain.xml", env=env)
     fresh(path)
-    psy = run_pytest(path, *ARGS, *args, "--junitxml=psy.xml", *_farm(host), env=env)
+    farm = _farm("fork") if farm is None else farm
+    psy = run_pytest(path, *ARGS, *args, "--junitxml=psy.xml", *farm, env=env)
     assert psy.returncode == plain.returncode, psy.stdout + psy.stderr
     assert summary(psy.stdout) == summary(plain.stdout), (plain.stdout, psy.stdout)
     assert junit_cases(path / "psy.xml") == junit_cases(path / "plain.xml")
@@ -111,16 +116,17 @@ def _verbose_lines(output: str) -> list[str]:
     return sorted(re.findall(r"^test_service\.py::\S+ [A-Z]+", output, re.M))
 
 
-@pytest.mark.parametrize("host", HOSTS)
-def test_reruns_are_run_and_reported_as_plain_pytest(suite, host):
+@pytest.mark.parametrize("host", WITH_SSH)
+def test_reruns_are_run_and_reported_as_plain_pytest(suite, host, request):
     path = suite(RERUN_SUITE)
-    plain, psy = run_both(path, "--reruns=2", host=host)
+    farm = _farm(host, request)
+    plain, psy = run_both(path, "--reruns=2", farm=farm)
     assert plain.returncode == 1
     assert summary(plain.stdout) == "2 failed, 5 passed, 8 rerun"
     assert _letters(psy.stdout) == _letters(plain.stdout)
     assert _outcome_lines(psy.stdout) == _outcome_lines(plain.stdout)
     assert "psyduck: pytest-rerunfailures" not in psy.stdout  # nothing to warn about
-    plain, psy = run_both(path, "--reruns=2", "-v", host=host)
+    plain, psy = run_both(path, "--reruns=2", "-v", farm=farm)
     assert _verbose_lines(psy.stdout) == _verbose_lines(plain.stdout)
     assert "test_service.py::test_flaky_twice RERUN" in psy.stdout
 
@@ -143,7 +149,7 @@ def test_marks_alone_rerun_their_tests(suite):
 def test_reruns_without_pytest_xdist_loaded(suite):
     """rerunfailures' own status database and reporting differ with xdist loaded or not."""
     path = suite(RERUN_SUITE)
-    plain, psy = run_both(path, "--reruns=2", "-p", "no:xdist", host="exec")
+    plain, psy = run_both(path, "--reruns=2", "-p", "no:xdist", farm=_farm("exec"))
     assert summary(psy.stdout) == "2 failed, 5 passed, 8 rerun"
     assert _letters(psy.stdout) == _letters(plain.stdout)
 
