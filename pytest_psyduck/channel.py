@@ -54,8 +54,9 @@ class Channel:
         """Whether :meth:`recv` has something to return (or to raise) without waiting."""
         if self._inbox or self._decoder.failed:
             return True
-        readable, _, _ = select.select([self._sock], [], [], 0)
-        return bool(readable)
+        poller = select.poll()  # not select.select: a descriptor may be past FD_SETSIZE
+        poller.register(self._sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
         self._sock.close()
