@@ -38,7 +38,10 @@ Events a client receives (see :mod:`farm.protocol` for the encoding):
 its session hands back at its end: pytest-xdist's ``workeroutput``, the files
 its tests wrote) and an ``error`` when it ended without one.  A run completes
 once its tests are reported *and* its workers are down, so every farewell
-reaches the client before ``done`` (within :data:`FAREWELL_TIMEOUT`).
+reaches the client before ``done`` (within :data:`FAREWELL_TIMEOUT`).  A run its
+client *stops* (:meth:`Coordinator.stop`, ``-x``) ends ``cancelled`` the same way:
+once its running workers finished their test and said farewell (within
+:data:`STOP_GRACE`).
 """
 
 from __future__ import annotations
@@ -258,8 +261,8 @@ class Coordinator:
         test and say farewell (its ``worker_down`` reaches the client), within
         :data:`STOP_GRACE`; then the run is ``cancelled``, as :meth:`cancel` ends it.
 
-        What a worker's session hands back at its end (coverage data, say) is then
-        not lost to a client that stops at its first failure.  Tests a worker was
+        What a worker's session hands back at its end (its ``workeroutput``, files) is
+        then not lost to a client that stops at its first failure.  Tests a worker was
         given but did not start are neither run nor reported.
         """
         run = self.runs.get(run_id)

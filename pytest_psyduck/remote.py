@@ -140,8 +140,8 @@ async def _stop(
 ) -> None:
     """The session stops (-x, --maxfail, --sw): stop the run, but take its workers' farewells.
 
-    Plain pytest's plugins finish with the data of every test that ran (pytest-cov's
-    coverage above all); workers still running a test finish it and hand theirs
+    Plain pytest's plugins finish with the data of every test that ran (pytest-benchmark's
+    results, syrupy's report); workers still running a test finish it and hand theirs
     over (``worker_down``) before the run is ``done``.  Nothing they ran after the
     stopping point is replayed: plain pytest never ran it.  A farm that does not
     end the run within :data:`STOP_WAIT` is cancelled outright.
