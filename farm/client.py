@@ -103,6 +103,10 @@ class RunStream:
     async def cancel(self) -> None:
         await self._send({"t": "cancel"})
 
+    async def stop(self) -> None:
+        """Cancel gracefully: running workers finish their test and say farewell first."""
+        await self._send({"t": "stop"})
+
     async def _send(self, message: dict[str, Any]) -> None:
         if not self._ws.closed:
             try:

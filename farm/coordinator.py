@@ -38,7 +38,10 @@ Events a client receives (see :mod:`farm.protocol` for the encoding):
 its session hands back at its end: pytest-xdist's ``workeroutput``, the files
 its tests wrote) and an ``error`` when it ended without one.  A run completes
 once its tests are reported *and* its workers are down, so every farewell
-reaches the client before ``done`` (within :data:`FAREWELL_TIMEOUT`).
+reaches the client before ``done`` (within :data:`FAREWELL_TIMEOUT`).  A run its
+client *stops* (:meth:`Coordinator.stop`, ``-x``) ends ``cancelled`` the same way:
+once its running workers finished their test and said farewell (within
+:data:`STOP_GRACE`).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from typing import Any
 
 from farm.faults import crash_message, describe, how_it_ended
 from farm.history import History, project_of
-from farm.hosts.base import Host, HostError, RunContext, RunError
+from farm.hosts.base import Host, HostError, RunContext, RunError, WorkerConnection
 from farm.intake import Unplaceable, prepare
 from farm.manifest import RunManifest, TestSpec
 from farm.runs import MAX_BATCH, Run, event_batches
@@ -73,6 +76,9 @@ ATTACH_TIMEOUT = 30.0
 READY_TIMEOUT = 600.0
 #: Seconds a run whose tests are all reported waits for its workers' farewells.
 FAREWELL_TIMEOUT = 120.0
+#: Seconds a stopping run's workers get to finish their test and say farewell before
+#: they are killed.
+STOP_GRACE = 30.0
 
 
 class Coordinator:
@@ -266,6 +272,39 @@ class Coordinator:
         self._finish(run, "cancelled", reason)
         await asyncio.gather(*(kill_worker(w) for w in list(run.workers)))
 
+    async def stop(self, run_id: str, reason: str) -> None:
+        """Cancel *run_id* gracefully: nothing more starts; running workers finish their
+        test and say farewell (its ``worker_down`` reaches the client), within
+        :data:`STOP_GRACE`; then the run is ``cancelled``, as :meth:`cancel` ends it.
+
+        What a worker's session hands back at its end (its ``workeroutput``, files) is
+        then not lost to a client that stops at its first failure.  Tests a worker was
+        given but did not start are neither run nor reported.
+        """
+        run = self.runs.get(run_id)
+        if run is None or run.finished or run.stopping is not None:
+            return
+        run.stopping = reason
+        self.scheduler.cancel(run_id)
+        if not run.workers:
+            self._finish(run, "cancelled", reason)
+            return
+        asyncio.get_running_loop().call_later(STOP_GRACE, self._stop_now, run)
+        self._wake_all()  # idle slots drain the workers they hold
+        for conn in list(run.workers):
+            self._in_background(self._tell_to_stop(conn))
+
+    async def _tell_to_stop(self, conn: WorkerConnection) -> None:
+        try:
+            await conn.send({"t": "stop"})
+        except Exception as exc:  # gone already: its slot accounts for it
+            log.debug("stop not delivered: %s", describe(exc))
+
+    def _stop_now(self, run: Run) -> None:
+        """The grace of a stopping run is over: cancel it, killing its workers."""
+        if not run.finished:
+            self._in_background(self.cancel(run.id, run.stopping or "stopped"))
+
     def _finish(self, run: Run, status: str, reason: str = "") -> None:
         run.status = status
         run.emit({"t": "done", "status": status, "reason": reason})
@@ -340,6 +379,8 @@ class Coordinator:
             )
         if run.all_reported:
             self._complete_when_workers_down(run)
+        elif run.stopping is not None and not run.workers and not run.finished:
+            self._finish(run, "cancelled", run.stopping)
 
     def _crashed(self, run: Run, test_id: str, message: str) -> None:
         self._report(run, test_id, {"t": "crashed", "id": test_id, "message": message})
@@ -481,6 +522,9 @@ class Coordinator:
 
     async def _run_shard(self, worker: ActiveWorker, shard: Shard) -> bool:
         """Feed *shard* to *worker* until it asks for more.  False when the worker is gone."""
+        if worker.run.stopping is not None and not worker.run.finished:
+            await self._drain(worker)  # ready as its run stops: only its farewell is wanted
+            return False
         for test in shard.tests:
             worker.outstanding[test.id] = test
         if worker.run.finished:
@@ -601,6 +645,10 @@ class Coordinator:
             return
         current = worker.current
         unfinished = [t for tid, t in worker.outstanding.items() if tid != current]
+        if run.stopping is not None:
+            if worker.farewell is not None:
+                return  # it ended its session as asked: no test was running
+            unfinished = []  # not started, and never to be: the run stops
         if info.host_lost:
             interrupted = run.tests.get(current) if current else None
             self._host_failed(state, run, unfinished, interrupted, info.detail)

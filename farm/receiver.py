@@ -106,12 +106,14 @@ class StreamReceiver:
             self._attached.set_exception(exc)
 
     def _send(self, action: str) -> None:
-        """On the receiving thread: send an ``ack`` or a ``cancel``."""
+        """On the receiving thread: send an ``ack``, a ``cancel`` or a ``stop``."""
         if self._stream is None:
             return
         if action == "ack":
             self._unacknowledged -= 1
             coro = self._stream.ack()
+        elif action == "stop":
+            coro = self._stream.stop()
         else:
             coro = self._stream.cancel()
         task = self._loop.create_task(coro)
@@ -145,6 +147,11 @@ class StreamReceiver:
     def cancel(self) -> None:
         """Ask the farm to cancel the run; its ``done`` follows on the stream."""
         self._call(self._send, "cancel")
+
+    def stop(self) -> None:
+        """Ask the farm to stop the run gracefully; workers' ``worker_down`` events, then
+        its ``done``, follow on the stream."""
+        self._call(self._send, "stop")
 
     def close(self) -> None:
         """Close the stream (before ``done``, the farm cancels the run) and end the thread."""

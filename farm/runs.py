@@ -45,6 +45,8 @@ class Run:
     from_history: int = 0
     #: All tests are reported; the run waits for its workers' farewells to complete.
     awaiting_farewells: bool = False
+    #: Why the run stops (:meth:`Coordinator.stop`): its workers' farewells are awaited.
+    stopping: str | None = None
 
     @property
     def finished(self) -> bool:

@@ -10,7 +10,9 @@ submitted it, and only that name or an admin may watch or cancel it):
   sends ``ack`` for each batch it has taken: no more than
   :data:`~farm.protocol.STREAM_WINDOW` batches are ever unacknowledged.  The
   upgrade's ``X-Psyduck-Heartbeat`` header says how often the farm pings.
-  The client may send ``cancel``; closing the socket before ``done`` cancels the run.
+  The client may send ``cancel``, or ``stop`` (cancel once running workers finished
+  their test and said farewell: :meth:`~farm.coordinator.Coordinator.stop`);
+  closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
 * ``GET /v1/status`` — hosts, slots, runs and queued tests; ``slowest``: the
   :data:`SLOWEST` longest tests of the farm's duration history (:mod:`farm.history`).
@@ -156,6 +158,8 @@ async def run_events(request: web.Request) -> web.StreamResponse:
                     credit.release()
                 elif kind == "cancel":
                     await coordinator.cancel(run.id, "cancelled by the client")
+                elif kind == "stop":
+                    await coordinator.stop(run.id, "stopped by the client")
             except ProtocolError:
                 await ws.close(code=1003, message=b"malformed message")
             except ValueError:

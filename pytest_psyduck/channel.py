@@ -9,6 +9,7 @@ main thread is mid-test.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 from typing import Any
@@ -49,6 +50,14 @@ class Channel:
             self._inbox.extend(self._decoder.feed(chunk))
         return self._inbox.pop(0)
 
+    def pending(self) -> bool:
+        """Whether :meth:`recv` has something to return (or to raise) without waiting."""
+        if self._inbox or self._decoder.failed:
+            return True
+        poller = select.poll()  # not select.select: a descriptor may be past FD_SETSIZE
+        poller.register(self._sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
     def close(self) -> None:
         self._sock.close()
 
@@ -67,6 +76,9 @@ class _PipePair:
 
     def recv(self, size: int) -> bytes:
         return os.read(self._read_fd, size)
+
+    def fileno(self) -> int:
+        return self._read_fd
 
     def close(self) -> None:
         os.close(self._read_fd)

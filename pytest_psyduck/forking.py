@@ -34,6 +34,7 @@ from farm.hosts.local import (
 from farm.protocol import decode, encode
 from farm.tokens import scrub
 from pytest_psyduck.channel import Channel
+from pytest_psyduck.pluginbridges import rerun_as_plain_pytest
 from pytest_psyduck.roles import CONTROLLER_PLUGINS, WORKER_PLUGIN_NAME
 from pytest_psyduck.worker import WorkerPlugin, die_with_parent, serve
 from pytest_psyduck.workerterminal import silence_reporting
@@ -191,6 +192,7 @@ class LaunchServer:
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
         silence_reporting(config)
+        rerun_as_plain_pytest(config.pluginmanager)
         plugin = WorkerPlugin(Channel(sock), workerinput)
         config.pluginmanager.register(plugin, WORKER_PLUGIN_NAME)
         serve(self.session, plugin)

@@ -26,6 +26,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+import pytest
+
 #: The variables a container's bootstrap sets: the private copy, and what it copied.
 COPY_VARIABLE = "PSYDUCK_CODE_COPY"
 SOURCE_VARIABLE = "PSYDUCK_CODE_COPIED_FROM"
@@ -48,6 +50,18 @@ SKIP_DIRS = frozenset(
 SKIP_FILES = ("*.pyc", ".coverage", ".coverage.*")
 #: Bytes of files one worker sends home at most; past it, files are named, not sent.
 MAX_HOMECOMING_BYTES = 12 * 1024 * 1024
+
+
+def may_come_home(config: pytest.Config) -> bool:
+    """Whether some worker of this session's run may write into a copy of the project:
+    any host but the embedded farm's local ones (a remote farm's hosts are unknown here)."""
+    from farm.hosts import host_kind
+    from pytest_psyduck.plugin import remote_farm_url
+
+    if remote_farm_url(config.option):
+        return True
+    hosts = config.getoption("psyduck_hosts") or config.getini("psyduck_hosts") or "local"
+    return any(host_kind(spec.strip()) != "local" for spec in hosts.split(",") if spec.strip())
 
 
 def copied_tree(environ: Mapping[str, str]) -> tuple[Path, Path] | None:

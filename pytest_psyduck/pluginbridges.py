@@ -14,14 +14,27 @@
   crashed, or ``-x`` cancelled the run), unused-snapshot detection is skipped
   with syrupy's own warning, as syrupy does for missing xdist reports: a
   ``--snapshot-update`` must never delete a snapshot a lost worker used.
+* **pytest-rerunfailures** reruns a failed test inside its worker's protocol,
+  but on anything it takes for an xdist worker (``config.workerinput`` is
+  set) it reports reruns only if the pytest-xdist *distribution* is installed
+  there, and with pytest-xdist loaded it opens its status database as a client
+  of the controller's socket (``workerinput["sock_port"]``: a ``KeyError``
+  without it, unreachable from a container).  That database serves only
+  reruns of tests that crash their worker (xdist's ``pytest_handlecrashitem``,
+  which psyduck does not call: a crash fails its test alone) and
+  ``--max-suite-reruns`` (per worker under psyduck, said at start).  So every
+  worker tells rerunfailures it is no xdist worker
+  (:func:`rerun_as_plain_pytest`): it reruns and reports exactly as in plain
+  pytest's single process, whatever the worker's environment has installed.
 
 Both plugins set up in ``pytest_configure`` and finish in
 ``pytest_sessionfinish``, which a worker forked from the controller's session
 never runs as a worker: with either active, local workers start fresh
 (:func:`need_fresh_workers`).
 
-Both reach only into what these plugins keep on ``config`` (``_benchmarksession``,
-``_syrupy``) and do nothing when the plugin is absent or has changed shape.
+These reach only into what the plugins keep on ``config`` (``_benchmarksession``,
+``_syrupy``) or their module's ``is_master``, and do nothing when the plugin is
+absent or has changed shape.
 """
 
 from __future__ import annotations
@@ -33,6 +46,24 @@ import pytest
 
 #: The key of a worker's ``workeroutput`` that carries its benchmarks.
 BENCHMARKS_KEY = "psyduck_benchmarks"
+#: Modules whose xdist controller hooks a worker does without (:func:`rerun_as_plain_pytest`):
+#: they need no fresh workers.
+WORKER_SIDE_ONLY = frozenset({"pytest_rerunfailures"})
+
+
+def rerun_as_plain_pytest(pluginmanager: pytest.PytestPluginManager) -> None:
+    """In a worker process, before pytest-rerunfailures configures: it is not an xdist worker.
+
+    Its module decides through ``is_master(config)`` alone; replaced in this
+    process only (a worker's own interpreter, or a child forked to be one).
+    """
+    module = pluginmanager.get_plugin("rerunfailures")
+    if module is not None and callable(getattr(module, "is_master", None)):
+        module.is_master = _not_a_worker
+
+
+def _not_a_worker(config: pytest.Config) -> bool:
+    return True
 
 
 def need_fresh_workers(config: pytest.Config) -> bool:
@@ -45,13 +76,14 @@ def need_fresh_workers(config: pytest.Config) -> bool:
 
 class WorkerBridges:
     """In a fresh worker (registered before its configuration): keep pytest-benchmark
-    measuring, and hand its results over."""
+    measuring and hand its results over; let pytest-rerunfailures rerun as in plain pytest."""
 
     def __init__(self) -> None:
         self._only = False
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_cmdline_main(self, config: pytest.Config) -> None:
+        rerun_as_plain_pytest(config.pluginmanager)
         # pytest-benchmark refuses --benchmark-only where it disables itself (an xdist
         # worker): held back until it is enabled again, below.
         if getattr(config.option, "benchmark_only", False):
@@ -90,9 +122,15 @@ class ControllerBridges:
         #: Workers that came up, and those whose syrupy report came home.
         self._up: set[str] = set()
         self._reported: set[str] = set()
+        #: Tests whose results were replayed: a worker may run more before the run
+        #: stops at a failure (-x), which plain pytest never ran.
+        self._logged: set[str] = set()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._order = {item.nodeid: i for i, item in enumerate(session.items)}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._logged.add(report.nodeid)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodeready(self, node: Any) -> None:
@@ -116,8 +154,11 @@ class ControllerBridges:
         bench.benchmarks.extend(_metadata(data) for data in found)
         bench.benchmarks.sort(key=lambda b: self._order.get(b.fullname, len(self._order)))
 
-    @pytest.hookimpl(wrapper=True)
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session):
+        bench = getattr(session.config, "_benchmarksession", None)
+        if bench is not None:
+            bench.benchmarks = [b for b in bench.benchmarks if b.fullname in self._logged]
         snapshots = getattr(session.config, "_syrupy", None)
         option = session.config.option
         missing = self._up - self._reported

@@ -7,6 +7,10 @@ client is :mod:`farm.http`, and the embedded farm runs in its own process
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 
 from farm.client import FarmClient, FarmError
@@ -18,6 +22,12 @@ from pytest_psyduck.replay import Replayer
 from pytest_psyduck.sidecar import Sidecar, SidecarError
 
 __all__ = ["FarmError", "run"]
+
+#: Seconds a stopped run may take to end: the farm kills its workers after its
+#: ``STOP_GRACE`` (:mod:`farm.coordinator`, not imported here: it is the farm's side).
+STOP_WAIT = 45.0
+#: Events still replayed once the session stops: the workers' and the run's end.
+AFTER_STOP = frozenset({"worker_ready", "worker_down", "notice", "done"})
 
 
 def farm_token(config: pytest.Config) -> str:
@@ -49,9 +59,17 @@ async def _with_snapshot(
 
 
 async def run(
-    session: pytest.Session, manifest: RunManifest, replayer: Replayer, sidecar: Sidecar | None
+    session: pytest.Session,
+    manifest: RunManifest,
+    replayer: Replayer,
+    sidecar: Sidecar | None,
+    stop_gently: bool = False,
 ) -> None:
-    """Run *manifest* on the remote farm, or on *sidecar*'s embedded one, replaying its events."""
+    """Run *manifest* on the remote farm, or on *sidecar*'s embedded one, replaying its events.
+
+    *stop_gently*: a session stopping at a failure lets running workers finish their
+    test and say farewell (:func:`_stop`), rather than cancelling them at once.
+    """
     config = session.config
     if sidecar is None:
         url = remote_farm_url(config.option)
@@ -60,7 +78,7 @@ async def run(
         async with FarmClient(url, token) as client:
             manifest = await _with_snapshot(config, client, manifest, token)
             await ship_image(config, client, manifest, token)
-            await _follow(session, client, manifest, replayer)
+            await _follow(session, client, manifest, replayer, stop_gently)
         return
     sidecar.launcher.serve()
     try:
@@ -69,14 +87,18 @@ async def run(
         except SidecarError as exc:
             raise FarmError(str(exc)) from exc
         async with FarmClient(url, sidecar.token) as client:
-            await _follow(session, client, manifest, replayer)
+            await _follow(session, client, manifest, replayer, stop_gently)
     finally:
         await sidecar.stop()
         sidecar.launcher.close()
 
 
 async def _follow(
-    session: pytest.Session, client: FarmClient, manifest: RunManifest, replayer: Replayer
+    session: pytest.Session,
+    client: FarmClient,
+    manifest: RunManifest,
+    replayer: Replayer,
+    stop_gently: bool,
 ) -> None:
     """Check the run's image, submit the run and replay its events; -x, Ctrl-C or a lost
     farm end it early.
@@ -94,14 +116,41 @@ async def _follow(
         receiver.close()
         raise
     try:
-        async for event in receiver.events():
+        events = receiver.events()
+        async for event in events:
             replayer.handle(event)
             if session.shouldfail or session.shouldstop:
-                receiver.cancel()
                 break
+        else:
+            return
+        if stop_gently:
+            await _stop(receiver, events, replayer)
+        else:
+            receiver.cancel()
     except FarmError as exc:
         # Lost mid-run: keep what arrived and stop as pytest stops on -x.
-        session.shouldstop = f"psyduck: {exc}"
+        session.shouldstop = session.shouldstop or f"psyduck: {exc}"
     finally:
         replayer.flush()
         receiver.close()
+
+
+async def _stop(
+    receiver: StreamReceiver, events: AsyncIterator[dict[str, Any]], replayer: Replayer
+) -> None:
+    """The session stops (-x, --maxfail, --sw): stop the run, but take its workers' farewells.
+
+    Plain pytest's plugins finish with the data of every test that ran (pytest-benchmark's
+    results, syrupy's report); workers still running a test finish it and hand theirs
+    over (``worker_down``) before the run is ``done``.  Nothing they ran after the
+    stopping point is replayed: plain pytest never ran it.  A farm that does not
+    end the run within :data:`STOP_WAIT` is cancelled outright.
+    """
+    receiver.stop()
+    try:
+        async with asyncio.timeout(STOP_WAIT):
+            async for event in events:
+                if event["t"] in AFTER_STOP:
+                    replayer.handle(event)
+    except TimeoutError:
+        receiver.cancel()

@@ -5,7 +5,8 @@ before the session, and gets ready while this process collects.  Once collection
 with every selection option applied, the controller builds the manifest,
 submits the run, and hands each streamed event to the
 :class:`~pytest_psyduck.replay.Replayer`.  ``-x``/``--maxfail`` and Ctrl-C
-cancel the remote run at once; pytest's own stop logic then ends the session
+cancel the remote run (``-x`` letting running workers hand home their data
+first, when a plugin takes it); pytest's own stop logic then ends the session
 exactly as it would have without psyduck.
 """
 
@@ -63,7 +64,7 @@ class DistributedSession:
         from pytest_psyduck.unsupported import notices
 
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        for line in notices(self.config, session.items):
+        for line in notices(self.config):
             if reporter is not None:
                 reporter.write_line(line, yellow=True)
 
@@ -97,7 +98,8 @@ class DistributedSession:
                 sidecar.launcher.fork = False
         self.config.pluginmanager.register(replayer, REPLAY_PLUGIN_NAME)
         try:
-            asyncio.run(remote.run(session, manifest, replayer, sidecar))
+            gently = contract.wants_farewells()
+            asyncio.run(remote.run(session, manifest, replayer, sidecar, stop_gently=gently))
         except remote.FarmError as exc:
             raise pytest.UsageError(f"psyduck: {exc}") from exc
         finally:

@@ -3,9 +3,8 @@
 psyduck's promise is plain pytest's results; where a plugin's option depends
 on every test running in the user's process, the run would differ silently.
 Instead, one line per such option says so, and what to do, before any result.
-pytest-rerunfailures' reruns need forked workers: elsewhere its workers look
-for a pytest-xdist controller to report to.  Options psyduck refuses outright
-(``--pdb``, pytest-xdist's ``-n``) are usage errors in :mod:`pytest_psyduck.plugin`.
+Options psyduck refuses outright (``--pdb``, pytest-xdist's ``-n``) are usage
+errors in :mod:`pytest_psyduck.plugin`.
 """
 
 from __future__ import annotations
@@ -53,43 +52,6 @@ KNOWN = (
 )
 
 
-#: What to say when tests would be rerun by workers that are not forked.
-RERUNS_NEED_FORK = (
-    "psyduck: pytest-rerunfailures reruns are supported on forked local workers only "
-    "(elsewhere it expects a pytest-xdist controller); run with local hosts and "
-    "--psyduck-spawn fork to rerun as plain pytest does"
-)
-
-
-def notices(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
-    """One line for each option given, or plugin used, that this run cannot honour."""
-    lines = [entry.notice() for entry in KNOWN if entry.applies(config)]
-    if reruns_requested(config, items) and not forked_only(config):
-        lines.append(RERUNS_NEED_FORK)
-    return lines
-
-
-def reruns_requested(config: pytest.Config, items: list[pytest.Item]) -> bool:
-    """Whether pytest-rerunfailures may rerun some test: an option, its ini or a mark."""
-    if not config.pluginmanager.hasplugin("rerunfailures"):
-        return False
-    if getattr(config.option, "reruns", None) or getattr(config.option, "force_reruns", None):
-        return True
-    try:
-        if config.getini("reruns"):
-            return True
-    except ValueError:  # an older pytest-rerunfailures without the ini setting
-        pass
-    return any(item.get_closest_marker("flaky") is not None for item in items)
-
-
-def forked_only(config: pytest.Config) -> bool:
-    """Whether every worker is forked from this process: the embedded farm's local
-    hosts with ``--psyduck-spawn fork`` (the default)."""
-    from farm.hosts import host_kind
-    from pytest_psyduck.plugin import remote_farm_url
-
-    if remote_farm_url(config.option) or config.getoption("psyduck_spawn") == "exec":
-        return False
-    hosts = config.getoption("psyduck_hosts") or config.getini("psyduck_hosts") or "local"
-    return all(host_kind(spec.strip()) == "local" for spec in hosts.split(",") if spec.strip())
+def notices(config: pytest.Config) -> list[str]:
+    """One line for each option given that this run cannot honour."""
+    return [entry.notice() for entry in KNOWN if entry.applies(config)]

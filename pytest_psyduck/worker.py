@@ -16,7 +16,8 @@ a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
   ``idle`` goes out as the last test but one of a shard starts, so that the
   next shard's round trip overlaps that test instead of following it.
 * host → worker: ``run`` {tests: [{id, timeout}]}; ``drain`` (no more work:
-  finish and exit).
+  finish and exit); ``stop`` (the run stops: finish the running test, start no
+  other, and end the session with the farewell — looked for between tests).
 
 A worker started for a single shard (``shard_collection``: a container's)
 sends ``ready`` before it collects, waits for its shard, and then collects only
@@ -286,6 +287,32 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
 
     announced: str | None = None  # named as ``next`` by the last result sent
     shards = 0  # ``run`` messages received
+    stopping = False  # the host said ``stop`` (or hung up)
+
+    def receive() -> dict[str, Any] | None:
+        if plugin.inbox:
+            return plugin.inbox.popleft()
+        try:
+            return channel.recv()
+        except ChannelClosed:
+            return None
+
+    def stop_requested() -> bool:
+        """Whether a ``stop`` came, looking at what arrived without waiting for more.
+
+        Other messages (the next shard, ``drain``) are kept for the serving loop.
+        """
+        nonlocal stopping
+        while not stopping and channel.pending():
+            try:
+                message: dict[str, Any] | None = channel.recv()
+            except ChannelClosed:
+                message = None
+            if message is None or message["t"] == "stop":
+                stopping = True
+            else:
+                plugin.inbox.append(message)
+        return stopping
 
     def run_one(test: dict[str, Any], next_test: dict[str, Any] | None, keep: int) -> None:
         """Run *test*; the test after it starts at once if more than *keep* remain queued."""
@@ -321,16 +348,12 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
             # yield, say): the test ran, and its result must not be lost.
             result, plugin.result = plugin.result, None
             if result is not None:
+                if stop_requested():
+                    result["next"] = None  # it will not start
                 channel.send(result)
 
-    while True:
-        if plugin.inbox:
-            message = plugin.inbox.popleft()
-        else:
-            try:
-                message = channel.recv()
-            except ChannelClosed:
-                message = None
+    while not stopping:
+        message = receive()
         if message is None:
             return
         if message["t"] == "run":
@@ -338,15 +361,24 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
             queue.extend(message["tests"])
             if len(queue) == 1:
                 channel.send({"t": "idle"})  # nothing to run before the next shard
-            while len(queue) > 1:
+            while len(queue) > 1 and not stop_requested():
                 if len(queue) == 2:
                     # Ask for more while the last test but one runs: the answer is
                     # here by the time the held-back last test needs its successor.
                     channel.send({"t": "idle"})
                 run_one(queue.popleft(), queue[0], keep=1)
         elif message["t"] == "drain":
-            while queue:
+            while queue and not stop_requested():
                 run_one(queue.popleft(), queue[0] if queue else None, keep=0)
-            if not plugin.farewell_at_session_end:
-                say_farewell(channel, session.config)
-            return
+            break
+        elif message["t"] == "stop":
+            stopping = True
+    if plugin.farewell_at_session_end:
+        return  # the session's end tears down what is still set up, then says farewell
+    try:
+        if stopping:
+            # A forked worker's session never ends as a session: the fixtures kept up
+            # for tests that will not run come down here, as pytest's runner does last.
+            session._setupstate.teardown_exact(None)
+    finally:
+        say_farewell(channel, session.config)

@@ -46,7 +46,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from pytest_psyduck import homecoming, xdisthooks
+from pytest_psyduck import homecoming, pluginbridges, xdisthooks
 from pytest_psyduck.channel import Channel
 
 #: Carries the controller's ``workerinput`` (base64 of msgpack) to every worker.
@@ -137,9 +137,19 @@ class XdistController:
         for name in CONTROLLER_HOOKS:
             caller = getattr(hook, name, None)
             impls = caller.get_hookimpls() if caller is not None else []
-            if any(not impl.plugin_name.startswith("psyduck") for impl in impls):
+            if any(_needs_worker_configuration(impl.plugin, impl.plugin_name) for impl in impls):
                 return True
         return False
+
+    def wants_farewells(self) -> bool:
+        """Whether workers hand something home at their end: ``workeroutput`` a plugin
+        takes, or files written in a container.  Then a session stopping at a failure
+        lets running workers finish and say farewell (:func:`pytest_psyduck.remote.run`)."""
+        return (
+            self.needs_fresh_workers()
+            or pluginbridges.need_fresh_workers(self.config)
+            or homecoming.may_come_home(self.config)
+        )
 
     def worker_environment(self) -> dict[str, str]:
         """Call the set-up hooks on the prototype node; its ``workerinput`` as a variable."""
@@ -184,6 +194,13 @@ class XdistController:
         for problem in problems:
             if reporter is not None:
                 reporter.write_line(f"psyduck: {worker_id}: {problem}", yellow=True)
+
+
+def _needs_worker_configuration(plugin: object, name: str) -> bool:
+    """Whether a controller hook's implementation expects workers configured as workers:
+    not psyduck's own, nor one a worker does without (:data:`pluginbridges.WORKER_SIDE_ONLY`)."""
+    module = getattr(plugin, "__module__", None) or getattr(plugin, "__name__", "")
+    return not name.startswith("psyduck") and module not in pluginbridges.WORKER_SIDE_ONLY
 
 
 def _unpack_farewell(data: Any) -> dict[str, Any] | str | None:

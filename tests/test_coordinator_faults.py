@@ -7,10 +7,11 @@ state machine writes: its spawns raise any exception type, hand back workers
 that never become ready or are lost at once; its workers crash in a test, are
 lost with their host mid-shard, raise from any call, or never say how they
 ended.  Several slots fail at once, hosts are quarantined while another of
-their slots is still failing, runs are cancelled, quarantines end.  At the
-end, with the plans spent, every run must be ``done`` and every test must
-have exactly one final event (only a cancelled run may leave tests without
-one); at every step no queued test is without a host.
+their slots is still failing, runs are cancelled or stopped, quarantines
+end.  At the end, with the plans spent, every run must be ``done`` and every
+test must have exactly one final event (only a cancelled or stopped run may
+leave tests without one), a stopped run only once every worker is down; at
+every step no queued test is without a host.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ class FakeWorker(WorkerConnection):
         self.inbox.put_nowait(None)
 
     async def send(self, message: dict[str, Any]) -> None:
+        if message["t"] == "stop":
+            if not self.exit.done():  # it ran its tests at once: only its farewell is left
+                self.inbox.put_nowait({"t": "farewell", "data": b"workeroutput"})
+                self.inbox.put_nowait({"t": "done"})
+                self.end(ExitInfo(status=0))
+            return
         if message["t"] == "drain":
             self.inbox.put_nowait({"t": "farewell", "data": b"workeroutput"})
             self.inbox.put_nowait({"t": "done"})
@@ -191,6 +198,7 @@ class CoordinatorFaults(RuleBasedStateMachine):
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.submitted: dict[str, Run] = {}
         self.cancelled: set[str] = set()
+        self.stopped: set[str] = set()
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
@@ -232,6 +240,14 @@ class CoordinatorFaults(RuleBasedStateMachine):
         self.run(self.coordinator.cancel(run_id, "cancelled by the state machine"))
         if self.submitted[run_id].status == "cancelled":
             self.cancelled.add(run_id)
+        self.run(settle())
+
+    @rule(run_id=runs)
+    def stop(self, run_id):
+        """A client stopping at its first failure: workers say farewell, then ``done``."""
+        self.run(self.coordinator.stop(run_id, "stopped by the state machine"))
+        self.cancelled.add(run_id)
+        self.stopped.add(run_id)
         self.run(settle())
 
     @rule(host=st.integers(0, 2))
@@ -306,9 +322,11 @@ class CoordinatorFaults(RuleBasedStateMachine):
                 assert events[-1]["status"] in ("complete", "failed")
             if events[-1]["status"] == "failed":
                 assert events[-1]["reason"]
-            # A complete run's every worker is down, each once, before its done:
-            # with its farewell's data, or with what went wrong.
-            if events[-1]["status"] == "complete":
+            # A complete or stopped run's every worker is down, each once, before its
+            # done: with its farewell's data, or with what went wrong.
+            if events[-1]["status"] == "complete" or (
+                events[-1]["reason"] == "stopped by the state machine"
+            ):
                 ready = [e["worker"] for e in events if e["t"] == "worker_ready"]
                 down = [e for e in events if e["t"] == "worker_down"]
                 assert sorted(ready) == sorted(e["worker"] for e in down), (ready, down)

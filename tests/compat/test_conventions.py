@@ -220,17 +220,12 @@ def test_also_free():
 """,
 }
 
-#: pytest-rerunfailures (in the same site) fails a freshly started worker's
-#: configuration where pytest-xdist is installed but psyduck's controller has no
-#: ``pytest_configure_node`` to give it its status database's address.
-NO_RERUNFAILURES = ("-p", "no:rerunfailures")
-
 
 @SPAWNS
 @pytest.mark.parametrize("dist", [None, "loadgroup", "loadfile"])
 def test_xdist_groups_run_in_order_on_one_worker(suite, spawn, dist):
     path = suite(ORDERED_GROUP_SUITE)
-    args = ("-p", "no:cacheprovider", "-rA", *NO_RERUNFAILURES)
+    args = ("-p", "no:cacheprovider", "-rA")
     farm = (*farm_args(spawn), *(() if dist is None else (f"--psyduck-dist={dist}",)))
     plain, _ = both(path, args, farm, env=with_site("plugins"))
     assert plain.returncode == 0

@@ -1,10 +1,10 @@
-"""Scheduling conventions and pytest-rerunfailures on ``docker:2``, plain pytest beside.
+"""Scheduling conventions on ``docker:2``, plain pytest beside.
 
 The test image has pytest but no third-party plugin: pytest-order is copied
 into the suite (which containers mount at the same path) and put on the
 workers' ``PYTHONPATH`` with ``--psyduck-pass-env``, as a user's own
-installation would be.  pytest-rerunfailures cannot rerun in containers; the
-session must say so in one line.
+installation would be.  pytest-rerunfailures in containers is tested in
+:mod:`tests.compat.test_rerunfailures`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from tests.compat.test_conventions import (
     both,
     compat_site,
     seed_cache,
-    with_site,
 )
-from tests.compat.test_rerunfailures import NOTICE, RERUN_SUITE
 from tests.conftest import run_pytest
 from tests.farm_hosts.hostlib import docker_problem
 from tests.test_parity import _summary
@@ -71,17 +69,3 @@ def test_failed_first_and_exitfirst_in_containers(suite, on_docker):
     assert plain.returncode == psy.returncode == 1, psy.stdout + psy.stderr
     assert _summary(psy.stdout) == _summary(plain.stdout)
     assert _summary(plain.stdout).strip("= ") == "1 failed"
-
-
-def test_rerunfailures_in_containers_is_named(suite, on_docker):
-    path = suite(RERUN_SUITE)
-    psy = run_pytest(
-        path,
-        "--reruns=1",
-        "-p",
-        "no:cacheprovider",
-        "--psyduck",
-        *on_docker,
-        env=with_site("plugins"),
-    )
-    assert psy.stdout.count(NOTICE) == 1, psy.stdout

@@ -2,11 +2,12 @@
 
 The real plugin (from ``.ci/cache/compat-site/plugins``) reruns tests inside
 the worker's protocol; each attempt is replayed as plain pytest logs it.  A
-real suite runs plain and on forked local workers, comparing exit code,
-summary line (``1 failed, 5 passed, 6 rerun``), the ``R`` letters, the
-``RERUN`` lines of ``-v`` and the junit xml.  Where reruns cannot work (fresh
-workers, containers) or an option cannot be honoured, the session says so in
-one line at its start.
+real suite runs plain and on forked and fresh local workers, on two
+containers and on two behind a real sshd (the image has no pytest-xdist, where
+rerunfailures would drop its rerun reports), comparing exit code, summary line
+(``2 failed, 5 passed, 8 rerun``), the ``R`` letters, the ``RERUN`` lines of
+``-v`` and the junit xml.  Where an option cannot be honoured, the session
+says so in one line at its start.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections import Counter
 import pytest
 
 from tests.compat.test_conventions import with_site
+from tests.compat.xdistlib import WITH_SSH, compat_image, over_ssh, psyduck_args, summary
 from tests.conftest import junit_cases, run_pytest
-from tests.test_parity import _summary
+from tests.farm_hosts.conftest import client_key, docker_image, known_hosts, sshd  # noqa: F401
 
 #: Attempts are counted in files, so each session starts from a clean ``counts``.
 RERUN_SUITE = {
@@ -68,6 +70,8 @@ def test_wrong_value(attempt):
 }
 
 ARGS = ("-p", "no:cacheprovider", "-rA")
+#: Installed beside rerunfailures, these two make local workers start fresh: off, they fork.
+FORKABLE = ("-p", "no:syrupy", "-p", "no:benchmark")
 
 
 def fresh(path) -> None:
@@ -75,16 +79,24 @@ def fresh(path) -> None:
         counted.unlink()
 
 
-def run_both(path, *args: str):
+def _farm(host: str, request: pytest.FixtureRequest | None = None) -> tuple[str, ...]:
+    if host == "ssh":
+        assert request is not None
+        return over_ssh(request)
+    if host == "docker":
+        return psyduck_args(host, compat_image())
+    return (*psyduck_args(host), "--psyduck-hosts=local:2", *(FORKABLE if host == "fork" else ()))
+
+
+def run_both(path, *args: str, farm: tuple[str, ...] | None = None):
     env = with_site("plugins")
     fresh(path)
     plain = run_pytest(path, *ARGS, *args, "--junitxml=plain.xml", env=env)
     fresh(path)
-    psy = run_pytest(
-        path, *ARGS, *args, "--junitxml=psy.xml", "--psyduck", "--psyduck-hosts=local:2", env=env
-    )
+    farm = _farm("fork") if farm is None else farm
+    psy = run_pytest(path, *ARGS, *args, "--junitxml=psy.xml", *farm, env=env)
     assert psy.returncode == plain.returncode, psy.stdout + psy.stderr
-    assert _summary(psy.stdout) == _summary(plain.stdout), (plain.stdout, psy.stdout)
+    assert summary(psy.stdout) == summary(plain.stdout), (plain.stdout, psy.stdout)
     assert junit_cases(path / "psy.xml") == junit_cases(path / "plain.xml")
     return plain, psy
 
@@ -104,14 +116,17 @@ def _verbose_lines(output: str) -> list[str]:
     return sorted(re.findall(r"^test_service\.py::\S+ [A-Z]+", output, re.M))
 
 
-def test_reruns_are_run_and_reported_as_plain_pytest(suite):
+@pytest.mark.parametrize("host", WITH_SSH)
+def test_reruns_are_run_and_reported_as_plain_pytest(suite, host, request):
     path = suite(RERUN_SUITE)
-    plain, psy = run_both(path, "--reruns=2")
+    farm = _farm(host, request)
+    plain, psy = run_both(path, "--reruns=2", farm=farm)
     assert plain.returncode == 1
-    assert _summary(plain.stdout).strip("= ") == "2 failed, 5 passed, 8 rerun"
+    assert summary(plain.stdout) == "2 failed, 5 passed, 8 rerun"
     assert _letters(psy.stdout) == _letters(plain.stdout)
     assert _outcome_lines(psy.stdout) == _outcome_lines(plain.stdout)
-    plain, psy = run_both(path, "--reruns=2", "-v")
+    assert "psyduck: pytest-rerunfailures" not in psy.stdout  # nothing to warn about
+    plain, psy = run_both(path, "--reruns=2", "-v", farm=farm)
     assert _verbose_lines(psy.stdout) == _verbose_lines(plain.stdout)
     assert "test_service.py::test_flaky_twice RERUN" in psy.stdout
 
@@ -121,28 +136,22 @@ def test_only_rerun_and_delay_are_honoured(suite):
     plain, psy = run_both(path, "--reruns=1", "--only-rerun=AssertionError", "--reruns-delay=0.1")
     # Neither ValueError nor the RuntimeError of a setup is rerun; test_flaky_twice has
     # its own mark and passes on its third try.
-    assert _summary(plain.stdout).strip("= ") == "2 failed, 4 passed, 1 error, 4 rerun"
+    assert summary(plain.stdout) == "2 failed, 4 passed, 1 error, 4 rerun"
     assert _letters(psy.stdout) == _letters(plain.stdout)
 
 
 def test_marks_alone_rerun_their_tests(suite):
     path = suite(RERUN_SUITE)
     plain, _ = run_both(path, "-k", "flaky_twice or healthy")
-    assert _summary(plain.stdout).strip("= ") == "2 passed, 5 deselected, 2 rerun"
+    assert summary(plain.stdout) == "2 passed, 5 deselected, 2 rerun"
 
 
-NOTICE = "psyduck: pytest-rerunfailures reruns are supported on forked local workers only"
-
-
-def test_fresh_workers_say_reruns_are_not_supported(suite):
+def test_reruns_without_pytest_xdist_loaded(suite):
+    """rerunfailures' own status database and reporting differ with xdist loaded or not."""
     path = suite(RERUN_SUITE)
-    env = with_site("plugins")
-    psy = run_pytest(
-        path, *ARGS, "--reruns=1", "--psyduck", "--psyduck-spawn=exec", "-p", "no:xdist", env=env
-    )
-    assert psy.stdout.count(NOTICE) == 1, psy.stdout
-    fork = run_pytest(path, *ARGS, "--reruns=1", "--psyduck", env=env)
-    assert NOTICE not in fork.stdout
+    plain, psy = run_both(path, "--reruns=2", "-p", "no:xdist", farm=_farm("exec"))
+    assert summary(psy.stdout) == "2 failed, 5 passed, 8 rerun"
+    assert _letters(psy.stdout) == _letters(plain.stdout)
 
 
 @pytest.mark.parametrize("option", ["--fail-on-flaky", "--max-suite-reruns=3"])

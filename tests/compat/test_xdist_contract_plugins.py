@@ -1,7 +1,8 @@
 """pytest-cov, syrupy, pytest-benchmark and hypothesis under ``--psyduck`` as under plain pytest.
 
 Each runs a small realistic project plain and under ``--psyduck`` — forked and
-fresh local workers, and two containers — and compares what the user gets:
+fresh local workers, two containers, and two containers behind a real sshd —
+and compares what the user gets:
 exit code, summary line and the plugin's own output (coverage table and XML,
 snapshot summary and files, benchmark table rows and JSON, the example
 database).  These plugins bring their workers' data home through
@@ -16,13 +17,16 @@ import json
 import re
 import shutil
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.compat.xdistlib import (
-    HOSTS,
+    CONTAINERS,
+    WITH_SSH,
     compat_image,
+    over_ssh,
     plugin_env,
     psyduck_args,
     run,
@@ -271,6 +275,19 @@ def _hosts(host: str) -> tuple[str, ...]:
     return psyduck_args(host)
 
 
+@pytest.fixture
+def hosts_of(request: pytest.FixtureRequest) -> Callable[[str], tuple[str, ...]]:
+    """``hosts_of(host)``: the session's arguments for *host*, an sshd started for ``ssh``."""
+    known: dict[str, tuple[str, ...]] = {}
+
+    def args(host: str) -> tuple[str, ...]:
+        if host not in known:
+            known[host] = over_ssh(request) if host == "ssh" else _hosts(host)
+        return known[host]
+
+    return args
+
+
 def _project(suite, tests: dict[str, str]) -> Path:
     return suite({**LIBRARY, **tests})
 
@@ -286,14 +303,14 @@ def _coverage_table(output: str) -> list[str]:
     return section(output, r"^Name\s+Stmts", r"^TOTAL\s")
 
 
-@pytest.mark.parametrize("host", HOSTS)
-def test_pytest_cov_reports_plain_pytests_total(suite, host):
+@pytest.mark.parametrize("host", WITH_SSH)
+def test_pytest_cov_reports_plain_pytests_total(suite, host, hosts_of):
     path = _project(suite, COV_TESTS)
     args = ("--cov=mylib", "--cov-report=term-missing", "--cov-report=xml")
     plain = run(path, *args)
     plain_xml = ET.parse(path / "coverage.xml").getroot()
     (path / "coverage.xml").unlink()
-    farm = run(path, *args, *_hosts(host))
+    farm = run(path, *args, *hosts_of(host))
     assert farm.returncode == plain.returncode == 0, farm.stdout + farm.stderr
     assert summary(farm.stdout) == summary(plain.stdout) == "37 passed"
     assert "cov_master_host" not in farm.stdout + farm.stderr
@@ -306,24 +323,8 @@ def test_pytest_cov_reports_plain_pytests_total(suite, host):
     assert sorted(p.name for p in path.glob(".coverage*")) == [".coverage"]
 
 
-@pytest.mark.docker
-def test_pytest_cov_over_ssh_reports_plain_pytests_total(suite, sshd, client_key, known_hosts):  # noqa: F811
-    """Containers behind a real sshd: the coverage data travels home in workeroutput."""
-    path = _project(suite, COV_TESTS)
-    plain = run(path, "--cov=mylib")
-    server = sshd("127.0.0.2")
-    known_hosts.write_text(server.known_hosts_line())
-    spec = server.spec(client_key, known_hosts, slots=2)
-    farm = run(
-        path, "--cov=mylib", "--psyduck", "--psyduck-hosts", spec, "--psyduck-image", compat_image()
-    )
-    assert farm.returncode == plain.returncode == 0, farm.stdout + farm.stderr
-    assert summary(farm.stdout) == summary(plain.stdout) == "37 passed"
-    assert _coverage_table(farm.stdout) == _coverage_table(plain.stdout), farm.stdout
-
-
-@pytest.mark.parametrize("host", HOSTS)
-def test_syrupy_passes_and_updates_as_plain_pytest(suite, host):
+@pytest.mark.parametrize("host", WITH_SSH)
+def test_syrupy_passes_and_updates_as_plain_pytest(suite, host, hosts_of):
     path = _project(suite, SNAPSHOT_TESTS)
     created = run(path, "--snapshot-update")
     assert created.returncode == 0, created.stdout
@@ -332,7 +333,7 @@ def test_syrupy_passes_and_updates_as_plain_pytest(suite, host):
     committed = {p: (path / p).read_bytes() for p in snapshots}
 
     plain = run(path)
-    farm = run(path, *_hosts(host))
+    farm = run(path, *hosts_of(host))
     assert farm.returncode == plain.returncode == 0, farm.stdout + farm.stderr
     assert summary(farm.stdout) == summary(plain.stdout) == "19 passed"
     assert _syrupy_report(plain.stdout) == _syrupy_report(farm.stdout) == "19 snapshots passed."
@@ -346,7 +347,7 @@ def test_syrupy_passes_and_updates_as_plain_pytest(suite, host):
             .replace('"Snapshots Stay Put"', '"Snapshots Moved"')
         )
     updated_plain = run(plain_twin, "--snapshot-update")
-    updated = run(path, "--snapshot-update", *_hosts(host))
+    updated = run(path, "--snapshot-update", *hosts_of(host))
     assert updated.returncode == updated_plain.returncode == 0, updated.stdout
     assert summary(updated.stdout) == summary(updated_plain.stdout)
     report = "18 snapshots passed. 1 snapshot generated. 1 snapshot updated."
@@ -392,11 +393,11 @@ def _benchmark_rows(output: str) -> list[str]:
     return re.findall(r"^(test_\S+)\s+[\d,.]+\s", output, re.M)
 
 
-@pytest.mark.parametrize("host", HOSTS)
-def test_pytest_benchmark_shows_one_table_and_writes_json(suite, host):
+@pytest.mark.parametrize("host", WITH_SSH)
+def test_pytest_benchmark_shows_one_table_and_writes_json(suite, host, hosts_of):
     path = _project(suite, BENCHMARK_TESTS)
     plain = run(path, *BENCHMARK_ARGS, "--benchmark-json=plain.json")
-    farm = run(path, *BENCHMARK_ARGS, "--benchmark-json=farm.json", *_hosts(host))
+    farm = run(path, *BENCHMARK_ARGS, "--benchmark-json=farm.json", *hosts_of(host))
     assert farm.returncode == plain.returncode == 0, farm.stdout + farm.stderr
     assert summary(farm.stdout) == summary(plain.stdout) == "6 passed"
     assert "no benchmarks have been run" not in farm.stdout + farm.stderr
@@ -422,8 +423,8 @@ def test_pytest_benchmark_only_runs_as_plain_pytest(suite):
     assert sorted(_benchmark_rows(farm.stdout)) == sorted(_benchmark_rows(plain.stdout))
 
 
-@pytest.mark.docker
-def test_hypothesis_replays_a_saved_failing_example_in_containers(suite):
+@pytest.mark.parametrize("host", CONTAINERS)
+def test_hypothesis_replays_a_saved_failing_example_in_containers(suite, host, hosts_of):
     """Plain pytest replays the failing example saved in ``.hypothesis/`` first: so must a
     container, even when its own search would never find it."""
     path = _project(
@@ -448,14 +449,14 @@ def test_rare(n):
     )
     assert found.returncode == 1, found.stdout
     plain = run(path, *quiet)
-    farm = run(path, *quiet, *_hosts("docker"))
+    farm = run(path, *quiet, *hosts_of(host))
     assert farm.returncode == plain.returncode == 1, farm.stdout + farm.stderr
     assert "n=1000" in plain.stdout
     assert "n=1000" in farm.stdout, farm.stdout
 
 
-@pytest.mark.docker
-def test_hypothesis_examples_come_home_from_containers(suite):
+@pytest.mark.parametrize("host", CONTAINERS)
+def test_hypothesis_examples_come_home_from_containers(suite, host, hosts_of):
     path = _project(suite, HYPOTHESIS_TESTS)
     kept = path / ".hypothesis" / "examples" / "0123456789abcdef" / "fedcba9876543210"
     kept.parent.mkdir(parents=True)
@@ -464,7 +465,7 @@ def test_hypothesis_examples_come_home_from_containers(suite):
     # warnings depend on the machine, not on psyduck: the image has no libcst.
     quiet = ("-W", "ignore::DeprecationWarning")
     plain = run(_twin(path, "plain"), *quiet)
-    farm = run(path, *quiet, *_hosts("docker"))
+    farm = run(path, *quiet, *hosts_of(host))
     assert farm.returncode == plain.returncode == 1, farm.stdout + farm.stderr
     assert summary(farm.stdout) == summary(plain.stdout) == "1 failed, 2 passed"
     examples = path / ".hypothesis" / "examples"

@@ -27,6 +27,10 @@ REQUIREMENTS = ROOT / "tests" / "compat" / "plugins.txt"
 
 #: Host kinds every plugin runs on: forked and fresh local workers, two containers.
 HOSTS = ("fork", "exec", pytest.param("docker", marks=pytest.mark.docker))
+#: Every host kind, and two containers behind a real sshd (:func:`over_ssh`).
+WITH_SSH = (*HOSTS, pytest.param("ssh", marks=pytest.mark.docker))
+#: The hosts that run tests in a copy of the project.
+CONTAINERS = tuple(pytest.param(h, marks=pytest.mark.docker) for h in ("docker", "ssh"))
 
 
 def plugins_dir() -> Path:
@@ -79,6 +83,16 @@ def psyduck_args(host: str, image: str | None = None) -> tuple[str, ...]:
         assert image is not None
         return ("--psyduck", "--psyduck-hosts", "docker:2", "--psyduck-image", image)
     return ("--psyduck", f"--psyduck-spawn={host}")
+
+
+def over_ssh(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """``--psyduck`` on one ssh host (two slots of the compat image) behind a real sshd,
+    started with the fixtures of ``tests/farm_hosts/conftest.py``."""
+    server = request.getfixturevalue("sshd")("127.0.0.2")
+    trusted = request.getfixturevalue("known_hosts")
+    trusted.write_text(server.known_hosts_line())
+    spec = server.spec(request.getfixturevalue("client_key"), trusted, slots=2)
+    return ("--psyduck", "--psyduck-hosts", spec, "--psyduck-image", compat_image())
 
 
 def run(path: Path, *args: str) -> Session:
