@@ -21,9 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
+
+import _transformation_suite as transformation_suite
 
 MODULES = 50
 
@@ -56,21 +57,7 @@ def pytest_sessionfinish(session):
 
 
 def write_suite(root: Path, tests: int, transformations: int) -> None:
-    per_module = tests // MODULES
-    for m in range(MODULES):
-        body = "\n".join(f"def test_{t}():\n    assert {t} >= 0\n" for t in range(per_module))
-        (root / f"test_m{m}.py").write_text(body)
-    (root / "conftest.py").write_text(
-        textwrap.dedent(f"""
-        from pytest_psyduck import Transformation
-
-        def pytest_psyduck_transformations(config):
-            return [
-                Transformation(f"t{{i}}", env={{"SETTING": str(i)}})
-                for i in range({transformations})
-            ]
-        """)
-    )
+    transformation_suite.write_suite(root, tests, transformations, MODULES)
     (root / "bench_memory.py").write_text(PROBE)
 
 

@@ -22,9 +22,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
+
+import _transformation_suite as transformation_suite
 
 HERE = Path(__file__).resolve().parent.parent
 MODULES = 20
@@ -64,17 +65,7 @@ def write_suite(root: Path, tests: int, transformations: int) -> None:
             f"def test_write_path_case_{t}():\n    assert {t} < 0\n" for t in range(per_module)
         )
         (package / f"test_replicated_writes_{m}.py").write_text(body)
-    (root / "conftest.py").write_text(
-        textwrap.dedent(f"""
-        from pytest_psyduck import Transformation
-
-        def pytest_psyduck_transformations(config):
-            return [
-                Transformation(f"t{{i}}", env={{"SETTING": str(i)}})
-                for i in range({transformations})
-            ]
-        """)
-    )
+    transformation_suite.write_transformations(root, transformations)
     (root / "pytest.ini").write_text("[pytest]\n")
     (root / "bench_phases.py").write_text(PHASES)
 
