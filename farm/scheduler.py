@@ -299,8 +299,13 @@ class Scheduler:
         the last slots finish together.  A remainder smaller than a worthwhile
         shard (hosts that pay per shard say how small) stays with the head.
         """
-        minimum = 0 if unit.guessed else micros(self.min_shard_seconds)
-        limit = max(minimum, run.queue.size // (2 * max(len(self._slots), 1)), micros(TAIL_FLOOR))
+        slots = max(len(self._slots), 1)
+        minimum = micros(self.min_shard_seconds)
+        if unit.guessed:
+            # Guessed lengths: no shard need wait for a slot's fair share of the queue,
+            # but a host's per-shard cost is still not paid for less than that share.
+            minimum = min(minimum, run.queue.size // slots)
+        limit = max(minimum, run.queue.size // (2 * slots), micros(TAIL_FLOOR))
         if not unit.pinned and unit.size > limit:
             count, size = unit.head(limit)
             if count < len(unit) and unit.size - size >= minimum:
