@@ -21,6 +21,7 @@ user's tree directly and send nothing.
 
 from __future__ import annotations
 
+import filecmp
 import fnmatch
 import os
 from collections.abc import Mapping
@@ -102,10 +103,15 @@ def written_files(
                     continue
                 try:
                     original = (source / relative).lstat()
-                    if (original.st_size, original.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-                        continue
                 except FileNotFoundError:
-                    pass
+                    original = None
+                if original is not None and original.st_size == stat.st_size:
+                    if original.st_mtime_ns == stat.st_mtime_ns or _same_bytes(
+                        path, source / relative
+                    ):
+                        # Rewritten with what it held (syrupy rewrites a module's whole
+                        # snapshot file): sending it could undo another worker's update.
+                        continue
                 if total + stat.st_size > limit:
                     left_out.append(relative.as_posix())
                     continue
@@ -114,6 +120,10 @@ def written_files(
             except OSError:
                 continue  # removed while we looked: nothing to bring
     return sent, left_out
+
+
+def _same_bytes(one: Path, other: Path) -> bool:
+    return filecmp.cmp(one, other, shallow=False)
 
 
 def target_in(root: Path, relative: str) -> Path | None:

@@ -8,7 +8,8 @@ scheduler honours (``TestSpec.pinned`` and ``TestSpec.first``), set here:
   in order on one process under plain pytest (and ``--dist loadgroup`` under
   pytest-xdist), so they are always pinned together as ``xdist_group:<name>``,
   across modules;
-* ``--psyduck-dist loadfile`` pins every module's tests together;
+* ``--psyduck-dist loadfile`` pins every module's tests together, and so does
+  syrupy's ``--snapshot-update``;
 * ``--ff`` dispatches the previous failures first, and ``--sw`` the test it
   resumes at, so that ``-x`` or stepwise stop as early as plain pytest does
   (the replay shows results in collection order then: :mod:`pytest_psyduck.replay`).
@@ -23,6 +24,10 @@ import pytest
 #: ``--psyduck-dist`` modes.  ``loadgroup`` is pytest-xdist's name for what
 #: ``load`` always does here (xdist groups are honoured in every mode).
 DIST_MODES = ("load", "loadfile", "loadgroup")
+#: Options under which a module's tests rewrite one file together: syrupy's updates
+#: rewrite a module's whole snapshot file, so two workers sharing a module would each
+#: bring home a file lacking the other's updates.  Their modules run whole (``loadfile``).
+WHOLE_MODULE_WRITERS = ("update_snapshots", "update_new_snapshots_only")
 XDIST_GROUP_MARK = "xdist_group"
 XDIST_GROUP_PREFIX = "xdist_group:"
 
@@ -41,6 +46,8 @@ def dist_mode(config: pytest.Config) -> str:
     mode = config.getoption("psyduck_dist", None) or config.getini("psyduck_dist") or "load"
     if mode not in DIST_MODES:
         raise pytest.UsageError(f"psyduck_dist = {mode!r}: must be one of {', '.join(DIST_MODES)}")
+    if any(getattr(config.option, name, False) for name in WHOLE_MODULE_WRITERS):
+        return "loadfile"
     return mode
 
 
