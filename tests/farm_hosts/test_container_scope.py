@@ -48,9 +48,7 @@ def test_a_run_scoped_container_runs_several_shards_and_a_new_run_gets_new_ones(
     assert not set(first.values()) & set(second.values()), (first, second)
 
 
-def test_by_default_every_shard_gets_a_fresh_container_and_worker_id(
-    docker_image, suite, tmp_path
-):
+def test_by_default_every_shard_gets_a_fresh_container_and_worker_id(docker_image, suite, tmp_path):
     """Containers started ahead of their shard (spares) are xdist nodes of their own:
     no two containers of a run share a ``PYTEST_XDIST_WORKER``."""
     path = suite({f"test_{n}.py": REPORTS_CONTAINER.format(name=n) for n in NAMES})
