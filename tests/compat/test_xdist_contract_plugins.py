@@ -288,6 +288,22 @@ def hosts_of(request: pytest.FixtureRequest) -> Callable[[str], tuple[str, ...]]
     return args
 
 
+#: With ``CI`` set (as in CI, and passed on to containers) hypothesis loads its own
+#: "ci" profile, which turns the example database off; the hypothesis suites here are
+#: about that database, so they keep it as a project would that wants it in CI.
+HYPOTHESIS_DATABASE = {
+    "conftest.py": """
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+settings.register_profile(
+    "with-database", database=DirectoryBasedExampleDatabase(".hypothesis/examples")
+)
+settings.load_profile("with-database")
+""",
+}
+
+
 def _project(suite, tests: dict[str, str]) -> Path:
     return suite({**LIBRARY, **tests})
 
@@ -430,6 +446,7 @@ def test_hypothesis_replays_a_saved_failing_example_in_containers(suite, host, h
     path = _project(
         suite,
         {
+            **HYPOTHESIS_DATABASE,
             "tests/test_rare.py": """
 import os
 
@@ -457,7 +474,7 @@ def test_rare(n):
 
 @pytest.mark.parametrize("host", CONTAINERS)
 def test_hypothesis_examples_come_home_from_containers(suite, host, hosts_of):
-    path = _project(suite, HYPOTHESIS_TESTS)
+    path = _project(suite, {**HYPOTHESIS_DATABASE, **HYPOTHESIS_TESTS})
     kept = path / ".hypothesis" / "examples" / "0123456789abcdef" / "fedcba9876543210"
     kept.parent.mkdir(parents=True)
     kept.write_bytes(b"an example from an earlier run")
