@@ -53,27 +53,25 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from farm.faults import crash_message, describe, how_it_ended
+from farm.faults import describe
 from farm.history import History, project_of
-from farm.hosts.base import Host, HostError, RunContext, RunError, WorkerConnection
+from farm.hostfaults import HostFaults
+from farm.hosts.base import Host, HostError, WorkerConnection
 from farm.intake import Unplaceable, prepare
 from farm.manifest import RunManifest, TestSpec
 from farm.runs import MAX_BATCH, Run, event_batches
-from farm.scheduler import Scheduler, Shard, placeable
-from farm.slots import ActiveWorker, Held, HostState, exit_info, kill_worker
+from farm.scheduler import Scheduler, placeable
+from farm.slots import ActiveWorker, Held, HostState, kill_worker
 from farm.spool import EventSpool
+from farm.workertalk import WorkerTalk
 
 # The service and its tests know a run's stream from here.
 __all__ = ["MAX_BATCH", "Coordinator", "Run", "event_batches"]
 
 log = logging.getLogger("psyduck.farm")
 
-#: Workers of one run that may fail to start before the run gives up.
-MAX_WORKER_START_FAILURES = 3
 #: Seconds a run may wait for its client to attach before it is cancelled.
 ATTACH_TIMEOUT = 30.0
-#: Seconds a new worker may take to import and collect before it counts as failed to start.
-READY_TIMEOUT = 600.0
 #: Seconds a run whose tests are all reported waits for its workers' farewells.
 FAREWELL_TIMEOUT = 120.0
 #: Seconds a stopping run's workers get to finish their test and say farewell before
@@ -81,8 +79,13 @@ FAREWELL_TIMEOUT = 120.0
 STOP_GRACE = 30.0
 
 
-class Coordinator:
-    """Owns hosts, the scheduler and runs; :mod:`farm.service` is its thin HTTP face."""
+class Coordinator(WorkerTalk, HostFaults):
+    """Owns hosts, the scheduler and runs; :mod:`farm.service` is its thin HTTP face.
+
+    Two concerns live in modules of their own and are mixed in here:
+    :class:`~farm.workertalk.WorkerTalk` (one worker's life) and
+    :class:`~farm.hostfaults.HostFaults` (lost work and host health).
+    """
 
     def __init__(
         self,
@@ -152,22 +155,6 @@ class Coordinator:
             state.slot_tasks.append(
                 asyncio.create_task(self._slot_loop(state, index, slot_id), name=slot_id)
             )
-
-    async def _restart(self, state: HostState) -> None:
-        """Try again a host that could not start; it serves on probation, or rests longer."""
-        try:
-            await state.host.start()
-        except Exception as exc:
-            state.health.readmit()
-            state.health.failed(describe(exc))  # on probation: quarantined again, longer
-            log.warning("host %s still cannot serve: %s", state.host.name, state.health.problem)
-            self._rest(state)
-            return
-        state.health.readmit()
-        if not self._closing:
-            log.info("host %s started", state.host.name)
-            self._serve(state)
-            self._wake_all()
 
     def _add_slots(self, state: HostState) -> None:
         capacity = state.host.capacity()
@@ -459,333 +446,6 @@ class Coordinator:
             held.shard = None
             if not await self._run_shard(held.worker, shard):
                 held.worker = None
-
-    async def _start_worker(
-        self, state: HostState, index: int, run: Run, shard: Shard
-    ) -> ActiveWorker | None:
-        """A ready worker for *shard*, or None once the shard's tests are accounted for."""
-        worker_id = self._new_worker_id()
-        context = RunContext(
-            run.id,
-            run.manifest,
-            workers=self.total_slots,
-            profile=shard.profile,
-            pokedex_urls=self.pokedex_urls,
-            pokedex_token=self.pokedex_token,
-        )
-        try:
-            conn = await state.host.spawn(context, index, worker_id, self._output_handler(run))
-            worker_id = conn.worker_id or worker_id
-        except RunError as exc:
-            self._fail_run(run, f"it cannot start on host {state.host.name}: {exc}")
-            return None
-        except Exception as exc:  # HostError, or any bug in a host plugin
-            self._host_failed(state, run, list(shard.tests), None, describe(exc))
-            return None
-        fault = None
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
-            # cancellation that shuts the farm down.
-            async with asyncio.timeout(READY_TIMEOUT):
-                ready = await conn.recv()
-        except TimeoutError:
-            ready = None
-        except Exception as exc:
-            ready, fault = None, f"reading from a new worker failed: {describe(exc)}"
-        if ready is None or ready.get("t") != "ready":
-            await kill_worker(conn)
-            info = await exit_info(conn, fault)
-            if info.host_lost:
-                self._host_failed(state, run, list(shard.tests), None, info.detail)
-                return None
-            if info.interrupted:  # killed from outside before it was ready: not the run's fault
-                self._lose(run, list(shard.tests), f"host {state.host.name}: {info.interrupted}")
-                return None
-            run.start_failures += 1
-            if run.start_failures >= MAX_WORKER_START_FAILURES:
-                self._fail_run(run, "its workers could not start:\n" + conn.output())
-            else:
-                self._requeue(run, shard.tests)
-            return None
-        state.busy += 1
-        run.workers.add(conn)
-        if not run.finished:
-            run.emit({"t": "worker_ready", "worker": worker_id})
-        return ActiveWorker(conn, run, state, shard.profile, worker_id)
-
-    def _output_handler(self, run: Run):
-        def forward(data: bytes) -> None:
-            if not run.finished:
-                run.emit({"t": "output", "data": data})
-
-        return forward
-
-    async def _run_shard(self, worker: ActiveWorker, shard: Shard) -> bool:
-        """Feed *shard* to *worker* until it asks for more.  False when the worker is gone."""
-        if worker.run.stopping is not None and not worker.run.finished:
-            await self._drain(worker)  # ready as its run stops: only its farewell is wanted
-            return False
-        for test in shard.tests:
-            worker.outstanding[test.id] = test
-        if worker.run.finished:
-            await kill_worker(worker.conn)
-            await self._worker_gone(worker)
-            return False
-        try:
-            await worker.conn.fit(shard.tests)
-            await worker.conn.send(
-                {"t": "run", "tests": [{"id": t.id, "timeout": t.timeout} for t in shard.tests]}
-            )
-        except Exception as exc:
-            await kill_worker(worker.conn)
-            await self._worker_gone(worker, fault=f"sending a shard failed: {describe(exc)}")
-            return False
-        return await self._pump(worker, until="idle")
-
-    async def _drain(self, worker: ActiveWorker) -> None:
-        """Let the worker run its held-back test and tear down, then make sure it is gone."""
-        if not worker.run.finished and not worker.gone:
-            try:
-                await worker.conn.send({"t": "drain"})
-            except Exception as exc:
-                await kill_worker(worker.conn)
-                await self._worker_gone(worker, fault=f"draining failed: {describe(exc)}")
-                return
-            if not await self._pump(worker, until="done"):
-                return  # it died on the way; _pump accounted for it
-            self._worker_down(worker, None)
-        await kill_worker(worker.conn)
-        await self._worker_gone(worker)
-
-    async def _pump(self, worker: ActiveWorker, until: str) -> bool:
-        """Handle worker messages until *until* arrives (True) or the worker is gone (False)."""
-        run = worker.run
-        while True:
-            try:
-                message = await worker.conn.recv()
-            except Exception as exc:
-                await kill_worker(worker.conn)
-                await self._worker_gone(
-                    worker, fault=f"reading from a worker failed: {describe(exc)}"
-                )
-                return False
-            if message is None:
-                await self._worker_gone(worker)
-                return False
-            try:
-                if self._handle(worker, message, until):
-                    return True
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("bad message from worker of run %s: %r", run.id, exc)
-                await kill_worker(worker.conn)
-
-    def _handle(self, worker: ActiveWorker, message: dict[str, Any], until: str) -> bool:
-        """Act on one worker message; True when it is the one *until* waits for."""
-        run = worker.run
-        kind = message["t"]
-        if kind == until:
-            return True
-        test_id = message.get("id")
-        if kind in ("started", "result", "missing") and test_id not in worker.outstanding:
-            raise ValueError(f"{kind} message for {test_id!r}, which the worker was not given")
-        if kind == "started":
-            self._started(worker, test_id)
-        elif kind == "result":
-            # A host counts as working again once a test finished on it, not when a
-            # worker merely started: a host failing every shard must reach quarantine.
-            worker.state.health.worked()
-            following = message.get("next")
-            if following is not None and following not in worker.outstanding:
-                raise ValueError(f"result names {following!r} next, which the worker was not given")
-            worker.disarm()
-            worker.current = None
-            worker.outstanding.pop(test_id, None)
-            self._record_duration(run, test_id, message.get("duration"))
-            self._report(
-                run, test_id, {"t": "result", "id": test_id, "payload": message["payload"]}
-            )
-            if following is not None:
-                self._started(worker, following)
-        elif kind == "missing":
-            if worker.current == test_id:
-                worker.disarm()
-                worker.current = None
-            worker.outstanding.pop(test_id, None)
-            self._crashed(run, test_id, f"psyduck: {test_id}: {message.get('message', '')}")
-        elif kind == "warning":
-            if not run.finished:
-                run.emit({"t": "warning", "data": message["data"]})
-        elif kind == "timeout":
-            worker.timed_out = message
-        elif kind == "farewell":
-            worker.farewell = message
-        return False
-
-    def _started(self, worker: ActiveWorker, test_id: str) -> None:
-        """*test_id* is now running on *worker*: a crash from here on is its crash."""
-        worker.started(test_id, lambda: self._in_background(kill_worker(worker.conn)))
-
-    async def _worker_gone(self, worker: ActiveWorker, fault: str | None = None) -> None:
-        """Account for a worker that exited, once: blame the running test, requeue the rest.
-
-        *fault*: talking to the worker failed, so it is lost with its host.
-        """
-        if worker.gone:
-            return
-        worker.gone = True
-        worker.disarm()
-        info = await exit_info(worker.conn, fault)
-        run = worker.run
-        self._worker_down(
-            worker, info.detail if info.host_lost else f"the worker {how_it_ended(info)}"
-        )
-        state = worker.state
-        state.busy -= 1
-        if run.finished:
-            return
-        current = worker.current
-        unfinished = [t for tid, t in worker.outstanding.items() if tid != current]
-        if run.stopping is not None:
-            if worker.farewell is not None:
-                return  # it ended its session as asked: no test was running
-            unfinished = []  # not started, and never to be: the run stops
-        if info.host_lost:
-            interrupted = run.tests.get(current) if current else None
-            self._host_failed(state, run, unfinished, interrupted, info.detail)
-            return
-        if info.interrupted and current is not None:
-            # Stopped from outside (not by its test, not by its host failing): the test runs
-            # again and the host stays in service.
-            stopped = f"the worker running {current} was stopped: {info.interrupted}"
-            self._retry(run, run.tests[current], stopped)
-            self._requeue(run, unfinished)
-            return
-        if current is not None:
-            spec = run.tests.get(current)
-            message = crash_message(
-                current,
-                info,
-                worker.conn.output(),
-                timed_out=worker.timed_out,
-                killed_for_timeout=worker.killed_for_timeout,
-                timeout=spec.timeout if spec else None,
-            )
-            self._crashed(run, current, message)
-            self._requeue(run, unfinished)
-        elif unfinished:
-            # Died between tests: nobody to blame, so the rest spends its loss budget.
-            self._lose(
-                run,
-                unfinished,
-                f"host {state.host.name}: its worker {how_it_ended(info)} before running it",
-            )
-
-    def _host_failed(
-        self,
-        state: HostState,
-        run: Run,
-        unfinished: list[TestSpec],
-        interrupted: TestSpec | None,
-        detail: str,
-    ) -> None:
-        """Work of *run* was lost with *state*'s host: requeue it within budget, blame the host."""
-        host = state.host.name
-        self._lose(run, unfinished, f"host {host}: {detail}", lost_host=host)
-        if interrupted is not None:
-            lost = f"host {host} was lost while running {interrupted.id} ({detail})"
-            self._retry(run, interrupted, lost, lost_host=host)
-        if state.health.failed(detail):
-            self._quarantine(state)
-        self._settle(run)
-        self._wake_all()
-
-    def _retry(
-        self, run: Run, interrupted: TestSpec, what: str, lost_host: str | None = None
-    ) -> None:
-        """Run *interrupted* again, once (elsewhere than *lost_host* if any host fits);
-        *what* says why, in the notice or in the failure once its retry is spent."""
-        if self.scheduler.requeue(run.id, (), interrupted=interrupted, lost_host=lost_host):
-            run.emit(
-                {"t": "notice", "id": interrupted.id, "message": f"{what}; retrying it elsewhere"}
-            )
-        else:
-            self._crashed(run, interrupted.id, f"{what}, and it had already been retried once")
-
-    def _lose(
-        self, run: Run, tests: list[TestSpec], reason: str, lost_host: str | None = None
-    ) -> None:
-        """Queue *tests* again (elsewhere than *lost_host* if any host fits), but crash
-        those whose shard was lost too often."""
-        tests = [t for t in tests if t.id not in run.reported]
-        again, spent = run.losses.lose(tests, reason)
-        for test in spent:
-            self._crashed(run, test.id, run.losses.message(test.id))
-        self._requeue(run, again, lost_host)
-
-    def _requeue(self, run: Run, tests: Sequence[TestSpec], lost_host: str | None = None) -> None:
-        """Put *tests* back in the queue; those no host in service can run end at once."""
-        self.scheduler.requeue(run.id, tests, lost_host=lost_host)
-        self._settle(run)
-        self._wake_all()
-
-    def _settle(self, run: Run) -> None:
-        """Crash the queued tests of *run* that no host in service can run, at once."""
-        if run.finished:
-            return
-        stuck = self.scheduler.unplaceable(run.id)
-        if not stuck:
-            return
-        problems = "; ".join(
-            f"host {s.host.name} is quarantined ({s.health.problem})"
-            for s in self.hosts
-            if s.quarantined
-        )
-        for test in stuck:
-            self._crashed(
-                run, test.id, f"psyduck: no host in service can run {test.id}: {problems}"
-            )
-
-    def _quarantine(self, state: HostState) -> None:
-        """Take the host's slots away until its rest is over; its queued work goes elsewhere."""
-        health = state.health
-        state.serving.clear()
-        for index in range(state.host.slots):
-            self.scheduler.remove_slot(f"{state.host.name}/{index}")
-        log.warning("quarantined host %s for %gs: %s", state.host.name, health.rest, health.problem)
-        self._rest(state)
-        for run in list(self.runs.values()):
-            if run.finished:
-                continue
-            run.emit(
-                {
-                    "t": "notice",
-                    "message": f"host {state.host.name} quarantined after "
-                    f"{health.failures} failures ({health.problem}); "
-                    f"it is tried again in {health.rest:g}s",
-                }
-            )
-            self._settle(run)
-        self._wake_all()
-
-    def _rest(self, state: HostState) -> None:
-        """Try the quarantined host again once its rest is over."""
-        loop = asyncio.get_running_loop()
-        state.retry_at = loop.time() + state.health.rest
-        state.retry = loop.call_later(state.health.rest, self._readmit, state)
-
-    def _readmit(self, state: HostState) -> None:
-        """The host's rest is over: its slots serve again, on probation."""
-        state.retry = state.retry_at = None
-        if self._closing:
-            return
-        if not state.slot_tasks:  # it never started
-            self._in_background(self._restart(state))
-            return
-        state.health.readmit()
-        self._add_slots(state)
-        state.serving.set()
-        log.info("host %s is back in service", state.host.name)
-        self._wake_all()
 
     # -- introspection ---------------------------------------------------------
     def status(self) -> dict[str, Any]:
