@@ -24,6 +24,7 @@ from __future__ import annotations
 import filecmp
 import fnmatch
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
@@ -53,6 +54,11 @@ SKIP_FILES = ("*.pyc", ".coverage", ".coverage.*")
 MAX_HOMECOMING_BYTES = 12 * 1024 * 1024
 
 
+#: When this process began working in its copy: psyduck's worker imports this module
+#: as it configures, before any test, after its container copied the project.
+WORKER_STARTED_NS = time.time_ns()
+
+
 def may_come_home(config: pytest.Config) -> bool:
     """Whether some worker of this session's run may write into a copy of the project:
     any host but the embedded farm's local ones (a remote farm's hosts are unknown here)."""
@@ -78,13 +84,21 @@ def _skipped(name: str) -> bool:
 
 
 def written_files(
-    copy: Path, source: Path, limit: int = MAX_HOMECOMING_BYTES
+    copy: Path, source: Path, limit: int = MAX_HOMECOMING_BYTES, since_ns: int | None = None
 ) -> tuple[dict[str, bytes], list[str]]:
-    """Files under *copy* that are new or changed against *source*: (sent, left out).
+    """Files under *copy* written since *since_ns* and differing from *source*: (sent, left out).
+
+    Only files modified since the worker started count (*since_ns*, default: when
+    this module was imported, as the worker configured, after its container copied
+    the project with the files' own times).  Comparing with *source* alone is not
+    enough: on a local docker host *source* is your live tree, which an earlier
+    worker's files may already have changed, and a file this worker never touched
+    would then look changed and bring back the old version.
 
     Keys are POSIX paths relative to *copy*.  Files past *limit* bytes in all
     are left out, by name, so the user hears which did not come home.
     """
+    since = WORKER_STARTED_NS if since_ns is None else since_ns
     sent: dict[str, bytes] = {}
     left_out: list[str] = []
     total = 0
@@ -99,7 +113,7 @@ def written_files(
             relative = relative_dir / name
             try:
                 stat = path.lstat()
-                if not path.is_file() or path.is_symlink():
+                if not path.is_file() or path.is_symlink() or stat.st_mtime_ns < since:
                     continue
                 try:
                     original = (source / relative).lstat()

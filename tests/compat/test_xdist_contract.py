@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from tests.farm_hosts.hostlib import docker_problem
 
 CONTRACT_PLUGIN = """
 import os
+import time
 
 import pytest
 
@@ -248,3 +250,18 @@ def test_written_files_are_the_new_and_changed_ones(tmp_path: Path):
     assert (home / "pkg" / "changed.txt").read_text() == "new!"
     assert (home / "kept").read_text() == "kept"
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_file_the_worker_never_wrote_stays_home_though_the_source_changed(tmp_path: Path):
+    """On a local docker host the source is the live tree: another worker's snapshot
+    update may land there first, and this worker's untouched copy must not undo it."""
+    source, copy = tmp_path / "src", tmp_path / "copy"
+    for tree in (source, copy):
+        (tree / "__snapshots__").mkdir(parents=True)
+        (tree / "__snapshots__" / "test_render.ambr").write_text("old")
+    started = time.time_ns()
+    os.utime(copy / "__snapshots__" / "test_render.ambr", ns=(started - 10**9,) * 2)
+    (source / "__snapshots__" / "test_render.ambr").write_text("updated by another worker")
+    (copy / "written.txt").write_text("by this worker")
+    sent, _ = homecoming.written_files(copy, source, since_ns=started)
+    assert sorted(sent) == ["written.txt"]
