@@ -23,21 +23,16 @@ from tests.compat.test_conventions import (
     seed_cache,
 )
 from tests.conftest import run_pytest
-from tests.farm_hosts.hostlib import docker_problem
+from tests.farm_hosts.hostlib import two_docker_slots
 from tests.test_parity import _summary
 
 pytestmark = pytest.mark.docker
-
-IMAGE = "psyduck-test:latest"
 
 
 @pytest.fixture
 def on_docker() -> tuple[str, ...]:
     """The arguments that run a session on two docker slots of the test image."""
-    problem = docker_problem()
-    if problem:
-        pytest.skip(f"docker tests skipped: {problem}")
-    return ("--psyduck-hosts", "docker:2", "--psyduck-image", IMAGE)
+    return two_docker_slots()
 
 
 def ship_plugin(path: Path, *names: str) -> dict[str, str]:

@@ -26,6 +26,17 @@ BUILD_SCRIPT = ROOT / ".ci" / "build-test-image"
 SSHD = "/usr/sbin/sshd"
 
 
+def two_docker_slots(image: str = "psyduck-test:latest") -> tuple[str, ...]:
+    """The arguments that run a session on two docker slots of *image* (the test image),
+    or skip the test where docker tests cannot run."""
+    import pytest
+
+    problem = docker_problem()
+    if problem:
+        pytest.skip(f"docker tests skipped: {problem}")
+    return ("--psyduck-hosts", "docker:2", "--psyduck-image", image)
+
+
 def docker_problem() -> str | None:
     """Why docker tests cannot run here, or None."""
     try:

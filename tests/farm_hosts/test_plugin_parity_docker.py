@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_pytest
-from tests.farm_hosts.hostlib import docker_problem
+from tests.farm_hosts.hostlib import two_docker_slots
 from tests.test_parity import _summary
 from tests.test_plugin_parity import (
     DURATIONS_SUITE,
@@ -21,16 +21,11 @@ from tests.test_plugin_parity import (
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "psyduck-test:latest"
-
 
 @pytest.fixture
 def on_docker() -> tuple[str, ...]:
     """The arguments that run a session on two docker slots of the test image."""
-    problem = docker_problem()
-    if problem:
-        pytest.skip(f"docker tests skipped: {problem}")
-    return ("--psyduck", "--psyduck-hosts", "docker:2", "--psyduck-image", IMAGE)
+    return ("--psyduck", *two_docker_slots())
 
 
 def test_subtests_in_containers(suite, on_docker):
