@@ -24,8 +24,9 @@ from . import digest as dg
 from . import names, placement, swarmpull, tree
 from .bodies import BodyTooLarge, read_body
 from .cluster import normalize_url
+from .durable import StoreError, receive
 from .replies import MAX_MISSING
-from .store import BlobStore, StoreError, receive
+from .store import BlobStore
 
 T = TypeVar("T")
 ANY = object()  # set_ref(expected=ANY): unconditional

@@ -22,9 +22,10 @@ from aiohttp import web
 
 from . import names, refs
 from .cluster import Cluster
+from .durable import StoreError
 from .refs import Ballot, Change, Decision, Slot
 from .replies import ApiError, decode_body
-from .store import BlobStore, StoreError
+from .store import BlobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -31,8 +31,8 @@ from aiohttp import web
 from . import digest as dg
 from . import names
 from .bodies import BodyTooLarge, read_body
+from .durable import DigestMismatch, SizeError, pump
 from .replies import ApiError, require_digest
-from .store import DigestMismatch, SizeError, pump
 
 if TYPE_CHECKING:
     from .server import Node

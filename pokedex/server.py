@@ -48,6 +48,7 @@ from . import names, refs, registry, swarm
 from .bodies import BodyTooLarge, read_body
 from .cluster import HOP, PEER_ERRORS, Cluster, PeerLost, normalize_url
 from .collector import GC_READ, Collector
+from .durable import DigestMismatch, SizeError, StoreError
 from .refquorum import NoQuorum, OutcomeUnknown, RefQuorum, add_acceptor_routes
 from .replies import (
     ApiError,
@@ -64,7 +65,7 @@ from .replies import (
     storage_full,
 )
 from .retention import Policy
-from .store import BlobStore, DigestMismatch, SizeError, StoreError
+from .store import BlobStore
 
 MAX_SMALL_BODY = 8 << 20  # JSON bodies, manifests
 DEFAULT_MAX_BLOB = 1 << 40

@@ -39,8 +39,9 @@ import aiohttp
 from aiohttp import web
 
 from .bodies import BodyTooLarge, read_body
+from .durable import start_writeback
 from .replies import ApiError, require_digest
-from .store import BlobStore, start_writeback
+from .store import BlobStore
 
 CHUNK_SIZE = 8 << 20
 MIN_SWARM_SIZE = 1 << 20  # smaller blobs: the tracker round trips would cost more than they save

@@ -21,7 +21,8 @@ import aiohttp
 
 from . import swarm
 from .bodies import BodyTooLarge, read_body
-from .store import BlobStore, StoreError
+from .durable import StoreError
+from .store import BlobStore
 
 #: A tracker's answer about one blob is a few bytes; anything longer is not one.
 MAX_TRACKER_REPLY = 64 << 10

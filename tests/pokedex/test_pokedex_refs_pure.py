@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from pokedex import digest as dg
 from pokedex import refs
+from pokedex.durable import StoreError
 from pokedex.refs import Ballot, Change, Slot
-from pokedex.store import BlobStore, StoreError
+from pokedex.store import BlobStore
 
 digests = st.text("0123456789abcdef", min_size=64, max_size=64).map(lambda h: f"sha256:{h}")
 values = st.none() | digests

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pokedex import digest as dg
-from pokedex.store import BlobStore, DigestMismatch, SizeError
+from pokedex.durable import DigestMismatch, SizeError
+from pokedex.store import BlobStore
 
 
 async def _stream(*parts: bytes) -> AsyncIterator[bytes]:
