@@ -143,14 +143,14 @@ class Registry:
         raise ApiError(405, "UNSUPPORTED", "deletion is not supported by pokedex")
 
     async def catalog(self, request: web.Request) -> web.Response:
-        refs = await self.node.all_refs("oci/")
+        refs = await self.node.ref_api.values("oci/")
         repos = sorted({name[4:].rsplit(":", 1)[0] for name in refs})
         return web.json_response({"repositories": repos})
 
     async def tags(self, request: web.Request) -> web.Response:
         repo = _repo(request)
         prefix = tag_ref(repo, "")
-        refs = await self.node.all_refs(prefix)
+        refs = await self.node.ref_api.values(prefix)
         if not refs:
             raise ApiError(404, "NAME_UNKNOWN", f"repository {repo!r} has no tags")
         return web.json_response({"name": repo, "tags": [n[len(prefix) :] for n in refs]})
@@ -292,7 +292,7 @@ class Registry:
             names.check_tag(reference)
         except names.NameError_ as e:
             raise ApiError(400, "TAG_INVALID", str(e)) from None
-        status, value = await self.node.ref_call("GET", tag_ref(repo, reference))
+        status, value = await self.node.ref_api.call("GET", tag_ref(repo, reference))
         return value["digest"] if status == 200 else None
 
     async def get_manifest(self, request: web.Request) -> web.Response:
@@ -339,7 +339,9 @@ class Registry:
         self.store.put_bytes(body, d)
         await self.node.cluster.replicate(d)
         if not dg.is_digest(reference):
-            status, value = await self.node.ref_call("PUT", tag_ref(repo, reference), {"digest": d})
+            status, value = await self.node.ref_api.call(
+                "PUT", tag_ref(repo, reference), {"digest": d}
+            )
             if status != 200:
                 raise ApiError(status, "TAG_INVALID", str(value)[:200])
         return web.Response(

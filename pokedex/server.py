@@ -44,11 +44,12 @@ import aiohttp
 from aiohttp import web
 
 from . import digest as dg
-from . import names, refs, registry, swarm
+from . import names, registry, swarm
 from .bodies import BodyTooLarge, read_body
-from .cluster import HOP, PEER_ERRORS, Cluster, PeerLost, normalize_url
+from .cluster import HOP, PEER_ERRORS, Cluster, normalize_url
 from .collector import GC_READ, Collector
 from .durable import DigestMismatch, SizeError, StoreError
+from .refapi import RefApi
 from .refquorum import NoQuorum, OutcomeUnknown, RefQuorum, add_acceptor_routes
 from .replies import (
     ApiError,
@@ -56,11 +57,9 @@ from .replies import (
     body_too_large,
     decode_body,
     encode_body,
-    error_body,
     error_response,
     needs_auth,
     parse_digest_list,
-    parse_ref_update,
     require_digest,
     storage_full,
 )
@@ -121,13 +120,6 @@ def _blob_digest(request: web.Request) -> str:
     return require_digest(request.match_info["digest"])
 
 
-def _ref_name(request: web.Request) -> str:
-    try:
-        return names.check_ref(request.match_info["name"])
-    except names.NameError_ as e:
-        raise ApiError(400, "NAME_INVALID", str(e)) from None
-
-
 @dataclass
 class Node:
     """Everything one node needs; built by :func:`start_node`."""
@@ -146,9 +138,11 @@ class Node:
     bytes_received: int = 0
     started: float = field(default_factory=time.time)
     refs: RefQuorum = field(init=False)
+    ref_api: RefApi = field(init=False)
 
     def __post_init__(self) -> None:
         self.refs = RefQuorum(self.cluster, self.store)
+        self.ref_api = RefApi(self.cluster, self.refs)
 
     # -- middleware --------------------------------------------------------------------------
 
@@ -317,65 +311,6 @@ class Node:
             absent = await self.cluster.missing_cluster(digests)
         return encode_body(ctype, {"missing": absent})
 
-    # -- refs --------------------------------------------------------------------------------
-
-    async def ref_call(
-        self, method: str, name: str, body: Any = None, *, here: bool = False
-    ) -> tuple[int, Any]:
-        """GET or PUT a ref through the cluster's majority; (HTTP status, JSON body).
-
-        Any node can read. A write is handed to the first reachable node of the name's
-        rendezvous ranking (``here``: a peer handed it to this node), so writers to one ref
-        normally queue at one proposer instead of outbidding each other's ballots;
-        correctness never depends on that (see :mod:`.refs`). Raises :class:`NoQuorum` /
-        :class:`OutcomeUnknown` (the guard answers 503).
-        """
-        if method == "GET":
-            value = await self.refs.read(name)
-            if value is None:
-                return 404, error_body("/refs", "REF_UNKNOWN", f"ref {name!r} is not set")
-            return 200, {"name": name, "digest": value}
-        new, check, expected = parse_ref_update(body)
-        resent = False
-        for node in [] if here else self.cluster.ranked(f"ref:{name}"):
-            if node == self.cluster.self_url:
-                break
-            try:
-                answer = await self.cluster.delegate(node, f"/peer/refs/propose/{name}", body)
-            except PeerLost:
-                resent = True
-                break
-            if answer is not None:
-                return answer
-        change = refs.Change(new, check, expected)
-        decision = await self.refs.change(name, change, resent=resent)
-        if decision.status == "conflict":
-            current = decision.value
-            detail = {"name": name, "current": current}
-            message = f"ref {name!r} is {current or 'unset'}"
-            return 409, error_body("/refs", "REF_CONFLICT", message, detail)
-        return 200, {"name": name, "digest": new}
-
-    async def get_ref(self, request: web.Request) -> web.Response:
-        status, value = await self.ref_call("GET", _ref_name(request))
-        return web.json_response(value, status=status)
-
-    async def put_ref(self, request: web.Request) -> web.Response:
-        name = _ref_name(request)
-        body = decode_body(request.content_type, await request.read())
-        parse_ref_update(body)  # refuse garbage before handing it to another node
-        here = request.method == "POST"  # POST /peer/refs/propose/<name>: handed over by a peer
-        status, value = await self.ref_call("PUT", name, body, here=here)
-        return web.json_response(value, status=status)
-
-    async def all_refs(self, prefix: str) -> dict[str, str]:
-        """The decided value of every ref under ``prefix`` (sorted by name)."""
-        values, _ = await self.refs.settle(prefix)
-        return values
-
-    async def list_refs(self, request: web.Request) -> web.Response:
-        return web.json_response({"refs": await self.all_refs(request.query.get("prefix", ""))})
-
     async def small_blob(self, d: str, limit: int) -> bytes | None:
         """A whole small blob (manifests, tree manifests) from here or else a replica.
 
@@ -459,10 +394,7 @@ class Node:
         app.router.add_get(blob, self.get_blob, allow_head=False)
         app.router.add_head(blob, self.head_blob_route)
         app.router.add_post("/missing", self.missing)
-        app.router.add_get("/refs", self.list_refs)
-        app.router.add_get("/refs/{name:.+}", self.get_ref)
-        app.router.add_put("/refs/{name:.+}", self.put_ref)
-        app.router.add_post("/peer/refs/propose/{name:.+}", self.put_ref)
+        self.ref_api.add_routes(app)
         add_acceptor_routes(app, self.refs)
         app.router.add_get("/status", self.status)
         app.router.add_post("/repair", self.repair)
