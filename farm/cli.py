@@ -134,6 +134,7 @@ async def _serve_on(
         pokedex_token=pokedex_token,
         history=history,
         spool_dir=str(spool),
+        spool_max_bytes=config.spool_max_bytes,
     )
     await coordinator.start()
     runner = web.AppRunner(

@@ -51,6 +51,7 @@ from farm.protocol import (
     ProtocolError,
     decode,
     encode,
+    events_messages,
 )
 from farm.tokens import Holder, Tokens
 
@@ -172,7 +173,10 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             batch = await anext(batches, None)
             if batch is None:
                 return
-            await ws.send_bytes(encode({"t": "events", "events": batch}))
+            for index, message in enumerate(events_messages(batch)):
+                if index:  # a batch too big for one message: each part is a batch to the client
+                    await credit.acquire()
+                await ws.send_bytes(message)
 
     sender = asyncio.create_task(send())
     listener = asyncio.create_task(listen())
@@ -200,6 +204,11 @@ async def status(request: web.Request) -> web.Response:
     """The coordinator's status, and the slowest tests of its duration history if it keeps one."""
     coordinator = request.app[COORDINATOR_KEY]
     report = coordinator.status()
+    for entry in report["runs"]:
+        if (run := coordinator.runs.get(entry["id"])) is not None:
+            # Bytes of events waiting on disk, and whether the run gets no shards for it.
+            entry["spooled"] = run.events.spilled
+            entry["held_back"] = run.events.over
     if coordinator.history is not None:
         try:
             report["slowest"] = await asyncio.to_thread(coordinator.history.slowest, SLOWEST)
