@@ -3,14 +3,16 @@
 A real served farm and a real ``pytest --psyduck-farm`` session on five local
 slots whose workers each hand home a farewell of nearly 16 MiB (a plugin's
 ``workeroutput``).  The session's replay waits on its first result until the
-farm says every worker is down, so all five farewells wait at the farm and
-leave in one batch — 80 MiB, over the 64 MiB a client accepts in one
-message.  Each must arrive whole.  The splitting itself is checked with
-hypothesis.
+farm says the run is complete, so all five farewells wait at the farm together
+— 80 MiB, more than the 64 MiB a client accepts in one message (a farm that
+sent whatever waited as one batch cut the stream here).  Each must arrive
+whole.  How batches stop taking events and how events are split into
+messages are checked on their own, the splitting with hypothesis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 
@@ -18,7 +20,10 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farm.manifest import RunManifest, WorkerSpec
 from farm.protocol import decode, events_messages
+from farm.runs import MAX_BATCH_BYTES, Run, event_batches
+from farm.spool import weight
 from tests.conftest import SESSION_TIMEOUT, on_farm, run_pytest
 from tests.test_cli import _free_port, serve_farm
 
@@ -136,3 +141,21 @@ def test_events_are_split_into_messages_under_the_limit_in_order(events, limit):
     # Never more messages than needed: each but the last was full enough to need the next.
     for first, second in itertools.pairwise(messages):
         assert len(first) + len(second) > limit - 64
+
+
+def test_a_batch_takes_no_more_events_once_it_holds_its_bytes():
+    """Farewells waiting together leave in several batches, so a batch never holds in
+    memory much more than the spool itself would."""
+    big = 10 * 1024 * 1024
+
+    async def scenario() -> list[list[dict]]:
+        run = Run("r", RunManifest(tests=(), worker=WorkerSpec(argv=("w",), cwd="/")), "me")
+        for n in range(8):
+            run.emit({"t": "worker_down", "worker": f"gw{n}", "data": bytes(big), "error": None})
+        run.emit({"t": "done", "status": "complete", "reason": ""})
+        return [batch async for batch in event_batches(run)]
+
+    batches = asyncio.run(scenario())
+    assert [e.get("worker") for b in batches for e in b] == [f"gw{n}" for n in range(8)] + [None]
+    assert all(sum(weight(e) for e in b) < MAX_BATCH_BYTES + big + 1024 for b in batches)
+    assert len(batches) > 1
