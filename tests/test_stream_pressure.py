@@ -13,6 +13,9 @@ exactly once.  The spool's own bookkeeping is checked with hypothesis.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 
@@ -86,6 +89,14 @@ def test_a_client_that_lags_holds_back_its_own_run_and_no_other(tmp_path, suite)
         held = _run_named(url, "lagging")
         assert held["spooled"] > 1024 * 1024
         assert held["queued"] > 0, held  # work is left that the farm does not hand out
+        shown = subprocess.run(
+            [sys.executable, "-m", "farm.cli", "farm", "status", "--farm", url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert f"{held['id']:<17} default     held back" in shown.stdout, shown.stdout
 
         brisk = start_pytest(project / "brisk", *on_farm(url), env=env)
         output, _ = brisk.communicate(timeout=SESSION_TIMEOUT)
