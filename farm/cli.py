@@ -134,6 +134,7 @@ async def _serve_on(
         pokedex_token=pokedex_token,
         history=history,
         spool_dir=str(spool),
+        spool_max_bytes=config.spool_max_bytes,
     )
     await coordinator.start()
     runner = web.AppRunner(
@@ -210,8 +211,9 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append("RUN               OWNER       STATUS     DONE/TESTS  QUEUED  WORKERS  NAME")
     for run in report["runs"]:
+        state = "held back" if run.get("held_back") else run["status"]  # its client lags
         lines.append(
-            f"{run['id']:<17} {run['owner']:<11} {run['status']:<10} "
+            f"{run['id']:<17} {run['owner']:<11} {state:<10} "
             f"{run['done']:>5}/{run['tests']:<5} {run['queued']:>6}  {run['workers']:>7}  "
             f"{run['name']}"
         )

@@ -8,6 +8,7 @@ Example::
     tokens_file = "/etc/psyduck/tokens"   # named tokens (farm.tokens); reread on SIGHUP
     heartbeat = 15                  # seconds between pings of a client's event stream
     state_dir = "/var/lib/psyduck"  # default: $XDG_STATE_HOME/psyduck
+    spool_max_bytes = "1G"          # a run's events waiting on disk for its client, at most
 
     [history]                       # test durations, to schedule runs the client never timed
     # path = "<state_dir>/history.sqlite3"
@@ -44,6 +45,7 @@ from typing import Any
 from farm.hosts import HOST_KINDS, HostSpecError, host_kind
 from farm.hosts.base import Host
 from farm.protocol import HEARTBEAT
+from farm.spool import DISK_BYTES
 from farm.tokens import Holder, TokensError, merge_default, parse_tokens
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
@@ -112,6 +114,9 @@ class FarmConfig:
     #: Where the farm keeps what outlives a run or must not sit in memory: the duration
     #: history, and the events a slow client has not taken yet (``spool/``).
     state_dir: str = field(default_factory=lambda: default_state_dir())
+    #: Bytes of a run's events waiting for its client under ``state_dir/spool`` past which
+    #: the run gets no new shards until its client has caught up (:mod:`farm.spool`).
+    spool_max_bytes: int = DISK_BYTES
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -193,6 +198,16 @@ def _seconds(table: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+def _spool_max_bytes(value: Any) -> int:
+    """``[farm] spool_max_bytes``: a size (``"1G"``, ``"512MiB"``) or a number of bytes."""
+    from pokedex.units import parse_size
+
+    try:
+        return parse_size(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[farm] spool_max_bytes: {exc}") from None
+
+
 def _state_dir(value: Any) -> str:
     if value is None:
         return default_state_dir()
@@ -237,6 +252,7 @@ def parse_config(data: dict[str, Any]) -> FarmConfig:
         heartbeat=_seconds(farm, "heartbeat", HEARTBEAT),
         history=_history(data.get("history", {}), _state_dir(farm.get("state_dir"))),
         state_dir=_state_dir(farm.get("state_dir")),
+        spool_max_bytes=_spool_max_bytes(farm.get("spool_max_bytes", DISK_BYTES)),
         token_file=token_file,
         hosts=tuple(_host(entry, i) for i, entry in enumerate(hosts)),
         pokedex=_pokedex(data.get("pokedex")),

@@ -47,6 +47,7 @@ once its running workers finished their test and said farewell (within
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -62,7 +63,7 @@ from farm.manifest import RunManifest, TestSpec
 from farm.runs import MAX_BATCH, Run, event_batches
 from farm.scheduler import Scheduler, placeable
 from farm.slots import ActiveWorker, Held, HostState, kill_worker
-from farm.spool import EventSpool
+from farm.spool import DISK_BYTES, EventSpool
 from farm.workertalk import WorkerTalk
 
 # The service and its tests know a run's stream from here.
@@ -96,12 +97,15 @@ class Coordinator(WorkerTalk, HostFaults):
         pokedex_token: str | None = None,
         history: History | None = None,
         spool_dir: str | None = None,
+        spool_max_bytes: int = DISK_BYTES,
     ) -> None:
         self.pokedex_urls = pokedex_urls
         #: The farm's own durations (:mod:`farm.history`); None: not kept.
         self.history = history
         #: Where runs spill the events their clients have not taken (None: the temp dir).
         self.spool_dir = spool_dir
+        #: A run whose spool file grows past this gets no new shards (farm.spool).
+        self.spool_max_bytes = spool_max_bytes
         self.pokedex_token = pokedex_token
         self.hosts = [HostState(h) for h in hosts]
         for host in hosts:
@@ -212,7 +216,11 @@ class Coordinator(WorkerTalk, HostFaults):
             owner,
             tests=tests,
             from_history=from_history,
-            events=EventSpool(directory=self.spool_dir),
+            events=EventSpool(
+                directory=self.spool_dir,
+                disk_bytes=self.spool_max_bytes,
+                on_pressure=functools.partial(self._hold_back, run_id),
+            ),
         )
         self.runs[run_id] = run
         for state in self.hosts:
@@ -226,6 +234,13 @@ class Coordinator(WorkerTalk, HostFaults):
         asyncio.get_running_loop().call_later(ATTACH_TIMEOUT, self._cancel_unattached, run_id)
         self._wake_all()
         return run
+
+    def _hold_back(self, run_id: str, held: bool) -> None:
+        """The run's client lags (held) or caught up: see :mod:`farm.spool`."""
+        log.info("run %s: %s", run_id, "held back for its client" if held else "resumed")
+        self.scheduler.hold_back(run_id, held)
+        if not held:
+            self._wake_all()
 
     # -- the duration history (farm.history): each result's duration goes in ----------
     def _record_duration(self, run: Run, test_id: str, seconds: Any) -> None:

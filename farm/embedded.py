@@ -17,6 +17,13 @@ starts a standby for the next session at ``PATH`` (:mod:`farm.standby`) and
 exits.  ``python -m farm.embedded --standby PATH [PID]`` is that standby: the
 same farm, handed its settings and pipes by the session that claims it; it
 warms up once the process PID (that session's pytest) has exited.
+
+It keeps the farm's duration history (:mod:`farm.history`) as a served farm
+does, in ``$XDG_STATE_HOME/psyduck/history.sqlite3``: a test the session's
+pytest cache has no duration for (a fresh clone, a cleared cache, a new
+branch's tests) is then scheduled by what earlier runs of the project on this
+machine measured.  The path is the session's: a standby opens it only once
+claimed, in the environment of the session that claimed it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from farm.coordinator import Coordinator
+    from farm.history import History
     from farm.hosts.base import Host
 
 
@@ -52,6 +60,20 @@ class EmbeddedFarm:
     async def close(self) -> None:
         await self.coordinator.close()
         await self.runner.cleanup()
+        if self.coordinator.history is not None:
+            await asyncio.to_thread(self.coordinator.history.close)
+
+
+def open_history() -> History | None:
+    """The user's duration history, or None (said on stderr) when its file cannot be used."""
+    from farm.config import default_state_dir
+    from farm.history import History, HistoryError
+
+    try:
+        return History(os.path.join(default_state_dir(), "history.sqlite3"))
+    except HistoryError as exc:
+        print(f"psyduck: duration history not kept: {exc}", file=sys.stderr, flush=True)
+        return None
 
 
 async def start_embedded_farm(hosts: list[Host], token: str | None = None) -> EmbeddedFarm:
@@ -62,12 +84,16 @@ async def start_embedded_farm(hosts: list[Host], token: str | None = None) -> Em
     from farm.service import make_app
     from farm.tokens import Tokens
 
+    opening = asyncio.create_task(asyncio.to_thread(open_history))
     coordinator = Coordinator(hosts)
     try:
         await coordinator.start()
     except BaseException:
         await coordinator.close()
+        if (history := await opening) is not None:
+            await asyncio.to_thread(history.close)
         raise
+    coordinator.history = await opening
     token = token or secrets.token_urlsafe(24)
     runner = web.AppRunner(make_app(coordinator, Tokens.single(token)), access_log=None)
     await runner.setup()
@@ -118,7 +144,7 @@ async def serve(settings: dict[str, Any]) -> None:
 
 def _warm_up() -> None:
     """Import what serving needs, so that a standby has it loaded before it is claimed."""
-    for module in ("farm.service", "farm.hosts"):
+    for module in ("farm.service", "farm.hosts", "farm.history", "farm.config"):
         importlib.import_module(module)
 
 

@@ -14,6 +14,7 @@ incremental :class:`FrameDecoder` is fed bytes by whoever owns the socket.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -50,6 +51,55 @@ def encode(message: dict[str, Any]) -> bytes:
     if "t" not in message:
         raise ProtocolError("message has no type field 't'")
     return msgpack.packb({"v": VERSION, **message}, use_bin_type=True)
+
+
+def events_messages(
+    events: list[dict[str, Any]], max_bytes: int = MAX_MESSAGE_BYTES
+) -> Iterator[bytes]:
+    """*events* as ``events`` messages, in order, none over *max_bytes* encoded.
+
+    A batch holds whatever was ready, and several workers' farewells (up to
+    16 MiB each) or big reports ready at once would together exceed what a
+    client accepts; each event is encoded once and the batch split where the
+    next one would not fit.  An event too big for any message on its own is
+    replaced by one saying so (:func:`_too_big`): the client hears of it
+    instead of losing its stream.
+    """
+    parts: list[bytes] = []
+    size = _EVENTS_ENVELOPE
+    for event in events:
+        part = msgpack.packb(event, use_bin_type=True)
+        if _EVENTS_ENVELOPE + len(part) > max_bytes:
+            part = msgpack.packb(_too_big(event, len(part), max_bytes), use_bin_type=True)
+        if parts and size + len(part) > max_bytes:
+            yield _events_message(parts)
+            parts, size = [], _EVENTS_ENVELOPE
+        parts.append(part)
+        size += len(part)
+    if parts:
+        yield _events_message(parts)
+
+
+#: Bytes an ``events`` message takes beyond its events, at most.
+_EVENTS_ENVELOPE = 64
+
+
+def _events_message(parts: list[bytes]) -> bytes:
+    """``encode({"t": "events", "events": [...]})`` of events already encoded as *parts*."""
+    packer = msgpack.Packer(use_bin_type=True)
+    head = packer.pack_map_header(3) + packer.pack("v") + packer.pack(VERSION)
+    head += packer.pack("t") + packer.pack("events") + packer.pack("events")
+    return head + packer.pack_array_header(len(parts)) + b"".join(parts)
+
+
+def _too_big(event: dict[str, Any], size: int, max_bytes: int) -> dict[str, Any]:
+    """What the client gets instead of *event*, which encodes to *size* bytes."""
+    why = f"psyduck: its {event['t']} message of {size} bytes exceeds the limit of {max_bytes}"
+    if event["t"] == "result":
+        return {"t": "crashed", "id": event["id"], "message": f"{event['id']}: {why}"}
+    if event["t"] == "worker_down":
+        return {**event, "data": None, "error": why}
+    return {"t": "notice", "message": why}
 
 
 def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from farm.faults import LossBudget
 from farm.hosts.base import WorkerConnection
 from farm.manifest import RunManifest, TestSpec
-from farm.spool import EventSpool
+from farm.spool import EventSpool, weight
 
 
 @dataclass
@@ -63,6 +63,9 @@ class Run:
 
 #: Events sent in one websocket message at most; fast tests finish in bursts.
 MAX_BATCH = 256
+#: A batch takes no more events once it holds this much (:func:`~farm.spool.weight`): the
+#: spool bounds what waits in memory, and a batch must not undo that.
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 #: Seconds a batch of events waits after its first event for more to join it.
 BATCH_LINGER = 0.01
 
@@ -81,11 +84,13 @@ async def event_batches(run: Run, linger: float = BATCH_LINGER):
     last_sent = -math.inf
     while True:
         batch = [await run.events.get()]
+        size = weight(batch[0])
         now = loop.time()
         deadline = now + linger if now - last_sent < linger else now
-        while len(batch) < MAX_BATCH and batch[-1]["t"] != "done":
+        while len(batch) < MAX_BATCH and batch[-1]["t"] != "done" and size < MAX_BATCH_BYTES:
             if not run.events.empty():
                 batch.append(run.events.get_nowait())
+                size += weight(batch[-1])
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -93,6 +98,7 @@ async def event_batches(run: Run, linger: float = BATCH_LINGER):
             try:
                 async with asyncio.timeout(remaining):
                     batch.append(await run.events.get())
+                    size += weight(batch[-1])
             except TimeoutError:
                 break
         yield batch

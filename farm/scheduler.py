@@ -105,6 +105,7 @@ class _Run:
     finished: set[str] = field(default_factory=set)
     attempts: dict[str, int] = field(default_factory=dict)
     cancelled: bool = False
+    held_back: bool = False  # its client lags (farm.spool): no new shards
 
 
 class Scheduler:
@@ -213,7 +214,7 @@ class Scheduler:
         self._check_hold(room)
         # Fewest held slots first; a warm worker of the same run breaks ties; then age.
         runs = sorted(
-            (r for r in self._runs.values() if r.queue.keys),
+            (r for r in self._runs.values() if r.queue.keys and not r.held_back),
             key=lambda r: (self._held[r.id], r.id != previous, r.seq),
         )
         for run in runs:
@@ -358,6 +359,11 @@ class Scheduler:
         retry.avoid_host = lost_host
         run.queue.push_front(retry)
         return True
+
+    def hold_back(self, run_id: str, held: bool) -> None:
+        """Hand *run_id* no new shards while *held* (its client lags behind its results)."""
+        if (run := self._runs.get(run_id)) is not None:
+            run.held_back = held
 
     def cancel(self, run_id: str) -> None:
         run = self._runs.get(run_id)

@@ -6,7 +6,8 @@ submitted it, and only that name or an admin may watch or cancel it):
 
 * ``POST /v1/runs`` — body: a msgpack ``run`` manifest; 201 with the run id.
 * ``GET /v1/runs/{id}/events`` — websocket; binary msgpack ``events`` messages,
-  each a batch of the events ready at that moment, until ``done``.  The client
+  each a batch of the events ready at that moment (split where it would exceed
+  :data:`~farm.protocol.MAX_MESSAGE_BYTES`), until ``done``.  The client
   sends ``ack`` for each batch it has taken: no more than
   :data:`~farm.protocol.STREAM_WINDOW` batches are ever unacknowledged.  The
   upgrade's ``X-Psyduck-Heartbeat`` header says how often the farm pings.
@@ -14,7 +15,9 @@ submitted it, and only that name or an admin may watch or cancel it):
   their test and said farewell: :meth:`~farm.coordinator.Coordinator.stop`);
   closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
-* ``GET /v1/status`` — hosts, slots, runs and queued tests; ``slowest``: the
+* ``GET /v1/status`` — hosts, slots, runs and queued tests, each run's events
+  waiting on disk (``spooled``, bytes) and whether that holds it back
+  (``held_back``: :mod:`farm.spool`); ``slowest``: the
   :data:`SLOWEST` longest tests of the farm's duration history (:mod:`farm.history`).
 * ``POST /v1/images/check`` — msgpack ``check_image`` {image, python, pytest,
   release}; 200 with ``problems``, one line per docker/ssh host whose test image
@@ -51,6 +54,7 @@ from farm.protocol import (
     ProtocolError,
     decode,
     encode,
+    events_messages,
 )
 from farm.tokens import Holder, Tokens
 
@@ -172,7 +176,10 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             batch = await anext(batches, None)
             if batch is None:
                 return
-            await ws.send_bytes(encode({"t": "events", "events": batch}))
+            for index, message in enumerate(events_messages(batch)):
+                if index:  # a batch too big for one message: each part is a batch to the client
+                    await credit.acquire()
+                await ws.send_bytes(message)
 
     sender = asyncio.create_task(send())
     listener = asyncio.create_task(listen())
@@ -200,6 +207,11 @@ async def status(request: web.Request) -> web.Response:
     """The coordinator's status, and the slowest tests of its duration history if it keeps one."""
     coordinator = request.app[COORDINATOR_KEY]
     report = coordinator.status()
+    for entry in report["runs"]:
+        if (run := coordinator.runs.get(entry["id"])) is not None:
+            # Bytes of events waiting on disk, and whether the run gets no shards for it.
+            entry["spooled"] = run.events.spilled
+            entry["held_back"] = run.events.over
     if coordinator.history is not None:
         try:
             report["slowest"] = await asyncio.to_thread(coordinator.history.slowest, SLOWEST)

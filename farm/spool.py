@@ -11,6 +11,15 @@ and memory stays bounded whatever the run's size.
 
 Events keep their order: once one event went to the file, every later one
 follows it there until the file has been read back.
+
+The file is bounded too: a client that stays behind would otherwise let its
+run fill the farm's disk.  Once a run's file passes its *disk_bytes*, the spool
+says so (``on_pressure(True)``) and the farm hands that run no new shards —
+back-pressure on the one run whose client lags, not on the farm: its slots go
+to other runs.  What its running shards still produce is spooled (nothing is
+ever dropped), so the cap is exceeded by at most their results.  Once the
+client has read the file below half the cap, ``on_pressure(False)``: the run
+gets shards again.
 """
 
 from __future__ import annotations
@@ -19,12 +28,15 @@ import asyncio
 import struct
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from typing import IO, Any
 
 from farm.protocol import decode, frame
 
 #: Bytes of events a run keeps in memory before the rest go to its spool file.
 MEMORY_BYTES = 16 * 1024 * 1024
+#: Bytes of a run's spool file past which it gets no new shards (``[farm] spool_max_bytes``).
+DISK_BYTES = 1024 * 1024 * 1024
 #: The length prefix of each event's frame in the spool file (:func:`farm.protocol.frame`).
 _LENGTH = struct.Struct(">I")
 
@@ -41,9 +53,20 @@ def weight(event: dict[str, Any]) -> int:
 class EventSpool:
     """A FIFO of events with asyncio's ``Queue`` interface as the run's stream uses it."""
 
-    def __init__(self, memory_bytes: int = MEMORY_BYTES, directory: str | None = None) -> None:
+    def __init__(
+        self,
+        memory_bytes: int = MEMORY_BYTES,
+        directory: str | None = None,
+        *,
+        disk_bytes: int = DISK_BYTES,
+        on_pressure: Callable[[bool], None] | None = None,
+    ) -> None:
         self._memory_bytes = memory_bytes
         self._directory = directory
+        self._disk_bytes = disk_bytes
+        self._on_pressure = on_pressure
+        #: The file passed *disk_bytes* and has not been read below half of it since.
+        self.over = False
         self._head: deque[tuple[dict[str, Any], int]] = deque()
         self._held = 0
         self._file: IO[bytes] | None = None
@@ -83,6 +106,13 @@ class EventSpool:
         self._file.seek(self._written)
         self._file.write(data)
         self._written += len(data)
+        if not self.over and self.spilled > self._disk_bytes:
+            self._pressure(True)
+
+    def _pressure(self, over: bool) -> None:
+        self.over = over
+        if self._on_pressure is not None:
+            self._on_pressure(over)
 
     def _refill(self) -> None:
         """Read events back from the file, one at least, until memory is half full or the
@@ -102,6 +132,8 @@ class EventSpool:
             self._file.seek(0)
             self._file.truncate()
             self._written = self._read = 0
+        if self.over and self.spilled <= self._disk_bytes // 2:
+            self._pressure(False)
 
     def get_nowait(self) -> dict[str, Any]:
         if not self._count:
@@ -124,6 +156,7 @@ class EventSpool:
         """Nobody will read the run's events any more (its stream ended): drop what is
         queued, delete the spool file, and ignore what is put from now on."""
         self._closed = True
+        self.over = False
         self._head.clear()
         self._held = self._count = self._written = self._read = 0
         if self._file is not None:

@@ -25,8 +25,10 @@ import filecmp
 import fnmatch
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
@@ -50,8 +52,11 @@ SKIP_DIRS = frozenset(
 )
 #: File names never sent home: bytecode, and coverage data (pytest-cov's ``workeroutput``).
 SKIP_FILES = ("*.pyc", ".coverage", ".coverage.*")
-#: Bytes of files one worker sends home at most; past it, files are named, not sent.
+#: Bytes of files (and their names) one worker sends home at most; past it, files are
+#: named, not sent.
 MAX_HOMECOMING_BYTES = 12 * 1024 * 1024
+#: Names (files, or directories with a count) a notice gives of the files left out.
+MAX_NAMED = 10
 
 
 #: When this process began working in its copy: psyduck's worker imports this module
@@ -96,7 +101,8 @@ def written_files(
     would then look changed and bring back the old version.
 
     Keys are POSIX paths relative to *copy*.  Files past *limit* bytes in all
-    are left out, by name, so the user hears which did not come home.
+    (their contents and names: thousands of empty files cost their names) are
+    left out, by name, so the user hears which did not come home.
     """
     since = WORKER_STARTED_NS if since_ns is None else since_ns
     sent: dict[str, bytes] = {}
@@ -126,14 +132,55 @@ def written_files(
                         # Rewritten with what it held (syrupy rewrites a module's whole
                         # snapshot file): sending it could undo another worker's update.
                         continue
-                if total + stat.st_size > limit:
-                    left_out.append(relative.as_posix())
+                key = relative.as_posix()
+                if total + stat.st_size + len(key) > limit:
+                    left_out.append(key)
                     continue
-                sent[relative.as_posix()] = path.read_bytes()
-                total += stat.st_size
+                sent[key] = path.read_bytes()
+                total += stat.st_size + len(key)
             except OSError:
                 continue  # removed while we looked: nothing to bring
     return sent, left_out
+
+
+def farewell_files(environ: Mapping[str, str], room: int) -> dict[str, Any]:
+    """What a farewell carries of the files this worker wrote: ``files``, and the
+    ``left_out`` ones named (:func:`name_left_out`) and counted (``left_out_files``).
+
+    At most :data:`MAX_HOMECOMING_BYTES`, and no more than *room*: what the rest
+    of the farewell (``workeroutput``, pytest-cov's data above all) leaves, so
+    that files never make the whole farewell too big to send.
+    """
+    copied = copied_tree(environ)
+    if copied is None:
+        return {}
+    sent, left_out = written_files(*copied, limit=max(0, min(MAX_HOMECOMING_BYTES, room)))
+    return {"files": sent, "left_out": name_left_out(left_out), "left_out_files": len(left_out)}
+
+
+def name_left_out(paths: list[str], most: int = MAX_NAMED) -> list[str]:
+    """At most *most* names for *paths*: the paths, or their directories, each with its
+    count of files (``out/t15/ (64 files)``), as deep as that many names allow."""
+    if len(paths) <= most:
+        return paths
+    dirs = [PurePosixPath(p).parts[:-1] for p in paths]
+    for depth in range(max(len(d) for d in dirs), -1, -1):
+        groups = Counter("/".join(d[:depth]) + "/" if d[:depth] else "./" for d in dirs)
+        if len(groups) <= most:
+            return [f"{name} ({count:,} files)" for name, count in groups.items()]
+    raise AssertionError("unreachable: depth 0 is one group")
+
+
+def left_out_notice(farewell: Mapping[str, Any]) -> str | None:
+    """The line that tells the user which files of a farewell were not brought home."""
+    named = farewell.get("left_out") or []
+    if not named:
+        return None
+    count = farewell.get("left_out_files") or len(named)
+    return (
+        f"{count:,} files were not brought home (a worker brings home "
+        f"{MAX_HOMECOMING_BYTES:,} bytes at most): {', '.join(map(str, named))}"
+    )
 
 
 def _same_bytes(one: Path, other: Path) -> bool:

@@ -55,6 +55,8 @@ WORKERINPUT_VARIABLE = "PSYDUCK_WORKERINPUT"
 MAX_WORKERINPUT_BYTES = 64 * 1024
 #: Bytes of one worker's farewell at most (``workeroutput`` and files together).
 MAX_FAREWELL_BYTES = 16 * 1024 * 1024
+#: Bytes of a farewell left for the encoding of its files and the names of those left out.
+FAREWELL_SLACK = 64 * 1024
 #: The hooks whose implementations need workers configured as workers.
 CONTROLLER_HOOKS = ("pytest_configure_node", "pytest_testnodedown")
 
@@ -184,15 +186,13 @@ class XdistController:
     def _bring_files_home(self, worker_id: str, farewell: dict[str, Any]) -> None:
         files = farewell.get("files")
         problems = homecoming.bring_home(self.root, files if isinstance(files, dict) else {})
-        left_out = farewell.get("left_out") or []
-        if left_out:
-            problems.append(
-                f"{len(left_out)} files over {homecoming.MAX_HOMECOMING_BYTES:,} bytes in all "
-                f"were not brought home: {', '.join(map(str, left_out[:10]))}"
-            )
+        if (notice := homecoming.left_out_notice(farewell)) is not None:
+            problems.append(notice)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         for problem in problems:
             if reporter is not None:
+                if reporter._tw.width_of_current_line:  # after -q's progress letters
+                    reporter._tw.line()
                 reporter.write_line(f"psyduck: {worker_id}: {problem}", yellow=True)
 
 
@@ -260,10 +260,9 @@ def farewell_message(config: pytest.Config) -> dict[str, Any]:
         "output": getattr(config, "workeroutput", {}),
         "info": worker_info(),
     }
-    copied = homecoming.copied_tree(os.environ)
-    if copied is not None:
-        payload["files"], payload["left_out"] = homecoming.written_files(*copied)
     try:
+        room = MAX_FAREWELL_BYTES - len(msgpack.packb(payload)) - FAREWELL_SLACK
+        payload.update(homecoming.farewell_files(os.environ, room))
         data = msgpack.packb(payload)
     except (TypeError, ValueError, OverflowError) as exc:
         return {"t": "farewell", "error": f"its workeroutput cannot be sent ({exc})"}
