@@ -253,19 +253,27 @@ class Scheduler:
             self._grown.add(room.name)
 
     def _candidates(self, run: _Run, slot: _Slot) -> tuple[Unit | None, Unit | None]:
-        """The run's first unit the slot's labels allow, and its first that fits the host now."""
+        """The run's first unit the slot's labels allow, and its first that fits the host now.
+
+        While units holding ``first`` tests are queued, only those count, wherever
+        the slot's labels allow one: the others wait, even where they would fit.
+        """
         first = fitting = None
         room = slot.room
+        heads = []
         for key, queue in run.queue.keys.items():
             if not self._hosts.labels_fit(slot.labels, key):
                 continue
             elsewhere = functools.partial(self._hosts.anywhere, key, but=room.name)
             unit = queue.head(room.name, elsewhere)
-            if unit is None:
-                continue
+            if unit is not None:
+                heads.append(unit)
+        if run.queue.firsts and any(u.first for u in heads):
+            heads = [u for u in heads if u.first]
+        for unit in heads:
             if first is None or unit.priority < first.priority:
                 first = unit
-            if (fitting is None or unit.priority < fitting.priority) and room.fits(key):
+            if (fitting is None or unit.priority < fitting.priority) and room.fits(unit.key):
                 fitting = unit
         return first, fitting
 

@@ -62,9 +62,13 @@ class Unit:
     guessed: bool = False
     start: int = 0
     size: int = field(init=False)
+    #: Holds a ``first`` test (``--ff``'s previous failures): dispatched before the
+    #: run's other units wherever it can run.
+    first: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.size = sum(micros(t.estimate) for t in self.tests)
+        self.first = any(t.first for t in self.tests)
 
     def __len__(self) -> int:
         return len(self.tests) - self.start
