@@ -154,7 +154,9 @@ class SimWorker(WorkerConnection):
         test_id = self.pending.popleft()
         following = self.pending[0] if self.pending else None
         seconds = self.host.durations[test_id]
-        self._put({"t": "result", "id": test_id, "payload": b"", "duration": seconds, "next": following})
+        self._put(
+            {"t": "result", "id": test_id, "payload": b"", "duration": seconds, "next": following}
+        )
         if following is not None:
             self._next_timer()
         else:
