@@ -15,6 +15,7 @@ scheduler's cost apart from the coordinator's and the simulation's.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -180,7 +181,12 @@ def simulate_runs(
 ) -> tuple[Outcome, TimedScheduler]:
     """Run *runs* (arrival, name, suite) on a fresh farm; a host is lost at each of *failures*."""
     loop = VirtualLoop()
+    # Lost hosts' quarantines are the point of a simulation, not news to log.
+    farm_log = logging.getLogger("psyduck.farm")
+    level = farm_log.level
+    farm_log.setLevel(logging.ERROR)
     try:
         return loop.run_until_complete(_farm(options, runs, failures, rng, gantt))
     finally:
+        farm_log.setLevel(level)
         loop.close()
