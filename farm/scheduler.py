@@ -1,10 +1,11 @@
 """The farm's scheduler: a pure data structure deciding which tests run where.
 
 No asyncio and no I/O live here, so the coordinator drives it from its event
-loop and ``psyduck simulate`` (or a hypothesis state machine) drives it just
-the same.  The coordinator tells it about slots (one place where one worker
-runs at a time, on a host with some CPUs and memory), runs, finished tests
-and lost work; it answers "what should this idle slot run next?".
+loop (also in ``psyduck simulate``, on a virtual clock) and a hypothesis
+state machine drives it just the same.  The coordinator tells it about slots
+(one place where one worker runs at a time, on a host with some CPUs and
+memory), runs, finished tests and lost work; it answers "what should this
+idle slot run next?".
 
 Three decisions are separate:
 
