@@ -61,6 +61,7 @@ from farm.intake import Unplaceable, prepare
 from farm.manifest import RunManifest, TestSpec
 from farm.runs import MAX_BATCH, Run, event_batches
 from farm.scheduler import Scheduler, placeable
+from farm.scheduling.capacity import DRAIN_SECONDS
 from farm.slots import ActiveWorker, Held, HostState, kill_worker
 from farm.spool import EventSpool
 from farm.workertalk import WorkerTalk
@@ -166,6 +167,8 @@ class Coordinator(WorkerTalk, HostFaults):
     def _wake_hosts_with_room(self) -> None:
         """A shard gave back CPUs or memory: idle slots of its host may fit work now."""
         grown = self.scheduler.hosts_with_room()
+        if not grown:
+            return
         for state in self.hosts:
             if state.host.name in grown:
                 for index in range(state.host.slots):
@@ -444,8 +447,19 @@ class Coordinator(WorkerTalk, HostFaults):
                     held.shard = None  # _start_worker accounted for it
                     continue
             held.shard = None
-            if not await self._run_shard(held.worker, shard):
-                held.worker = None
+            # Past this long, the shard holds its host's room for a while: tell the scheduler.
+            outlasting = asyncio.get_running_loop().call_later(
+                DRAIN_SECONDS, self._outlasted, slot_id, shard.id
+            )
+            try:
+                if not await self._run_shard(held.worker, shard):
+                    held.worker = None
+            finally:
+                outlasting.cancel()
+
+    def _outlasted(self, slot_id: str, shard_id: int) -> None:
+        self.scheduler.outlasted(slot_id, shard_id)
+        self._wake_hosts_with_room()  # a host no longer held back may serve small work now
 
     # -- introspection ---------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -95,6 +95,7 @@ class _Slot:
     run: str | None = None  # the run whose shard it holds, if any
     holds: Need = (0, 0)  # what that shard reserved on the host
     lasting: bool = False  # that shard may outlast a host's drain
+    shard: int = 0  # the id of the shard it holds
 
 
 @dataclass
@@ -218,13 +219,14 @@ class Scheduler:
             key=lambda r: (self._held[r.id], r.id != previous, r.seq),
         )
         for run in runs:
-            first, fitting = self._candidates(run, slot)
+            first, fitting, keys = self._candidates(run, slot)
             if first is None:
                 continue
-            if room.reserved is not None and room.reserved not in run.queue.keys:
-                # Held for another run's big unit, but this run's turn comes first.
+            if room.reserved is not None and room.reserved not in keys:
+                # Held for another run's big unit (or one this run's first tests must
+                # not wait for), but this run's turn comes first.
                 self._hosts.hold(room, None)
-                first, fitting = self._candidates(run, slot)
+                first, fitting, keys = self._candidates(run, slot)
             if (
                 fitting is not first
                 and room.reserved is None
@@ -233,7 +235,7 @@ class Scheduler:
             ):
                 # Hold the host for the run's next big unit: no small shard fills it meanwhile.
                 self._hosts.hold(room, first.key)
-                first, fitting = self._candidates(run, slot)
+                first, fitting, keys = self._candidates(run, slot)
             if fitting is None:
                 continue
             if room.reserved == fitting.key:
@@ -253,8 +255,11 @@ class Scheduler:
             self._hosts.hold(room, None)
             self._grown.add(room.name)
 
-    def _candidates(self, run: _Run, slot: _Slot) -> tuple[Unit | None, Unit | None]:
-        """The run's first unit the slot's labels allow, and its first that fits the host now.
+    def _candidates(
+        self, run: _Run, slot: _Slot
+    ) -> tuple[Unit | None, Unit | None, set[PlacementKey]]:
+        """The run's first unit the slot's labels allow, its first that fits the host
+        now, and the placement keys of the units it may take next.
 
         While units holding ``first`` tests are queued, only those count, wherever
         the slot's labels allow one: the others wait, even where they would fit.
@@ -276,7 +281,7 @@ class Scheduler:
                 first = unit
             if (fitting is None or unit.priority < fitting.priority) and room.fits(unit.key):
                 fitting = unit
-        return first, fitting
+        return first, fitting, {u.key for u in heads}
 
     def _wanted(self, key: PlacementKey, room: HostRoom | None = None) -> bool:
         """Tests of *key* are queued beyond the hosts already held for them (besides *room*).
@@ -293,12 +298,23 @@ class Scheduler:
         self._held[run.id] += 1
         tests = self._take(run, unit)
         slot.holds = slot.room.need(unit.key)
-        # An untimed test's length is a guess: it may be the one that lasts hours.
-        slot.lasting = unit.guessed or sum(micros(t.estimate) for t in tests) > micros(
-            DRAIN_SECONDS
-        )
+        # An untimed test's length is a guess: it lasts once it has run that long
+        # (:meth:`outlasted`), not before — most are as short as the rest.
+        slot.lasting = sum(micros(t.estimate) for t in tests) > micros(DRAIN_SECONDS)
         slot.room.take(slot.holds, slot.lasting)
-        return Shard(next(self._shard_ids), run.id, tuple(tests), retry=unit.retry)
+        slot.shard = next(self._shard_ids)
+        return Shard(slot.shard, run.id, tuple(tests), retry=unit.retry)
+
+    def outlasted(self, slot_id: str, shard_id: int) -> None:
+        """Shard *shard_id* of *slot_id* has run :data:`DRAIN_SECONDS` and goes on: its
+        host is no longer held back for a big shard that would wait for it to end."""
+        slot = self._slots.get(slot_id)
+        if slot is None or slot.shard != shard_id or slot.lasting or slot.holds == (0, 0):
+            return
+        slot.room.give_back(slot.holds, False)
+        slot.lasting = True
+        slot.room.take(slot.holds, True)
+        self._check_hold(slot.room)
 
     def _take(self, run: _Run, unit: Unit) -> list[TestSpec]:
         """Dequeue *unit*, or only its head when it is too big for the tail.
@@ -355,6 +371,8 @@ class Scheduler:
         ):
             unit = Unit(list(same), key, priority=next(self._front), pinned=pinned)
             unit.avoid_host = lost_host
+            # Already dispatched once: in front of the run's queue, first tests' or not.
+            unit.first |= run.queue.firsts > 0
             run.queue.push_front(unit)
         if interrupted is None or interrupted.id in run.finished:
             return True
@@ -365,6 +383,7 @@ class Scheduler:
         key = placement_key(interrupted)
         retry = Unit([interrupted], key, priority=next(self._front), retry=True)
         retry.avoid_host = lost_host
+        retry.first |= run.queue.firsts > 0
         run.queue.push_front(retry)
         return True
 

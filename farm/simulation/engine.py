@@ -73,6 +73,7 @@ for _name in (
     "hosts_with_room",
     "install",
     "next_shard",
+    "outlasted",
     "finished",
     "requeue",
     "cancel",
