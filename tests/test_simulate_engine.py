@@ -89,3 +89,21 @@ def test_lost_hosts_go_through_the_coordinators_fault_handling(monkeypatch):
     assert finals == {t.id: 1 for t in big.tests}
     assert kinds["crashed"] == outcome.crashed > 0
     assert outcome.ran > kinds["result"]
+
+
+def test_the_coordinator_tells_the_scheduler_of_shards_running_past_a_drain(monkeypatch):
+    told: list[str] = []
+    real = Coordinator._outlasted
+
+    def outlasted(self, slot_id, shard_id):
+        told.append(slot_id)
+        return real(self, slot_id, shard_id)
+
+    monkeypatch.setattr(Coordinator, "_outlasted", outlasted)
+    options = Options(hosts=2, slots=2, tests=20, long=0.2, unknown=0.5)
+    rng = random.Random(1)
+    big = generate(options, rng, "big", options.tests, options.variants)
+    outcome, _ = simulate_runs(options, [(0.0, "big", big)], [], rng)
+    longest = max(big.durations.values())
+    assert longest > 3600 and outcome.finish["big"] >= longest
+    assert told  # the hours-long shards were reported once they had run 30 s
