@@ -14,6 +14,8 @@ tests x 100 variants, 20% estimate noise, 5% of tests needing 8 cores /
   the same runs again once the farm's duration history knows those tests;
 * ``bulk`` — without the hours-long tests, whose length otherwise *is* the
   lower bound: this one shows how tightly the rest is packed;
+* ``unknown_bulk`` — both: without the hours-long tests, 20% untimed (and
+  again with history);
 * ``small_variants`` — the small run's 50 tests in 100 variants each (5,000
   tests arriving mid-way, instead of 50);
 * ``unknown_small_variants`` — both: 20% of the tests untimed and the small
@@ -42,6 +44,7 @@ WORKLOADS = {
     "target": ("--long", "0.001", "--small-run", "50"),
     "unknown": ("--long", "0.001", "--small-run", "50", "--unknown", "0.2"),
     "bulk": ("--long", "0", "--small-run", "50"),
+    "unknown_bulk": ("--long", "0", "--small-run", "50", "--unknown", "0.2"),
     "small_variants": ("--long", "0.001", "--small-run", "50", "--small-variants", "100"),
     "unknown_small_variants": (
         *("--long", "0.001", "--small-run", "50", "--small-variants", "100"),
