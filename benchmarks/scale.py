@@ -10,11 +10,16 @@ tests x 100 variants, 20% estimate noise, 5% of tests needing 8 cores /
 16 GiB, 0.1% lasting 1-2 hours and a 50-test run arriving mid-way:
 
 * ``target`` — as above;
-* ``unknown`` — the same with 20% of tests never timed;
+* ``unknown`` — the same with 20% of tests never timed, and (``with_history``)
+  the same runs again once the farm's duration history knows those tests;
 * ``bulk`` — without the hours-long tests, whose length otherwise *is* the
   lower bound: this one shows how tightly the rest is packed;
+* ``unknown_bulk`` — both: without the hours-long tests, 20% untimed (and
+  again with history);
 * ``small_variants`` — the small run's 50 tests in 100 variants each (5,000
-  tests arriving mid-way, instead of 50).
+  tests arriving mid-way, instead of 50);
+* ``unknown_small_variants`` — both: 20% of the tests untimed and the small
+  run's tests in 100 variants each.
 
 Prints ``name: value`` lines, ratios first: makespan ÷ lower bound, our
 makespan ÷ each baseline's (below 1 is ahead of it), the small run's
@@ -39,7 +44,12 @@ WORKLOADS = {
     "target": ("--long", "0.001", "--small-run", "50"),
     "unknown": ("--long", "0.001", "--small-run", "50", "--unknown", "0.2"),
     "bulk": ("--long", "0", "--small-run", "50"),
+    "unknown_bulk": ("--long", "0", "--small-run", "50", "--unknown", "0.2"),
     "small_variants": ("--long", "0.001", "--small-run", "50", "--small-variants", "100"),
+    "unknown_small_variants": (
+        *("--long", "0.001", "--small-run", "50", "--small-variants", "100"),
+        *("--unknown", "0.2"),
+    ),
 }
 
 
@@ -74,6 +84,9 @@ def main() -> None:
         for baseline, figures in r["baselines"].items():
             print(f"{name}.makespan_over_{baseline}: {r['makespan_s'] / figures['makespan_s']:.4f}")
         print(f"{name}.small_run_slowdown: {r['small_run_slowdown']:.3f}")
+        if "second_run_makespan_ratio" in r:
+            ratio = r["second_run_makespan_ratio"]
+            print(f"{name}.with_history.makespan_over_lower_bound: {ratio:.4f}")
     for name, r in results.items():
         print(f"{name}.decisions_per_s: {r['decisions_per_s']:.0f}")
         print(f"{name}.peak_rss_mib: {r['peak_rss_bytes'] / 2**20:.0f}")
@@ -84,6 +97,9 @@ def main() -> None:
         print(f"{name}.decisions: {r['decisions']}")
         print(f"{name}.scheduler_cpu_s: {r['scheduler_cpu_s']:.2f}")
         print(f"{name}.makespan_s: {r['makespan_s']:.1f}")
+        if "second_run_makespan_s" in r:
+            print(f"{name}.with_history.makespan_s: {r['second_run_makespan_s']:.1f}")
+        print(f"{name}.simulation_wall_s: {r['simulation_wall_s']:.1f}")
         print(f"{name}.lower_bound_s: {r['lower_bound_s']:.1f}")
         print(f"{name}.small_run_s: {r['small_run_s']:.2f}")
         print(f"{name}.small_run_alone_s: {r['small_run_alone_s']:.2f}")

@@ -62,7 +62,8 @@ from farm.intake import Unplaceable, prepare
 from farm.manifest import RunManifest, TestSpec
 from farm.runs import MAX_BATCH, Run, event_batches
 from farm.scheduler import Scheduler, placeable
-from farm.slots import ActiveWorker, Held, HostState, kill_worker
+from farm.slotloop import SlotLoop
+from farm.slots import ActiveWorker, HostState, kill_worker
 from farm.spool import DISK_BYTES, EventSpool
 from farm.workertalk import WorkerTalk
 
@@ -80,10 +81,11 @@ FAREWELL_TIMEOUT = 120.0
 STOP_GRACE = 30.0
 
 
-class Coordinator(WorkerTalk, HostFaults):
+class Coordinator(SlotLoop, WorkerTalk, HostFaults):
     """Owns hosts, the scheduler and runs; :mod:`farm.service` is its thin HTTP face.
 
-    Two concerns live in modules of their own and are mixed in here:
+    Three concerns live in modules of their own and are mixed in here:
+    :class:`~farm.slotloop.SlotLoop` (each slot's task),
     :class:`~farm.workertalk.WorkerTalk` (one worker's life) and
     :class:`~farm.hostfaults.HostFaults` (lost work and host health).
     """
@@ -166,15 +168,6 @@ class Coordinator(WorkerTalk, HostFaults):
             self.scheduler.add_slot(
                 f"{state.host.name}/{index}", state.host.name, state.host.labels, capacity
             )
-
-    def _wake_hosts_with_room(self) -> None:
-        """A shard gave back CPUs or memory: idle slots of its host may fit work now."""
-        grown = self.scheduler.hosts_with_room()
-        for state in self.hosts:
-            if state.host.name in grown:
-                for index in range(state.host.slots):
-                    if (wakeup := self._wakeups.get(f"{state.host.name}/{index}")) is not None:
-                        wakeup.set()
 
     async def close(self) -> None:
         self._closing = True
@@ -388,80 +381,6 @@ class Coordinator(WorkerTalk, HostFaults):
         self._report(run, test_id, {"t": "crashed", "id": test_id, "message": message})
 
     # -- slots -----------------------------------------------------------------
-    def _wake_all(self) -> None:
-        for event in self._wakeups.values():
-            event.set()
-
-    async def _slot_loop(self, state: HostState, index: int, slot_id: str) -> None:
-        """Keep the slot busy while its host serves; whatever fails, the slot goes on."""
-        while not self._closing:
-            if state.quarantined:
-                await state.serving.wait()
-                continue
-            held = Held()
-            try:
-                await self._serve_slot(state, index, slot_id, held)
-                await self._hand_back(held)
-            except Exception as exc:
-                log.exception("slot %s failed", slot_id)
-                if held.shard is None and held.worker is None:
-                    await asyncio.sleep(1.0)  # nothing to blame: do not spin on a bug
-                await self._abandon(state, held, f"slot {slot_id} failed: {describe(exc)}")
-
-    async def _abandon(self, state: HostState, held: Held, detail: str) -> None:
-        """Account for what a slot held when it failed unforeseen: a host fault."""
-        shard, worker = held.shard, held.worker
-        if worker is not None:
-            await kill_worker(worker.conn)
-            await self._worker_gone(worker, fault=detail)
-        if shard is not None and shard.run in self.runs:
-            self._host_failed(state, self.runs[shard.run], list(shard.tests), None, detail)
-
-    async def _hand_back(self, held: Held) -> None:
-        """The slot stops serving (quarantine, shutdown): requeue its shard, retire its worker."""
-        shard, held.shard = held.shard, None
-        if shard is not None and (run := self.runs.get(shard.run)) is not None:
-            self._requeue(run, shard.tests)
-        if held.worker is not None and not self._closing:
-            await self._drain(held.worker)
-        held.worker = None
-
-    async def _serve_slot(self, state: HostState, index: int, slot_id: str, held: Held) -> None:
-        wakeup = self._wakeups[slot_id]
-        while not self._closing and not state.quarantined:
-            wakeup.clear()
-            shard = self.scheduler.next_shard(slot_id)
-            held.shard = shard
-            self._wake_hosts_with_room()
-            worker = held.worker
-            if worker is not None and (
-                shard is None
-                or shard.run != worker.run.id
-                or shard.profile != worker.profile
-                or not state.host.reuse_workers
-            ):
-                await self._drain(worker)
-                held.worker = None
-                if self._closing or state.quarantined:
-                    return
-            if shard is None:
-                self.scheduler.release(slot_id)
-                self._wake_hosts_with_room()
-                await wakeup.wait()
-                continue
-            run = self.runs.get(shard.run)
-            if run is None:
-                held.shard = None
-                continue
-            if held.worker is None:
-                held.worker = await self._start_worker(state, index, run, shard)
-                if held.worker is None:
-                    held.shard = None  # _start_worker accounted for it
-                    continue
-            held.shard = None
-            if not await self._run_shard(held.worker, shard):
-                held.worker = None
-
     # -- introspection ---------------------------------------------------------
     def status(self) -> dict[str, Any]:
         now = asyncio.get_running_loop().time()

@@ -1,10 +1,11 @@
 """The farm's scheduler: a pure data structure deciding which tests run where.
 
 No asyncio and no I/O live here, so the coordinator drives it from its event
-loop and ``psyduck simulate`` (or a hypothesis state machine) drives it just
-the same.  The coordinator tells it about slots (one place where one worker
-runs at a time, on a host with some CPUs and memory), runs, finished tests
-and lost work; it answers "what should this idle slot run next?".
+loop (also in ``psyduck simulate``, on a virtual clock) and a hypothesis
+state machine drives it just the same.  The coordinator tells it about slots
+(one place where one worker runs at a time, on a host with some CPUs and
+memory), runs, finished tests and lost work; it answers "what should this
+idle slot run next?".
 
 Three decisions are separate:
 
@@ -94,6 +95,7 @@ class _Slot:
     run: str | None = None  # the run whose shard it holds, if any
     holds: Need = (0, 0)  # what that shard reserved on the host
     lasting: bool = False  # that shard may outlast a host's drain
+    shard: int = 0  # the id of the shard it holds
 
 
 @dataclass
@@ -218,13 +220,14 @@ class Scheduler:
             key=lambda r: (self._held[r.id], r.id != previous, r.seq),
         )
         for run in runs:
-            first, fitting = self._candidates(run, slot)
+            first, fitting, keys = self._candidates(run, slot)
             if first is None:
                 continue
-            if room.reserved is not None and room.reserved not in run.queue.keys:
-                # Held for another run's big unit, but this run's turn comes first.
+            if room.reserved is not None and room.reserved not in keys:
+                # Held for another run's big unit (or one this run's first tests must
+                # not wait for), but this run's turn comes first.
                 self._hosts.hold(room, None)
-                first, fitting = self._candidates(run, slot)
+                first, fitting, keys = self._candidates(run, slot)
             if (
                 fitting is not first
                 and room.reserved is None
@@ -233,7 +236,7 @@ class Scheduler:
             ):
                 # Hold the host for the run's next big unit: no small shard fills it meanwhile.
                 self._hosts.hold(room, first.key)
-                first, fitting = self._candidates(run, slot)
+                first, fitting, keys = self._candidates(run, slot)
             if fitting is None:
                 continue
             if room.reserved == fitting.key:
@@ -253,22 +256,33 @@ class Scheduler:
             self._hosts.hold(room, None)
             self._grown.add(room.name)
 
-    def _candidates(self, run: _Run, slot: _Slot) -> tuple[Unit | None, Unit | None]:
-        """The run's first unit the slot's labels allow, and its first that fits the host now."""
+    def _candidates(
+        self, run: _Run, slot: _Slot
+    ) -> tuple[Unit | None, Unit | None, set[PlacementKey]]:
+        """The run's first unit the slot's labels allow, its first that fits the host
+        now, and the placement keys of the units it may take next.
+
+        While units holding ``first`` tests are queued, only those count, wherever
+        the slot's labels allow one: the others wait, even where they would fit.
+        """
         first = fitting = None
         room = slot.room
+        heads = []
         for key, queue in run.queue.keys.items():
             if not self._hosts.labels_fit(slot.labels, key):
                 continue
             elsewhere = functools.partial(self._hosts.anywhere, key, but=room.name)
             unit = queue.head(room.name, elsewhere)
-            if unit is None:
-                continue
+            if unit is not None:
+                heads.append(unit)
+        if run.queue.firsts and any(u.first for u in heads):
+            heads = [u for u in heads if u.first]
+        for unit in heads:
             if first is None or unit.priority < first.priority:
                 first = unit
-            if (fitting is None or unit.priority < fitting.priority) and room.fits(key):
+            if (fitting is None or unit.priority < fitting.priority) and room.fits(unit.key):
                 fitting = unit
-        return first, fitting
+        return first, fitting, {u.key for u in heads}
 
     def _wanted(self, key: PlacementKey, room: HostRoom | None = None) -> bool:
         """Tests of *key* are queued beyond the hosts already held for them (besides *room*).
@@ -285,12 +299,23 @@ class Scheduler:
         self._held[run.id] += 1
         tests = self._take(run, unit)
         slot.holds = slot.room.need(unit.key)
-        # An untimed test's length is a guess: it may be the one that lasts hours.
-        slot.lasting = unit.guessed or sum(micros(t.estimate) for t in tests) > micros(
-            DRAIN_SECONDS
-        )
+        # An untimed test's length is a guess: it lasts once it has run that long
+        # (:meth:`outlasted`), not before — most are as short as the rest.
+        slot.lasting = sum(micros(t.estimate) for t in tests) > micros(DRAIN_SECONDS)
         slot.room.take(slot.holds, slot.lasting)
-        return Shard(next(self._shard_ids), run.id, tuple(tests), retry=unit.retry)
+        slot.shard = next(self._shard_ids)
+        return Shard(slot.shard, run.id, tuple(tests), retry=unit.retry)
+
+    def outlasted(self, slot_id: str, shard_id: int) -> None:
+        """Shard *shard_id* of *slot_id* has run :data:`DRAIN_SECONDS` and goes on: its
+        host is no longer held back for a big shard that would wait for it to end."""
+        slot = self._slots.get(slot_id)
+        if slot is None or slot.shard != shard_id or slot.lasting or slot.holds == (0, 0):
+            return
+        slot.room.give_back(slot.holds, False)
+        slot.lasting = True
+        slot.room.take(slot.holds, True)
+        self._check_hold(slot.room)
 
     def _take(self, run: _Run, unit: Unit) -> list[TestSpec]:
         """Dequeue *unit*, or only its head when it is too big for the tail.
@@ -347,6 +372,8 @@ class Scheduler:
         ):
             unit = Unit(list(same), key, priority=next(self._front), pinned=pinned)
             unit.avoid_host = lost_host
+            # Already dispatched once: in front of the run's queue, first tests' or not.
+            unit.first |= run.queue.firsts > 0
             run.queue.push_front(unit)
         if interrupted is None or interrupted.id in run.finished:
             return True
@@ -357,6 +384,7 @@ class Scheduler:
         key = placement_key(interrupted)
         retry = Unit([interrupted], key, priority=next(self._front), retry=True)
         retry.avoid_host = lost_host
+        retry.first |= run.queue.firsts > 0
         run.queue.push_front(retry)
         return True
 

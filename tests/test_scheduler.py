@@ -233,3 +233,20 @@ def test_first_tests_are_dispatched_before_longer_ones():
     shard = sched.next_shard("s0")
     assert shard is not None
     assert shard.tests[0].id == "z.py::failed"
+
+
+def test_a_module_holding_an_hours_long_test_goes_before_untimed_tests():
+    # The hours-long test sits behind quick tests of its module: the module's pieces
+    # rank by its longest, so all of them go before the untimed tests, not behind them.
+    slow = [TestSpec(id=f"slow.py::quick{i}", group="slow.py", estimate=0.5) for i in range(40)]
+    slow.append(TestSpec(id="slow.py::hours", group="slow.py", estimate=3600.0))
+    quick = [TestSpec(id=f"q{i}.py::t", group=f"q{i}.py", estimate=0.2) for i in range(20)]
+    untimed = [TestSpec(id=f"new{i}.py::t", group=f"new{i}.py") for i in range(30)]
+    sched = Scheduler()
+    for s in range(4):
+        sched.add_slot(f"h/{s}", "h")
+    assert sched.add_run("r", [*slow, *quick, *untimed]) == []
+    order = []
+    while (shard := sched.next_shard("h/0")) is not None:
+        order.extend(t.id for t in shard.tests)
+    assert order.index("slow.py::hours") < order.index("new0.py::t")

@@ -287,3 +287,24 @@ def test_a_host_busy_for_long_is_not_held_back_for_a_big_test():
     assert scheduler.next_shard("h/0").tests[0].id == "hours"
     # "big" cannot fit before "hours" ends: the other CPU serves meanwhile.
     assert scheduler.next_shard("h/1").tests[0].id == "light"
+
+
+def test_an_untimed_shard_lasts_once_it_has_run_long_not_before():
+    scheduler = Scheduler(PerTest())
+    for s in range(2):
+        scheduler.add_slot(f"h/{s}", "h", {}, Capacity(2.0, 8 * GiB))
+    assert scheduler.add_run("new", [TestSpec(id="untimed", group="n")]) == []
+    guessed = scheduler.next_shard("h/0")
+    assert guessed.tests[0].id == "untimed"
+    tests = [
+        TestSpec(id="big", group="g", estimate=5.0, cpus=2.0),
+        TestSpec(id="light", group="g", estimate=1.0),
+    ]
+    assert scheduler.add_run("r", tests) == []
+    # Most untimed tests are short: the host is held back for "big" meanwhile.
+    assert scheduler.next_shard("h/1") is None
+    scheduler.hosts_with_room()
+    # It has run 30 s and goes on (the coordinator says so): "big" would wait for it.
+    scheduler.outlasted("h/0", guessed.id)
+    assert scheduler.hosts_with_room() == {"h"}
+    assert scheduler.next_shard("h/1").tests[0].id == "light"

@@ -62,9 +62,13 @@ class Unit:
     guessed: bool = False
     start: int = 0
     size: int = field(init=False)
+    #: Holds a ``first`` test (``--ff``'s previous failures): dispatched before the
+    #: run's other units wherever it can run.
+    first: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.size = sum(micros(t.estimate) for t in self.tests)
+        self.first = any(t.first for t in self.tests)
 
     def __len__(self) -> int:
         return len(self.tests) - self.start
@@ -233,8 +237,16 @@ def plan_run(
     known = _units(policy, timed, slots, min_seconds, guessed=False)
     # Untimed units go behind the timed units that must start at once for the run to
     # end near its bound (longer than half of it), before the rest, which can wait.
+    # A unit ranks by its group's largest unit (the pieces of a split group keep their
+    # order, ranked together): a group holding an hours-long test goes before them whole.
     bound = max(max(timed_estimates, default=0.0), sum(timed_estimates) / max(slots, 1))
-    cut = next((i for i, u in enumerate(known) if u.size < micros(bound / 2)), len(known))
+    largest: dict[str, int] = {}
+    for unit in known:
+        largest[unit.tests[0].group] = max(largest.get(unit.tests[0].group, 0), unit.size)
+    cut = next(
+        (i for i, u in enumerate(known) if largest[u.tests[0].group] < micros(bound / 2)),
+        len(known),
+    )
     units.extend(known[:cut])
     if untimed and timed_estimates:
         # Beside timed tests, an untimed one may last longer than all of them: a unit of

@@ -58,6 +58,8 @@ class RunQueue:
     #: Estimated microseconds of work queued, and tests queued.
     size: int = 0
     tests: int = 0
+    #: Units holding a ``first`` test queued: while there are any, they go first.
+    firsts: int = 0
 
     def append(self, unit: Unit) -> None:
         """Queue *unit* behind everything of lower priority (plan order)."""
@@ -94,11 +96,12 @@ class RunQueue:
         units = [] if queue is None else list(queue.units())
         self.size -= sum(u.size for u in units)
         self.tests -= sum(len(u) for u in units)
+        self.firsts -= sum(u.first for u in units)
         return units
 
     def clear(self) -> None:
         self.keys.clear()
-        self.size = self.tests = 0
+        self.size = self.tests = self.firsts = 0
 
     def _queue(self, key: PlacementKey) -> KeyQueue:
         queue = self.keys.get(key)
@@ -109,4 +112,5 @@ class RunQueue:
     def _count(self, unit: Unit, sign: int) -> None:
         self.size += sign * unit.size
         self.tests += sign * len(unit)
+        self.firsts += sign * unit.first
         self.keys[unit.key].tests += sign * len(unit)

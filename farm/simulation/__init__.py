@@ -1,12 +1,11 @@
-"""``psyduck simulate``: the farm's real scheduler over simulated hosts, in virtual time.
+"""``psyduck simulate``: the farm's real coordinator over simulated hosts, in virtual time.
 
-A discrete-event simulation (no sleeping, no asyncio) drives
-:class:`farm.scheduler.Scheduler` with the same calls, in the same order, as
-:class:`farm.coordinator.Coordinator` makes: ``add_slot`` with each host's
-capacity, ``install`` of a planned run, ``next_shard`` / ``release`` per idle
-slot, ``hosts_with_room`` to wake a host's idle slots, ``finished`` per test,
-``requeue`` / ``remove_slot`` / ``unplaceable`` when a host is lost, and
-``forget`` when a run ends.  The coordinator's I/O (workers, event streams)
-is not simulated.  The same workload is then run under baseline policies
+The :class:`farm.coordinator.Coordinator` itself — slot tasks, worker talk,
+host faults and quarantine, event streams, and the
+:class:`farm.scheduler.Scheduler` it drives — runs on an asyncio loop whose
+clock jumps to the next timer (:mod:`.virtual`), over hosts whose workers
+"run" each test for its true duration (:mod:`.hosts`).  Nothing sleeps, and
+nothing of the coordinator is copied: what the simulation shows is what the
+farm's code does.  The same workload is then run under baseline policies
 (:mod:`.baselines`) so the figures come side by side.
 """

@@ -1,239 +1,176 @@
-"""Virtual time: slots run the real scheduler's shards, hosts fail, runs arrive.
+"""Virtual time: the farm's real coordinator serves simulated hosts, hosts fail, runs arrive.
 
-Every scheduler call goes through :class:`Timed`, which counts it and adds
-up the thread CPU time spent inside it: that is the scheduler's cost, apart
-from the simulation's own bookkeeping.  Host usage is tracked here from each
-shard's tests (their hints, or a slot's share), independently of the
-scheduler's own accounting, so oversubscription would show if it happened.
+A :class:`~farm.coordinator.Coordinator` — its slot tasks, worker talk, host
+faults, quarantine timers and event streams, unchanged — runs on a
+:class:`~farm.simulation.virtual.VirtualLoop` over
+:class:`~farm.simulation.hosts.SimHost` hosts.  Each run is submitted at its
+arrival time and read by a client task, as a client reads its stream; a run
+ends where its last test's final event was emitted.
+
+The coordinator's scheduler is a :class:`TimedScheduler`: every call is
+counted and the thread CPU time spent inside it added up, which is the
+scheduler's cost apart from the coordinator's and the simulation's.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.manifest import TestSpec
-from farm.scheduler import Capacity, Scheduler, Shard
+from farm.coordinator import Coordinator
+from farm.manifest import RunManifest, WorkerSpec
+from farm.scheduler import Capacity, Scheduler
+from farm.simulation.hosts import Bar, SimHost
+from farm.simulation.virtual import VirtualLoop
 from farm.simulation.workload import Options, Suite, need
 
-#: Seconds a failed host rests before its slots serve again.
+#: Seconds a lost host stays down before its spawns work again.
 HOST_REST = 600.0
+#: What the simulated workers run: nothing starts a process, but a manifest names one.
+_WORKER = WorkerSpec(argv=("simulated",), cwd="/simulated")
 
 
-class Timed:
-    """The scheduler, each call counted and its CPU time added up."""
+class TimedScheduler(Scheduler):
+    """The farm's scheduler, each call from outside counted and its CPU time added up."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-        self.cpu = 0.0
-        self.decisions = 0
-        self.decision_cpu = 0.0
+    cpu = 0.0
+    decisions = 0
+    decision_cpu = 0.0
+    _depth = 0
 
-    def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
+
+def _timed(name: str) -> Callable[..., Any]:
+    method = getattr(Scheduler, name)
+
+    def call(self: TimedScheduler, *args: Any, **kwargs: Any) -> Any:
+        if self._depth:  # a call from inside the scheduler is part of the outer one
+            return method(self, *args, **kwargs)
+        self._depth += 1
         start = time.thread_time()
-        result = getattr(self.scheduler, name)(*args, **kwargs)
-        spent = time.thread_time() - start
-        self.cpu += spent
-        if name == "next_shard":
-            self.decisions += 1
-            self.decision_cpu += spent
-        return result
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            spent = time.thread_time() - start
+            self._depth -= 1
+            self.cpu += spent
+            if name == "next_shard":
+                self.decisions += 1
+                self.decision_cpu += spent
+
+    call.__name__ = name
+    return call
 
 
-@dataclass
-class _Running:
-    shard: Shard
-    start: float
-    need: tuple[float, int]
-
-
-@dataclass
-class _Host:
-    name: str
-    slots: list[str]
-    cpus: float
-    memory: int
-    used: tuple[float, int] = (0.0, 0)
-    since: float = 0.0
-    up: bool = True
-    idle: set[str] = field(default_factory=set)
+for _name in (
+    "add_slot",
+    "remove_slot",
+    "release",
+    "hosts_with_room",
+    "install",
+    "next_shard",
+    "outlasted",
+    "finished",
+    "requeue",
+    "cancel",
+    "forget",
+    "unplaceable",
+    "queued",
+):
+    setattr(TimedScheduler, _name, _timed(_name))
 
 
 @dataclass
 class Outcome:
     """What one simulated schedule did."""
 
-    finish: dict[str, float]  # run id -> when its last test ended
-    crashed: int = 0  # tests whose retries a lost host used up
+    finish: dict[str, float]  # run name -> when its last test's final event came
+    crashed: int = 0  # tests reported crashed (their retries spent with lost hosts)
     ran: int = 0  # test executions, retries included
-    oversubscribed: float = 0.0  # host-seconds with more reserved than the host has
-    bars: list[tuple[str, float, float, str, bool]] = field(default_factory=list)
+    oversubscribed: float = 0.0  # host-seconds with more in use than the host has
+    bars: list[Bar] = field(default_factory=list)
 
 
-class Simulation:
-    """One farm of ``options.hosts`` identical hosts, driven until every run ends."""
+async def _client(coordinator: Coordinator, name: str, suite: Suite, outcome: Outcome) -> None:
+    """Submit *suite* as run *name* and read its stream to the end, as a client does."""
+    manifest = RunManifest(tests=tuple(suite.tests), worker=_WORKER, name=name)
+    run = await coordinator.submit(manifest, owner="simulation")
+    run.attached = True
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while True:
+        event = await run.events.get()
+        while True:
+            kind = event["t"]
+            if kind in ("result", "crashed"):
+                last = loop.time()
+                outcome.crashed += kind == "crashed"
+            elif kind == "done":
+                if event["status"] != "complete":
+                    raise RuntimeError(f"run {name} ended {event['status']}: {event['reason']}")
+                outcome.finish[name] = last
+                return
+            if run.events.empty():
+                break
+            event = run.events.get_nowait()
 
-    def __init__(
-        self,
-        options: Options,
-        timed: Timed,
-        durations: dict[str, float],
-        gantt: Callable[[str], bool] = lambda slot: False,
-    ) -> None:
-        self.options = options
-        self.call = timed
-        self.durations = durations
-        self.gantt = gantt
-        self.clock = 0.0
-        self.events: list[tuple[float, int, str, Any]] = []
-        self.seq = itertools.count()
-        self.hosts = {
-            f"host{h}": _Host(
-                f"host{h}",
-                [f"host{h}/{s}" for s in range(options.slots)],
-                options.cpus,
-                options.memory,
-            )
-            for h in range(options.hosts)
-        }
-        self.running: dict[str, _Running] = {}
-        self.left: dict[str, set[str]] = {}
-        self.outcome = Outcome(finish={})
 
-    def at(self, when: float, kind: str, payload: Any) -> None:
-        heapq.heappush(self.events, (when, next(self.seq), kind, payload))
+async def _farm(
+    options: Options,
+    runs: list[tuple[float, str, Suite]],
+    failures: list[float],
+    rng: random.Random,
+    drawn: Callable[[str], bool],
+) -> tuple[Outcome, TimedScheduler]:
+    durations: dict[str, float] = {}
+    for _, _, suite in runs:
+        durations.update(suite.durations)
+    capacity = Capacity(options.cpus, options.memory)
+    hosts = [
+        SimHost(
+            f"host{h}",
+            options.slots,
+            capacity,
+            durations,
+            lambda test: need(test, options),
+            min_shard_seconds=options.min_shard_seconds,
+            drawn=drawn,
+        )
+        for h in range(options.hosts)
+    ]
+    scheduler = TimedScheduler(min_shard_seconds=options.min_shard_seconds)
+    coordinator = Coordinator(list(hosts), scheduler)
+    await coordinator.start()
+    loop = asyncio.get_running_loop()
+    outcome = Outcome(finish={})
 
-    def run(self) -> Outcome:
-        for host in self.hosts.values():
-            self._admit(host)
-        while self.events:
-            self.clock, _, kind, payload = heapq.heappop(self.events)
-            getattr(self, f"_on_{kind}")(payload)
-        for host in self.hosts.values():
-            self._use(host, (0.0, 0))
-        return self.outcome
+    async def arrive(arrival: float, name: str, suite: Suite) -> None:
+        await asyncio.sleep(arrival)
+        await _client(coordinator, name, suite, outcome)
 
-    # -- events ------------------------------------------------------------------
-    def _on_arrive(self, run: tuple[str, list[TestSpec]]) -> None:
-        run_id, tests = run
-        plan = self.call("planner")(tests)
-        if self.call("install", run_id, plan):
-            raise ValueError(f"run {run_id}: some tests fit no host")
-        self.left[run_id] = {t.id for t in tests}
-        self._offer_idle(self.hosts.values())
+    def fail() -> None:
+        up = [h for h in hosts if h.up]
+        if len(up) >= 2:
+            host = rng.choice(up)
+            host.fail()
+            loop.call_later(HOST_REST, host.back)
 
-    def _on_done(self, event: tuple[str, int]) -> None:
-        slot, shard_id = event
-        running = self.running.get(slot)
-        if running is None or running.shard.id != shard_id:
-            return  # its host was lost meanwhile
-        del self.running[slot]
-        for test in running.shard.tests:
-            self._finished(running.shard.run, test.id)
-        host = self.hosts[slot.split("/")[0]]
-        self._unuse(host, running.need)
-        self._offer(host, slot)
-        self._settle()
-
-    def _on_fail(self, rng: random.Random) -> None:
-        up = [h for h in self.hosts.values() if h.up]
-        if len(up) < 2:
-            return
-        host = rng.choice(up)
-        host.up = False
-        for slot in host.slots:
-            running = self.running.pop(slot, None)
-            if running is None:
-                continue
-            self._unuse(host, running.need)
-            elapsed = self.clock - running.start
-            tests = list(running.shard.tests)
-            while tests and self.durations[tests[0].id] <= elapsed:
-                elapsed -= self.durations[tests[0].id]
-                self._finished(running.shard.run, tests.pop(0).id)
-            run = running.shard.run
-            self.call("requeue", run, tests[1:], lost_host=host.name)
-            if tests and not self.call(
-                "requeue", run, (), interrupted=tests[0], lost_host=host.name
-            ):
-                self.outcome.crashed += 1
-                self._finished(run, tests[0].id)
-        for slot in host.slots:
-            self.call("remove_slot", slot)
-        host.idle.clear()
-        for run in list(self.left):
-            for test in self.call("unplaceable", run):
-                self.outcome.crashed += 1
-                self._finished(run, test.id)
-        self.at(self.clock + HOST_REST, "back", host.name)
-        self._offer_idle(self.hosts.values())
-
-    def _on_back(self, name: str) -> None:
-        host = self.hosts[name]
-        host.up = True
-        self._admit(host)
-        self._offer_idle([host])
-
-    # -- slots -------------------------------------------------------------------
-    def _admit(self, host: _Host) -> None:
-        for slot in host.slots:
-            self.call("add_slot", slot, host.name, {}, Capacity(host.cpus, host.memory))
-            host.idle.add(slot)
-
-    def _offer_idle(self, hosts: Any) -> None:
-        for host in list(hosts):
-            for slot in sorted(host.idle):
-                self._offer(host, slot)
-        self._settle()
-
-    def _settle(self) -> None:
-        """Idle slots of hosts with more room ask again, as the coordinator wakes them."""
-        while grown := self.call("hosts_with_room"):
-            for name in grown:
-                host = self.hosts[name]
-                for slot in sorted(host.idle):
-                    self._offer(host, slot)
-
-    def _offer(self, host: _Host, slot: str) -> None:
-        shard = self.call("next_shard", slot)
-        if shard is None:
-            self.call("release", slot)
-            host.idle.add(slot)
-            return
-        host.idle.discard(slot)
-        needs = [need(t, self.options) for t in shard.tests]
-        taken = (max(c for c, _ in needs), max(m for _, m in needs))
-        self._use(host, (host.used[0] + taken[0], host.used[1] + taken[1]))
-        self.running[slot] = _Running(shard, self.clock, taken)
-        seconds = sum(self.durations[t.id] for t in shard.tests)
-        self.outcome.ran += len(shard.tests)
-        if self.gantt(slot):
-            heavy = any(t.cpus or t.memory for t in shard.tests)
-            self.outcome.bars.append((slot, self.clock, self.clock + seconds, shard.run, heavy))
-        self.at(self.clock + seconds, "done", (slot, shard.id))
-
-    def _unuse(self, host: _Host, taken: tuple[float, int]) -> None:
-        self._use(host, (host.used[0] - taken[0], host.used[1] - taken[1]))
-
-    def _use(self, host: _Host, used: tuple[float, int]) -> None:
-        """Set the host's usage, first counting the time it spent over capacity."""
-        if host.used[0] > host.cpus + 1e-6 or host.used[1] > host.memory:
-            self.outcome.oversubscribed += self.clock - host.since
-        host.used, host.since = used, self.clock
-
-    def _finished(self, run: str, test_id: str) -> None:
-        self.call("finished", run, test_id)
-        left = self.left[run]
-        left.discard(test_id)
-        if not left:
-            self.outcome.finish[run] = self.clock
-            del self.left[run]
-            self.call("forget", run)
+    for when in failures:
+        loop.call_at(when, fail)
+    try:
+        await asyncio.gather(*(arrive(*run) for run in runs))
+    finally:
+        await coordinator.close()
+    for host in hosts:
+        host.occupy((0.0, 0), 1)  # count the last stretch
+        outcome.oversubscribed += host.oversubscribed
+        outcome.ran += host.executions
+        outcome.bars.extend(host.bars)
+    return outcome, scheduler
 
 
 def simulate_runs(
@@ -242,15 +179,15 @@ def simulate_runs(
     failures: list[float],
     rng: random.Random,
     gantt: Callable[[str], bool] = lambda slot: False,
-) -> tuple[Outcome, Timed]:
-    """Run *runs* (arrival, id, suite) on a fresh farm; a host fails at each of *failures*."""
-    timed = Timed(Scheduler(min_shard_seconds=options.min_shard_seconds))
-    durations: dict[str, float] = {}
-    for _, _, suite in runs:
-        durations.update(suite.durations)
-    sim = Simulation(options, timed, durations, gantt)
-    for arrival, run_id, suite in runs:
-        sim.at(arrival, "arrive", (run_id, suite.tests))
-    for when in failures:
-        sim.at(when, "fail", rng)
-    return sim.run(), timed
+) -> tuple[Outcome, TimedScheduler]:
+    """Run *runs* (arrival, name, suite) on a fresh farm; a host is lost at each of *failures*."""
+    loop = VirtualLoop()
+    # Lost hosts' quarantines are the point of a simulation, not news to log.
+    farm_log = logging.getLogger("psyduck.farm")
+    level = farm_log.level
+    farm_log.setLevel(logging.ERROR)
+    try:
+        return loop.run_until_complete(_farm(options, runs, failures, rng, gantt))
+    finally:
+        farm_log.setLevel(level)
+        loop.close()

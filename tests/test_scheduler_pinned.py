@@ -1,0 +1,183 @@
+"""Pinned groups and ``first`` tests with capacity packing, several runs and a lost host.
+
+A discrete-event driver (no I/O) plays the coordinator's part, as in
+``test_scheduler_capacity.py``; what a host holds is worked out here from each
+shard's tests.  The invariants hold together: no host is ever given more
+CPUs or memory than it has; every test is dispatched exactly once, plus once
+more for each time a lost host took it; a pinned group's tests run as one
+shard, in manifest order (unless a lost host interrupted it); and a run's
+``first`` tests (``--ff``'s previous failures) are all dispatched before any
+other test of that run (a pinned group holding one goes first whole).
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from farm.manifest import TestSpec
+from farm.scheduler import Capacity, Scheduler, Shard
+
+GiB = 1 << 30
+CAPACITY = Capacity(8.0, 32 * GiB)
+
+
+class Farm:
+    """Hosts of *slots* slots sharing :data:`CAPACITY`; a shard lasts its tests' estimates."""
+
+    def __init__(self, scheduler: Scheduler, hosts: int, slots: int) -> None:
+        self.scheduler, self.slots = scheduler, slots
+        self.clock = 0.0
+        self.events: list[tuple[float, int, str]] = []
+        self.seq = itertools.count()
+        self.running: dict[str, tuple[Shard, tuple[float, int]]] = {}
+        self.used = {f"h{h}": [0.0, 0] for h in range(hosts)}
+        self.idle = {f"h{h}/{s}" for h in range(hosts) for s in range(slots)}
+        self.shards: list[tuple[Shard, bool]] = []  # in dispatch order; True: lost
+        for slot in sorted(self.idle):
+            scheduler.add_slot(slot, slot.split("/")[0], {}, CAPACITY)
+
+    def need(self, shard: Shard) -> tuple[float, int]:
+        cpus = max(min(t.cpus or CAPACITY.cpus / self.slots, CAPACITY.cpus) for t in shard.tests)
+        memory = max(
+            min(t.memory or CAPACITY.memory // self.slots, CAPACITY.memory) for t in shard.tests
+        )
+        return cpus, memory
+
+    def offer(self, slot: str) -> None:
+        shard = self.scheduler.next_shard(slot)
+        if shard is None:
+            self.scheduler.release(slot)
+            self.idle.add(slot)
+            return
+        self.idle.discard(slot)
+        taken = self.need(shard)
+        used = self.used[slot.split("/")[0]]
+        used[0] += taken[0]
+        used[1] += taken[1]
+        assert used[0] <= CAPACITY.cpus + 1e-9 and used[1] <= CAPACITY.memory
+        self.running[slot] = (shard, taken)
+        self.shards.append((shard, False))
+        end = self.clock + sum(t.estimate for t in shard.tests)
+        heapq.heappush(self.events, (end, next(self.seq), slot))
+
+    def finish(self, slot: str, only: int | None = None) -> None:
+        """The slot's shard ended; with *only*, its host was lost after that many tests."""
+        shard, taken = self.running.pop(slot)
+        used = self.used[slot.split("/")[0]]
+        used[0] -= taken[0]
+        used[1] -= taken[1]
+        for test in shard.tests[:only]:
+            self.scheduler.finished(shard.run, test.id)
+        if only is not None:
+            self.events = [e for e in self.events if e[2] != slot]
+            heapq.heapify(self.events)
+            index = next(i for i, (s, _) in enumerate(self.shards) if s is shard)
+            self.shards[index] = (shard, True)
+
+    def wake(self) -> None:
+        for slot in sorted(self.idle):
+            self.offer(slot)
+        while grown := self.scheduler.hosts_with_room():
+            for slot in sorted(s for s in self.idle if s.split("/")[0] in grown):
+                self.offer(slot)
+
+    def step(self) -> bool:
+        if not self.events:
+            return False
+        self.clock, _, slot = heapq.heappop(self.events)
+        self.finish(slot)
+        self.offer(slot)
+        self.wake()
+        return True
+
+
+#: One group: (pinned, hints, rows); a row is (estimate, first).
+groups = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.sampled_from([(None, None), (None, None), (2.0, 4), (4.0, 16), (8.0, 32)]),
+        st.lists(st.tuples(st.floats(0.001, 10.0), st.booleans()), min_size=1, max_size=6),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def suite(spec, prefix: str) -> list[TestSpec]:
+    """Tests in manifest order; a pinned group is an ``xdist_group`` with its own hints."""
+    tests = []
+    for g, (pinned, (cpus, memory), rows) in enumerate(spec):
+        group = f"{prefix}g{g}" if pinned else f"{prefix}m{g}.py"
+        for i, (estimate, first) in enumerate(rows):
+            tests.append(
+                TestSpec(
+                    id=f"{group}::t{i}",
+                    group=group,
+                    estimate=estimate,
+                    cpus=cpus,
+                    memory=None if memory is None else memory * GiB,
+                    pinned=pinned,
+                    first=first,
+                )
+            )
+    return tests
+
+
+@settings(max_examples=200, deadline=None)
+@given(groups, groups, st.integers(2, 3), st.integers(1, 4), st.data())
+def test_pinned_groups_and_first_tests_with_packing_and_a_lost_host(big, small, hosts, slots, data):
+    tests = {"big": suite(big, "b"), "small": suite(small, "s")}
+    scheduler = Scheduler(max_retries=5)
+    farm = Farm(scheduler, hosts, slots)
+    assert scheduler.add_run("big", tests["big"]) == []
+    farm.wake()
+    for _ in range(data.draw(st.integers(0, 4))):
+        farm.step()
+    assert scheduler.add_run("small", tests["small"]) == []
+    farm.wake()
+    # Lose host h0 as the coordinator does: what its slots had not finished goes back,
+    # the running test as a retry, elsewhere if possible; then its slots are removed.
+    rerun: collections.Counter[tuple[str, str]] = collections.Counter()
+    for slot in sorted(s for s in farm.running if s.startswith("h0/")):
+        shard, _ = farm.running[slot]
+        done = data.draw(st.integers(0, len(shard.tests)))
+        farm.finish(slot, only=done)
+        rest = list(shard.tests[done:])
+        rerun.update((shard.run, t.id) for t in rest)
+        if rest:
+            assert scheduler.requeue(shard.run, rest[1:], interrupted=rest[0], lost_host="h0")
+    for s in range(slots):
+        scheduler.remove_slot(f"h0/{s}")
+        farm.idle.discard(f"h0/{s}")
+    farm.wake()
+    while farm.step():
+        pass
+    assert scheduler.is_done("big") and scheduler.is_done("small")
+
+    dispatched = collections.Counter((s.run, t.id) for s, _ in farm.shards for t in s.tests)
+    expected = collections.Counter({(run, t.id): 1 for run, ts in tests.items() for t in ts})
+    assert dispatched == expected + rerun
+
+    lost_tests = {(s.run, t.id) for s, lost in farm.shards if lost for t in s.tests}
+    for run, run_tests in tests.items():
+        for group in {t.group for t in run_tests if t.pinned}:
+            members = [t.id for t in run_tests if t.group == group]
+            if any((run, m) in lost_tests for m in members):
+                continue  # a lost host interrupted it: its rest runs again apart
+            holding = [s for s, _ in farm.shards if s.run == run and s.tests[0].group == group]
+            assert [[t.id for t in s.tests] for s in holding] == [members]
+
+        # Each test's first dispatch (a rerun after a loss comes when the loss happens).
+        # A pinned group holding a first test goes first whole, in its order.
+        leading = {t.group for t in run_tests if t.pinned and t.first}
+        lead = {t.id for t in run_tests if t.first or (t.pinned and t.group in leading)}
+        order = dict.fromkeys(t.id for s, _ in farm.shards if s.run == run for t in s.tests)
+        firsts = [i for i, t in enumerate(order) if t in lead]
+        others = [i for i, t in enumerate(order) if t not in lead]
+        if firsts and others:
+            assert max(firsts) < min(others), "a first test came after another test of its run"
