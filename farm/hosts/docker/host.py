@@ -45,6 +45,7 @@ from farm.hosts.docker.engine import (
     local_engine,
 )
 from farm.hosts.docker.images import ImagePull, ImageSupply
+from farm.hosts.docker.pythonvolumes import python_volumes, reap_python_volumes
 from farm.hosts.docker.volumes import PayloadVolumes
 from farm.hosts.docker.worker import DockerWorker, discard, start_container
 from farm.hosts.local import default_cache_dir
@@ -109,6 +110,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         remote: bool = False,
         embedded: bool = False,
         container_scope: str = SCOPE_SHARD,
+        python_volumes: bool = True,
     ) -> None:
         if container_scope not in CONTAINER_SCOPES:
             raise ValueError(
@@ -150,6 +152,10 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         self._image_paths: dict[str, str] = {}
         #: Payload volumes by name (filled, or being filled), oldest first.
         self._volumes: dict[str, asyncio.Future[str]] = {}
+        #: Whether workers import the image's Python from volumes (``pythonvolumes``).
+        self.python_volumes = python_volumes
+        #: Per image reference: ``{directory: volume}`` of its Python installation.
+        self._pythons: dict[str, asyncio.Future[dict[str, str]]] = {}
 
     # -- engine ------------------------------------------------------------------
     def connect_engine(self) -> docker.APIClient:
@@ -175,6 +181,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             self._engine = engine
             self._images.clear()
             self._image_paths.clear()
+            self._pythons.clear()
             return engine
 
     async def start(self) -> None:
@@ -227,12 +234,17 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         if orphans:
             gone = await self._remove_volumes(engine, orphans)
             log.info("host %s: removed %d orphaned psyduck volumes", self.name, len(gone))
+        stale = await reap_python_volumes(engine)
+        if stale:
+            log.info("host %s: removed %d stale Python volumes", self.name, len(stale))
         return removed
 
     async def close(self) -> None:
         for pull in list(self._pulls):
             pull.abort()
-        await asyncio.gather(*self._images.values(), return_exceptions=True)
+        await asyncio.gather(
+            *self._images.values(), *self._pythons.values(), return_exceptions=True
+        )
         for verdict in self._verdicts.values():
             verdict.cancel()  # a probe still running removes its container as it ends
         await asyncio.gather(*self._verdicts.values(), return_exceptions=True)
@@ -360,6 +372,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
                 f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
             )
         image = await self._run_image(engine, image, run)
+        pythons = await self._python_dirs(engine, image)
         module_dirs = inject_sources(run.manifest.worker.inject, client_disk=self.embedded)
         image_pythonpath = await self._image_pythonpath(engine, image)
         code_dir, code_root = await self._code_dir(run)
@@ -387,6 +400,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             inject_volume=inject_volume,
             image_pythonpath=image_pythonpath,
             scope=self.container_scope,
+            python_volumes=pythons,
         )
         # Not interruptible: a create cancelled halfway would leave a container nobody
         # knows about, so a cancelled caller hands the finished worker to discard.
@@ -400,6 +414,30 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             raise
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
+
+    async def _python_dirs(self, engine: Engine, image: str) -> dict[str, str]:
+        """``{directory: volume}`` of *image*'s Python installation, once per image.
+
+        An engine that cannot make them (an image whose Python cannot list its
+        directories, a refused volume) costs nothing but speed: its workers read
+        the image's own files, and the host does not ask again for that image.
+        """
+        if not self.python_volumes:
+            return {}
+        ready = self._pythons.get(image)
+        if ready is None:
+            ready = asyncio.ensure_future(self._make_python_dirs(engine, image))
+            self._pythons[image] = ready
+        return await asyncio.shield(ready)
+
+    async def _make_python_dirs(self, engine: Engine, image: str) -> dict[str, str]:
+        try:
+            return await python_volumes(engine, image, self.python)
+        except (docker.errors.APIError, ValueError, TimeoutError) as exc:
+            log.warning(
+                "host %s: workers read %s's Python from the image itself: %s", self.name, image, exc
+            )
+            return {}
 
     def capacity(self) -> Capacity | None:
         """The configured memory and CPUs, else the engine's (known once it is reached)."""
