@@ -80,9 +80,14 @@ def outermost(paths: Iterable[str]) -> list[str]:
     return kept
 
 
+#: Changes when the volumes' making changes: volumes made otherwise are not used.
+FORMAT = "2"
+
+
 def python_key(image_id: str, python: str) -> str:
-    """The key of an image's Python volumes: its id and the interpreter workers start."""
-    return hashlib.sha256(f"{image_id}\0{python}".encode()).hexdigest()[:24]
+    """The key of an image's Python volumes: its id, the interpreter workers start, and
+    :data:`FORMAT`."""
+    return hashlib.sha256(f"{FORMAT}\0{image_id}\0{python}".encode()).hexdigest()[:24]
 
 
 def parse_listing(output: str) -> list[str]:
@@ -111,7 +116,7 @@ async def python_volumes(engine: Engine, image: str, python: str) -> dict[str, s
             return dirs
         await _remove(engine, [marker])  # its data volumes were removed: make them again
     listed = await _list_dirs(engine, image, python)
-    ours = await _fill(engine, image, image_id, key, listed)
+    ours = await _fill(engine, image, python, image_id, key, listed)
     labels = {LABEL_PYTHON: key, LABEL_PYTHON_IMAGE: image_id, LABEL_PYTHON_DIRS: json.dumps(ours)}
     made = await engine.call(api.create_volume, marker, labels=labels)
     winner = _marked(made)
@@ -168,7 +173,7 @@ async def _list_dirs(engine: Engine, image: str, python: str) -> list[str]:
 
 
 async def _fill(
-    engine: Engine, image: str, image_id: str, key: str, dirs: list[str]
+    engine: Engine, image: str, python: str, image_id: str, key: str, dirs: list[str]
 ) -> dict[str, str]:
     """New data volumes holding *dirs* of *image*: the engine copies them as a container
     that mounts the empty volumes there is created (it is never started)."""
@@ -193,10 +198,59 @@ async def _fill(
             deadline=FILL_TIMEOUT,
         )
         await _remove_container(engine, created["Id"])
+        await _copy_directory_times(engine, image, python, volumes)
     except BaseException:
         await _remove(engine, list(volumes.values()))
         raise
     return volumes
+
+
+#: Gives each copied directory (mounted at ``FILL_DIR/N``) its original's timestamps:
+#: the engine's copy keeps those of files, not of directories.
+DIRECTORY_TIMES = """\
+import json, os, sys
+for src, dst in json.loads(sys.argv[1]):
+    for here, _, _ in os.walk(src, topdown=False):
+        st = os.lstat(here)
+        target = os.path.normpath(os.path.join(dst, os.path.relpath(here, src)))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+"""
+#: Where :data:`DIRECTORY_TIMES` sees the volumes.
+FILL_DIR = "/psyduck-python-fill"
+
+
+async def _copy_directory_times(
+    engine: Engine, image: str, python: str, volumes: dict[str, str]
+) -> None:
+    api = engine.api
+    places = {d: f"{FILL_DIR}/{i}" for i, d in enumerate(volumes)}
+    created = await engine.call(
+        api.create_container,
+        image,
+        [python, "-c", DIRECTORY_TIMES, json.dumps(list(places.items()))],
+        user="0:0",
+        labels={LABEL_FARM: FARM_ID},
+        network_disabled=True,
+        host_config=api.create_host_config(
+            binds={v: {"bind": places[d], "mode": "rw"} for d, v in volumes.items()},
+            network_mode="none",
+            security_opt=["no-new-privileges"],
+            log_config={"type": "json-file", "config": {}},
+        ),
+        use_config_proxy=False,
+    )
+    try:
+        await engine.call(api.start, created["Id"])
+        if not await engine.call(
+            wait_exit, api, created["Id"], FILL_TIMEOUT, deadline=FILL_TIMEOUT + 10
+        ):
+            raise ValueError(f"copying directory times took longer than {FILL_TIMEOUT:.0f} s")
+        status = (await engine.call(api.inspect_container, created["Id"]))["State"]["ExitCode"]
+        if status != 0:
+            logs = await engine.call(api.logs, created["Id"], stdout=True, stderr=True)
+            raise ValueError(f"copying directory times failed: {logs[-2000:]!r}")
+    finally:
+        await _remove_container(engine, created["Id"])
 
 
 async def _remove_container(engine: Engine, container: str) -> None:
