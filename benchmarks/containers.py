@@ -292,6 +292,7 @@ def main() -> None:
                 f"cpus: {os.cpu_count()}",
                 f"machine_spin_seconds: {single:.2f}",
                 f"machine_two_spins_vs_one: {pair / single:.2f}",
+                f"load_average_1_5_15min: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
             ]
         )
     )

@@ -305,6 +305,25 @@ class ContainerPlan:
     host_config: dict[str, Any]
 
 
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def python_mounts(volumes: Mapping[str, str], taken: Iterable[str]) -> dict[str, str]:
+    """The ``{directory: volume}`` of *volumes* that neither hold nor sit in a path in *taken*.
+
+    *taken* are the container's other mount points and its working directory:
+    a Python volume there would hide the run's code, psyduck's packages or the
+    scratch, or be hidden by them.
+    """
+    taken = [os.path.normpath(t) for t in taken if t]
+    return {
+        d: v
+        for d, v in volumes.items()
+        if d != "/" and not any(_within(d, t) or _within(t, d) for t in taken)
+    }
+
+
 def scratch_cache_args(argv: Sequence[str]) -> list[str]:
     """Point pytest's cache into the container's scratch (the code is read-only), unless
     the run turned the cache provider off: then ``cache_dir`` is an unknown ini key, which
@@ -332,6 +351,7 @@ def plan_container(
     inject_volume: str | None = None,
     image_pythonpath: str = "",
     scope: str = SCOPE_SHARD,
+    python_volumes: Mapping[str, str] | None = None,
 ) -> ContainerPlan:
     """The container for one worker: locked down, limited, labelled, removed when done.
 
@@ -347,7 +367,10 @@ def plan_container(
     holding the code and *inject_volume* one holding psyduck's packages (see
     :mod:`farm.hosts.docker.volumes`): the same read-only mounts, with volumes as sources.
     *scope* says whether the container runs one shard or a run's shards
-    (:func:`container_environment`).
+    (:func:`container_environment`).  *python_volumes* (``{directory: volume}``,
+    :mod:`farm.hosts.docker.pythonvolumes`) are mounted read-only over the
+    image's own Python directories, except where they would overlap another mount
+    or the working directory.
     """
     if inject_volume:
         binds = {inject_volume: {"bind": INJECT_DIR, "mode": "ro"}}
@@ -365,6 +388,9 @@ def plan_container(
         environment["PSYDUCK_CODE_ROOT"] = code_root
     else:
         binds[code_dir] = {"bind": code_root, "mode": "ro"}
+    taken = [*(b["bind"] for b in binds.values()), *tmpfs, run.manifest.worker.cwd]
+    for directory, volume in python_mounts(python_volumes or {}, taken).items():
+        binds[volume] = {"bind": directory, "mode": "ro"}
     return ContainerPlan(
         image=image,
         command=command,

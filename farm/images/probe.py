@@ -53,10 +53,10 @@ def describe_start_failure(python: str, explanation: str) -> str:
     return f"a container of it does not start: {explanation}"
 
 
-def _wait(api: docker.APIClient, container: str) -> bool:
-    """Wait for the probe to exit; False if it ran past :data:`PROBE_TIMEOUT`."""
+def wait_exit(api: docker.APIClient, container: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Wait for a helper container to exit; False if it ran past *timeout* seconds."""
     try:
-        api.wait(container, timeout=PROBE_TIMEOUT)
+        api.wait(container, timeout=timeout)
     except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
         return False
     return True
@@ -106,7 +106,7 @@ async def probe_image(
             await engine.call(api.start, container)
         except docker.errors.APIError as exc:
             raise ValueError(describe_start_failure(python, explanation(exc))) from exc
-        if not await engine.call(_wait, api, container, deadline=PROBE_TIMEOUT + 10):
+        if not await engine.call(wait_exit, api, container, deadline=PROBE_TIMEOUT + 10):
             raise ValueError(f"its Python did not finish psyduck's check in {PROBE_TIMEOUT:.0f} s")
         logs = await engine.call(api.logs, container, stdout=True, stderr=True)
         return parse_probe_output(logs[-PROBE_OUTPUT_LIMIT:].decode("utf-8", "replace"))

@@ -9,6 +9,9 @@ transport for ``ssh://…`` (:mod:`farm.hosts.ssh`).  One module per concern:
 * :mod:`~farm.hosts.docker.worker` — a worker in a container (:class:`DockerWorker`);
 * :mod:`~farm.hosts.docker.images` — test images, pulled from pokedex when missing;
 * :mod:`~farm.hosts.docker.volumes` — payload volumes for engines on other machines;
+* :mod:`~farm.hosts.docker.pythonvolumes` — the image's Python installation in
+  read-only volumes on the engine's own disk, so imports skip its storage driver;
+* :mod:`~farm.hosts.docker.spares` — when a slot's spare container starts;
 * :mod:`~farm.hosts.docker.host` — :class:`DockerHost`, which puts them together.
 """
 

@@ -45,6 +45,8 @@ from farm.hosts.docker.engine import (
     local_engine,
 )
 from farm.hosts.docker.images import ImagePull, ImageSupply
+from farm.hosts.docker.pythonvolumes import python_volumes, reap_python_volumes
+from farm.hosts.docker.spares import RunLedger, StartClock
 from farm.hosts.docker.volumes import PayloadVolumes
 from farm.hosts.docker.worker import DockerWorker, discard, start_container
 from farm.hosts.local import default_cache_dir
@@ -64,11 +66,17 @@ CREATED_GRACE = 120.0
 
 @dataclass
 class _Spare:
-    """A container started ahead for a slot's next shard of the same run and profile."""
+    """A container started ahead for a slot's next shard of the same run and profile.
+
+    Until *creating*, its task only waits for the moment to start it
+    (:mod:`farm.hosts.docker.spares`) and is cancelled when not wanted; once
+    created, an unused spare lives until *expiry*.
+    """
 
     key: tuple[str, str]
-    task: asyncio.Future[DockerWorker]
-    expiry: asyncio.TimerHandle
+    task: asyncio.Future[DockerWorker | None] | None = None
+    expiry: asyncio.TimerHandle | None = None
+    creating: bool = False
 
 
 def _owner(path: str) -> str:
@@ -109,6 +117,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         remote: bool = False,
         embedded: bool = False,
         container_scope: str = SCOPE_SHARD,
+        python_volumes: bool = True,
     ) -> None:
         if container_scope not in CONTAINER_SCOPES:
             raise ValueError(
@@ -145,11 +154,18 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         self._verdicts: dict[tuple[str, Expectation, str], asyncio.Future[Verdict]] = {}
         self._pulls: set[ImagePull] = set()
         self._spares: dict[int, _Spare] = {}
+        #: How long this host's containers take to get ready, and what each run handed it.
+        self._start_clock = StartClock()
+        self._ledger = RunLedger()
         self._background: set[asyncio.Future[None]] = set()
         #: Per image reference: its own ``PYTHONPATH``, which workers extend.
         self._image_paths: dict[str, str] = {}
         #: Payload volumes by name (filled, or being filled), oldest first.
         self._volumes: dict[str, asyncio.Future[str]] = {}
+        #: Whether workers import the image's Python from volumes (``pythonvolumes``).
+        self.python_volumes = python_volumes
+        #: Per image reference: ``{directory: volume}`` of its Python installation.
+        self._pythons: dict[str, asyncio.Future[dict[str, str]]] = {}
 
     # -- engine ------------------------------------------------------------------
     def connect_engine(self) -> docker.APIClient:
@@ -175,6 +191,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             self._engine = engine
             self._images.clear()
             self._image_paths.clear()
+            self._pythons.clear()
             return engine
 
     async def start(self) -> None:
@@ -227,19 +244,24 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         if orphans:
             gone = await self._remove_volumes(engine, orphans)
             log.info("host %s: removed %d orphaned psyduck volumes", self.name, len(gone))
+        stale = await reap_python_volumes(engine)
+        if stale:
+            log.info("host %s: removed %d stale Python volumes", self.name, len(stale))
         return removed
 
     async def close(self) -> None:
         for pull in list(self._pulls):
             pull.abort()
-        await asyncio.gather(*self._images.values(), return_exceptions=True)
+        await asyncio.gather(
+            *self._images.values(), *self._pythons.values(), return_exceptions=True
+        )
         for verdict in self._verdicts.values():
             verdict.cancel()  # a probe still running removes its container as it ends
         await asyncio.gather(*self._verdicts.values(), return_exceptions=True)
         spares, self._spares = self._spares, {}
         for spare in spares.values():
-            spare.expiry.cancel()
-        await asyncio.gather(*(discard(spare.task) for spare in spares.values()), *self._background)
+            self._drop_spare(spare)
+        await asyncio.gather(*self._background)
         volumes, self._volumes = self._volumes, {}
         if volumes and self._engine is not None and self._engine.alive:
             await asyncio.gather(*volumes.values(), return_exceptions=True)
@@ -301,49 +323,83 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             worker = await self._create_worker(run, slot, worker_id, on_output)
         if self.reuse_workers:
             return worker  # it serves the run's next shards itself: no spare
-        task = asyncio.ensure_future(self._spare_after(worker, run, slot, worker_id, on_output))
-        expiry = asyncio.get_running_loop().call_later(SPARE_TTL, self._expire_spare, slot, task)
-        self._spares[slot] = _Spare(key, task, expiry)
+        spare = _Spare(key)
+        spare.task = asyncio.ensure_future(
+            self._spare_after(spare, worker, run, slot, worker_id, on_output)
+        )
+        self._spares[slot] = spare
         return worker
 
     async def _spare_after(
         self,
+        spare: _Spare,
         current: DockerWorker,
         run: RunContext,
         slot: int,
         worker_id: str,
         on_output: OutputHandler,
-    ) -> DockerWorker:
+    ) -> DockerWorker | None:
+        """The slot's next container, started a start-up's length before *current*'s
+        shard is estimated to end (or as it asks for more work, if sooner); None when
+        this host was handed the whole run."""
         await current.heard.wait()
+        await current.shard_known.wait()
+        self._ledger.handed(run.run_id, (test.id for test in current.shard))
+        delay = self._start_clock.spare_delay(sum(test.estimate for test in current.shard))
+        if delay > 0:
+            await current.nearly_done_within(delay)
+        if self._ledger.all_handed(run.run_id, len(run.manifest.tests)):
+            return None
+        spare.creating = True
+        spare.expiry = asyncio.get_running_loop().call_later(
+            SPARE_TTL, self._expire_spare, slot, spare
+        )
         # Its own id: it will serve another shard than *current*, as another xdist node.
         spare_id = self.new_worker_id() if self.new_worker_id else worker_id
-        spare = await self._create_worker(run, slot, spare_id, on_output)
-        spare.worker_id = spare_id
-        return spare
+        started = time.monotonic()
+        worker = await self._create_worker(run, slot, spare_id, on_output)
+        worker.worker_id = spare_id
+        self._in_background(self._time_start(worker, started))
+        return worker
+
+    async def _time_start(self, worker: DockerWorker, started: float) -> None:
+        await worker.heard.wait()
+        if worker.alive:
+            self._start_clock.measured(time.monotonic() - started)
+
+    def _drop_spare(self, spare: _Spare) -> None:
+        """Stop an unused spare: cancel its wait, or stop its container once started."""
+        if spare.expiry is not None:
+            spare.expiry.cancel()
+        if spare.task is None:
+            return
+        if not spare.creating:
+            spare.task.cancel()
+        self._in_background(discard(spare.task))
 
     async def _take_spare(self, slot: int, key: tuple[str, str]) -> DockerWorker | None:
         spare = self._spares.pop(slot, None)
         if spare is None:
             return None
-        spare.expiry.cancel()
-        if spare.key != key:
-            self._in_background(discard(spare.task))
+        if spare.key != key or not spare.creating or spare.task is None:
+            self._drop_spare(spare)
             return None
+        if spare.expiry is not None:
+            spare.expiry.cancel()
         try:
             worker = await spare.task
         except Exception as exc:
             log.info("host %s: spare container failed (%s); starting a new one", self.name, exc)
             return None
-        if not worker.alive:
-            await discard(spare.task)
+        if worker is None or not worker.alive:
+            self._in_background(discard(spare.task))
             return None
         return worker
 
-    def _expire_spare(self, slot: int, task: asyncio.Future[DockerWorker]) -> None:
-        spare = self._spares.get(slot)
-        if spare is not None and spare.task is task:
+    def _expire_spare(self, slot: int, spare: _Spare) -> None:
+        if self._spares.get(slot) is spare:
             del self._spares[slot]
-            self._in_background(discard(task))
+            self._drop_spare(spare)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -360,6 +416,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
                 f"host {self.name}: no test image (pass --psyduck-image or set psyduck_image)"
             )
         image = await self._run_image(engine, image, run)
+        pythons = await self._python_dirs(engine, image)
         module_dirs = inject_sources(run.manifest.worker.inject, client_disk=self.embedded)
         image_pythonpath = await self._image_pythonpath(engine, image)
         code_dir, code_root = await self._code_dir(run)
@@ -387,6 +444,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             inject_volume=inject_volume,
             image_pythonpath=image_pythonpath,
             scope=self.container_scope,
+            python_volumes=pythons,
         )
         # Not interruptible: a create cancelled halfway would leave a container nobody
         # knows about, so a cancelled caller hands the finished worker to discard.
@@ -400,6 +458,30 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             raise
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
+
+    async def _python_dirs(self, engine: Engine, image: str) -> dict[str, str]:
+        """``{directory: volume}`` of *image*'s Python installation, once per image.
+
+        An engine that cannot make them (an image whose Python cannot list its
+        directories, a refused volume) costs nothing but speed: its workers read
+        the image's own files, and the host does not ask again for that image.
+        """
+        if not self.python_volumes:
+            return {}
+        ready = self._pythons.get(image)
+        if ready is None:
+            ready = asyncio.ensure_future(self._make_python_dirs(engine, image))
+            self._pythons[image] = ready
+        return await asyncio.shield(ready)
+
+    async def _make_python_dirs(self, engine: Engine, image: str) -> dict[str, str]:
+        try:
+            return await python_volumes(engine, image, self.python)
+        except (docker.errors.APIError, ValueError, TimeoutError) as exc:
+            log.warning(
+                "host %s: workers read %s's Python from the image itself: %s", self.name, image, exc
+            )
+            return {}
 
     def capacity(self) -> Capacity | None:
         """The configured memory and CPUs, else the engine's (known once it is reached)."""

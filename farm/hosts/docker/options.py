@@ -13,6 +13,7 @@ HOST_OPTIONS = {
     "cpus": (int, float),
     "cache_dir": str,
     "container_scope": str,
+    "python_volumes": bool,
 }
 
 

@@ -85,6 +85,11 @@ class DockerWorker(WorkerConnection):
         self._eof = asyncio.Event()
         #: Set by the worker's first message (``ready``) or its end.
         self.heard = asyncio.Event()
+        #: The worker's shard, once it is known (:meth:`fit`); set also at its end.
+        self.shard: Sequence[TestSpec] = ()
+        self.shard_known = asyncio.Event()
+        #: Set when the worker asks for more work (its shard's last test is near) or ends.
+        self._nearly_done = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._oom = False
         self._killed = False
@@ -141,6 +146,8 @@ class DockerWorker(WorkerConnection):
     def _deliver(self, message: dict[str, Any]) -> None:
         if message.get("t") == "done":
             self._finished = True
+        elif message.get("t") == "idle":
+            self._nearly_done.set()
         self._blame = None
         self._inbox.put_nowait(message)
         self.heard.set()
@@ -155,6 +162,8 @@ class DockerWorker(WorkerConnection):
         self._inbox.put_nowait(None)
         self._eof.set()
         self.heard.set()
+        self.shard_known.set()
+        self._nearly_done.set()
 
     # -- called by the engine's event pump -----------------------------------------
     def oom_seen(self) -> None:
@@ -188,6 +197,7 @@ class DockerWorker(WorkerConnection):
             self._exit.set_result(
                 ExitInfo(host_lost=True, detail=detail, memory_limit=self.limits.memory)
             )
+        self.shard_known.set()
         self._close_stream()
 
     # -- WorkerConnection ----------------------------------------------------------
@@ -212,6 +222,9 @@ class DockerWorker(WorkerConnection):
         is blamed on that first test, as killed for memory.  Either way the rest
         of the shard goes back to the queue.
         """
+        if not self.shard_known.is_set():
+            self.shard = tuple(tests)
+            self.shard_known.set()
         if self._limits_for is None or not tests:
             return
         limits = self._limits_for(tests)
@@ -317,6 +330,13 @@ class DockerWorker(WorkerConnection):
     def output(self) -> str:
         return self._tail.text()
 
+    async def nearly_done_within(self, seconds: float) -> None:
+        """Return after *seconds*, or as soon as the worker asks for more work or ends."""
+        try:
+            await asyncio.wait_for(self._nearly_done.wait(), seconds)
+        except TimeoutError:
+            pass
+
     @property
     def alive(self) -> bool:
         return not self._exit.done() and not self._eof.is_set()
@@ -373,11 +393,17 @@ async def start_container(
     return worker
 
 
-async def discard(task: asyncio.Future[DockerWorker]) -> None:
+async def discard(task: asyncio.Future[DockerWorker | None]) -> None:
     """Stop a worker nobody will use, once its start (never interrupted) has finished."""
     try:
         worker = await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise  # this call was cancelled, not the task
+        return  # it was still waiting to start: nothing was created
     except Exception:
         return  # it never started; start_container removed what it had created
+    if worker is None:
+        return
     await worker.kill()
     await worker.wait()
