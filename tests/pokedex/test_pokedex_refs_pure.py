@@ -269,3 +269,149 @@ def test_a_damaged_slot_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="ref file 'bad' is damaged"):
         store.ref_slot("bad")
     assert store.ref_slots() == {}  # in listings the node abstains on it
+
+
+# -- model check: deletes and tombstone pruning ----------------------------------------------
+
+
+@dataclass
+class Acceptor:
+    """One node's slot for the register, as :class:`BlobStore` keeps it: a file (``present``)
+    or, once pruned, nothing but the node's promise floor."""
+
+    slot: Slot = field(default_factory=Slot)
+    present: bool = False
+    floor: Ballot = refs.ZERO
+
+    def step(self, r: Round) -> tuple[Slot, bool]:
+        phase, ballot, value = r
+        before = self.slot if self.present else Slot(promised=self.floor)
+        if phase == "prepare":
+            after, ok = refs.prepare(before, ballot)
+        else:
+            after, ok = refs.accept(before, ballot, value)
+        if after != before:
+            self.slot, self.present = after, True
+        return after, ok
+
+    def prune(self, seen: Slot) -> None:
+        """:meth:`BlobStore.prune_refs` for this one slot."""
+        if self.present and self.slot == seen and seen.value is None:
+            self.floor = refs.floor(self.floor, seen)
+            self.slot, self.present = Slot(), False
+
+
+@dataclass
+class Pass:
+    """A prune pass: lists every acceptor (each read may be lost), then asks each to prune."""
+
+    pending: list[int]
+    listed: dict[int, Slot] = field(default_factory=dict)
+    pruning: bool = False
+
+
+def linearizable(ops: list[Op], final: str | None) -> bool:
+    """Whether some order of the operations, consistent with real time, explains every
+    answer and the final value. Acknowledged and refused operations must appear (a refusal
+    reports the value it saw); those with no definite answer may appear or not."""
+    definite = [o for o in ops if o.result is not None and o.result[0] in ("ok", "conflict")]
+
+    def fits(op: Op, state: str | None) -> bool:
+        change, (status, seen) = op.change, op.result or ("", None)
+        applies = not change.check or state == change.expected
+        if status == "conflict":
+            return not applies and seen == state
+        return applies
+
+    seen_states: set[tuple[frozenset[int], str | None]] = set()
+
+    def search(placed: frozenset[int], state: str | None) -> bool:
+        if (placed, state) in seen_states:
+            return False
+        seen_states.add((placed, state))
+        if all(id(o) in placed for o in definite) and state == final:
+            return True
+        for op in ops:
+            if id(op) in placed or not fits(op, state):
+                continue
+            if any(a.end < op.start for a in definite if id(a) not in placed and a.end):
+                continue
+            moved = state if op.result and op.result[0] == "conflict" else op.change.new
+            if search(placed | {id(op)}, moved):
+                return True
+        return False
+
+    return search(frozenset(), None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.integers(3, 4), st.integers(3, 6), st.integers(1, 3))
+def test_histories_with_deletes_and_prunes_stay_linearizable(
+    data: st.DataObject, n_acc: int, n_ops: int, n_passes: int
+) -> None:
+    """CAS, compare-and-delete and prune passes, interleaved at random with a quarter of all
+    messages lost: pruning never brings a deleted value back, never lets a stale CAS
+    through and never loses an acknowledged write.
+
+    A create (expected unset) never runs while a delete does: a create retried after an
+    unconfirmed accept re-applies if the ref became unset again meanwhile (ABA, a limit of
+    the retry rule in :func:`refs.decide` whether or not anything is pruned)."""
+    accs = [Acceptor() for _ in range(n_acc)]
+    ops: list[Op] = []
+    passes: list[Pass] = []
+    known: list[str | None] = [None]
+    clock = 0
+    while len(ops) < n_ops or any(o.result is None for o in ops) or passes:
+        clock += 1
+        running_ops = [o for o in ops if o.result is None]
+        running: list[Op | Pass] = [*running_ops, *passes]
+        if (len(ops) < n_ops or n_passes) and (not running or data.draw(st.booleans(), "start")):
+            if len(ops) >= n_ops or (n_passes and data.draw(st.integers(0, 2), "pass") == 0):
+                n_passes -= 1
+                passes.append(Pass(list(range(n_acc))))
+                continue
+            creating = any(o.change.expected is None for o in running_ops)
+            deleting = any(o.change.new is None for o in running_ops)
+            choices = [k for k in known if k is not None or not deleting]
+            expected = data.draw(st.sampled_from(choices), "expected")
+            delete = expected is not None and not creating and data.draw(st.booleans(), "delete")
+            new = None if delete else dg.of_bytes(f"op{len(ops)}".encode())
+            op = Op(Change(new, check=True, expected=expected), None, clock)  # type: ignore[arg-type]
+            op.gen = proposer(f"p{len(ops)}", op.change, n_acc)
+            op.advance(None, n_acc)
+            ops.append(op)
+            known.append(new)
+            continue
+        actor = data.draw(st.sampled_from(running), "actor")
+        i = data.draw(st.sampled_from(actor.pending), "acceptor")
+        actor.pending.remove(i)
+        lost = data.draw(st.integers(0, 3), "lose") == 0
+        if isinstance(actor, Pass):
+            if not actor.pruning and not lost and accs[i].present:
+                actor.listed[i] = accs[i].slot
+            elif actor.pruning and not lost:
+                accs[i].prune(actor.listed[i])
+            if not actor.pending:
+                listings = [{"r": s} for s in actor.listed.values()]
+                if not actor.pruning and refs.tombstones(listings, n_acc):
+                    actor.pruning, actor.pending = True, list(range(n_acc))
+                else:
+                    passes.remove(actor)
+            continue
+        op = actor
+        assert op.round is not None
+        if not lost:
+            op.answers.append(accs[i].step(op.round))
+        if not op.pending:
+            op.advance(op.answers, n_acc)
+            if op.result is not None:
+                op.end = clock
+    reader = proposer("reader", None, n_acc)  # type: ignore[arg-type]
+    r = next(reader)
+    try:
+        while True:
+            r = reader.send([a.step(r) for a in accs])
+    except StopIteration as stop:
+        status, final = stop.value
+    assert status == "ok"
+    assert linearizable(ops, final), [(o.change, o.result, o.start, o.end) for o in ops]
