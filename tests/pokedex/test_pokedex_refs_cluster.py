@@ -61,8 +61,11 @@ def restart(node: NodeProcess) -> None:
 
 
 @contextlib.contextmanager
-def cluster(tmp_path: Path, count: int = 3) -> Iterator[list[NodeProcess]]:
-    """``count`` token-protected node processes that know each other, stopped on exit."""
+def cluster(
+    tmp_path: Path, count: int = 3, extra: tuple[str, ...] = ()
+) -> Iterator[list[NodeProcess]]:
+    """``count`` token-protected node processes that know each other, stopped on exit;
+    ``extra`` is added to each one's command line."""
     ports = [free_port() for _ in range(count)]
     peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
     token_file = tmp_path / "token"
@@ -70,7 +73,7 @@ def cluster(tmp_path: Path, count: int = 3) -> Iterator[list[NodeProcess]]:
     procs = []
     for i, port in enumerate(ports):
         (tmp_path / f"n{i}").mkdir()
-        args = ("--peers", peers, "--replicas", "2")
+        args = ("--peers", peers, "--replicas", "2", *extra)
         procs.append(NodeProcess(tmp_path / f"n{i}", port, token_file, args))
     try:
         for p in procs:

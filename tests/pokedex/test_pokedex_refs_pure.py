@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,3 +416,41 @@ def test_histories_with_deletes_and_prunes_stay_linearizable(
         status, final = stop.value
     assert status == "ok"
     assert linearizable(ops, final), [(o.change, o.result, o.start, o.end) for o in ops]
+
+
+def test_pruning_leaves_a_durable_promise_floor(tmp_path: Path) -> None:
+    a, b5, b6 = dg.of_bytes(b"a"), Ballot(5, "n"), Ballot(6, "m")
+    store = BlobStore(tmp_path)
+
+    async def go() -> None:
+        for name, value in (("gone", None), ("moved", None), ("set", a)):
+            await store.ref_step(name, lambda s: refs.prepare(s, b5))
+            await store.ref_step(name, lambda s, v=value: refs.accept(s, b5, v))  # type: ignore[misc]
+        await store.ref_step("moved", lambda s: refs.prepare(s, b6))
+        listed = {"gone": Slot(b5, b5), "moved": Slot(b5, b5), "set": Slot(b5, b5, a)}
+        assert await store.prune_refs(listed, older_than=0) == 0  # none old enough
+        # "moved" was written since it was listed, "set" is no tombstone: only "gone" goes.
+        assert await store.prune_refs(listed, older_than=time.time() + 60) == 1
+        assert set(store.ref_slots()) == {"moved", "set"}
+
+    asyncio.run(go())
+    again = BlobStore(tmp_path)  # the floor survives a restart
+    assert again.ref_slot("gone") == again.ref_slot("never") == Slot(promised=b5)
+
+    async def after() -> None:
+        slot, ok = await again.ref_step("gone", lambda s: refs.prepare(s, Ballot(5, "n")))
+        assert not ok and slot.promised == b5  # the refusal tells the proposer to jump past
+        slot, ok = await again.ref_step("gone", lambda s: refs.prepare(s, Ballot(6, "a")))
+        assert ok and slot == Slot(promised=Ballot(6, "a"))
+
+    asyncio.run(after())
+
+
+def test_tombstones_are_those_every_node_holds_alike() -> None:
+    a, b1, b2 = dg.of_bytes(b"a"), Ballot(1, "n"), Ballot(2, "n")
+    same = {"x": Slot(b2, b1), "y": Slot(b1, b1, a), "z": Slot(b1, b1)}
+    other = {"x": Slot(b1, b1), "y": Slot(b1, b1, a), "z": Slot(b2, b2)}
+    assert refs.tombstones([same, other, {"x": Slot(b1, b1)}], 3) == ["x"]
+    assert refs.tombstones([same, other], 3) == []  # a node did not answer
+    assert refs.tombstones([same, {}], 2) == []  # a node lacks it (pruned there already)
+    assert refs.floor(refs.ZERO, Slot(b2, b1)) == b2
