@@ -20,6 +20,7 @@ a full disk is 507 INSUFFICIENT_STORAGE on every write)::
     POST /peer/refs/prepare      {"name", "ballot"} -> {"ok", "slot"}   (node to node)
     POST /peer/refs/accept       {"name", "ballot", "value"} -> {"ok", "slot"}
     GET  /peer/refs?prefix=P|name=N  -> {"slots": {name: slot}}     this node's slots only
+    POST /peer/refs/prune        {"slots", "grace"} -> {"pruned"}   drop agreed tombstones
     GET  /status[?cluster=1]     node (or whole-cluster) health and usage
     POST /repair                 run a repair pass now
     POST /gc                     {"keep_bytes": N}? evict unprotected blobs now, on every node
