@@ -3,8 +3,9 @@
 The rules live in :mod:`.refs` (pure) and the slots on disk in :mod:`.store`; this module
 adds the effects in between: it sends each round to every node (itself directly, the peers
 through :meth:`.Cluster.ask_acceptor`, each call with a timeout), counts a majority, and
-retries with higher ballots when concurrent proposers collide. See :mod:`.refs` for why this
-makes refs linearizable and what happens when nodes fail.
+retries with higher ballots when concurrent proposers collide. Its repair pass (the repair
+loop and ``POST /repair``) also prunes the tombstones of deleted refs that every node agrees
+on. See :mod:`.refs` for why this makes refs linearizable and what happens when nodes fail.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Design (CASPaxos, Rystsov 2018: single-decree Paxos re-run for every change of o
 * Every node is an *acceptor* for every ref (refs are tiny, so all nodes hold all refs; a
   majority of the cluster is the quorum). Per ref it keeps a :class:`Slot`: the highest
   ballot it promised, the ballot of the value it last accepted, and that value (``None`` is
-  "unset"; a deleted ref keeps its slot as a tombstone so the deletion has a version too).
+  "unset"; a deleted ref keeps its slot as a tombstone so the deletion has a version too,
+  until a prune pass drops it: see "Pruning tombstones" below).
   A slot is written to disk (atomically, fsync'ed) before the acceptor answers.
 * Any node can be the *proposer* of a client's request. A ballot is ``(counter, node URL)``:
   totally ordered and unique per proposer. A change is one function from the current value
