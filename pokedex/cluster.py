@@ -295,7 +295,10 @@ class Cluster:
             await asyncio.sleep(interval)
             try:
                 await self.repair()
-                if also is not None:
-                    self.last_repair.update(await also())
             except Exception:
                 log.exception("repair pass failed")
+            if also is not None:
+                try:
+                    self.last_repair.update(await also())
+                except Exception as e:  # no majority, typically: say so, without a traceback
+                    log.warning("ref repair pass failed: %s", e)
