@@ -300,5 +300,5 @@ class Cluster:
             if also is not None:
                 try:
                     self.last_repair.update(await also())
-                except Exception as e:  # no majority, typically: say so, without a traceback
-                    log.warning("ref repair pass failed: %s", e)
+                except Exception:
+                    log.exception("ref repair pass failed")
