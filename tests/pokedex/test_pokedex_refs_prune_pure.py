@@ -203,3 +203,28 @@ def test_tombstones_are_those_every_node_holds_alike() -> None:
     assert refs.tombstones([same, other], 3) == []  # a node did not answer
     assert refs.tombstones([same, {}], 2) == []  # a node lacks it (pruned there already)
     assert refs.floor(refs.ZERO, Slot(b2, b1)) == b2
+
+
+def test_a_node_missing_the_tombstone_blocks_pruning_which_would_bring_the_value_back() -> None:
+    """Why every node must hold the tombstone: here the deletion's accept never reached the
+    third node. Pruning on the two that agree (a majority) would let the old value win."""
+    accs = [Acceptor() for _ in range(3)]
+    v = dg.of_bytes(b"v")
+
+    def run(pid: str, change: Change | None, skip_accept: int | None = None) -> str | None:
+        gen = proposer(pid, change, 3)  # type: ignore[arg-type]
+        r = next(gen)
+        try:
+            while True:
+                skip = skip_accept if r[0] == "accept" else None
+                r = gen.send([a.step(r) for i, a in enumerate(accs) if i != skip])
+        except StopIteration as stop:
+            return stop.value[1]
+
+    run("p1", Change(v, check=True, expected=None))
+    run("p2", Change(None, check=True, expected=v), skip_accept=2)
+    assert refs.tombstones([{"r": a.slot} for a in accs], 3) == []
+    assert refs.tombstones([{"r": a.slot} for a in accs[:2]], 2) == ["r"]  # the majority's view
+    for a in accs[:2]:  # what pruning on that view would do
+        a.prune(a.slot)
+    assert run("reader", None) == v, "the deleted value came back"
