@@ -3,6 +3,7 @@
     pokedex serve --data DIR --listen HOST:PORT [--peers URL,URL...] [--replicas R]
                   [--token-file F] [--auth-reads] [--repair-interval S]
                   [--max-bytes SIZE] [--keep-recent DURATION] [--gc-grace DURATION]
+                  [--tombstone-grace DURATION]
     pokedex put FILE [--min-copies N]    -> prints the digest
     pokedex get DIGEST -o FILE
     pokedex push-tree DIR [--hash-cache F] [--min-copies N]  -> prints the tree digest
@@ -36,6 +37,7 @@ from typing import Any
 
 from . import units
 from .client import PokedexError
+from .refquorum import TOMBSTONE_GRACE
 from .retention import DEFAULT_GRACE, DEFAULT_KEEP_RECENT, Policy
 from .server import start_node
 from .syncclient import SyncClient
@@ -99,6 +101,7 @@ async def _serve(args: argparse.Namespace) -> None:
         repair_interval=args.repair_interval or None,
         advertise=args.advertise,
         gc_policy=Policy(args.max_bytes, args.gc_grace, args.keep_recent),
+        tombstone_grace=args.tombstone_grace,
     )
     print(f"pokedex listening on {node.url}", flush=True)
     stop = asyncio.Event()
@@ -147,6 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--auth-reads", action="store_true", help="reads need the token too")
     s.add_argument("--repair-interval", type=float, default=60.0, help="seconds; 0 = off")
     s.add_argument("--advertise", help="URL peers know this node by")
+    s.add_argument(
+        "--tombstone-grace",
+        type=_argument(units.parse_duration),
+        default=TOMBSTONE_GRACE,
+        help="keep a deleted ref's tombstone this long before a repair pass prunes it "
+        "(e.g. 30m; default 1h)",
+    )
     s.add_argument(
         "--max-bytes",
         type=_argument(units.parse_size),

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aiohttp
@@ -286,11 +286,19 @@ class Cluster:
         }
         return self.last_repair
 
-    async def repair_forever(self, interval: float) -> None:
-        """Background repair loop; errors are logged, never fatal."""
+    async def repair_forever(
+        self, interval: float, also: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    ) -> None:
+        """Background repair loop: blobs, then ``also`` (the refs' repair, which this module
+        cannot import); its figures join :attr:`last_repair`. Errors are logged, never fatal."""
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.repair()
             except Exception:
                 log.exception("repair pass failed")
+            if also is not None:
+                try:
+                    self.last_repair.update(await also())
+                except Exception:
+                    log.exception("ref repair pass failed")

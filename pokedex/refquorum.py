@@ -3,8 +3,9 @@
 The rules live in :mod:`.refs` (pure) and the slots on disk in :mod:`.store`; this module
 adds the effects in between: it sends each round to every node (itself directly, the peers
 through :meth:`.Cluster.ask_acceptor`, each call with a timeout), counts a majority, and
-retries with higher ballots when concurrent proposers collide. See :mod:`.refs` for why this
-makes refs linearizable and what happens when nodes fail.
+retries with higher ballots when concurrent proposers collide. Its repair pass (the repair
+loop and ``POST /repair``) also prunes the tombstones of deleted refs that every node agrees
+on. See :mod:`.refs` for why this makes refs linearizable and what happens when nodes fail.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import random
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -33,6 +36,8 @@ T = TypeVar("T")
 CONTENTION_DEADLINE = 10.0  # seconds a request keeps retrying against concurrent writers
 UNREACHABLE_DEADLINE = 2.0  # seconds it keeps retrying while no majority answers
 MAX_PAUSE = 0.3  # seconds, the cap of the random pause between rounds
+TOMBSTONE_GRACE = 3600.0  # seconds a deleted ref's slot is kept before a prune pass may drop it
+PRUNE_BATCH = 1000  # names per prune request (each slot is well under 1 KB of JSON)
 
 
 class NoQuorum(Exception):
@@ -47,9 +52,12 @@ class OutcomeUnknown(Exception):
 class RefQuorum:
     """The acceptor and proposer of one node. ``cluster.nodes`` are every ref's acceptors."""
 
-    def __init__(self, cluster: Cluster, store: BlobStore) -> None:
+    def __init__(
+        self, cluster: Cluster, store: BlobStore, tombstone_grace: float = TOMBSTONE_GRACE
+    ) -> None:
         self.cluster = cluster
         self.store = store
+        self.tombstone_grace = tombstone_grace
         self.counter = 0
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._stragglers: set[asyncio.Future[Any]] = set()
@@ -125,32 +133,33 @@ class RefQuorum:
 
     async def _listings(
         self, query: dict[str, str], everyone: bool = False
-    ) -> list[dict[str, Slot]]:
-        """Slots for ``{"prefix": P}`` or ``{"name": N}`` from the nodes that answered: all of
-        them with ``everyone``, else as soon as a majority agrees on every name."""
+    ) -> dict[str, dict[str, Slot]]:
+        """Slots for ``{"prefix": P}`` or ``{"name": N}`` from the nodes that answered (node →
+        slots): all of them with ``everyone``, else as soon as a majority agrees on every name."""
 
-        async def one(node: str) -> dict[str, Slot] | None:
+        async def one(node: str) -> tuple[str, dict[str, Slot]] | None:
             if node == self.cluster.self_url:
                 try:
                     if "name" in query:
-                        return {query["name"]: self.store.ref_slot(query["name"])}
-                    return self.store.ref_slots(query["prefix"])
+                        return node, {query["name"]: self.store.ref_slot(query["name"])}
+                    return node, self.store.ref_slots(query["prefix"])
                 except StoreError:
                     log.exception("local acceptor cannot list refs")
                     return None
             answer = await self.cluster.ask_acceptor(node, "GET", f"/peer/refs?{urlencode(query)}")
             try:
-                return None if answer is None else refs.listing_from_wire(answer)
+                return None if answer is None else (node, refs.listing_from_wire(answer))
             except refs.WireError:
                 return None
 
-        def settled(got: list[dict[str, Slot]]) -> bool:
-            return not everyone and len(got) >= self.need and not refs.merge(got, self.need)[1]
+        def settled(got: list[tuple[str, dict[str, Slot]]]) -> bool:
+            slots = [listing for _, listing in got]
+            return not everyone and len(got) >= self.need and not refs.merge(slots, self.need)[1]
 
         got = await self._until([one(n) for n in self.cluster.nodes], settled)
         if len(got) < self.need:
             raise NoQuorum(self._too_few(len(got)))
-        return got
+        return dict(got)
 
     def _too_few(self, answered: int) -> str:
         return (
@@ -213,17 +222,24 @@ class RefQuorum:
     async def read(self, name: str) -> str | None:
         """The ref's value: from a majority that agrees, else by a repairing read round."""
         listings = await self._listings({"name": name})
-        top = refs.agreed((listing.get(name, Slot()) for listing in listings), self.need)
+        top = refs.agreed((listing.get(name, Slot()) for listing in listings.values()), self.need)
         if top is not None:
             return top.value
         return (await self.change(name, None)).value
 
-    async def settle(self, prefix: str, *, everyone: bool = False) -> tuple[dict[str, str], int]:
+    async def settle(
+        self,
+        prefix: str,
+        *,
+        everyone: bool = False,
+        listings: dict[str, dict[str, Slot]] | None = None,
+    ) -> tuple[dict[str, str], int]:
         """Decided values of the refs under ``prefix``, and how many names needed a
         repairing read round: those a majority disagrees on (with ``everyone``: those any
-        answering node lags on)."""
-        listings = await self._listings({"prefix": prefix}, everyone)
-        values, unsettled = refs.merge(listings, self.need, everyone)
+        answering node lags on). ``listings``: the nodes' slots, if the caller has them."""
+        if listings is None:
+            listings = await self._listings({"prefix": prefix}, everyone)
+        values, unsettled = refs.merge(listings.values(), self.need, everyone)
         for name in unsettled:
             value = (await self.change(name, None, everyone=everyone)).value
             if value is not None:
@@ -231,9 +247,35 @@ class RefQuorum:
         return dict(sorted(values.items())), len(unsettled)
 
     async def repair(self) -> dict[str, int]:
-        """Bring every reachable node's ref slots up to date (run by ``POST /repair``)."""
-        values, repaired = await self.settle("", everyone=True)
-        return {"refs": len(values), "refs_repaired": repaired}
+        """Bring every reachable node's ref slots up to date, then prune the tombstones every
+        node agrees on (run by the repair loop and ``POST /repair``; see :mod:`.refs`)."""
+        listings = await self._listings({"prefix": ""}, everyone=True)
+        values, repaired = await self.settle("", everyone=True, listings=listings)
+        doomed = refs.tombstones(listings.values(), len(self.cluster.nodes))
+        pruned = await asyncio.gather(
+            *(self._prune_on(n, {k: s[k] for k in doomed}) for n, s in listings.items())
+        )
+        return {"refs": len(values), "refs_repaired": repaired, "refs_pruned": min(pruned)}
+
+    async def _prune_on(self, node: str, slots: dict[str, Slot]) -> int:
+        """Ask one node to forget these tombstones (as it listed them) if they are older than
+        the grace period by its own clock; how many it did."""
+        done = 0
+        items = sorted(slots.items())
+        for i in range(0, len(items), PRUNE_BATCH):
+            batch = dict(items[i : i + PRUNE_BATCH])
+            if node == self.cluster.self_url:
+                done += await self.store.prune_refs(batch, time.time() - self.tombstone_grace)
+                continue
+            body = {
+                "slots": {k: refs.slot_to_wire(v) for k, v in batch.items()},
+                "grace": self.tombstone_grace,
+            }
+            answer = await self.cluster.ask_acceptor(node, "POST", "/peer/refs/prune", body)
+            if not isinstance(answer, dict) or type(answer.get("pruned")) is not int:
+                break
+            done += answer["pruned"]
+        return done
 
 
 def add_acceptor_routes(app: web.Application, quorum: RefQuorum) -> None:
@@ -260,5 +302,20 @@ def add_acceptor_routes(app: web.Application, quorum: RefQuorum) -> None:
             found = quorum.store.ref_slots(request.query.get("prefix", ""))
         return web.json_response({"slots": {k: refs.slot_to_wire(v) for k, v in found.items()}})
 
+    async def prune(request: web.Request) -> web.Response:
+        body = decode_body(request.content_type, await request.read())
+        try:
+            listed = refs.listing_from_wire(body)
+            grace = body.get("grace")
+            if type(grace) not in (int, float) or not 0 <= grace < math.inf:
+                raise refs.WireError("grace is seconds, at least 0")
+        except refs.WireError as e:
+            raise ApiError(400, "BAD_BODY", str(e)) from None
+        for name in listed:
+            names.check_ref(name)
+        pruned = await quorum.store.prune_refs(listed, time.time() - grace)
+        return web.json_response({"pruned": pruned})
+
     app.router.add_post("/peer/refs/{phase:prepare|accept}", step)
+    app.router.add_post("/peer/refs/prune", prune)
     app.router.add_get("/peer/refs", slots)

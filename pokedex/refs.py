@@ -12,7 +12,8 @@ Design (CASPaxos, Rystsov 2018: single-decree Paxos re-run for every change of o
 * Every node is an *acceptor* for every ref (refs are tiny, so all nodes hold all refs; a
   majority of the cluster is the quorum). Per ref it keeps a :class:`Slot`: the highest
   ballot it promised, the ballot of the value it last accepted, and that value (``None`` is
-  "unset"; a deleted ref keeps its slot as a tombstone so the deletion has a version too).
+  "unset"; a deleted ref keeps its slot as a tombstone so the deletion has a version too,
+  until a prune pass drops it: see "Pruning tombstones" below).
   A slot is written to disk (atomically, fsync'ed) before the acceptor answers.
 * Any node can be the *proposer* of a client's request. A ballot is ``(counter, node URL)``:
   totally ordered and unique per proposer. A change is one function from the current value
@@ -47,6 +48,41 @@ acceptors that promised higher ones, the refusals carry those ballots, and the p
 past them. Reusing an old ``(counter, node)`` cannot choose a second value: if its old use
 got as far as an accept, a majority had promised it, every new majority contains one of
 those acceptors, and they refuse a ballot that is not above their promise.
+
+Pruning tombstones: a deleted ref's slot ``(promised p, accepted bt, value None)`` cannot simply
+be forgotten. If some node still held an older value ``(b0 < bt, v)``, a majority made of that
+node and nodes that forgot the tombstone would choose ``v`` again (a deleted ref comes back);
+and a node that forgot its promise could accept an old ballot it had refused. So a prune pass
+(:meth:`.RefQuorum.repair`, run by the periodic repair loop and ``pokedex repair``) prunes a
+name only when **every** node of the cluster answered its listing and all hold a tombstone
+with the same accepted ballot ``bt`` (:func:`tombstones`), and then only on nodes where that
+slot is unchanged since the listing and older than a grace period. The node removing the file
+first raises and fsyncs a node-wide *promise floor* to at least ``max(p, bt)`` (:func:`floor`);
+an absent slot then reads as ``(promised=floor, accepted=ZERO, value=None)``, so the ordinary
+rules refuse prepares not above the floor and accepts below it, and the refusal carries the
+floor for the proposer to jump past. Why no history changes:
+
+* Raising a promise is always safe in Paxos; the floor keeps every promise the slot ever gave.
+* Accepted ballots only grow, except by pruning, which sets them to ZERO. All nodes held
+  ``bt`` at the listing, so afterwards every node's accepted ballot is ZERO (pruned), ``bt``,
+  or above ``bt``. A prepare with ballot ``b' <= bt`` is refused by every pruned node (the
+  floor is at least ``bt``), so its majority reports pre-prune state: the classic argument.
+* A prepare with ``b' > bt`` that a node granted cannot report an accepted ballot below ``bt``:
+  that node would have promised ``b'`` before accepting ``bt < b'``, which it refuses. So its
+  majority reports ZERO (pruned), the tombstone, or values accepted above ``bt``. If the last
+  chosen value was chosen at a ballot ``<= bt`` it is None (everything accepted at ``bt`` or
+  later carries the chosen value), and all those reports carry None: None is picked. If it was
+  chosen above ``bt``, the majority that accepted it did so after the listing; none of them can
+  have pruned *this* tombstone afterwards (their slot changed, the re-check under the store's
+  lock refuses), so the intersecting acceptor reports it and the classic argument holds.
+* Accepting a ballot equal to the floor stays allowed (an acceptor may accept the ballot it
+  promised): refusing it would be safe too, but would cost the proposer that holds exactly
+  that promise a round. A late duplicate of the ``bt`` accept recreates the same tombstone.
+* Pruning on only some nodes (a crash mid-pass, one node's slot younger than the grace) is
+  covered by the same argument; the next repair rewrites such a name as a tombstone at a new
+  ballot on every node, and a later pass prunes it. Reads and listings already treat None as
+  unset, so a pruned ref is never shown. A node that loses its disk loses its floor too: as
+  before, Paxos assumes acceptors keep what they fsync'ed.
 
 Availability: ``--replicas`` places blobs only; refs need a majority of *all* nodes, so one
 node is its own majority, two nodes need both, three tolerate the loss of one.
@@ -194,6 +230,28 @@ def merge(
         elif top.value is not None:
             values[name] = top.value
     return values, unsettled
+
+
+def tombstones(listings: Iterable[Mapping[str, Slot]], nodes: int) -> list[str]:
+    """Names that may be pruned: all ``nodes`` listings hold the name with value None and
+    the same accepted ballot (see the design note). Fewer listings than nodes: none."""
+    listings = list(listings)
+    if len(listings) < nodes or not listings:
+        return []
+    out = []
+    for name, slot in listings[0].items():
+        if slot.value is None and all(
+            (s := listing.get(name)) is not None and s.value is None and s.accepted == slot.accepted
+            for listing in listings[1:]
+        ):
+            out.append(name)
+    return out
+
+
+def floor(before: Ballot, slot: Slot) -> Ballot:
+    """The node's promise floor once it forgets ``slot``: no ballot it promised or accepted
+    there may be granted again."""
+    return max(before, slot.promised, slot.accepted)
 
 
 # -- wire and disk encoding --------------------------------------------------------------------

@@ -20,6 +20,7 @@ a full disk is 507 INSUFFICIENT_STORAGE on every write)::
     POST /peer/refs/prepare      {"name", "ballot"} -> {"ok", "slot"}   (node to node)
     POST /peer/refs/accept       {"name", "ballot", "value"} -> {"ok", "slot"}
     GET  /peer/refs?prefix=P|name=N  -> {"slots": {name: slot}}     this node's slots only
+    POST /peer/refs/prune        {"slots", "grace"} -> {"pruned"}   drop agreed tombstones
     GET  /status[?cluster=1]     node (or whole-cluster) health and usage
     POST /repair                 run a repair pass now
     POST /gc                     {"keep_bytes": N}? evict unprotected blobs now, on every node
@@ -50,7 +51,13 @@ from .cluster import HOP, PEER_ERRORS, Cluster, normalize_url
 from .collector import GC_READ, Collector
 from .durable import DigestMismatch, SizeError, StoreError
 from .refapi import RefApi
-from .refquorum import NoQuorum, OutcomeUnknown, RefQuorum, add_acceptor_routes
+from .refquorum import (
+    TOMBSTONE_GRACE,
+    NoQuorum,
+    OutcomeUnknown,
+    RefQuorum,
+    add_acceptor_routes,
+)
 from .replies import (
     ApiError,
     authorized,
@@ -140,8 +147,11 @@ class Node:
     refs: RefQuorum = field(init=False)
     ref_api: RefApi = field(init=False)
 
+    #: Seconds a deleted ref's tombstone is kept before a repair pass may prune it.
+    tombstone_grace: float = TOMBSTONE_GRACE
+
     def __post_init__(self) -> None:
-        self.refs = RefQuorum(self.cluster, self.store)
+        self.refs = RefQuorum(self.cluster, self.store, self.tombstone_grace)
         self.ref_api = RefApi(self.cluster, self.refs)
 
     # -- middleware --------------------------------------------------------------------------
@@ -444,6 +454,7 @@ async def start_node(
     max_blob: int = DEFAULT_MAX_BLOB,
     gc_policy: Policy | None = None,
     more_tokens: Callable[[], Iterable[str]] = tuple,
+    tombstone_grace: float = TOMBSTONE_GRACE,
 ) -> RunningNode:
     """Start a node inside the running event loop and return once it accepts connections.
 
@@ -453,6 +464,7 @@ async def start_node(
     ``gc_policy``: retention (see :mod:`.retention`); with ``max_bytes``, passes run by
     themselves.
     ``more_tokens()`` lists tokens accepted besides ``token``, asked at each request.
+    ``tombstone_grace``: seconds a deleted ref is kept before a repair pass may prune it.
     """
     gc_policy = gc_policy or Policy()
     # crash leftovers are gone before we accept anything
@@ -476,13 +488,14 @@ async def start_node(
         auth_reads=auth_reads,
         max_blob=max_blob,
         more_tokens=more_tokens,
+        tombstone_grace=tombstone_grace,
     )
     runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock, backlog=1024).start()
     task = None
     if repair_interval:
-        task = asyncio.create_task(cluster.repair_forever(repair_interval))
+        task = asyncio.create_task(cluster.repair_forever(repair_interval, node.refs.repair))
     gc_task = None
     if gc_policy.max_bytes is not None:
         gc_task = asyncio.create_task(collector.run_forever())

@@ -5,6 +5,7 @@ Layout under the data directory::
     blobs/sha256/<first 2 hex>/<64 hex>     immutable blob files, named by their digest
     blobs/sha256/<xx>/.tmp-*                 blobs being written (removed at start-up)
     refs/<name with '/' as '%'>              one file per ref: its consensus slot, JSON
+    ref-floor                                the promise floor of pruned ref slots, JSON
     uploads/<uuid>                           registry upload sessions (see registry.py)
 
 Durability rule: a blob file appears under its final name only after its bytes were hashed
@@ -65,6 +66,8 @@ class BlobStore:
             (self.blob_root / f"{i:02x}").mkdir(exist_ok=True)
         fsync_dir(self.blob_root)
         self._ref_lock = asyncio.Lock()
+        self.floor_path = self.root / "ref-floor"
+        self.ref_floor = self._read_floor()
         self.remove_partials()
         self.touch_every = touch_every
         self._use_lock = threading.Lock()
@@ -267,11 +270,19 @@ class BlobStore:
     def _ref_path(self, name: str) -> Path:
         return self.ref_root / names.check_ref(name).replace("/", "%")
 
+    def _read_floor(self) -> refs.Ballot:
+        try:
+            return refs.ballot_from_wire(json.loads(self.floor_path.read_text()))
+        except FileNotFoundError:
+            return refs.ZERO
+        except ValueError as e:
+            raise StoreError(f"ref floor file {str(self.floor_path)!r} is damaged: {e}") from None
+
     def _read_slot(self, path: Path) -> refs.Slot:
         try:
             text = path.read_text()
         except FileNotFoundError:
-            return refs.Slot()
+            return refs.Slot(promised=self.ref_floor)  # never written, or pruned
         if dg.is_digest(text.strip()):  # a ref file from before refs were versioned
             return refs.Slot(value=text.strip())
         try:
@@ -314,3 +325,36 @@ class BlobStore:
                 data = json.dumps(refs.slot_to_wire(after)).encode()
                 await asyncio.to_thread(write_atomically, path, data)
             return after, ok
+
+    async def prune_refs(self, listed: dict[str, refs.Slot], older_than: float) -> int:
+        """Forget the tombstones in ``listed`` (name → the slot a prune pass saw here) whose
+        slot is still that one and was last written before ``older_than`` (epoch seconds).
+
+        Under the ref lock, so no write slips in between the check and the removal. The
+        promise floor is raised and made durable before any file goes (see :mod:`.refs`);
+        a crash that undoes a removal only brings a tombstone back. Returns how many went.
+        """
+        async with self._ref_lock:
+            return await asyncio.to_thread(self._prune, listed, older_than)
+
+    def _prune(self, listed: dict[str, refs.Slot], older_than: float) -> int:
+        doomed: list[Path] = []
+        floor = self.ref_floor
+        for name, seen in listed.items():
+            path = self._ref_path(name)
+            try:
+                if path.stat().st_mtime >= older_than or self._read_slot(path) != seen:
+                    continue
+            except (FileNotFoundError, StoreError):
+                continue
+            if seen.value is None:
+                doomed.append(path)
+                floor = refs.floor(floor, seen)
+        if floor != self.ref_floor:
+            write_atomically(self.floor_path, json.dumps(refs.ballot_to_wire(floor)).encode())
+            self.ref_floor = floor
+        for path in doomed:
+            path.unlink()
+        if doomed:
+            fsync_dir(self.ref_root)
+        return len(doomed)

@@ -61,8 +61,11 @@ def restart(node: NodeProcess) -> None:
 
 
 @contextlib.contextmanager
-def cluster(tmp_path: Path, count: int = 3) -> Iterator[list[NodeProcess]]:
-    """``count`` token-protected node processes that know each other, stopped on exit."""
+def cluster(
+    tmp_path: Path, count: int = 3, extra: tuple[str, ...] = ()
+) -> Iterator[list[NodeProcess]]:
+    """``count`` token-protected node processes that know each other, stopped on exit;
+    ``extra`` is added to each one's command line."""
     ports = [free_port() for _ in range(count)]
     peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
     token_file = tmp_path / "token"
@@ -70,7 +73,7 @@ def cluster(tmp_path: Path, count: int = 3) -> Iterator[list[NodeProcess]]:
     procs = []
     for i, port in enumerate(ports):
         (tmp_path / f"n{i}").mkdir()
-        args = ("--peers", peers, "--replicas", "2")
+        args = ("--peers", peers, "--replicas", "2", *extra)
         procs.append(NodeProcess(tmp_path / f"n{i}", port, token_file, args))
     try:
         for p in procs:
@@ -211,6 +214,12 @@ json_junk = st.recursive(
 round_bodies = st.fixed_dictionaries(
     {"name": st.text(max_size=20) | st.just("a/b"), "ballot": json_junk, "value": json_junk}
 )
+prune_bodies = st.fixed_dictionaries(
+    {
+        "slots": st.dictionaries(st.text(max_size=10) | st.just("a/b"), json_junk, max_size=3),
+        "grace": json_junk | st.floats(),
+    }
+)
 
 
 @settings(
@@ -219,8 +228,10 @@ round_bodies = st.fixed_dictionaries(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(
-    st.sampled_from(["/peer/refs/prepare", "/peer/refs/accept", "/peer/refs/propose/a/b"]),
-    st.one_of(json_junk, round_bodies).map(json.dumps),
+    st.sampled_from(
+        ["/peer/refs/prepare", "/peer/refs/accept", "/peer/refs/propose/a/b", "/peer/refs/prune"]
+    ),
+    st.one_of(json_junk, round_bodies, prune_bodies).map(json.dumps),
 )
 def test_peer_routes_never_fail_with_5xx(shared_node: ThreadedNode, path: str, body: str) -> None:
     req = urllib.request.Request(
