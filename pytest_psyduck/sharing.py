@@ -17,6 +17,8 @@ import sys
 
 import pytest
 
+from pytest_psyduck.variants import keyword_names_of
+
 #: Small strings every report carries (its phase, its outcome): one object each.
 _WORDS = {
     word: sys.intern(word) for word in ("setup", "call", "teardown", "passed", "failed", "skipped")
@@ -29,7 +31,9 @@ def share_with_item(
     """Point *reports* (all of *item*) at *item*'s node id and keyword names, and at one
     location tuple whose path is shared through *paths* with the rest of the session;
     drop the wire's class tag, which plain pytest's reports do not carry."""
-    names = {name: name for name in item.keywords}
+    names = keyword_names_of(item)
+    # A variant's own name and id, not among its family's names: one object for all its reports.
+    own: dict[str, str] = {}
     location = None
     node_id = getattr(item, "_id", None)
     for report in reports:
@@ -40,7 +44,10 @@ def share_with_item(
                 report._id = node_id  # pytest versions that keep the parsed id
             else:
                 report.nodeid = item.nodeid
-        report.keywords = {names.get(name, name): value for name, value in report.keywords.items()}
+        report.keywords = {
+            names.get(name) or own.setdefault(name, name): value
+            for name, value in report.keywords.items()
+        }
         report.when = _WORDS.get(report.when, report.when)  # type: ignore[assignment]
         report.outcome = _WORDS.get(report.outcome, report.outcome)  # type: ignore[assignment]
         if location is None or report.location != location:
