@@ -105,7 +105,10 @@ def build_manifest(
                 hints_for(item, default_timeout),
                 placement(item, group_of(item), mode),
             )
-        tests.append(test_spec(item, transformation, history, *marked, item.nodeid in first))
+        spec = test_spec(
+            item, transformation, history, *marked, bool(first) and item.nodeid in first
+        )
+        tests.append(spec)
     return RunManifest(
         tests=tuple(tests),
         worker=WorkerSpec(

@@ -54,6 +54,7 @@ from pytest_psyduck.multiplying import (
     variant_ids,
 )
 from pytest_psyduck.variants import VARIANT_KEY, Variant
+from pytest_psyduck.variants import transformation_of as transformation_or_none
 from pytest_psyduck.variants import variant_of as variant_or_none
 
 __all__ = [
@@ -114,7 +115,8 @@ def variant_of(item: pytest.Item) -> Variant:
 
 
 def transformation_of(item: pytest.Item) -> Transformation:
-    return variant_of(item).transformation
+    transformation = transformation_or_none(item)
+    return BASELINE if transformation is None else transformation
 
 
 STATE_KEY = pytest.StashKey[TransformationState]()

@@ -85,6 +85,8 @@ class Family:
         #: The node id of the test function, which each variant parametrizes.
         self.function_id = item.parent.id.child(item.originalname)
         self._keyword_names: dict[str, str] | None = None
+        #: Whether a variant's own list of marks was made (and may differ from ``marks``).
+        self.own_marks = False
 
     def variant(
         self, token: str, transformation: Any, properties: tuple[tuple[str, object], ...]
@@ -110,7 +112,11 @@ class Family:
             built.user_properties.extend(properties)
             return built
         variant = object.__new__(Function)
+        # Slots, which every item has room for whether they are set or not.
         variant.parent = item.parent
+        variant.config = item.config
+        variant.session = item.session
+        variant.path = item.path
         variant._id = self.function_id.with_params("-".join(ids))
         variant._family = self
         variant._token = token
@@ -166,6 +172,11 @@ def _bound(item: Function, name: str) -> Any:
     return getattr(item, name)
 
 
+def _own_markers(item: Function) -> list[Mark]:
+    item._family.own_marks = True
+    return list(item._family.marks)
+
+
 def _request(item: Function, name: str) -> Any:
     pytest.Function._initrequest(item)
     return getattr(item, name)
@@ -178,7 +189,7 @@ _LAZY: dict[str, Callable[[Function], Any]] = {
     "session": lambda item: item._family.item.session,
     "path": lambda item: item._family.item.path,
     "keywords": _keywords,
-    "own_markers": lambda item: list(item._family.marks),
+    "own_markers": _own_markers,
     "extra_keyword_matches": lambda item: set(),
     "stash": _stash,
     "_store": _stash,
@@ -217,34 +228,36 @@ class Function(pytest.Function):
         setattr(self, name, value)
         return value
 
-    def made(self, name: str) -> Any:
-        """The attribute *name* if it has been made or set, else None: never makes it."""
-        try:
-            return object.__getattribute__(self, name)
-        except AttributeError:
-            return None
-
 
 def variant_of(item: pytest.Item) -> Variant | None:
     """The variant *item* is, or None for a test as written (and for anything else)."""
-    if type(item) is Function and item.made("_store") is None:
+    if type(item) is Function:
         return Variant(item._transformation, item._family.item.nodeid)
     return item.stash.get(VARIANT_KEY, None)
 
 
-def own_markers_of(item: pytest.Item) -> Sequence[Mark]:
-    """``item.own_markers``, without making a variant's list: its family's marks until then."""
+def transformation_of(item: pytest.Item) -> Any:
+    """The transformation of a variant, or None for a test as written."""
     if type(item) is Function:
-        made = item.made("own_markers")
-        return item._family.marks if made is None else made
+        return item._transformation
+    variant = item.stash.get(VARIANT_KEY, None)
+    return None if variant is None else variant.transformation
+
+
+def own_markers_of(item: pytest.Item) -> Sequence[Mark]:
+    """``item.own_markers``, without making a variant's list: its family's marks until
+    one of the family's variants has a list of its own (a plugin added a mark to it)."""
+    if type(item) is Function and not item._family.own_marks:
+        return item._family.marks
     return item.own_markers
 
 
 def keyword_names_of(item: pytest.Item) -> Mapping[str, str]:
     """Names of *item*'s keywords, each mapped to itself, without making a variant's keywords.
 
-    A variant's own name and parametrization id are left out until its keywords are made.
+    For a variant, its family's names: its own name and parametrization id are left
+    out, and so is any keyword a plugin gave it alone.
     """
-    if type(item) is Function and item.made("keywords") is None:
+    if type(item) is Function:
         return item._family.keyword_names()
     return {name: name for name in item.keywords}
