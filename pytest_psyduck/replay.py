@@ -41,6 +41,7 @@ from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
 from pytest_psyduck.sharing import share_with_item
 from pytest_psyduck.subtests import restore_failed_subtests
 from pytest_psyduck.teamcity import restore_comparison, watch_item
+from pytest_psyduck.variants import Function as VariantItem
 
 #: Plugins whose ``pytest_runtest_protocol`` wrappers serve running the test
 #: in this process — catching its warnings, rewriting its asserts' messages,
@@ -215,6 +216,8 @@ class Replayer:
                 report.user_properties.append(("psyduck", note))
         self._pending[item.nodeid] = reports
         self._hooks_at(item.path)[1](item=item, nextitem=None)
+        if type(item) is VariantItem:
+            item.shed()  # nothing a plugin read of it while it was reported stays made
         self._remaining[group_of(item)] -= 1
 
     @pytest.hookimpl(tryfirst=True)

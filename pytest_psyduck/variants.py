@@ -122,6 +122,7 @@ class Family:
         variant._token = token
         variant._transformation = transformation
         variant._properties = properties
+        variant._made = ()
         return variant
 
     def callspec_of(self, token: str) -> CallSpec:
@@ -206,6 +207,24 @@ _LAZY: dict[str, Callable[[Function], Any]] = {
 }
 
 
+def _same_marks(item: Function, marks: list[Mark]) -> bool:
+    family = item._family.marks
+    return len(marks) == len(family) and all(a is b for a, b in zip(marks, family, strict=True))
+
+
+#: The made attributes :meth:`Function.shed` may forget, each with its test of being as made.
+_UNCHANGED: dict[str, Callable[[Function, Any], bool]] = {
+    "name": lambda item, value: value == _name(item),
+    "callspec": lambda item, value: value == item._family.callspec_of(item._token),
+    "own_markers": _same_marks,
+    "extra_keyword_matches": lambda item, value: not value,
+    "_report_sections": lambda item, value: not value,
+    "user_properties": lambda item, value: tuple(value) == item._properties,
+    "stash": lambda item, value: len(value) == 1 and VARIANT_KEY in value,
+    "_store": lambda item, value: len(value) == 1 and VARIANT_KEY in value,
+}
+
+
 class Function(pytest.Function):
     """A variant made by :class:`Family`: a ``pytest.Function`` whose state comes on first use.
 
@@ -213,12 +232,14 @@ class Function(pytest.Function):
     place that shows an item's class reads as for the constructor's item.
     """
 
-    __slots__ = ("_family", "_properties", "_token", "_transformation")
+    __slots__ = ("_family", "_made", "_properties", "_token", "_transformation")
 
     _family: Family
     _token: str
     _transformation: Any
     _properties: tuple[tuple[str, object], ...]
+    #: The attributes made on first use so far, in that order.
+    _made: tuple[str, ...]
 
     def __getattr__(self, name: str) -> Any:
         make = _LAZY.get(name)
@@ -226,7 +247,27 @@ class Function(pytest.Function):
             raise AttributeError(f"'Function' object has no attribute {name!r}")
         value = make(self)
         setattr(self, name, value)
+        self._made = (*self._made, name)
         return value
+
+    def shed(self) -> None:
+        """Forget what was made on first use and still equals what would be made again.
+
+        Called once a variant's result is logged: a plugin that read its marks
+        or its stash while it was reported (pytest-timeout reads the marks of
+        every test) leaves nothing behind.  What was changed stays.
+        """
+        kept = []
+        for name in self._made:
+            unchanged = _UNCHANGED.get(name)
+            if unchanged is not None and unchanged(self, getattr(self, name)):
+                if name in ("stash", "_store"):
+                    del self.stash, self._store
+                else:
+                    delattr(self, name)
+            else:
+                kept.append(name)
+        self._made = tuple(kept)
 
 
 def variant_of(item: pytest.Item) -> Variant | None:
