@@ -186,9 +186,6 @@ def _request(item: Function, name: str) -> Any:
 #: How each attribute the constructor sets is made, on first access.
 _LAZY: dict[str, Callable[[Function], Any]] = {
     "name": _name,
-    "config": lambda item: item._family.item.config,
-    "session": lambda item: item._family.item.session,
-    "path": lambda item: item._family.item.path,
     "keywords": _keywords,
     "own_markers": _own_markers,
     "extra_keyword_matches": lambda item: set(),
@@ -225,6 +222,38 @@ _UNCHANGED: dict[str, Callable[[Function, Any], bool]] = {
 }
 
 
+_MADE_LISTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+class _Made:
+    """An attribute of a variant made on first access and then kept in the item's ``__dict__``,
+    where it hides this descriptor (as ``functools.cached_property`` does), so that reading
+    it again, and looking up any attribute the item lacks, costs what it costs on any item."""
+
+    __slots__ = ("make", "name")
+
+    def __init__(self, name: str, make: Callable[[Function], Any]) -> None:
+        self.name = name
+        self.make = make
+
+    def __get__(self, item: Function | None, owner: type | None = None) -> Any:
+        if item is None:
+            return self
+        value = self.make(item)
+        setattr(item, self.name, value)
+        made = (*item._made, self.name)
+        # Variants mostly make the same few attributes: one tuple for each such list.
+        item._made = _MADE_LISTS.setdefault(made, made)
+        return value
+
+
+def _made_on_first_use(cls: type[Function]) -> type[Function]:
+    for name, make in _LAZY.items():
+        setattr(cls, name, _Made(name, make))
+    return cls
+
+
+@_made_on_first_use
 class Function(pytest.Function):
     """A variant made by :class:`Family`: a ``pytest.Function`` whose state comes on first use.
 
@@ -240,15 +269,6 @@ class Function(pytest.Function):
     _properties: tuple[tuple[str, object], ...]
     #: The attributes made on first use so far, in that order.
     _made: tuple[str, ...]
-
-    def __getattr__(self, name: str) -> Any:
-        make = _LAZY.get(name)
-        if make is None:
-            raise AttributeError(f"'Function' object has no attribute {name!r}")
-        value = make(self)
-        setattr(self, name, value)
-        self._made = (*self._made, name)
-        return value
 
     def shed(self) -> None:
         """Forget what was made on first use and still equals what would be made again.
@@ -267,7 +287,8 @@ class Function(pytest.Function):
                     delattr(self, name)
             else:
                 kept.append(name)
-        self._made = tuple(kept)
+        made = tuple(kept)
+        self._made = _MADE_LISTS.setdefault(made, made)
 
 
 def variant_of(item: pytest.Item) -> Variant | None:

@@ -67,10 +67,12 @@ def pytest_collection_modifyitems(items):
         checks = {
             "type": ((type(item).__name__, isinstance(item, type(ref))), ("Function", True)),
             "nothing made": (
-                sorted(item.__dict__.keys() - {"stash", "user_properties", "callspec"}), []
+                sorted(item.__dict__.keys() - {"stash", "_store", "user_properties", "callspec",
+                                               "name"}),
+                [],
             ),
             "attributes": ([a for a in attributes if hasattr(item, a)], attributes),
-            "no others": (set(item.__dict__) - set(ref.__dict__), set()),
+            "no others": (set(item.__dict__) - set(ref.__dict__) - set(SLOTS), set()),
             "keywords": (list(item.keywords._markers.items()), list(ref.keywords._markers.items())),
             "marks": (list(item.iter_markers()), list(ref.iter_markers())),
             "parents": (item.listchain()[:-1], ref.listchain()[:-1]),
