@@ -247,9 +247,37 @@ class _Made:
         return value
 
 
+class _Kept(_Made):
+    """An attribute nearly every variant has made by the end of collection or of its report
+    (pytest's fixture ordering reads each callspec, pytest-timeout each test's marks), kept
+    in a slot of the item's own: an item that has a ``__dict__`` at all pays ~250 bytes."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, name: str, make: Callable[[Function], Any], slot: Any) -> None:
+        super().__init__(name, make)
+        self.slot = slot
+
+    def __get__(self, item: Function | None, owner: type | None = None) -> Any:
+        if item is None:
+            return self
+        try:
+            return self.slot.__get__(item, owner)
+        except AttributeError:
+            return super().__get__(item, owner)
+
+    def __set__(self, item: Function, value: Any) -> None:
+        self.slot.__set__(item, value)
+
+    def __delete__(self, item: Function) -> None:
+        self.slot.__delete__(item)
+
+
 def _made_on_first_use(cls: type[Function]) -> type[Function]:
+    slots = {"name": pytest.Function.name, "callspec": cls._callspec, "own_markers": cls._marks}
     for name, make in _LAZY.items():
-        setattr(cls, name, _Made(name, make))
+        slot = slots.get(name)
+        setattr(cls, name, _Made(name, make) if slot is None else _Kept(name, make, slot))
     return cls
 
 
@@ -261,7 +289,15 @@ class Function(pytest.Function):
     place that shows an item's class reads as for the constructor's item.
     """
 
-    __slots__ = ("_family", "_made", "_properties", "_token", "_transformation")
+    __slots__ = (
+        "_callspec",
+        "_family",
+        "_made",
+        "_marks",
+        "_properties",
+        "_token",
+        "_transformation",
+    )
 
     _family: Family
     _token: str
@@ -323,3 +359,11 @@ def keyword_names_of(item: pytest.Item) -> Mapping[str, str]:
     if type(item) is Function:
         return item._family.keyword_names()
     return {name: name for name in item.keywords}
+
+
+def user_properties_of(item: pytest.Item) -> Sequence[tuple[str, object]]:
+    """The properties *item* was collected with, without making a variant's list: its
+    transformation's shared tuple (a plugin may have added to the list since)."""
+    if type(item) is Function:
+        return item._properties
+    return item.user_properties
