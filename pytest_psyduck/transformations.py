@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -54,6 +54,7 @@ from pytest_psyduck.multiplying import (
     variant_ids,
 )
 from pytest_psyduck.variants import VARIANT_KEY, Variant
+from pytest_psyduck.variants import Function as VariantItem
 from pytest_psyduck.variants import transformation_of as transformation_or_none
 from pytest_psyduck.variants import variant_of as variant_or_none
 
@@ -154,9 +155,26 @@ def pytest_make_collect_report(collector: pytest.Collector):
     return report
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
     config.stash[STATE_KEY].check_selection()
+    result = yield
+    if config.option.keyword or config.option.markexpr:
+        # Matching -k and -m made every variant's keywords and marks: forget them again.
+        _shed(items)
+    return result
+
+
+def pytest_deselected(items: Sequence[pytest.Item]) -> None:
+    # Made keywords refer back to their item: a cycle that outlives collection, which
+    # runs without the cyclic collector (and the controller freezes what it collected).
+    _shed(items)
+
+
+def _shed(items: Iterable[pytest.Item]) -> None:
+    for item in items:
+        if type(item) is VariantItem:
+            item.shed()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

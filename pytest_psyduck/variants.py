@@ -153,6 +153,14 @@ def _stash(item: Function) -> pytest.Stash:
     return stash
 
 
+def _keyword_markers(item: Function) -> dict[str, Any]:
+    """What a variant's keywords hold of its own when made (without making its name)."""
+    markers: dict[str, Any] = {_name(item): True}
+    markers.update(item._family.keywords)
+    markers["-".join((*item._family.ids, item._token))] = True
+    return markers
+
+
 def _keywords(item: Function) -> NodeKeywords:
     keywords = NodeKeywords(item)
     keywords._markers.update(item._family.keywords)
@@ -204,6 +212,20 @@ _LAZY: dict[str, Callable[[Function], Any]] = {
 }
 
 
+#: Attributes made (and forgotten) together.
+_MADE_TOGETHER = {
+    "stash": ("stash", "_store"),
+    "_store": ("stash", "_store"),
+    "_instance": ("_instance", "_obj"),
+    "_obj": ("_instance", "_obj"),
+}
+
+
+def _unbound(item: Function) -> bool:
+    """Whether the test's class instance (if any) is as fresh as a new one: nothing set on it."""
+    return item._instance is None or getattr(item._instance, "__dict__", None) == {}
+
+
 def _same_marks(item: Function, marks: list[Mark]) -> bool:
     family = item._family.marks
     return len(marks) == len(family) and all(a is b for a, b in zip(marks, family, strict=True))
@@ -214,10 +236,13 @@ _UNCHANGED: dict[str, Callable[[Function, Any], bool]] = {
     "name": lambda item, value: value == _name(item),
     "callspec": lambda item, value: value == item._family.callspec_of(item._token),
     "own_markers": _same_marks,
+    "keywords": lambda item, value: value._markers == _keyword_markers(item),
     "extra_keyword_matches": lambda item, value: not value,
     "_report_sections": lambda item, value: not value,
     "user_properties": lambda item, value: tuple(value) == item._properties,
     "stash": lambda item, value: len(value) == 1 and VARIANT_KEY in value,
+    "_instance": lambda item, value: _unbound(item),
+    "_obj": lambda item, value: _unbound(item),
     "_store": lambda item, value: len(value) == 1 and VARIANT_KEY in value,
 }
 
@@ -317,10 +342,8 @@ class Function(pytest.Function):
         for name in self._made:
             unchanged = _UNCHANGED.get(name)
             if unchanged is not None and unchanged(self, getattr(self, name)):
-                if name in ("stash", "_store"):
-                    del self.stash, self._store
-                else:
-                    delattr(self, name)
+                for made in _MADE_TOGETHER.get(name, (name,)):
+                    delattr(self, made)
             else:
                 kept.append(name)
         made = tuple(kept)

@@ -94,6 +94,33 @@ def test_a_farm_run_leaves_every_variant_as_small_as_it_was_collected(matrix):
     assert len(_lines(plain.stdout, "KEYWORDS")) == 12
 
 
+@pytest.mark.parametrize("selection", [("-k", "rep or TestGroup"), ("-m", "not odd")])
+def test_selecting_by_keyword_or_mark_leaves_variants_as_small_as_collected(
+    suite, selection: tuple[str, ...]
+):
+    """``-k`` and ``-m`` read every variant's keywords and marks; nothing of it stays made."""
+    probe = PROBE.replace(
+        "@pytest.hookimpl(trylast=True)\ndef pytest_sessionfinish", "def pytest_collection_finish"
+    )
+    path = suite({"conftest.py": CONFTEST + probe, "test_q.py": TESTS, "pytest.ini": ODD})
+    result = run_pytest(
+        path,
+        "--collect-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-s",
+        "--psyduck-transform",
+        "all",
+        *selection,
+    )
+    made = _lines(result.stdout, "MADE")
+    assert len(made) == (5 if selection[0] == "-k" else 8), result.stdout
+    assert all(line.endswith(" [] ()") for line in made), made
+
+
+ODD = "[pytest]\nmarkers =\n    odd\n"
+
 ISOLATION = """
 import pytest
 
@@ -164,7 +191,7 @@ from pytest_psyduck.variants import VARIANT_KEY, Function
 KEY = pytest.StashKey[int]()
 READS = ["name", "own_markers", "keywords", "stash", "user_properties", "callspec",
          "extra_keyword_matches", "_report_sections", "instance", "funcargs"]
-WRITES = ["mark", "stash", "property", "section", "keyword_match"]
+WRITES = ["mark", "stash", "property", "section", "keyword_match", "keyword"]
 
 
 def observed(item):
@@ -173,6 +200,7 @@ def observed(item):
         item.nodeid,
         [mark.name for mark in item.own_markers],
         sorted(item.keywords),
+        item.keywords.get("w1"),
         item.stash.get(KEY, None),
         item.stash[VARIANT_KEY].transformation.name,
         list(item.user_properties),
@@ -191,6 +219,8 @@ def write(item, what, n):
         item.user_properties.append(("p", n))
     elif what == "section":
         item._report_sections.append(("call", "out", str(n)))
+    elif what == "keyword":
+        item.keywords[f"w{n}"] = n
     else:
         item.extra_keyword_matches.add(f"k{n}")
 
