@@ -11,14 +11,18 @@ built that way held ~1.9 GB there.
 
 :class:`Family` does the shared work once per test.  Each variant it makes is
 a :class:`Function` that holds only its parent, its node id and what tells it
-apart from its siblings; everything else the constructor sets — name, config,
+apart from its siblings; everything else the constructor sets — name,
 keywords, marks list, stash, fixture request, report lists, callspec, class
 instance — is made on first access, as the constructor would have made it,
 and then kept, so nothing one variant (or a plugin) writes to an item reaches
-another.  Only plain ``pytest.Function`` items of a pytest with structured
-node ids are built this way; anything else (a plugin's subclass, whose
-constructor may do more) goes through ``from_parent``, with its variant in
-the stash under :data:`VARIANT_KEY`.
+another.  What pytest itself reads of every item (the callspec, when it orders
+tests by fixture; the marks and name) is kept in slots, so most variants never
+have a ``__dict__``.  :meth:`Function.shed` forgets again what still equals
+what would be made anew; the replay sheds each variant once its result is
+logged, and selection once ``-k``/``-m`` have matched.  Only plain
+``pytest.Function`` items of a pytest with structured node ids are built this
+way; anything else (a plugin's subclass, whose constructor may do more) goes
+through ``from_parent``, with its variant in the stash under :data:`VARIANT_KEY`.
 """
 
 from __future__ import annotations
