@@ -13,10 +13,12 @@ deselecting items sees the run as plain pytest's.
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 
 from tests.conftest import junit_cases, run_pytest
+from tests.served import ServedFarm
 
 pytest_plugins = ["pytester"]
 
@@ -356,3 +358,45 @@ def test_collect_only_shows_what_the_constructors_items_show(
         shown[kind] = [re.sub(r" in [\d.]+s", "", line) for line in result.stdout.lines]
     assert shown["lazy"] == shown["constructor"]
     assert any("[rep]" in line for line in shown["lazy"]), shown["lazy"]
+
+
+@pytest.mark.slow
+def test_a_served_farm_takes_a_million_variant_run_that_stops_at_its_first_failure(tmp_path, suite):
+    """10,000 failing tests x 100 transformations with -x on ``psyduck farm serve``:
+    accepted, ``1 failed``, exit 1."""
+    files = {
+        "conftest.py": (
+            "from pytest_psyduck import Transformation\n\n"
+            "def pytest_psyduck_transformations(config):\n"
+            "    return [Transformation(f't{i}', env={'S': str(i)}) for i in range(100)]\n"
+        )
+    }
+    for m in range(20):
+        files[f"project/test_m{m}.py"] = "\n".join(
+            f"def test_case_{t}():\n    assert {t} < 0\n" for t in range(500)
+        )
+    files["project/conftest.py"] = files.pop("conftest.py")
+    project = suite(files) / "project"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "token").write_text("million")
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        f'[farm]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{tmp_path / "token"}"\n'
+        f'state_dir = "{tmp_path / "state"}"\n\n[[hosts]]\nurl = "local"\nslots = 2\n'
+    )
+    farm = ServedFarm(config, f"http://127.0.0.1:{port}")
+    try:
+        result = run_pytest(
+            project,
+            *("-p", "no:cacheprovider", "--psyduck", f"--psyduck-farm={farm.url}", "-x", "-q"),
+            env={"PSYDUCK_TOKEN": "million"},
+            timeout=1200,
+        )
+    finally:
+        farm.stop()
+        assert farm.proc.stdout is not None
+        farm.proc.stdout.close()
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.match(r"1 failed in ", result.stdout.strip().splitlines()[-1].strip("= "))
