@@ -3,6 +3,7 @@
 Run with plain Python from the repository root::
 
     python benchmarks/variants.py [--tests 10000] [--transformations 100] [--before /work/main]
+                                  [--served]
 
 Writes a suite of ``--tests`` tests that all fail and ``--transformations``
 env-only transformations, then runs ``pytest --psyduck --psyduck-transform all -x``
@@ -10,8 +11,10 @@ on it twice, each a fresh process: once with ``--before`` first on
 ``PYTHONPATH`` (the code to compare with), once with this repository.  A tiny
 plugin records when collection ends and when the run has its manifest; the
 process's peak RSS comes from ``wait4``.  Target: accepted, ``1 failed``,
-exit 1, within 120 s and under 2.5 GiB.  Prints ``name: value`` lines, ratios
-first.
+exit 1, within 120 s and under 2.5 GiB.  With ``--served`` both runs go to a
+real ``psyduck farm serve`` (two local slots) started for each, whose own
+peak RSS is printed too; without, to the embedded farm.  Prints ``name: value``
+lines, ratios first.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import _transformation_suite as transformation_suite
@@ -70,12 +77,73 @@ def write_suite(root: Path, tests: int, transformations: int) -> None:
     (root / "bench_phases.py").write_text(PHASES)
 
 
-def run(root: Path, code: Path) -> dict[str, float | int | str]:
+TOKEN = "bench-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url + "/v1/health", timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextmanager
+def served_farm(root: Path, code: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    """``psyduck farm serve`` with two local slots, running *code*: its URL, and its peak RSS
+    (filled in when it stops)."""
+    state = Path(tempfile.mkdtemp(dir=root))
+    port = _free_port()
+    (state / "token").write_text(TOKEN)
+    config = state / "farm.toml"
+    config.write_text(
+        f'[farm]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{state / "token"}"\n'
+        f'state_dir = "{state / "state"}"\n\n[[hosts]]\nurl = "local"\nslots = 2\n'
+    )
+    url = f"http://127.0.0.1:{port}"
+    farm = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "farm", "serve", "--config", str(config)],
+        env={**os.environ, "PYTHONPATH": str(code)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    figures: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(url):
+            if farm.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the served farm did not come up")
+            time.sleep(0.2)
+        yield url, figures
+        figures["farm_peak_rss_bytes"] = _peak_rss(farm.pid)
+    finally:
+        farm.terminate()
+        farm.wait(timeout=60)
+
+
+def run(root: Path, code: Path, farm: str | None = None) -> dict[str, float | int | str]:
     out = root / "phases.json"
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", "pytest", "-p", "bench_phases", "-p", "no:cacheprovider"]
     command += ["--psyduck", "--psyduck-transform", "all", "-x", "-q"]
     env = {**os.environ, "PYTHONPATH": f"{code}:{root}", "BENCH_PHASES_OUT": str(out)}
+    if farm is not None:
+        command.append(f"--psyduck-farm={farm}")
+        env["PSYDUCK_TOKEN"] = TOKEN
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -99,17 +167,26 @@ def run(root: Path, code: Path) -> dict[str, float | int | str]:
     }
 
 
+def run_on(root: Path, code: Path, served: bool) -> dict[str, float | int | str]:
+    if not served:
+        return run(root, code)
+    with served_farm(root, code) as (url, figures):
+        result = run(root, code, url)
+    return {**result, **figures}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=10_000)
     parser.add_argument("--transformations", type=int, default=100)
     parser.add_argument("--before", type=Path, default=Path("/work/main"))
+    parser.add_argument("--served", action="store_true", help="run on a real served farm")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_suite(root, options.tests, options.transformations)
-        before = run(root, options.before)
-        after = run(root, HERE)
+        before = run_on(root, options.before, options.served)
+        after = run_on(root, HERE, options.served)
     for key in ("wall_s", "collection_s", "peak_rss_bytes"):
         ratio = after[key] / before[key] if before[key] else float("nan")
         print(f"{key.removesuffix('_s').removesuffix('_bytes')}_after_vs_before: {ratio:.2f}")

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import pytest
 
 from pytest_psyduck.transformations import BASELINE_NAME, STATE_KEY, Variant, variant_of
+from pytest_psyduck.variants import variant_of as variant_or_none
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """A test's outcome over all its phases: any failure fails it, else any skip skips it."""
 
@@ -114,17 +115,18 @@ class TransformationMatrix:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.variants: dict[str, Variant] = {}
+        #: The collected items by node id; their variants are looked up for results only.
+        self.items: dict[str, pytest.Item] = {}
         self.results: dict[str, Result] = {}
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.variants = {item.nodeid: variant_of(item) for item in session.items}
-        if all(variant.transformation.is_baseline for variant in self.variants.values()):
+        self.items = {item.nodeid: item for item in session.items}
+        if all(variant_or_none(item) is None for item in session.items):
             # No variants, no matrix: stop taking every report of the run.
             self.config.pluginmanager.unregister(self)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.nodeid in self.variants:
+        if report.nodeid in self.items:
             self.results.setdefault(report.nodeid, Result()).add(report)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -132,20 +134,19 @@ class TransformationMatrix:
         # Outside the terminal reporter's own wrapper: after its short test
         # summary, just before the final counts line.
         result = yield
-        if any(not self.variants[nodeid].transformation.is_baseline for nodeid in self.results):
+        if any(variant_or_none(self.items[nodeid]) is not None for nodeid in self.results):
             self._write(terminalreporter)
         return result
 
     def _write(self, terminalreporter: pytest.TerminalReporter) -> None:
         state = self.config.stash[STATE_KEY]
         # Collection order, not the order a farm happened to finish tests in.
-        results = {
-            nodeid: self.results[nodeid] for nodeid in self.variants if nodeid in self.results
-        }
-        excluded = excluded_in_run(self.variants, results, state.exclusions)
-        rows = tally(self.variants, results, excluded, [BASELINE_NAME, *state.declared])
+        results = {nodeid: self.results[nodeid] for nodeid in self.items if nodeid in self.results}
+        variants = {nodeid: variant_of(self.items[nodeid]) for nodeid in results}
+        excluded = excluded_in_run(variants, results, state.exclusions)
+        rows = tally(variants, results, excluded, [BASELINE_NAME, *state.declared])
         terminalreporter.write_sep("=", "psyduck transformation matrix")
-        split = split_failures(self.variants, results)
+        split = split_failures(variants, results)
         if split:
             terminalreporter.write_line("failing only under some transformations:", bold=True)
             for base, failed, passed in split:

@@ -41,6 +41,7 @@ from pytest_psyduck.serialize import payload_to_reports, warning_from_wire
 from pytest_psyduck.sharing import share_with_item
 from pytest_psyduck.subtests import restore_failed_subtests
 from pytest_psyduck.teamcity import restore_comparison, watch_item
+from pytest_psyduck.variants import Function as VariantItem
 
 #: Plugins whose ``pytest_runtest_protocol`` wrappers serve running the test
 #: in this process — catching its warnings, rewriting its asserts' messages,
@@ -84,7 +85,7 @@ class Replayer:
         self.on_worker = on_worker
         self.config = session.config
         self.history = history
-        self.items = {item.nodeid: item for item in session.items}
+        #: Each collected item's position in ``session.items``, by node id.
         self._index = {item.nodeid: i for i, item in enumerate(session.items)}
         self._pending: dict[str, list[pytest.TestReport]] = {}
         self._notices: dict[str, list[str]] = {}
@@ -119,16 +120,19 @@ class Replayer:
             hooks = self._hooks[path] = (relay, protocol)
         return hooks
 
+    def item(self, nodeid: str) -> pytest.Item:
+        return self.session.items[self._index[nodeid]]
+
     def handle(self, event: dict[str, Any]) -> None:
         kind = event["t"]
         if kind == "result":
-            item = self.items[event["id"]]
+            item = self.item(event["id"])
             reports = payload_to_reports(self.config, event["payload"])
             share_with_item(item, reports, self._paths)
             self.history.record(item.nodeid, sum(r.duration for r in reports))
             self._deliver(item, reports)
         elif kind == "crashed":
-            item = self.items[event["id"]]
+            item = self.item(event["id"])
             self._deliver(item, [crash_report(item, event["message"])])
         elif kind == "warning":
             data = event["data"]
@@ -187,7 +191,7 @@ class Replayer:
             ready = held.pop(wait)
             if ready is None:
                 return
-            self._replay(self.items[ready[0]], ready[1])
+            self._replay(self.item(ready[0]), ready[1])
         held.drop()  # past the stopping point: plain pytest never ran these
 
     def flush(self) -> None:
@@ -212,6 +216,8 @@ class Replayer:
                 report.user_properties.append(("psyduck", note))
         self._pending[item.nodeid] = reports
         self._hooks_at(item.path)[1](item=item, nextitem=None)
+        if type(item) is VariantItem:
+            item.shed()  # nothing a plugin read of it while it was reported stays made
         self._remaining[group_of(item)] -= 1
 
     @pytest.hookimpl(tryfirst=True)

@@ -26,6 +26,7 @@ from pytest_psyduck.marks import Hints, hints_for
 from pytest_psyduck.passenv import pass_env_patterns, passed_environment
 from pytest_psyduck.scheduling import Placement, dispatched_first, dist_mode, placement
 from pytest_psyduck.transformations import Transformation, transformation_of
+from pytest_psyduck.variants import own_markers_of
 
 WORKER_MODULE = "pytest_psyduck.workermain"
 
@@ -72,9 +73,10 @@ def _marks_key(item: pytest.Item) -> tuple[int, ...]:
     """Items with equal keys have the same marks: the same parent, and the same own marks.
 
     A test's variants share its mark objects (unless a plugin gave one a mark of
-    its own), so the marks are read once per test, not once per variant.
+    its own), so the marks are read once per test, not once per variant, and a
+    variant's own list of them is not made for this.
     """
-    return (id(item.parent), *map(id, item.own_markers))
+    return (id(item.parent), *map(id, own_markers_of(item)))
 
 
 def project_root(config: pytest.Config) -> str:
@@ -103,7 +105,10 @@ def build_manifest(
                 hints_for(item, default_timeout),
                 placement(item, group_of(item), mode),
             )
-        tests.append(test_spec(item, transformation, history, *marked, item.nodeid in first))
+        spec = test_spec(
+            item, transformation, history, *marked, bool(first) and item.nodeid in first
+        )
+        tests.append(spec)
     return RunManifest(
         tests=tuple(tests),
         worker=WorkerSpec(

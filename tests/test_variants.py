@@ -38,6 +38,9 @@ def answer():
 
 #: Appended to the conftest: builds each variant again with the constructor and compares.
 COMPARE = """
+SLOTS = ["_id", "_store", "config", "name", "parent", "path", "session"]
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items):
     # Build each variant again with the constructor and compare: every
@@ -58,9 +61,18 @@ def pytest_collection_modifyitems(items):
         )
         ref.stash[VARIANT_KEY] = variant
         ref.user_properties.append(item.user_properties[0])
+        # A variant made on first use: pytest's class by name and by isinstance,
+        # every attribute the constructor sets, and nothing else set yet.
+        attributes = [*ref.__dict__, *SLOTS]
         checks = {
-            "type": (type(item), type(ref)),
-            "attributes": (list(item.__dict__), list(ref.__dict__)),
+            "type": ((type(item).__name__, isinstance(item, type(ref))), ("Function", True)),
+            "nothing made": (
+                sorted(item.__dict__.keys() - {"stash", "_store", "user_properties", "callspec",
+                                               "name"}),
+                [],
+            ),
+            "attributes": ([a for a in attributes if hasattr(item, a)], attributes),
+            "no others": (set(item.__dict__) - set(ref.__dict__) - set(SLOTS), set()),
             "keywords": (list(item.keywords._markers.items()), list(ref.keywords._markers.items())),
             "marks": (list(item.iter_markers()), list(ref.iter_markers())),
             "parents": (item.listchain()[:-1], ref.listchain()[:-1]),
