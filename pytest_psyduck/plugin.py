@@ -197,8 +197,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(transformations, TRANSFORMATIONS_PLUGIN_NAME)
     if config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME):
         from pytest_psyduck import workerjunit
+        from pytest_psyduck.xdistcontract import ensure_hookspecs
 
         config.pluginmanager.register(workerjunit, WORKER_JUNIT_PLUGIN_NAME)
+        # The user's pytest accepts a conftest implementing xdist's controller hooks
+        # (it has their specs); so must every worker, forked or not, xdist installed or not.
+        ensure_hookspecs(config.pluginmanager)
         return
     config.pluginmanager.register(TransformationMatrix(config), MATRIX_PLUGIN_NAME)
     if not config.getoption("psyduck"):

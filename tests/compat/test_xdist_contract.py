@@ -265,3 +265,20 @@ def test_a_file_the_worker_never_wrote_stays_home_though_the_source_changed(tmp_
     (copy / "written.txt").write_text("by this worker")
     sent, _ = homecoming.written_files(copy, source, since_ns=started)
     assert sorted(sent) == ["written.txt"]
+
+
+def test_a_conftest_implementing_xdists_hooks_loads_on_workers_without_pytest_xdist(suite):
+    """The user's pytest accepts such a conftest (psyduck adds xdist's specs), so fresh
+    workers must too: without the specs there, pytest refuses it as an unknown hook."""
+    path = suite(
+        {
+            "conftest.py": (
+                "def pytest_testnodedown(node, error):\n    print('down', node.gateway.id, error)\n"
+            ),
+            "test_a.py": "def test_a():\n    pass\n\ndef test_b():\n    pass\n",
+        }
+    )
+    farm = run_pytest(path, "-p", "no:cacheprovider", "-p", "no:xdist", *_hosts("exec"))
+    assert farm.returncode == 0, farm.stdout + farm.stderr
+    assert "2 passed" in farm.stdout
+    assert "unknown hook" not in farm.stdout + farm.stderr
