@@ -13,87 +13,16 @@ other test of that run (a pinned group holding one goes first whole).
 from __future__ import annotations
 
 import collections
-import heapq
-import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farm.manifest import TestSpec
-from farm.scheduler import Capacity, Scheduler, Shard
+from farm.scheduler import Capacity, Scheduler
+from tests.schedulerlib import Farm, lose_host
 
 GiB = 1 << 30
 CAPACITY = Capacity(8.0, 32 * GiB)
-
-
-class Farm:
-    """Hosts of *slots* slots sharing :data:`CAPACITY`; a shard lasts its tests' estimates."""
-
-    def __init__(self, scheduler: Scheduler, hosts: int, slots: int) -> None:
-        self.scheduler, self.slots = scheduler, slots
-        self.clock = 0.0
-        self.events: list[tuple[float, int, str]] = []
-        self.seq = itertools.count()
-        self.running: dict[str, tuple[Shard, tuple[float, int]]] = {}
-        self.used = {f"h{h}": [0.0, 0] for h in range(hosts)}
-        self.idle = {f"h{h}/{s}" for h in range(hosts) for s in range(slots)}
-        self.shards: list[tuple[Shard, bool]] = []  # in dispatch order; True: lost
-        for slot in sorted(self.idle):
-            scheduler.add_slot(slot, slot.split("/")[0], {}, CAPACITY)
-
-    def need(self, shard: Shard) -> tuple[float, int]:
-        cpus = max(min(t.cpus or CAPACITY.cpus / self.slots, CAPACITY.cpus) for t in shard.tests)
-        memory = max(
-            min(t.memory or CAPACITY.memory // self.slots, CAPACITY.memory) for t in shard.tests
-        )
-        return cpus, memory
-
-    def offer(self, slot: str) -> None:
-        shard = self.scheduler.next_shard(slot)
-        if shard is None:
-            self.scheduler.release(slot)
-            self.idle.add(slot)
-            return
-        self.idle.discard(slot)
-        taken = self.need(shard)
-        used = self.used[slot.split("/")[0]]
-        used[0] += taken[0]
-        used[1] += taken[1]
-        assert used[0] <= CAPACITY.cpus + 1e-9 and used[1] <= CAPACITY.memory
-        self.running[slot] = (shard, taken)
-        self.shards.append((shard, False))
-        end = self.clock + sum(t.estimate for t in shard.tests)
-        heapq.heappush(self.events, (end, next(self.seq), slot))
-
-    def finish(self, slot: str, only: int | None = None) -> None:
-        """The slot's shard ended; with *only*, its host was lost after that many tests."""
-        shard, taken = self.running.pop(slot)
-        used = self.used[slot.split("/")[0]]
-        used[0] -= taken[0]
-        used[1] -= taken[1]
-        for test in shard.tests[:only]:
-            self.scheduler.finished(shard.run, test.id)
-        if only is not None:
-            self.events = [e for e in self.events if e[2] != slot]
-            heapq.heapify(self.events)
-            index = next(i for i, (s, _) in enumerate(self.shards) if s is shard)
-            self.shards[index] = (shard, True)
-
-    def wake(self) -> None:
-        for slot in sorted(self.idle):
-            self.offer(slot)
-        while grown := self.scheduler.hosts_with_room():
-            for slot in sorted(s for s in self.idle if s.split("/")[0] in grown):
-                self.offer(slot)
-
-    def step(self) -> bool:
-        if not self.events:
-            return False
-        self.clock, _, slot = heapq.heappop(self.events)
-        self.finish(slot)
-        self.offer(slot)
-        self.wake()
-        return True
 
 
 #: One group: (pinned, hints, rows); a row is (estimate, first).
@@ -133,27 +62,14 @@ def suite(spec, prefix: str) -> list[TestSpec]:
 def test_pinned_groups_and_first_tests_with_packing_and_a_lost_host(big, small, hosts, slots, data):
     tests = {"big": suite(big, "b"), "small": suite(small, "s")}
     scheduler = Scheduler(max_retries=5)
-    farm = Farm(scheduler, hosts, slots)
+    farm = Farm(scheduler, hosts, slots, CAPACITY)
     assert scheduler.add_run("big", tests["big"]) == []
     farm.wake()
     for _ in range(data.draw(st.integers(0, 4))):
         farm.step()
     assert scheduler.add_run("small", tests["small"]) == []
     farm.wake()
-    # Lose host h0 as the coordinator does: what its slots had not finished goes back,
-    # the running test as a retry, elsewhere if possible; then its slots are removed.
-    rerun: collections.Counter[tuple[str, str]] = collections.Counter()
-    for slot in sorted(s for s in farm.running if s.startswith("h0/")):
-        shard, _ = farm.running[slot]
-        done = data.draw(st.integers(0, len(shard.tests)))
-        farm.finish(slot, only=done)
-        rest = list(shard.tests[done:])
-        rerun.update((shard.run, t.id) for t in rest)
-        if rest:
-            assert scheduler.requeue(shard.run, rest[1:], interrupted=rest[0], lost_host="h0")
-    for s in range(slots):
-        scheduler.remove_slot(f"h0/{s}")
-        farm.idle.discard(f"h0/{s}")
+    rerun = lose_host(scheduler, farm, "h0", data)
     farm.wake()
     while farm.step():
         pass

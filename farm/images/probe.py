@@ -53,6 +53,23 @@ def describe_start_failure(python: str, explanation: str) -> str:
     return f"a container of it does not start: {explanation}"
 
 
+def sealed_host_config(api: docker.APIClient, binds: Any = None) -> dict[str, Any]:
+    """A one-off container's host config: no network, no capabilities, a read-only root.
+
+    For the short containers psyduck runs to look inside an image (this probe, the
+    listing of its Python's directories), which read and print and need nothing else.
+    """
+    return api.create_host_config(
+        binds=binds,
+        network_mode="none",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        read_only=True,
+        tmpfs={"/tmp": "rw,mode=1777"},
+        log_config={"type": "json-file", "config": {}},
+    )
+
+
 def wait_exit(api: docker.APIClient, container: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Wait for a helper container to exit; False if it ran past *timeout* seconds."""
     try:
@@ -89,15 +106,7 @@ async def probe_image(
         entrypoint=[],
         labels={LABEL_FARM: FARM_ID, LABEL_PROBE: host},
         network_disabled=True,
-        host_config=api.create_host_config(
-            binds=binds,
-            network_mode="none",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            read_only=True,
-            tmpfs={"/tmp": "rw,mode=1777"},
-            log_config={"type": "json-file", "config": {}},
-        ),
+        host_config=sealed_host_config(api, binds),
         use_config_proxy=False,
     )
     container = created["Id"]

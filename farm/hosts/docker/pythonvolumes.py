@@ -35,7 +35,7 @@ import docker.errors
 
 from farm.hosts.containers import FARM_ID, LABEL_FARM, owner_is_gone
 from farm.hosts.docker.engine import Engine, EngineLost, explanation
-from farm.images.probe import wait_exit
+from farm.images.probe import sealed_host_config, wait_exit
 
 log = logging.getLogger("psyduck.farm.docker")
 
@@ -150,14 +150,7 @@ async def _list_dirs(engine: Engine, image: str, python: str) -> list[str]:
         [python, "-c", LIST_SCRIPT],
         labels={LABEL_FARM: FARM_ID},
         network_disabled=True,
-        host_config=api.create_host_config(
-            network_mode="none",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            read_only=True,
-            tmpfs={"/tmp": "rw,mode=1777"},
-            log_config={"type": "json-file", "config": {}},
-        ),
+        host_config=sealed_host_config(api),
         use_config_proxy=False,
     )
     try:
