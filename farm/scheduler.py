@@ -271,8 +271,11 @@ class Scheduler:
         for key, queue in run.queue.keys.items():
             if not self._hosts.labels_fit(slot.labels, key):
                 continue
-            elsewhere = functools.partial(self._hosts.anywhere, key, but=room.name)
-            unit = queue.head(room.name, elsewhere)
+            if queue.avoiding:  # requeued units that avoid a host: ask where else they fit
+                elsewhere = functools.partial(self._hosts.anywhere, key, but=room.name)
+                unit = queue.head(room.name, elsewhere)
+            else:
+                unit = queue.ready[0] if queue.ready else None
             if unit is not None:
                 heads.append(unit)
         if run.queue.firsts and any(u.first for u in heads):

@@ -60,6 +60,10 @@ class HostRoom:
     lasting: Need = (0, 0)
     #: Resources (a placement key's) held back for a big shard the host is draining for.
     reserved: PlacementKey | None = None
+    #: :meth:`need` by (key, slots): every decision asks it for each queued key.
+    _needs: dict[tuple[PlacementKey, int], Need] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def need(self, key: PlacementKey) -> Need:
         """What a shard of *key* reserves here: its hints, else one slot's share.
@@ -69,12 +73,15 @@ class HostRoom:
         """
         if self.capacity is None:
             return (0, 0)
-        _, _, cpus, memory = key
-        share = max(self.slots, 1)
-        return (
-            round(min(cpus or self.capacity.cpus / share, self.capacity.cpus) * MILLI),
-            min(memory or self.capacity.memory // share, self.capacity.memory),
-        )
+        found = self._needs.get((key, self.slots))
+        if found is None:
+            _, _, cpus, memory = key
+            share = max(self.slots, 1)
+            found = self._needs[key, self.slots] = (
+                round(min(cpus or self.capacity.cpus / share, self.capacity.cpus) * MILLI),
+                min(memory or self.capacity.memory // share, self.capacity.memory),
+            )
+        return found
 
     def free(self) -> Need:
         assert self.capacity is not None
