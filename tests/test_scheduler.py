@@ -250,3 +250,21 @@ def test_a_module_holding_an_hours_long_test_goes_before_untimed_tests():
     while (shard := sched.next_shard("h/0")) is not None:
         order.extend(t.id for t in shard.tests)
     assert order.index("slow.py::hours") < order.index("new0.py::t")
+
+
+def test_the_hosts_minimum_shard_never_leaves_a_slot_without_work():
+    """A 4 s suite on 2 slots with a 6 s minimum shard: two shards, not one."""
+    from farm.scheduling.policies import plan_run
+
+    tests = [
+        TestSpec(id=f"m{i % 6}.py::t{i}", group=f"m{i % 6}.py", estimate=0.1) for i in range(40)
+    ]
+    plan = plan_run(tests, LongestFirst(), slots=2, min_seconds=6.0)
+    assert len(plan.units) >= 2
+    assert sorted(t.id for u in plan.units for t in u.tests) == sorted(t.id for t in tests)
+    # A suite long enough keeps the minimum: it still coarsens a 30 s suite's shards.
+    long = [
+        TestSpec(id=f"m{i % 6}.py::t{i}", group=f"m{i % 6}.py", estimate=0.1) for i in range(300)
+    ]
+    coarse = plan_run(long, LongestFirst(), 2, 6.0).units
+    assert len(coarse) < len(plan_run(long, LongestFirst(), 2, 0.0).units)

@@ -234,7 +234,10 @@ def plan_run(
     rest = [t for t in filled if not t.first and not t.pinned]
     untimed = [t for t in rest if t.id in untimed_ids]
     timed = [t for t in rest if t.id not in untimed_ids] if untimed else rest
-    known = _units(policy, timed, slots, min_seconds, guessed=False)
+    # The hosts' minimum shard coarsens a run's shards, but never below one per slot:
+    # a suite shorter than the slots times the minimum would otherwise leave slots idle.
+    timed_share = sum(t.estimate for t in timed) / max(slots, 1)
+    known = _units(policy, timed, slots, min(min_seconds, timed_share), guessed=False)
     # Untimed units go behind the timed units that must start at once for the run to
     # end near its bound (longer than half of it), before the rest, which can wait.
     # A unit ranks by its group's largest unit (the pieces of a split group keep their
