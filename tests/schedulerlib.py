@@ -121,3 +121,23 @@ def lose_host(scheduler: Scheduler, farm: Farm, host: str, data: Any) -> collect
         scheduler.remove_slot(f"{host}/{s}")
         farm.idle.discard(f"{host}/{s}")
     return rerun
+
+
+def two_runs_losing_a_host(
+    scheduler: Scheduler, farm: Farm, tests: dict[str, list], data: Any, steps: int
+) -> collections.Counter:
+    """Run "big", let up to *steps* shards end, add "small", lose h0, play to the end.
+
+    Returns the (run, test) pairs the lost host's work makes run again.
+    """
+    assert scheduler.add_run("big", tests["big"]) == []
+    farm.wake()
+    for _ in range(data.draw(st.integers(0, steps))):
+        farm.step()
+    assert scheduler.add_run("small", tests["small"]) == []
+    farm.wake()
+    rerun = lose_host(scheduler, farm, "h0", data)
+    farm.wake()
+    while farm.step():
+        pass
+    return rerun

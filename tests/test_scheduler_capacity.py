@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from farm.manifest import TestSpec
 from farm.scheduler import Capacity, PerTest, Scheduler
 from farm.scheduling.policies import split
-from tests.schedulerlib import Farm, lose_host
+from tests.schedulerlib import Farm, two_runs_losing_a_host
 
 GiB = 1 << 30
 
@@ -87,16 +87,7 @@ def test_a_lost_host_loses_no_test_of_any_run(big, small, hosts, slots, data):
     tests = {"big": suite(big, "b"), "small": suite(small, "s")}
     scheduler = Scheduler(max_retries=5)
     farm = Farm(scheduler, hosts, slots, Capacity(16.0, 64 * GiB))
-    assert scheduler.add_run("big", tests["big"]) == []
-    farm.wake()
-    for _ in range(data.draw(st.integers(0, 5))):
-        farm.step()
-    assert scheduler.add_run("small", tests["small"]) == []
-    farm.wake()
-    rerun = lose_host(scheduler, farm, "h0", data)
-    farm.wake()
-    while farm.step():
-        pass
+    rerun = two_runs_losing_a_host(scheduler, farm, tests, data, steps=5)
     dispatched = collections.Counter((run, test) for _, run, test, _ in farm.log)
     expected = collections.Counter({(run, t.id): 1 for run, ts in tests.items() for t in ts})
     assert dispatched == expected + rerun

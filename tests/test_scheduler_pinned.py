@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from farm.manifest import TestSpec
 from farm.scheduler import Capacity, Scheduler
-from tests.schedulerlib import Farm, lose_host
+from tests.schedulerlib import Farm, two_runs_losing_a_host
 
 GiB = 1 << 30
 CAPACITY = Capacity(8.0, 32 * GiB)
@@ -63,16 +63,7 @@ def test_pinned_groups_and_first_tests_with_packing_and_a_lost_host(big, small, 
     tests = {"big": suite(big, "b"), "small": suite(small, "s")}
     scheduler = Scheduler(max_retries=5)
     farm = Farm(scheduler, hosts, slots, CAPACITY)
-    assert scheduler.add_run("big", tests["big"]) == []
-    farm.wake()
-    for _ in range(data.draw(st.integers(0, 4))):
-        farm.step()
-    assert scheduler.add_run("small", tests["small"]) == []
-    farm.wake()
-    rerun = lose_host(scheduler, farm, "h0", data)
-    farm.wake()
-    while farm.step():
-        pass
+    rerun = two_runs_losing_a_host(scheduler, farm, tests, data, steps=4)
     assert scheduler.is_done("big") and scheduler.is_done("small")
 
     dispatched = collections.Counter((s.run, t.id) for s, _ in farm.shards for t in s.tests)
