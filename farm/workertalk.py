@@ -14,6 +14,7 @@ and ``_requeue``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -46,6 +47,7 @@ class WorkerTalk:
             profile=shard.profile,
             pokedex_urls=self.pokedex_urls,
             pokedex_token=self.pokedex_token,
+            queued=functools.partial(self.scheduler.queued, run.id),
         )
         try:
             conn = await state.host.spawn(context, index, worker_id, self._output_handler(run))

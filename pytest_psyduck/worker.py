@@ -21,7 +21,8 @@ a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
 
 A worker started for a single shard (``shard_collection``: a container's)
 sends ``ready`` before it collects, waits for its shard, and then collects only
-the files that shard needs (:mod:`pytest_psyduck.shardfiles`): its start-up
+the files, functions and classes that shard needs
+(:mod:`pytest_psyduck.shardfiles`): its start-up
 (interpreter, plugins, initial conftests) overlaps the slot's previous shard,
 and it never imports the rest of the suite.
 
@@ -54,7 +55,7 @@ from pytest_psyduck.attempts import Recorder, RecordingRelay
 from pytest_psyduck.channel import Channel, ChannelClosed
 from pytest_psyduck.roles import WORKER_PLUGIN_NAME
 from pytest_psyduck.serialize import reports_to_payload, warning_to_wire
-from pytest_psyduck.shardfiles import ShardFilter, shard_files
+from pytest_psyduck.shardfiles import ShardFilter, shard_children, shard_files
 from pytest_psyduck.subtests import stamp_failed_subtests
 from pytest_psyduck.teamcity import attach_comparison, watch_item
 from pytest_psyduck.workerterminal import silence_reporting
@@ -164,9 +165,12 @@ class WorkerPlugin:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_collection(self, session: pytest.Session):
         if self.shard_collection:
-            files = shard_files(self.await_first_shard(), session.config.rootpath)
+            shard = self.await_first_shard()
+            files = shard_files(shard, session.config.rootpath)
             if files is not None:
-                session.config.pluginmanager.register(ShardFilter(files), "psyduck-shard-filter")
+                session.config.pluginmanager.register(
+                    ShardFilter(files, shard_children(shard)), "psyduck-shard-filter"
+                )
         return (yield)
 
     def await_first_shard(self) -> list[str]:
@@ -321,7 +325,7 @@ def serve(session: pytest.Session, plugin: WorkerPlugin) -> None:
         if item is None:
             message = "the worker did not collect this test"
             if plugin.shard_collection and shards > 1:
-                message += " (it collected only the files of its first shard)"
+                message += " (it collected only the tests of its first shard)"
             if plugin.collect_errors:
                 message += "; collection errors on the worker:\n" + "\n".join(plugin.collect_errors)
             channel.send({"t": "missing", "id": test["id"], "message": message})

@@ -7,7 +7,7 @@ prints can corrupt the message stream.
 
 A host that starts a worker for a single shard (a container) sets
 ``PSYDUCK_SHARD_COLLECTION=1``: the worker then collects only that shard's
-files (see :class:`~pytest_psyduck.worker.WorkerPlugin`).
+tests (see :class:`~pytest_psyduck.worker.WorkerPlugin`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_psyduck.shardfiles import shard_files
+from pytest_psyduck.shardfiles import shard_children, shard_files
 from tests.conftest import run_pytest
 
 FILES = ["test_a.py", "sub/test_b.py", "sub/deeper/test_c.txt", "weird [dir]/test_d.py"]
@@ -85,3 +85,72 @@ def test_a_session_collects_only_the_shards_files(suite):
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.outcomes() == {"passed": 1}, done.stdout
     assert "imported" not in done.stdout + done.stderr
+
+
+NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+
+
+@given(
+    ids=st.lists(
+        st.tuples(st.sampled_from(FILES), st.lists(NAME, min_size=1, max_size=3), st.text()).map(
+            lambda t: f"{t[0]}::{'::'.join(t[1])}" + (f"[{t[2]}]" if t[2] else "")
+        ),
+        min_size=1,
+    )
+)
+def test_every_parent_of_a_shard_test_keeps_the_child_on_its_way(ids):
+    """Whatever a parametrized id's parameters hold, each node on the way to a test
+    names the next one as needed, and nothing else is needed."""
+    children = shard_children(ids)
+    expected: dict[str, set[str]] = {}
+    for test_id in ids:
+        file, rest = test_id.split("::", 1)
+        names = rest.split("[", 1)[0].split("::")
+        for depth, name in enumerate(names):
+            expected.setdefault("::".join([file, *names[:depth]]), set()).add(name)
+    assert children == {parent: frozenset(names) for parent, names in expected.items()}
+
+
+def test_a_shard_file_makes_only_the_tests_the_shard_names(suite):
+    """Real pytest: a function or class the shard does not name is never parametrized or
+    collected, while a named function is parametrized whole, with pytest's own ids."""
+    path = suite(
+        {
+            "conftest.py": (
+                "from pathlib import Path\n"
+                "from pytest_psyduck.shardfiles import ShardFilter, shard_children\n"
+                "HERE = Path(__file__).parent\n"
+                "SHARD = ['test_mod.py::test_wanted[a::b]', 'test_mod.py::TestKept::test_one']\n"
+                "def pytest_configure(config):\n"
+                "    files = frozenset({str(HERE / 'test_mod.py')})\n"
+                "    config.pluginmanager.register(ShardFilter(files, shard_children(SHARD)))\n"
+            ),
+            "test_mod.py": (
+                "import pytest\n"
+                "def pytest_generate_tests(metafunc):\n"
+                "    if metafunc.function.__name__ == 'test_stress':\n"
+                "        raise SystemExit('test_stress was parametrized')\n"
+                "@pytest.mark.parametrize('p', ['a::b', 'c'])\n"
+                "def test_wanted(p):\n"
+                "    pass\n"
+                "def test_stress():\n"
+                "    pass\n"
+                "class TestKept:\n"
+                "    def test_one(self):\n"
+                "        pass\n"
+                "    def test_two(self):\n"
+                "        pass\n"
+                "class TestGone:\n"
+                "    def test_three(self):\n"
+                "        pass\n"
+            ),
+        }
+    )
+    done = run_pytest(path, "-p", "no:cacheprovider", "--collect-only", "-q")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[:4] == [
+        "test_mod.py::test_wanted[a::b]",
+        "test_mod.py::test_wanted[c]",
+        "test_mod.py::TestKept::test_one",
+        "",
+    ], done.stdout

@@ -47,6 +47,9 @@ class RunContext:
     profile: str = ""
     pokedex_urls: tuple[str, ...] = ()
     pokedex_token: str | None = None
+    #: How many of the run's tests wait for a worker right now (the farm's queue);
+    #: None where no farm asks (a tool's one-off run).
+    queued: Callable[[], int] | None = None
 
     @property
     def worker_argv(self) -> tuple[str, ...]:

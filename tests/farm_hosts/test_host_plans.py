@@ -25,6 +25,7 @@ from farm.hosts.containers import (
     update_fields,
 )
 from farm.hosts.docker import DockerHost, StreamDemux, exit_info, payload_tar
+from farm.hosts.docker.volumes import volume_name
 from farm.hosts.ssh import parse_ssh_spec
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
 
@@ -299,3 +300,15 @@ def test_the_scratch_cache_only_when_the_cache_provider_is_on():
     assert scratch_cache_args(["-x"]) == ["-o", "cache_dir=/tmp/.pytest_cache"]
     assert scratch_cache_args(["-p", "no:cacheprovider", "-x"]) == []
     assert scratch_cache_args(["-pno:cacheprovider"]) == []
+
+
+@given(
+    kind=st.sampled_from(["code", "inject"]),
+    key=st.text(),
+    hosts=st.lists(st.text(), min_size=2, max_size=4, unique=True),
+)
+def test_hosts_sharing_an_engine_never_share_a_payload_volume(kind, key, hosts):
+    """Two ssh hosts may reach one engine; each fills and removes only its own volumes."""
+    names = {volume_name(kind, key, host) for host in hosts}
+    assert len(names) == len(hosts)
+    assert all(name.startswith(f"psyduck-{kind}-") for name in names)

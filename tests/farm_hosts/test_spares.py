@@ -1,8 +1,8 @@
 """A slot's spare container starts only when a next shard can come, near its slot's need.
 
-The pure parts (the start-up estimate, the ledger of what a host was handed) are
-unit-tested; a real session on one docker slot shows that the run's last shard
-leaves no spare behind: one container per shard, each fresh.
+The start-up estimate is unit-tested; real sessions show that the run's last
+shard leaves no spare behind (one container per shard, each fresh) and that a
+run whose first shards take every test starts no spare at all.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from hypothesis import strategies as st
 
 from farm.hosts.docker.spares import (
     DEFAULT_START_SECONDS,
-    RUNS_KEPT,
     START_MARGIN,
-    RunLedger,
     StartClock,
 )
-from tests.farm_hosts.hostlib import recorded_session, seed_durations
+from tests.farm_hosts.hostlib import Finished, recorded_session, seed_durations
 from tests.farm_hosts.test_shard_collection import junit_properties
 
 # -- pure ------------------------------------------------------------------------------
@@ -31,7 +29,8 @@ def test_a_spare_starts_a_margin_of_start_ups_before_its_slots_shard_ends():
     assert clock.spare_delay(60.0) == 60.0 - START_MARGIN * DEFAULT_START_SECONDS
     clock.measured(1.0)  # the first measurement replaces the default
     assert clock.spare_delay(10.0) == 10.0 - START_MARGIN
-    assert clock.spare_delay(0.5) == 0.0  # a short shard: at once
+    # A short shard: one start-up in, once the run's first shards are all handed out.
+    assert clock.spare_delay(0.5) == 1.0
 
 
 @given(st.lists(st.floats(0.01, 100.0), min_size=1, max_size=50))
@@ -42,19 +41,6 @@ def test_the_start_up_estimate_stays_within_what_was_measured(seconds):
     assert min(seconds) - 1e-9 <= clock.seconds <= max(seconds) + 1e-9
 
 
-def test_the_ledger_knows_when_a_host_was_handed_a_whole_run():
-    ledger = RunLedger()
-    assert not ledger.all_handed("r1", 3)
-    ledger.handed("r1", ["a", "b"])
-    ledger.handed("r1", ["b"])  # a test handed again (a retry) counts once
-    assert not ledger.all_handed("r1", 3)
-    ledger.handed("r1", ["c"])
-    assert ledger.all_handed("r1", 3)
-    for n in range(RUNS_KEPT):
-        ledger.handed(f"other{n}", ["x"])
-    assert not ledger.all_handed("r1", 3)  # the oldest run is forgotten: spares as before
-
-
 # -- a real session --------------------------------------------------------------------
 
 SLEEPS = """
@@ -62,15 +48,14 @@ import socket, time
 
 def test_{name}(record_property):
     record_property("container", socket.gethostname())
-    time.sleep(6.5)
+    time.sleep({seconds})
 """
 NAMES = ["alpha", "beta", "gamma"]
 
 
-@pytest.mark.docker
-def test_the_last_shard_of_a_run_leaves_no_spare_container(docker_image, suite, tmp_path):
-    path = suite({f"test_{n}.py": SLEEPS.format(name=n) for n in NAMES})
-    seed_durations(path, {f"test_{n}.py::test_{n}": 6.5 for n in NAMES})
+def containers_of(path, out, hosts: str, image: str) -> tuple[Finished, set[str], list[str]]:
+    """Run the suite at *path* on *hosts*: the session, the containers its tests ran in,
+    and every worker container it created."""
     events = subprocess.Popen(
         [
             *("docker", "events", "--filter", "event=create", "--filter"),
@@ -80,19 +65,30 @@ def test_the_last_shard_of_a_run_leaves_no_spare_container(docker_image, suite, 
         text=True,
     )
     try:
-        done, _ = recorded_session(
-            path,
-            tmp_path / "out.xml",
-            "--psyduck-hosts",
-            "docker:1",
-            "--psyduck-image",
-            docker_image,
-        )
+        done, _ = recorded_session(path, out, "--psyduck-hosts", hosts, "--psyduck-image", image)
     finally:
         events.terminate()
         created, _ = events.communicate(timeout=30)
+    ran_in = {p["container"] for p in junit_properties(out).values()}
+    return done, ran_in, [farm for farm in created.split() if f":{done.pid}:" in farm]
+
+
+@pytest.mark.docker
+def test_the_last_shard_of_a_run_leaves_no_spare_container(docker_image, suite, tmp_path):
+    path = suite({f"test_{n}.py": SLEEPS.format(name=n, seconds=6.5) for n in NAMES})
+    seed_durations(path, {f"test_{n}.py::test_{n}": 6.5 for n in NAMES})
+    done, ran_in, created = containers_of(path, tmp_path / "out.xml", "docker:1", docker_image)
     assert done.returncode == 0 and "3 passed" in done.output, done.output
-    containers = {p["container"] for p in junit_properties(tmp_path / "out.xml").values()}
-    assert len(containers) == len(NAMES)  # a fresh container per shard, as always
-    ours = [farm for farm in created.split() if f":{done.pid}:" in farm]
-    assert len(ours) == len(NAMES), created  # and none more
+    assert len(ran_in) == len(NAMES)  # a fresh container per shard, as always
+    assert len(created) == len(NAMES), created  # and none more
+
+
+@pytest.mark.docker
+def test_a_run_its_first_shards_cover_starts_no_spare(docker_image, suite, tmp_path):
+    """Two slots, two shards: both handed out at once, so neither slot's spare is wanted."""
+    names = NAMES[:2]
+    path = suite({f"test_{n}.py": SLEEPS.format(name=n, seconds=1) for n in names})
+    seed_durations(path, {f"test_{n}.py::test_{n}": 6.5 for n in names})
+    done, ran_in, created = containers_of(path, tmp_path / "out.xml", "docker:2", docker_image)
+    assert done.returncode == 0 and "2 passed" in done.output, done.output
+    assert len(ran_in) == len(created) == 2, created

@@ -156,13 +156,15 @@ def test_a_session_names_an_unknown_host_key(sshd, client_key, known_hosts, suit
     assert f"host key of [127.0.0.2]:{server.port} is not known" in done.output
 
 
+# Each test lasts long enough that the doomed host, connected last on a loaded machine, still
+# finds work left when it is ready.
 SLEEPERS = """
 import time
 import pytest
 
 @pytest.mark.parametrize("n", range(3))
 def test_sleeps(n):
-    time.sleep(1)
+    time.sleep(3)
 """
 
 
@@ -191,6 +193,10 @@ def test_losing_a_host_reschedules_its_work_once_and_quarantines_it(
         interrupted: list[str] = []
 
         def running_on_doomed() -> bool:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"the session ended before the doomed host ran a test:\n{process.stdout.read()}"
+                )
             for container in psyduck_containers(psyduck_host=doomed.host_name):
                 if container["State"] == "running" and (test := current_test_in(container)):
                     interrupted.append(test)

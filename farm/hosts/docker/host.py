@@ -46,7 +46,7 @@ from farm.hosts.docker.engine import (
 )
 from farm.hosts.docker.images import ImagePull, ImageSupply
 from farm.hosts.docker.pythonvolumes import python_volumes, reap_python_volumes
-from farm.hosts.docker.spares import RunLedger, StartClock
+from farm.hosts.docker.spares import StartClock
 from farm.hosts.docker.volumes import PayloadVolumes
 from farm.hosts.docker.worker import DockerWorker, discard, start_container
 from farm.hosts.local import default_cache_dir
@@ -154,9 +154,8 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         self._verdicts: dict[tuple[str, Expectation, str], asyncio.Future[Verdict]] = {}
         self._pulls: set[ImagePull] = set()
         self._spares: dict[int, _Spare] = {}
-        #: How long this host's containers take to get ready, and what each run handed it.
+        #: How long this host's containers take to get ready.
         self._start_clock = StartClock()
-        self._ledger = RunLedger()
         self._background: set[asyncio.Future[None]] = set()
         #: Per image reference: its own ``PYTHONPATH``, which workers extend.
         self._image_paths: dict[str, str] = {}
@@ -320,7 +319,9 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         key = (run.run_id, run.profile)
         worker = await self._take_spare(slot, key)
         if worker is None:
+            started = time.monotonic()
             worker = await self._create_worker(run, slot, worker_id, on_output)
+            self._in_background(self._time_start(worker, started))
         if self.reuse_workers:
             return worker  # it serves the run's next shards itself: no spare
         spare = _Spare(key)
@@ -341,14 +342,12 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
     ) -> DockerWorker | None:
         """The slot's next container, started a start-up's length before *current*'s
         shard is estimated to end (or as it asks for more work, if sooner); None when
-        this host was handed the whole run."""
+        the farm has none of the run's tests left to hand out."""
         await current.heard.wait()
         await current.shard_known.wait()
-        self._ledger.handed(run.run_id, (test.id for test in current.shard))
         delay = self._start_clock.spare_delay(sum(test.estimate for test in current.shard))
-        if delay > 0:
-            await current.nearly_done_within(delay)
-        if self._ledger.all_handed(run.run_id, len(run.manifest.tests)):
+        await current.nearly_done_within(delay)
+        if run.queued is not None and run.queued() == 0:
             return None
         spare.creating = True
         spare.expiry = asyncio.get_running_loop().call_later(

@@ -63,9 +63,13 @@ def payload_tar(sources: Mapping[str, str]) -> IO[bytes]:
     return archive
 
 
-def volume_name(kind: str, key: str) -> str:
-    """This farm's volume for one payload: the farm and the content key, hashed."""
-    digest = hashlib.sha256(f"{FARM_ID}\0{key}".encode()).hexdigest()[:20]
+def volume_name(kind: str, key: str, host: str) -> str:
+    """This farm's volume for one payload on one host: farm, host and content key, hashed.
+
+    Two of a farm's hosts may share an engine (two ssh specs reaching one machine):
+    each fills and removes its own volumes, never one the other is filling.
+    """
+    digest = hashlib.sha256(f"{FARM_ID}\0{host}\0{key}".encode()).hexdigest()[:20]
     return f"psyduck-{kind}-{digest}"
 
 
@@ -108,7 +112,7 @@ class PayloadVolumes:
         self, engine: Engine, image: str, kind: str, key: str, sources: dict[str, str]
     ) -> str:
         """The filled volume for one payload; concurrent shards wait for one upload."""
-        name = volume_name(kind, key)
+        name = volume_name(kind, key, self.name)
         filling = self._volumes.get(name)
         if filling is None or (
             filling.done() and (filling.cancelled() or filling.exception() is not None)
