@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import SESSION_TIMEOUT, outer_environment
+from tests.conftest import SESSION_TIMEOUT, outer_environment, start_pytest
 from tests.farm_hosts.hostlib import ROOT, start_session
 
 pytestmark = pytest.mark.docker
@@ -166,3 +166,36 @@ def test_hosts_check_over_ssh_probes_with_the_shipped_worker_code(
     bad = hosts_check(other_pytest_image, spec)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"its pytest is {OTHER_PYTEST}" in bad.stdout
+
+
+def test_a_later_session_judges_the_image_without_a_probe_container(docker_image, suite, tmp_path):
+    """The embedded farm lives one session; the probe's facts outlive it, on disk."""
+    path = suite({"test_one.py": "def test_one():\n    pass\n"})
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PSYDUCK_STANDBY": "0"}
+    probes = []
+    for _ in range(2):
+        events = subprocess.Popen(
+            [
+                *("docker", "events", "--filter", "event=create", "--filter"),
+                *("label=psyduck.probe", "--format", '{{index .Actor.Attributes "psyduck.farm"}}'),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            process = start_pytest(
+                path,
+                "--psyduck",
+                "--psyduck-hosts",
+                "docker:1",
+                "--psyduck-image",
+                docker_image,
+                env=env,
+            )
+            output, _ = process.communicate(timeout=SESSION_TIMEOUT)
+        finally:
+            events.terminate()
+            created, _ = events.communicate(timeout=30)
+        assert process.returncode == 0 and "1 passed" in output, output
+        probes.append(len([farm for farm in created.split() if f":{process.pid}:" in farm]))
+    assert probes == [1, 0]

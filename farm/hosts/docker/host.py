@@ -51,6 +51,7 @@ from farm.hosts.docker.volumes import PayloadVolumes
 from farm.hosts.docker.worker import DockerWorker, discard, start_container
 from farm.hosts.local import default_cache_dir
 from farm.images.check import Expectation, Verdict
+from farm.images.probefacts import ProbeFacts
 from farm.manifest import TestSpec
 from farm.scheduling.capacity import Capacity
 from farm.snapshots import SnapshotCache
@@ -146,6 +147,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         self._memory = memory
         self._cpus = cpus
         self.snapshots = SnapshotCache(cache_dir or default_cache_dir(name), name)
+        self._probe_facts = ProbeFacts(cache_dir or default_cache_dir(name))
         self._engine: Engine | None = None
         self._engine_lock = asyncio.Lock()
         #: Per test image the run asked for: the reference its containers start from,

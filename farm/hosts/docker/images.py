@@ -7,7 +7,9 @@ a time, then tagged as the name the run asked for
 (:meth:`ImageSupply._provide_image`).  Workers extend the ``PYTHONPATH`` the
 image sets, so it is looked up too.  Before a run is submitted, its client has
 the farm check the image once per host, image id and injected packages
-(:meth:`ImageSupply.image_verdict`, :mod:`farm.images.check`).
+(:meth:`ImageSupply.image_verdict`, :mod:`farm.images.check`); the probe's
+facts are kept on disk, so a later farm judges them without a probe container
+(:mod:`farm.images.probefacts`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from farm.hosts.containers import (
 from farm.hosts.docker.engine import Engine, EngineLost, bounded, explanation, raw_socket
 from farm.images.check import Expectation, Verdict, judge
 from farm.images.probe import probe_image
+from farm.images.probefacts import ProbeFacts, facts_key
 
 log = logging.getLogger("psyduck.farm.docker")
 
@@ -192,6 +195,8 @@ class ImageSupply:
     #: Verdicts of the up-front image check, per image id, client expectation and
     #: the packages mounted for it.
     _verdicts: dict[tuple[str, Expectation, str], asyncio.Future[Verdict]]
+    #: Probe facts kept across farms (the embedded farm lives one session).
+    _probe_facts: ProbeFacts
     _inject_volume: Callable[[Engine, str, Mapping[str, str]], Awaitable[str]]
     _ensure_engine: Callable[[], Awaitable[Engine]]
 
@@ -219,7 +224,9 @@ class ImageSupply:
             key = (image_id, expect, repr(sorted(module_dirs.items())))
             verdict = self._verdicts.get(key)
             if verdict is None or (verdict.done() and not _succeeded(verdict)):
-                verdict = asyncio.ensure_future(self._probe(engine, reference, expect, module_dirs))
+                verdict = asyncio.ensure_future(
+                    self._probe(engine, reference, image_id, expect, module_dirs)
+                )
                 self._verdicts[key] = verdict
             found = await asyncio.shield(verdict)
         except (HostError, RunError) as exc:
@@ -234,20 +241,38 @@ class ImageSupply:
         )
 
     async def _probe(
-        self, engine: Engine, image: str, expect: Expectation, module_dirs: dict[str, str]
+        self,
+        engine: Engine,
+        image: str,
+        image_id: str,
+        expect: Expectation,
+        module_dirs: dict[str, str],
     ) -> Verdict:
-        if self.remote:
-            volume = await self._inject_volume(engine, image, module_dirs)
-            binds = {volume: {"bind": INJECT_DIR, "mode": "ro"}}
-        else:
-            binds = injected_binds(module_dirs)
+        """Judge *image* by its probe's facts: remembered ones (:mod:`farm.images.probefacts`),
+        else a probe container's."""
         pythonpath = worker_pythonpath(await self._image_pythonpath(engine, image))
-        try:
-            facts = await probe_image(engine, image, self.python, binds, self.name, pythonpath)
-        except ValueError as exc:
-            return Verdict(str(exc))
-        except docker.errors.APIError as exc:
-            return Verdict(f"a container of it cannot be created: {explanation(exc)}")
+        key = await asyncio.to_thread(
+            facts_key,
+            str(engine.info.get("ID", "")),
+            image_id,
+            self.python,
+            pythonpath,
+            module_dirs,
+        )
+        facts = await asyncio.to_thread(self._probe_facts.get, key)
+        if facts is None:
+            if self.remote:
+                volume = await self._inject_volume(engine, image, module_dirs)
+                binds = {volume: {"bind": INJECT_DIR, "mode": "ro"}}
+            else:
+                binds = injected_binds(module_dirs)
+            try:
+                facts = await probe_image(engine, image, self.python, binds, self.name, pythonpath)
+            except ValueError as exc:
+                return Verdict(str(exc))
+            except docker.errors.APIError as exc:
+                return Verdict(f"a container of it cannot be created: {explanation(exc)}")
+            await asyncio.to_thread(self._probe_facts.put, key, facts)
         return judge(facts, expect)
 
     async def _check_image(self, engine: Engine, image: str) -> None:
