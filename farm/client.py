@@ -164,6 +164,12 @@ class FarmClient:
             )
         return (await self._request("POST", "/v1/runs", body))["run"]
 
+    async def warm(self, manifest: RunManifest) -> int:
+        """Have an idle farm start its container slots' workers for *manifest* (a run
+        without its tests, still being collected); how many slots it asked."""
+        body = encode({**manifest_to_wire(manifest), "t": "warm", "tests": []})
+        return int((await self._request("POST", "/v1/warm", body)).get("slots", 0))
+
     async def attach(self, run_id: str) -> RunStream:
         try:
             ws = await http.WebSocket.connect(

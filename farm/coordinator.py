@@ -57,7 +57,7 @@ from typing import Any
 from farm.faults import describe
 from farm.history import History, project_of
 from farm.hostfaults import HostFaults
-from farm.hosts.base import Host, HostError, WorkerConnection
+from farm.hosts.base import Host, HostError, RunContext, WorkerConnection
 from farm.intake import Unplaceable, prepare
 from farm.manifest import RunManifest, TestSpec
 from farm.runs import MAX_BATCH, Run, event_batches
@@ -227,6 +227,32 @@ class Coordinator(SlotLoop, WorkerTalk, HostFaults):
         asyncio.get_running_loop().call_later(ATTACH_TIMEOUT, self._cancel_unattached, run_id)
         self._wake_all()
         return run
+
+    def warm(self, manifest: RunManifest) -> int:
+        """Start every slot's worker ahead for *manifest*, a run (without its tests) whose
+        client is still collecting; how many slots were asked.
+
+        Only an idle farm warms: the embedded farm, at its session's start.  Hosts
+        hand a warm worker to the run only if it is the very worker the run would get
+        (:meth:`~farm.hosts.base.Host.warm`).
+        """
+        if self.runs or self._closing:
+            return 0
+        asked = 0
+        for state in self.hosts:
+            if state.quarantined:
+                continue
+            context = RunContext(
+                "",
+                manifest,
+                workers=self.total_slots,
+                pokedex_urls=self.pokedex_urls,
+                pokedex_token=self.pokedex_token,
+            )
+            for slot in range(state.host.slots):
+                self._in_background(state.host.warm(context, slot))
+                asked += 1
+        return asked
 
     def _hold_back(self, run_id: str, held: bool) -> None:
         """The run's client lags (held) or caught up: see :mod:`farm.spool`."""

@@ -73,6 +73,15 @@ def read_run(body: bytes) -> RunManifest:
     return parse_manifest(message)
 
 
+def read_warm(body: bytes) -> RunManifest:
+    """The manifest (without tests) a ``warm`` message carries; :class:`ProtocolError`
+    naming what is wrong."""
+    message = decode(body)
+    if message["t"] != "warm":
+        raise ProtocolError(f"expected a 'warm' message, got {message['t']!r}")
+    return parse_manifest(message, warm=True)
+
+
 def prepare(
     manifest: RunManifest, plan: Callable[[Sequence[TestSpec]], RunPlan]
 ) -> tuple[RunPlan, dict[str, TestSpec]]:

@@ -352,12 +352,17 @@ def _parse_profiles(value: Any) -> dict[str, tuple[str, ...]]:
     return {name: tuple(args) for name, args in value.items()}
 
 
-def parse_manifest(data: Any) -> RunManifest:
-    """Validate a decoded ``run`` message and build the manifest."""
+def parse_manifest(data: Any, *, warm: bool = False) -> RunManifest:
+    """Validate a decoded ``run`` message and build the manifest.
+
+    *warm*: a ``warm`` message, a run its client is still collecting: no tests yet.
+    """
     if not isinstance(data, dict):
         raise ManifestError("manifest must be a map")
     raw_tests = _require(data, "tests", list, "manifest")
-    if not raw_tests:
+    if warm and raw_tests:
+        raise ManifestError("manifest: a 'warm' message names no tests")
+    if not raw_tests and not warm:
         raise ManifestError("manifest: 'tests' is empty; there is nothing to run")
     if len(raw_tests) > MAX_TESTS:
         raise ManifestError(f"manifest: {len(raw_tests)} tests exceed the limit of {MAX_TESTS}")

@@ -15,6 +15,10 @@ submitted it, and only that name or an admin may watch or cancel it):
   their test and said farewell: :meth:`~farm.coordinator.Coordinator.stop`);
   closing the socket before ``done`` cancels the run.
 * ``POST /v1/runs/{id}/cancel``
+* ``POST /v1/warm`` — body: a msgpack ``warm`` manifest (a run without its tests);
+  202.  An idle farm starts its container slots' workers while the client still
+  collects (:meth:`~farm.coordinator.Coordinator.warm`); the run takes them only
+  if they are the very workers it would get.  The embedded farm's client sends it.
 * ``GET /v1/status`` — hosts, slots, runs and queued tests, each run's events
   waiting on disk (``spooled``, bytes) and whether that holds it back
   (``held_back``: :mod:`farm.spool`); ``slowest``: the
@@ -43,7 +47,7 @@ from aiohttp import WSMsgType, web
 
 from farm.coordinator import Coordinator, Run, event_batches
 from farm.images.check import check_context, hosts_verdicts, parse_check_request
-from farm.intake import Unplaceable, read_run
+from farm.intake import Unplaceable, read_run, read_warm
 from farm.protocol import (
     HEARTBEAT,
     HEARTBEAT_HEADER,
@@ -128,6 +132,16 @@ async def create_run(request: web.Request) -> web.Response:
     except Unplaceable as exc:
         return error(request, 503 if exc.waiting else 422, str(exc))
     return reply(request, {"t": "created", "run": run.id}, 201)
+
+
+async def warm(request: web.Request) -> web.Response:
+    """Start idle slots' workers for a run its client is still collecting: 202."""
+    try:
+        manifest = read_warm(await request.read())
+    except ProtocolError as exc:
+        return error(request, 400, str(exc))
+    slots = request.app[COORDINATOR_KEY].warm(manifest)
+    return reply(request, {"t": "warming", "slots": slots}, 202)
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
@@ -251,6 +265,7 @@ def make_app(
     app[TOKENS_KEY] = tokens
     app[HEARTBEAT_KEY] = heartbeat
     app.router.add_post("/v1/runs", create_run)
+    app.router.add_post("/v1/warm", warm)
     app.router.add_get("/v1/runs/{run_id}/events", run_events)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
     app.router.add_get("/v1/status", status)

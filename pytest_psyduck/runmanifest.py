@@ -111,16 +111,21 @@ def build_manifest(
         tests.append(spec)
     return RunManifest(
         tests=tuple(tests),
-        worker=WorkerSpec(
-            argv=(WORKER_MODULE, *config.invocation_params.args),
-            cwd=str(config.invocation_params.dir),
-            root=project_root(config),
-            env=passed_environment(os.environ, pass_env_patterns(config)),
-            inject=package_dirs(WORKER_PACKAGES),
-        ),
+        worker=worker_spec(config),
         name=f"{getpass.getuser()}@{socket.gethostname()}:{config.rootpath.name}",
         image=run_image(config),
         profiles=profiles,
+    )
+
+
+def worker_spec(config: pytest.Config) -> WorkerSpec:
+    """How the run's workers start: this command line, directory and passed environment."""
+    return WorkerSpec(
+        argv=(WORKER_MODULE, *config.invocation_params.args),
+        cwd=str(config.invocation_params.dir),
+        root=project_root(config),
+        env=passed_environment(os.environ, pass_env_patterns(config)),
+        inject=package_dirs(WORKER_PACKAGES),
     )
 
 

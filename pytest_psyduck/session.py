@@ -26,7 +26,8 @@ from pytest_psyduck.durations import DurationHistory
 from pytest_psyduck.pluginbridges import need_fresh_workers
 from pytest_psyduck.replay import Replayer
 from pytest_psyduck.roles import REPLAY_PLUGIN_NAME
-from pytest_psyduck.runmanifest import build_manifest, project_root
+from pytest_psyduck.runmanifest import build_manifest, project_root, worker_spec
+from pytest_psyduck.warming import Warming, worth_warming
 from pytest_psyduck.xdistcontract import XdistController
 
 #: The names pytest's command line goes by (its console scripts, on POSIX and Windows).
@@ -40,16 +41,38 @@ class DistributedSession:
         self.config = config
         self.history = DurationHistory(config)
         self._frozen = False
+        #: pytest-xdist's controller side, once made (before collecting, when warming).
+        self._contract: XdistController | None = None
+        self._contract_env: dict[str, str] = {}
+        self._warming: Warming | None = None
+
+    def _xdist_contract(self) -> tuple[XdistController, dict[str, str]]:
+        """The controller side of pytest-xdist's contract, and the variables it gives
+        every worker; set up once per session, as xdist sets up its nodes once."""
+        if self._contract is None:
+            self._contract = XdistController(self.config, Path(project_root(self.config)))
+            self._contract_env = self._contract.worker_environment()
+        return self._contract, self._contract_env
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_collection(self):
-        """Collect without the cyclic collector, and keep what was collected out of it.
+        """Start the embedded farm's container workers (:mod:`pytest_psyduck.warming`),
+        then collect without the cyclic collector, and keep what was collected out of it.
 
         Collecting allocates a dozen objects per test and no garbage to speak
         of; the collector's full passes over a growing session are most of the
         cost of collecting a large transformation matrix, and so are the ones
         building its manifest would trigger.
         """
+        from pytest_psyduck.sidecar import SIDECAR_KEY
+
+        sidecar = self.config.stash.get(SIDECAR_KEY, None)
+        if worth_warming(self.config, sidecar):
+            assert sidecar is not None
+            _, env = self._xdist_contract()
+            worker = worker_spec(self.config)
+            worker = dataclasses.replace(worker, env={**worker.env, **env})
+            self._warming = Warming(self.config, sidecar, worker)
         enabled = gc.isenabled()
         gc.disable()
         try:
@@ -80,10 +103,11 @@ class DistributedSession:
         manifest = build_manifest(session.items, self.config, self.history)
         # pytest-xdist's plugin contract: workerinput out to every worker, and
         # each worker's workeroutput home to pytest_testnodedown.
-        contract = XdistController(self.config, Path(project_root(self.config)))
-        worker = manifest.worker
-        worker = dataclasses.replace(worker, env={**worker.env, **contract.worker_environment()})
+        contract, contract_env = self._xdist_contract()
+        worker = dataclasses.replace(manifest.worker, env={**manifest.worker.env, **contract_env})
         manifest = dataclasses.replace(manifest, worker=worker)
+        if self._warming is not None:
+            self._warming.join()
         replayer = Replayer(session, self.history, on_worker=contract.handle)
         from pytest_psyduck import remote
         from pytest_psyduck.sidecar import SIDECAR_KEY

@@ -20,6 +20,7 @@ import select
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,10 @@ class Sidecar:
         self.launcher = LaunchServer(None, fork=fork)
         self.token = secrets.token_urlsafe(24)
         self._stderr = tempfile.TemporaryFile()
+        #: The farm's hosts, as a comma-separated list of specs.
+        self.hosts = hosts or f"local:{os.cpu_count() or 1}"
         self._settings: dict[str, Any] = {
-            "hosts": hosts or f"local:{os.cpu_count() or 1}",
+            "hosts": self.hosts,
             "token": self.token,
             "standby": None,
         }
@@ -101,6 +104,9 @@ class Sidecar:
                 pass  # no runtime directory to keep a standby in: always start fresh
         self._farm = self._claim_standby() or self._spawn()
         self.url: str | None = None
+        self._ready_lock = threading.Lock()
+        self._hung_up = False
+        self._failure: BaseException | None = None
 
     def _pipes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         lifeline, answers = os.pipe(), os.pipe()
@@ -152,7 +158,21 @@ class Sidecar:
         return f"\n{text}" if text else ""
 
     def ready(self) -> str:
-        """The farm's URL once it serves; :class:`SidecarError` or UsageError if it cannot."""
+        """The farm's URL once it serves; :class:`SidecarError` or UsageError if it cannot.
+
+        Safe from several threads (:mod:`pytest_psyduck.warming` asks while the
+        session collects): one waits, the others get its answer, or its error.
+        """
+        with self._ready_lock:
+            if self._failure is not None:
+                raise self._failure
+            try:
+                return self._wait_ready()
+            except BaseException as exc:
+                self._failure = exc
+                raise
+
+    def _wait_ready(self) -> str:
         if self.url is not None:
             return self.url
         answers = self._farm.answers
@@ -161,11 +181,11 @@ class Sidecar:
             if time.monotonic() >= deadline:
                 raise SidecarError(f"the embedded farm did not start within {START_TIMEOUT:g}s")
         line = answers.readline()
-        if not line and self._farm.child is None:
+        if not line and self._farm.child is None and not self._hung_up:
             # The standby was on its way out and never took the request: start afresh.
             self._farm.hang_up()
             self._farm = self._spawn()
-            return self.ready()
+            return self._wait_ready()
         try:
             answer = json.loads(line)
         except ValueError:
@@ -205,6 +225,8 @@ class Sidecar:
         self.launcher.close()
 
     def _hang_up(self) -> None:
+        # A farm hung up on is never replaced (a warming thread may still wait for it).
+        self._hung_up = True
         # Once closed, its number may be reused: a worker forked later must not close that.
         if self._farm.lifeline is not None:
             self.launcher.private_fds.remove(self._farm.lifeline)

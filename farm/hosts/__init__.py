@@ -75,8 +75,17 @@ HOST_KINDS: dict[str, Callable[[str, dict[str, Any]], Host]] = {
 }
 
 
+#: Host kinds whose workers start in fresh containers (worth starting ahead: ``Host.warm``).
+CONTAINER_KINDS = frozenset({"docker", "ssh"})
+
+
 def host_kind(spec: str) -> str:
     return spec.split("://", 1)[0] if "://" in spec else spec.split(":", 1)[0]
+
+
+def names_container_hosts(text: str) -> bool:
+    """Whether a comma-separated host list names a docker or ssh host."""
+    return any(host_kind(spec.strip()) in CONTAINER_KINDS for spec in text.split(","))
 
 
 def parse_hosts(

@@ -164,6 +164,16 @@ class Host(abc.ABC):
         raised counts as a host failure too.
         """
 
+    async def warm(self, run: RunContext, slot: int) -> None:
+        """Start *slot*'s worker ahead, for a run whose client is still collecting it.
+
+        *run* has no tests yet.  A host whose workers cost a start-up worth
+        hiding behind the client's collection (a container's) starts one now and
+        hands it to :meth:`spawn` if the run, once submitted, would start the very
+        same worker; any other start-up is wasted and removed.  Its worker id comes
+        from :attr:`new_worker_id`.  Nothing by default.
+        """
+
     def capacity(self) -> Capacity | None:
         """CPUs and memory the host's slots share, once :meth:`start` succeeded.
 

@@ -2,11 +2,12 @@
 
 Each shard gets a fresh container (``reuse_workers = False``) planned by
 :mod:`farm.hosts.containers`; while it runs, the slot's next container (its
-spare) already starts.  A host with ``container_scope = "run"`` (an opt-in)
+spare) already starts, and an idle host starts its slots' first containers while
+the client still collects (warm spares).  A host with ``container_scope = "run"`` (an opt-in)
 instead keeps one container per slot for the shards of one run, as local
 workers are kept; a new run, or a new profile, always gets new containers.
-The engine connection, the workers, the images and the payload volumes each
-have their own module in this package.
+The engine connection, the workers, the spares, the images and the payload
+volumes each have their own module in this package.
 """
 
 from __future__ import annotations
@@ -16,19 +17,19 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import docker
 import docker.errors
 
-from farm.hosts.base import Host, HostError, OutputHandler, RunContext, WorkerConnection
+from farm.hosts.base import Host, HostError, OutputHandler, RunContext
 from farm.hosts.containers import (
     CONTAINER_SCOPES,
     FARM_ID,
     LABEL_FARM,
     SCOPE_RUN,
     SCOPE_SHARD,
+    ContainerPlan,
     Limits,
     host_share,
     inject_sources,
@@ -46,7 +47,7 @@ from farm.hosts.docker.engine import (
 )
 from farm.hosts.docker.images import ImagePull, ImageSupply
 from farm.hosts.docker.pythonvolumes import python_volumes, reap_python_volumes
-from farm.hosts.docker.spares import StartClock
+from farm.hosts.docker.spares import Spare, SpareSlots, StartClock
 from farm.hosts.docker.volumes import PayloadVolumes
 from farm.hosts.docker.worker import DockerWorker, discard, start_container
 from farm.hosts.local import default_cache_dir
@@ -58,26 +59,9 @@ from farm.snapshots import SnapshotCache
 
 log = logging.getLogger("psyduck.farm.docker")
 
-#: Seconds a spare container waits for its slot's next shard before it is stopped.
-SPARE_TTL = 30.0
 #: A container of another farm still in state "created" is left alone this long:
 #: its coordinator may be about to start it.
 CREATED_GRACE = 120.0
-
-
-@dataclass
-class _Spare:
-    """A container started ahead for a slot's next shard of the same run and profile.
-
-    Until *creating*, its task only waits for the moment to start it
-    (:mod:`farm.hosts.docker.spares`) and is cancelled when not wanted; once
-    created, an unused spare lives until *expiry*.
-    """
-
-    key: tuple[str, str]
-    task: asyncio.Future[DockerWorker | None] | None = None
-    expiry: asyncio.TimerHandle | None = None
-    creating: bool = False
 
 
 def _owner(path: str) -> str:
@@ -86,7 +70,7 @@ def _owner(path: str) -> str:
     return f"{st.st_uid}:{st.st_gid}"
 
 
-class DockerHost(ImageSupply, PayloadVolumes, Host):
+class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
     """``docker:N`` — N slots on a Docker engine, one ephemeral container per shard."""
 
     reuse_workers = False
@@ -155,7 +139,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         self._images: dict[str, asyncio.Future[str]] = {}
         self._verdicts: dict[tuple[str, Expectation, str], asyncio.Future[Verdict]] = {}
         self._pulls: set[ImagePull] = set()
-        self._spares: dict[int, _Spare] = {}
+        self._spares: dict[int, Spare] = {}
         #: How long this host's containers take to get ready.
         self._start_clock = StartClock()
         self._background: set[asyncio.Future[None]] = set()
@@ -306,102 +290,6 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         root = run.manifest.worker.project_root
         return await self.snapshots.tree(run) or root, root
 
-    async def spawn(
-        self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
-    ) -> WorkerConnection:
-        """A worker for the slot: the slot's spare if it fits, else a new container.
-
-        Either way a spare for the slot's next shard starts as soon as this
-        worker is up (not before: two starting containers would slow each other
-        down), so that its create, start and collection overlap this shard
-        instead of following it.  Its shard is not known yet, so every
-        container starts with the host's share; :meth:`DockerWorker.fit` gives
-        it its shard's limits.
-        """
-        key = (run.run_id, run.profile)
-        worker = await self._take_spare(slot, key)
-        if worker is None:
-            started = time.monotonic()
-            worker = await self._create_worker(run, slot, worker_id, on_output)
-            self._in_background(self._time_start(worker, started))
-        if self.reuse_workers:
-            return worker  # it serves the run's next shards itself: no spare
-        spare = _Spare(key)
-        spare.task = asyncio.ensure_future(
-            self._spare_after(spare, worker, run, slot, worker_id, on_output)
-        )
-        self._spares[slot] = spare
-        return worker
-
-    async def _spare_after(
-        self,
-        spare: _Spare,
-        current: DockerWorker,
-        run: RunContext,
-        slot: int,
-        worker_id: str,
-        on_output: OutputHandler,
-    ) -> DockerWorker | None:
-        """The slot's next container, started a start-up's length before *current*'s
-        shard is estimated to end (or as it asks for more work, if sooner); None when
-        the farm has none of the run's tests left to hand out."""
-        await current.heard.wait()
-        await current.shard_known.wait()
-        delay = self._start_clock.spare_delay(sum(test.estimate for test in current.shard))
-        await current.nearly_done_within(delay)
-        if run.queued is not None and run.queued() == 0:
-            return None
-        spare.creating = True
-        spare.expiry = asyncio.get_running_loop().call_later(
-            SPARE_TTL, self._expire_spare, slot, spare
-        )
-        # Its own id: it will serve another shard than *current*, as another xdist node.
-        spare_id = self.new_worker_id() if self.new_worker_id else worker_id
-        started = time.monotonic()
-        worker = await self._create_worker(run, slot, spare_id, on_output)
-        worker.worker_id = spare_id
-        self._in_background(self._time_start(worker, started))
-        return worker
-
-    async def _time_start(self, worker: DockerWorker, started: float) -> None:
-        await worker.heard.wait()
-        if worker.alive:
-            self._start_clock.measured(time.monotonic() - started)
-
-    def _drop_spare(self, spare: _Spare) -> None:
-        """Stop an unused spare: cancel its wait, or stop its container once started."""
-        if spare.expiry is not None:
-            spare.expiry.cancel()
-        if spare.task is None:
-            return
-        if not spare.creating:
-            spare.task.cancel()
-        self._in_background(discard(spare.task))
-
-    async def _take_spare(self, slot: int, key: tuple[str, str]) -> DockerWorker | None:
-        spare = self._spares.pop(slot, None)
-        if spare is None:
-            return None
-        if spare.key != key or not spare.creating or spare.task is None:
-            self._drop_spare(spare)
-            return None
-        if spare.expiry is not None:
-            spare.expiry.cancel()
-        try:
-            worker = await spare.task
-        except Exception as exc:
-            log.info("host %s: spare container failed (%s); starting a new one", self.name, exc)
-            return None
-        if worker is None or not worker.alive:
-            self._in_background(discard(spare.task))
-            return None
-        return worker
-
-    def _expire_spare(self, slot: int, spare: _Spare) -> None:
-        if self._spares.get(slot) is spare:
-            del self._spares[slot]
-            self._drop_spare(spare)
-
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
@@ -411,6 +299,25 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
         self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
     ) -> DockerWorker:
         engine = await self._ensure_engine()
+        plan, limits, limits_for = await self._plan_worker(engine, run, slot, worker_id)
+        # Not interruptible: a create cancelled halfway would leave a container nobody
+        # knows about, so a cancelled caller hands the finished worker to discard.
+        starting = asyncio.ensure_future(
+            start_container(engine, plan, limits, limits_for, on_output, self._in_background)
+        )
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            self._in_background(discard(starting))
+            raise
+        except docker.errors.APIError as exc:
+            raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
+
+    async def _plan_worker(
+        self, engine: Engine, run: RunContext, slot: int, worker_id: str
+    ) -> tuple[ContainerPlan, Limits, Callable[[Sequence[TestSpec]], Limits]]:
+        """The container a worker of *run* gets on *slot*, and its limits (the host's
+        share until its shard is known)."""
         image = run.manifest.image or self.image
         if not image:
             raise HostError(
@@ -428,7 +335,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
                 engine, run, image, code_dir, module_dirs
             )
         limits_for = self._limits_for(engine)
-        limits = limits_for(())  # the host's share, until the worker's shard is known
+        limits = limits_for(())
         plan = plan_container(
             run,
             worker_id,
@@ -447,18 +354,7 @@ class DockerHost(ImageSupply, PayloadVolumes, Host):
             scope=self.container_scope,
             python_volumes=pythons,
         )
-        # Not interruptible: a create cancelled halfway would leave a container nobody
-        # knows about, so a cancelled caller hands the finished worker to discard.
-        starting = asyncio.ensure_future(
-            start_container(engine, plan, limits, limits_for, on_output, self._in_background)
-        )
-        try:
-            return await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            self._in_background(discard(starting))
-            raise
-        except docker.errors.APIError as exc:
-            raise HostError(f"host {self.name}: cannot start a container: {exc}") from exc
+        return plan, limits, limits_for
 
     async def _python_dirs(self, engine: Engine, image: str) -> dict[str, str]:
         """``{directory: volume}`` of *image*'s Python installation, once per image.
