@@ -176,10 +176,12 @@ class WorkerTalk:
             worker.disarm()
             worker.current = None
             worker.outstanding.pop(test_id, None)
-            self._record_duration(run, test_id, message.get("duration"))
-            self._report(
-                run, test_id, {"t": "result", "id": test_id, "payload": message["payload"]}
-            )
+            seconds = message.get("duration")
+            self._record_duration(run, test_id, seconds)
+            event = {"t": "result", "id": test_id, "payload": message["payload"]}
+            if isinstance(seconds, int | float) and seconds >= 0:
+                event["seconds"] = float(seconds)  # the slot's time, which the client records
+            self._report(run, test_id, event)
             if following is not None:
                 self._started(worker, following)
         elif kind == "missing":

@@ -1,8 +1,9 @@
 """Historical test durations, kept in the pytest cache between runs.
 
-The scheduler hands out the longest work first; these recorded durations are
-what "longest" means.  Tests never timed before get the median (the scheduler
-fills that in).
+The scheduler hands out the longest work first and sizes shards by these
+durations: what each test cost its worker's slot, run-test hooks and reporting
+included (:func:`pytest_psyduck.replay.slot_seconds`).  Tests never timed
+before get the median (the scheduler fills that in).
 """
 
 from __future__ import annotations

@@ -71,6 +71,18 @@ def stops_early(config: pytest.Config) -> bool:
     return bool(config.option.maxfail) or bool(config.getoption("stepwise", False))
 
 
+def slot_seconds(event: dict[str, Any], reports: list[pytest.TestReport]) -> float:
+    """How long the test kept its worker busy, as the worker measured it: its whole
+    run-test protocol, hooks and reporting included, not only its phases' durations.
+    Shards are sized by these; tests of a millisecond or two would otherwise make a
+    shard of many of them run well past its estimate.  A farm that does not say
+    gives the phases' sum."""
+    seconds = event.get("seconds")
+    if isinstance(seconds, int | float) and seconds > 0:
+        return float(seconds)
+    return sum(r.duration for r in reports)
+
+
 class Replayer:
     """Registered as ``psyduck-replay`` in the user's process while a run streams."""
 
@@ -129,7 +141,7 @@ class Replayer:
             item = self.item(event["id"])
             reports = payload_to_reports(self.config, event["payload"])
             share_with_item(item, reports, self._paths)
-            self.history.record(item.nodeid, sum(r.duration for r in reports))
+            self.history.record(item.nodeid, slot_seconds(event, reports))
             self._deliver(item, reports)
         elif kind == "crashed":
             item = self.item(event["id"])

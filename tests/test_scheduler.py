@@ -268,3 +268,24 @@ def test_the_hosts_minimum_shard_never_leaves_a_slot_without_work():
     ]
     coarse = plan_run(long, LongestFirst(), 2, 6.0).units
     assert len(coarse) < len(plan_run(long, LongestFirst(), 2, 0.0).units)
+
+
+@settings(max_examples=300, deadline=None)
+@given(suites, st.integers(1, 8), st.floats(0.0, 30.0))
+def test_a_unit_of_merged_groups_overshoots_its_target_by_no_more_than_it_would_lack(
+    tests, slots, min_seconds
+):
+    """When a run is cut into about one unit per slot, its largest unit is its length:
+    a unit of small groups closes where it is nearest its target, with or without the
+    last group."""
+    micros = {t.id: round(t.estimate * 1_000_000) for t in tests}
+    total = sum(micros.values())
+    target = max(round(min_seconds * 1_000_000), min(total // (slots * 4), 10_000_000))
+    for unit in LongestFirst().units(tests, slots, min_seconds):
+        groups = [t.group for t in unit]
+        if len(set(groups)) < 2:
+            continue  # one group, or a piece of a split one
+        size = sum(micros[t.id] for t in unit)
+        last = sum(micros[t.id] for t in unit if t.group == groups[-1])
+        if size > target:
+            assert size - target <= target - (size - last)

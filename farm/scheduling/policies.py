@@ -157,6 +157,12 @@ class LongestFirst:
                 continue
             key = placement_key(group[0])
             bucket, acc = merging.get(key, ([], 0))
+            if acc and acc + size - target > target - acc:
+                # Closer to the target without this group than with it: a run cut into
+                # about one unit per slot (its shards held to the hosts' minimum) ends
+                # when its largest unit does, so no unit overshoots by more than it lacks.
+                units.append(bucket)
+                bucket, acc = [], 0
             bucket.extend(group)
             if acc + size >= target:
                 units.append(bucket)
