@@ -8,12 +8,13 @@ host key, and containers are inspected on the real engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,33 @@ def psyduck_session(path: Path, *args: str, timeout: float = SESSION_TIMEOUT) ->
     process = start_session(path, *args)
     output, _ = process.communicate(timeout=timeout)
     return Finished(process.returncode, output, process.pid)
+
+
+@contextlib.contextmanager
+def containers_created(label: str) -> Iterator[list[str]]:
+    """The ``psyduck.farm`` label of every container carrying *label* that the engine
+    creates inside the block (one entry per container), filled in as the block ends;
+    :func:`of_session` keeps a session's own."""
+    events = subprocess.Popen(
+        [
+            *("docker", "events", "--filter", "event=create", "--filter", f"label={label}"),
+            *("--format", '{{index .Actor.Attributes "psyduck.farm"}}'),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    farms: list[str] = []
+    try:
+        yield farms
+    finally:
+        events.terminate()
+        created, _ = events.communicate(timeout=30)
+        farms.extend(created.split())
+
+
+def of_session(farms: list[str], pid: int) -> list[str]:
+    """The entries of *farms* (``psyduck.farm`` labels) made by the session of *pid*."""
+    return [farm for farm in farms if f":{pid}:" in farm]
 
 
 def seed_durations(path: Path, durations: dict[str, float]) -> None:

@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from tests.conftest import SESSION_TIMEOUT, outer_environment, start_pytest
-from tests.farm_hosts.hostlib import ROOT, start_session
+from tests.farm_hosts.hostlib import ROOT, containers_created, of_session, start_session
 
 pytestmark = pytest.mark.docker
 
@@ -174,28 +174,13 @@ def test_a_later_session_judges_the_image_without_a_probe_container(docker_image
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PSYDUCK_STANDBY": "0"}
     probes = []
     for _ in range(2):
-        events = subprocess.Popen(
-            [
-                *("docker", "events", "--filter", "event=create", "--filter"),
-                *("label=psyduck.probe", "--format", '{{index .Actor.Attributes "psyduck.farm"}}'),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with containers_created("psyduck.probe") as created:
             process = start_pytest(
                 path,
-                "--psyduck",
-                "--psyduck-hosts",
-                "docker:1",
-                "--psyduck-image",
-                docker_image,
+                *("--psyduck", "--psyduck-hosts", "docker:1", "--psyduck-image", docker_image),
                 env=env,
             )
             output, _ = process.communicate(timeout=SESSION_TIMEOUT)
-        finally:
-            events.terminate()
-            created, _ = events.communicate(timeout=30)
         assert process.returncode == 0 and "1 passed" in output, output
-        probes.append(len([farm for farm in created.split() if f":{process.pid}:" in farm]))
+        probes.append(len(of_session(created, process.pid)))
     assert probes == [1, 0]

@@ -7,8 +7,6 @@ run whose first shards take every test starts no spare at all.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,7 +16,13 @@ from farm.hosts.docker.spares import (
     START_MARGIN,
     StartClock,
 )
-from tests.farm_hosts.hostlib import Finished, recorded_session, seed_durations
+from tests.farm_hosts.hostlib import (
+    Finished,
+    containers_created,
+    of_session,
+    recorded_session,
+    seed_durations,
+)
 from tests.farm_hosts.test_shard_collection import junit_properties
 
 # -- pure ------------------------------------------------------------------------------
@@ -56,21 +60,10 @@ NAMES = ["alpha", "beta", "gamma"]
 def containers_of(path, out, hosts: str, image: str) -> tuple[Finished, set[str], list[str]]:
     """Run the suite at *path* on *hosts*: the session, the containers its tests ran in,
     and every worker container it created."""
-    events = subprocess.Popen(
-        [
-            *("docker", "events", "--filter", "event=create", "--filter"),
-            *("label=psyduck.worker", "--format", '{{index .Actor.Attributes "psyduck.farm"}}'),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with containers_created("psyduck.worker") as created:
         done, _ = recorded_session(path, out, "--psyduck-hosts", hosts, "--psyduck-image", image)
-    finally:
-        events.terminate()
-        created, _ = events.communicate(timeout=30)
     ran_in = {p["container"] for p in junit_properties(out).values()}
-    return done, ran_in, [farm for farm in created.split() if f":{done.pid}:" in farm]
+    return done, ran_in, of_session(created, done.pid)
 
 
 @pytest.mark.docker

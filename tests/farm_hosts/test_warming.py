@@ -9,11 +9,10 @@ the run refusing warm workers that would see the old value.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from tests.conftest import SESSION_TIMEOUT, start_pytest
+from tests.farm_hosts.hostlib import containers_created, of_session
 
 pytestmark = pytest.mark.docker
 
@@ -51,25 +50,14 @@ NAMES = ("one", "two")
 
 def session(path, image: str, *args: str, env: dict | None = None) -> tuple[int, str, list[str]]:
     """``pytest --psyduck`` on ``docker:2``: exit code, output, worker containers it created."""
-    events = subprocess.Popen(
-        [
-            *("docker", "events", "--filter", "event=create", "--filter"),
-            *("label=psyduck.worker", "--format", '{{index .Actor.Attributes "psyduck.farm"}}'),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with containers_created("psyduck.worker") as created:
         process = start_pytest(
             path,
             *("--psyduck", "--psyduck-hosts", "docker:2", "--psyduck-image", image, *args),
             env=env,
         )
         output, _ = process.communicate(timeout=SESSION_TIMEOUT)
-    finally:
-        events.terminate()
-        created, _ = events.communicate(timeout=30)
-    return process.returncode, output, [f for f in created.split() if f":{process.pid}:" in f]
+    return process.returncode, output, of_session(created, process.pid)
 
 
 def test_workers_start_while_the_session_collects_and_serve_its_run(docker_image, suite):
