@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from farm.manifest import TestSpec
 from farm.scheduler import LongestFirst, PerGroup, PerTest, Scheduler
+from farm.scheduling.policies import REPORT_COST
 
 
 def simulate(
@@ -281,6 +282,8 @@ def test_a_unit_of_merged_groups_overshoots_its_target_by_no_more_than_it_would_
     micros = {t.id: round(t.estimate * 1_000_000) for t in tests}
     total = sum(micros.values())
     target = max(round(min_seconds * 1_000_000), min(total // (slots * 4), 10_000_000))
+    if target * slots >= total - len(tests):
+        return  # packed into one unit per slot instead: see the test below
     for unit in LongestFirst().units(tests, slots, min_seconds):
         groups = [t.group for t in unit]
         if len(set(groups)) < 2:
@@ -289,3 +292,24 @@ def test_a_unit_of_merged_groups_overshoots_its_target_by_no_more_than_it_would_
         last = sum(micros[t.id] for t in unit if t.group == groups[-1])
         if size > target:
             assert size - target <= target - (size - last)
+
+
+@settings(max_examples=300, deadline=None)
+@given(suites, st.integers(1, 8))
+def test_a_run_cut_into_one_unit_per_slot_is_packed_evenly(tests, slots):
+    """The hosts' minimum shard at least a slot's share: at most one unit per slot, each
+    within the largest group of an equal share (longest processing time first, a test
+    weighing its estimate and its report), and each in collection order."""
+    weight = {t.id: round((t.estimate + REPORT_COST) * 1_000_000) for t in tests}
+    groups: dict[str, int] = {}
+    for test in tests:
+        groups[test.group] = groups.get(test.group, 0) + weight[test.id]
+    min_seconds = sum(weight.values()) / 1_000_000  # no group is split
+    units = LongestFirst().units(tests, slots, min_seconds)
+    assert len(units) <= slots
+    assert sorted(t.id for u in units for t in u) == sorted(t.id for t in tests)
+    position = {t.id: i for i, t in enumerate(tests)}
+    share = sum(weight.values()) / slots
+    for unit in units:
+        assert [position[t.id] for t in unit] == sorted(position[t.id] for t in unit)
+        assert sum(weight[t.id] for t in unit) <= share + max(groups.values()) + len(unit)

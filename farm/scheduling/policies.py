@@ -24,6 +24,9 @@ SPLIT_FLOOR = 0.1
 #: A unit lasts at most about this long (unless hosts ask for longer shards): slots
 #: must come free often enough that a run arriving later gets its share quickly.
 MAX_UNIT_SECONDS = 10.0
+#: Seconds a worker spends on each test beyond the test's own (measured) time: sending its
+#: result and taking the next.  Only units packed one per slot weigh it (:func:`packed`).
+REPORT_COST = 0.001
 
 #: Where a test may run and with whom it may share a shard: its worker profile,
 #: host label requirements, and the CPUs and memory it asks for (None: a slot's share).
@@ -127,6 +130,41 @@ def _groups(tests: Sequence[TestSpec]) -> list[list[TestSpec]]:
     return [list(g) for _, g in itertools.groupby(tests, key=lambda t: (t.group, placement_key(t)))]
 
 
+def packed(
+    groups: list[list[TestSpec]], slots: int, target: int, floor: int
+) -> list[list[TestSpec]]:
+    """*groups* in at most *slots* units of about equal length, longest first: a run the
+    hosts' minimum shard cuts into one unit per slot ends when its largest unit does.
+
+    Groups of *floor* or more are split into pieces of *target*, each a unit; the
+    other groups go, longest first, to the unit holding least (longest processing
+    time first).  A test's length here adds :data:`REPORT_COST` to its estimate: a
+    unit of many millisecond tests outlasts one of fewer, longer tests of the same
+    estimate.  Each unit keeps its tests in collection order.
+    """
+    units: list[list[TestSpec]] = []
+    small: list[list[TestSpec]] = []
+    for group in groups:
+        if sum(micros(t.estimate) for t in group) >= floor:
+            units.extend(split(group, target))
+        else:
+            small.append(group)
+    units.extend([] for _ in range(max(slots - len(units), 0)))
+
+    def length(tests: list[TestSpec]) -> int:
+        return sum(micros(t.estimate + REPORT_COST) for t in tests)
+
+    sizes = [length(unit) for unit in units]
+    for group in sorted(small, key=lambda g: -length(g)):
+        least = min(range(len(units)), key=sizes.__getitem__)
+        units[least].extend(group)
+        sizes[least] += length(group)
+    position = {id(test): index for index, test in enumerate(t for g in groups for t in g)}
+    for unit in units:
+        unit.sort(key=lambda test: position[id(test)])
+    return [unit for _, unit in sorted(zip(sizes, units, strict=True), key=lambda p: -p[0]) if unit]
+
+
 class LongestFirst:
     """Group-preserving longest-processing-time-first sharding.
 
@@ -148,6 +186,10 @@ class LongestFirst:
         quarter = min(total // (max(slots, 1) * 4), micros(MAX_UNIT_SECONDS))
         target = max(micros(min_seconds), quarter)
         floor = max(target, micros(SPLIT_FLOOR))
+        # (Each test's estimate is rounded to micros: their sum may exceed the share's.)
+        one_per_slot = target * max(slots, 1) >= total - len(tests)
+        if one_per_slot and len({placement_key(t) for t in tests}) == 1:
+            return packed(_groups(tests), slots, target, floor)
         units: list[list[TestSpec]] = []
         merging: dict[PlacementKey, tuple[list[TestSpec], int]] = {}
         for group in _groups(tests):
