@@ -1,12 +1,14 @@
 """The engine side of the image check: one throw-away container that reports on its image.
 
 :mod:`farm.images.check` holds what the probe prints and how that is judged;
-this module only creates, starts, waits for and removes the container, so the
-docker SDK loads only on farms with container hosts.
+this module only creates, starts, waits for and removes the container
+(:func:`run_one_off`, which serves psyduck's other one-off containers too), so
+the docker SDK loads only on farms with container hosts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -70,13 +72,63 @@ def sealed_host_config(api: docker.APIClient, binds: Any = None) -> dict[str, An
     )
 
 
-def wait_exit(api: docker.APIClient, container: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Wait for a helper container to exit; False if it ran past *timeout* seconds."""
+def wait_exit(api: docker.APIClient, container: str, timeout: float = PROBE_TIMEOUT) -> int | None:
+    """Wait for a helper container to exit: its exit status, or None if it ran past
+    *timeout* seconds."""
     try:
-        api.wait(container, timeout=timeout)
+        result = api.wait(container, timeout=timeout)
     except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-        return False
-    return True
+        return None
+    return int(result.get("StatusCode", -1))
+
+
+async def run_one_off(
+    engine: Engine,
+    image: str,
+    command: list[str],
+    *,
+    timeout: float,
+    overdue: str,
+    start_failed: Callable[[str], str] | None = None,
+    **create: Any,
+) -> tuple[int, bytes]:
+    """Run a one-off container of *image* (no network; *create* adds the rest of its
+    config) to its end: its exit status and its output's last
+    :data:`PROBE_OUTPUT_LIMIT` bytes.  The container is removed however it ends.
+
+    ValueError(*overdue*) when it runs past *timeout* seconds, and
+    ValueError(``start_failed(the engine's words)``) when the engine cannot start
+    it and *start_failed* is given; any other refusal of the engine is raised.
+    """
+    from farm.hosts.docker.engine import EngineLost, explanation
+
+    api = engine.api
+    created = await engine.call(
+        api.create_container,
+        image,
+        command,
+        network_disabled=True,
+        use_config_proxy=False,
+        **create,
+    )
+    container = created["Id"]
+    try:
+        try:
+            await engine.call(api.start, container)
+        except docker.errors.APIError as exc:
+            if start_failed is None:
+                raise
+            raise ValueError(start_failed(explanation(exc))) from exc
+        status = await engine.call(wait_exit, api, container, timeout, deadline=timeout + 10)
+        if status is None:
+            raise ValueError(overdue)
+        logs = await engine.call(api.logs, container, stdout=True, stderr=True)
+        return status, logs[-PROBE_OUTPUT_LIMIT:]
+    finally:
+        try:
+            await engine.call(api.remove_container, container, force=True)
+        except (docker.errors.APIError, EngineLost):
+            pass  # already gone, or the engine with it; the reaper removes labelled leftovers
 
 
 async def probe_image(
@@ -95,32 +147,17 @@ async def probe_image(
     ValueError says why the image could not answer (no interpreter, it crashed).
     """
     from farm.hosts.containers import FARM_ID, LABEL_FARM
-    from farm.hosts.docker.engine import explanation
 
-    api = engine.api
-    created = await engine.call(
-        api.create_container,
+    _, output = await run_one_off(
+        engine,
         image,
         [python, "-c", PROBE_SCRIPT],
+        timeout=PROBE_TIMEOUT,
+        overdue=f"its Python did not finish psyduck's check in {PROBE_TIMEOUT:.0f} s",
+        start_failed=lambda words: describe_start_failure(python, words),
         environment={"PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1"},
         entrypoint=[],
         labels={LABEL_FARM: FARM_ID, LABEL_PROBE: host},
-        network_disabled=True,
-        host_config=sealed_host_config(api, binds),
-        use_config_proxy=False,
+        host_config=sealed_host_config(engine.api, binds),
     )
-    container = created["Id"]
-    try:
-        try:
-            await engine.call(api.start, container)
-        except docker.errors.APIError as exc:
-            raise ValueError(describe_start_failure(python, explanation(exc))) from exc
-        if not await engine.call(wait_exit, api, container, deadline=PROBE_TIMEOUT + 10):
-            raise ValueError(f"its Python did not finish psyduck's check in {PROBE_TIMEOUT:.0f} s")
-        logs = await engine.call(api.logs, container, stdout=True, stderr=True)
-        return parse_probe_output(logs[-PROBE_OUTPUT_LIMIT:].decode("utf-8", "replace"))
-    finally:
-        try:
-            await engine.call(api.remove_container, container, force=True)
-        except docker.errors.APIError:
-            pass  # already gone; the reaper removes labelled leftovers
+    return parse_probe_output(output.decode("utf-8", "replace"))

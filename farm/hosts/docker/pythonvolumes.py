@@ -35,7 +35,7 @@ import docker.errors
 
 from farm.hosts.containers import FARM_ID, LABEL_FARM, owner_is_gone
 from farm.hosts.docker.engine import Engine, EngineLost, explanation
-from farm.images.probe import sealed_host_config, wait_exit
+from farm.images.probe import run_one_off, sealed_host_config
 
 log = logging.getLogger("psyduck.farm.docker")
 
@@ -143,26 +143,16 @@ async def _all_present(engine: Engine, names: Iterable[str]) -> bool:
 
 async def _list_dirs(engine: Engine, image: str, python: str) -> list[str]:
     """The Python directories of *image* (:data:`LIST_SCRIPT` in a throw-away container)."""
-    api = engine.api
-    created = await engine.call(
-        api.create_container,
+    _, output = await run_one_off(
+        engine,
         image,
         [python, "-c", LIST_SCRIPT],
+        timeout=LIST_TIMEOUT,
+        overdue=f"its Python did not list its directories in {LIST_TIMEOUT:.0f} s",
         labels={LABEL_FARM: FARM_ID},
-        network_disabled=True,
-        host_config=sealed_host_config(api),
-        use_config_proxy=False,
+        host_config=sealed_host_config(engine.api),
     )
-    try:
-        await engine.call(api.start, created["Id"])
-        if not await engine.call(
-            wait_exit, api, created["Id"], LIST_TIMEOUT, deadline=LIST_TIMEOUT + 10
-        ):
-            raise ValueError(f"its Python did not list its directories in {LIST_TIMEOUT:.0f} s")
-        logs = await engine.call(api.logs, created["Id"], stdout=True, stderr=True)
-        return parse_listing(logs[-64 * 1024 :].decode("utf-8", "replace"))
-    finally:
-        await _remove_container(engine, created["Id"])
+    return parse_listing(output.decode("utf-8", "replace"))
 
 
 async def _fill(
@@ -215,35 +205,24 @@ FILL_DIR = "/psyduck-python-fill"
 async def _copy_directory_times(
     engine: Engine, image: str, python: str, volumes: dict[str, str]
 ) -> None:
-    api = engine.api
     places = {d: f"{FILL_DIR}/{i}" for i, d in enumerate(volumes)}
-    created = await engine.call(
-        api.create_container,
+    status, output = await run_one_off(
+        engine,
         image,
         [python, "-c", DIRECTORY_TIMES, json.dumps(list(places.items()))],
+        timeout=FILL_TIMEOUT,
+        overdue=f"copying directory times took longer than {FILL_TIMEOUT:.0f} s",
         user="0:0",
         labels={LABEL_FARM: FARM_ID},
-        network_disabled=True,
-        host_config=api.create_host_config(
+        host_config=engine.api.create_host_config(
             binds={v: {"bind": places[d], "mode": "rw"} for d, v in volumes.items()},
             network_mode="none",
             security_opt=["no-new-privileges"],
             log_config={"type": "json-file", "config": {}},
         ),
-        use_config_proxy=False,
     )
-    try:
-        await engine.call(api.start, created["Id"])
-        if not await engine.call(
-            wait_exit, api, created["Id"], FILL_TIMEOUT, deadline=FILL_TIMEOUT + 10
-        ):
-            raise ValueError(f"copying directory times took longer than {FILL_TIMEOUT:.0f} s")
-        status = (await engine.call(api.inspect_container, created["Id"]))["State"]["ExitCode"]
-        if status != 0:
-            logs = await engine.call(api.logs, created["Id"], stdout=True, stderr=True)
-            raise ValueError(f"copying directory times failed: {logs[-2000:]!r}")
-    finally:
-        await _remove_container(engine, created["Id"])
+    if status != 0:
+        raise ValueError(f"copying directory times failed: {output[-2000:]!r}")
 
 
 async def _remove_container(engine: Engine, container: str) -> None:
