@@ -238,17 +238,17 @@ class Coordinator(SlotLoop, WorkerTalk, HostFaults):
         """
         if self.runs or self._closing:
             return 0
+        context = RunContext(
+            "",
+            manifest,
+            workers=self.total_slots,
+            pokedex_urls=self.pokedex_urls,
+            pokedex_token=self.pokedex_token,
+        )
         asked = 0
         for state in self.hosts:
             if state.quarantined:
                 continue
-            context = RunContext(
-                "",
-                manifest,
-                workers=self.total_slots,
-                pokedex_urls=self.pokedex_urls,
-                pokedex_token=self.pokedex_token,
-            )
             for slot in range(state.host.slots):
                 self._in_background(state.host.warm(context, slot))
                 asked += 1

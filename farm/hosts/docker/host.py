@@ -130,8 +130,9 @@ class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
         self.copy_code = copy_code
         self._memory = memory
         self._cpus = cpus
-        self.snapshots = SnapshotCache(cache_dir or default_cache_dir(name), name)
-        self._probe_facts = ProbeFacts(cache_dir or default_cache_dir(name))
+        cache = cache_dir or default_cache_dir(name)
+        self.snapshots = SnapshotCache(cache, name)
+        self._probe_facts = ProbeFacts(cache)
         self._engine: Engine | None = None
         self._engine_lock = asyncio.Lock()
         #: Per test image the run asked for: the reference its containers start from,

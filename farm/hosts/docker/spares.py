@@ -216,11 +216,17 @@ class SpareSlots:
         )
         self._spares[slot] = spare
 
+    async def _warm_plan(self, run: RunContext, slot: int) -> ContainerPlan:
+        """The container *run* would get on *slot*, planned as for :data:`WARM_RUN`: what
+        a warm spare is, and what a submitted run must match to take it."""
+        engine = await self._ensure_engine()
+        warm_run = dataclasses.replace(run, run_id=WARM_RUN)
+        return (await self._plan_worker(engine, warm_run, slot, WARM_RUN))[0]
+
     async def _warm_spare(
         self, spare: Spare, run: RunContext, slot: int, worker_id: str
     ) -> DockerWorker:
-        engine = await self._ensure_engine()
-        spare.plan = (await self._plan_worker(engine, run, slot, WARM_RUN))[0]
+        spare.plan = await self._warm_plan(run, slot)
         started = time.monotonic()
         assert spare.output is not None
         worker = await self._create_worker(run, slot, worker_id, spare.output)
@@ -233,12 +239,9 @@ class SpareSlots:
         if spare.plan is None or run.profile != "":
             return False
         try:
-            engine = await self._ensure_engine()
-            warm_run = dataclasses.replace(run, run_id=WARM_RUN)
-            planned = (await self._plan_worker(engine, warm_run, slot, WARM_RUN))[0]
+            return await self._warm_plan(run, slot) == spare.plan
         except Exception:  # the run's own start says what is wrong, if it is
             return False
-        return planned == spare.plan
 
     async def _take_spare(
         self, slot: int, run: RunContext, on_output: OutputHandler
