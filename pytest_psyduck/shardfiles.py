@@ -1,19 +1,24 @@
-"""Collecting only the files a worker's shard needs.
+"""Making only the tests a worker's shard needs.
 
 A worker in a fresh container runs a single shard, often one or two test
-modules of a large suite; collecting the whole suite again costs every
-container the CPU of importing every test module.  Such a worker learns its
-shard before it collects (see :class:`~pytest_psyduck.worker.WorkerPlugin`)
-and then skips every *file* that holds none of the shard's tests, and in the
-files it collects every test function and class the shard does not name: a
-module may hold tens of thousands of parametrized tests that the user's
-``-m``/``-k`` left out (stress tests are the usual ones), and making their
-items would cost the container what collecting them cost the user.
-Directories are still walked, so every ``conftest.py`` is loaded as in
-plain pytest (a conftest's hooks may apply to tests outside its directory),
-a named function is parametrized whole, so node ids (parametrized ones with
-any characters included) are pytest's own, and ``--deselect``/``-k`` play no
-part: the worker runs exactly the node ids it is given.
+modules of a large suite; making the whole suite's items again costs every
+container what collecting them cost the user: a module may hold tens of
+thousands of parametrized tests that the user's ``-m``/``-k`` left out
+(stress tests are the usual ones).  Such a worker learns its shard before it
+collects (see :class:`~pytest_psyduck.worker.WorkerPlugin`) and then makes,
+in the files it collects, only the test functions and classes the shard
+names; a module holding none of its tests makes no items at all.
+
+Every Python file is still *imported*, in plain pytest's order: importing a
+test module may be what another module's tests depend on (click's pager
+tests pass in plain pytest only because another test module imported
+``click._termui_impl`` while pytest collected), so a worker that imported
+its shard's modules alone would fail tests that pass in plain pytest and
+under pytest-xdist.  Directories are walked, so every ``conftest.py`` is
+loaded as in plain pytest; a named function is parametrized whole, so node
+ids (parametrized ones with any characters included) are pytest's own; and
+``--deselect``/``-k`` play no part: the worker runs exactly the node ids it
+is given.
 """
 
 from __future__ import annotations
@@ -24,9 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-#: Module files pytest imports for a directory's own sake (package setup), never skipped.
-PACKAGE_FILES = frozenset({"__init__.py", "conftest.py"})
 
 
 def shard_files(test_ids: Iterable[str], rootpath: Path) -> frozenset[str] | None:
@@ -66,13 +68,14 @@ def shard_children(test_ids: Iterable[str]) -> dict[str, frozenset[str]]:
 
 
 class ShardFilter:
-    """Skips collecting files, test functions and classes outside a shard; registered
-    in a worker that knows its shard.
+    """Makes no items outside a shard; registered in a worker that knows its shard.
 
-    Files given on the command line are collected regardless (pytest does not
-    ask ``pytest_ignore_collect`` about them).  A module or class the shard's
-    ids do not name as a parent (ids relative to another directory, a
-    plugin's own nodes) is collected whole.
+    A module or class the shard's ids do not name as a parent but whose file
+    the shard needs (ids relative to another directory, a plugin's own nodes)
+    is collected whole.  Files other than Python modules are skipped when the
+    shard does not need them: pytest imports nothing for them.  Files given on
+    the command line are collected regardless (pytest does not ask
+    ``pytest_ignore_collect`` about them).
     """
 
     def __init__(
@@ -86,12 +89,16 @@ class ShardFilter:
         self, collector: pytest.Module | pytest.Class, name: str, obj: Any
     ) -> list[pytest.Item] | None:
         needed = self.children.get(collector.nodeid)
-        if needed is None or name in needed:
-            return None
-        return []
+        if needed is None:
+            outside = isinstance(collector, pytest.Module) and not self._needs(collector.path)
+            return [] if outside else None
+        return None if name in needed else []
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
-        if collection_path.name in PACKAGE_FILES or collection_path.is_dir():
+        if collection_path.suffix == ".py" or collection_path.is_dir():
             return None
-        return os.path.normpath(collection_path) not in self.files or None
+        return not self._needs(collection_path) or None
+
+    def _needs(self, path: Path) -> bool:
+        return os.path.normpath(path) in self.files

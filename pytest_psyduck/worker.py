@@ -20,11 +20,11 @@ a :class:`~pytest_psyduck.channel.Channel`.  Worker messages:
   other, and end the session with the farewell — looked for between tests).
 
 A worker started for a single shard (``shard_collection``: a container's)
-sends ``ready`` before it collects, waits for its shard, and then collects only
-the files, functions and classes that shard needs
-(:mod:`pytest_psyduck.shardfiles`): its start-up
+sends ``ready`` before it collects, waits for its shard, and then makes only
+the tests that shard needs (:mod:`pytest_psyduck.shardfiles`): its start-up
 (interpreter, plugins, initial conftests) overlaps the slot's previous shard,
-and it never imports the rest of the suite.
+and it never makes the rest of the suite's items (it still imports every test
+module, as plain pytest does).
 
 The last test received is held back until more work or ``drain`` arrives, so
 that it runs with the right ``nextitem`` and module/session fixtures are torn

@@ -6,7 +6,7 @@ stdin/stdout are then pointed away from the channel so that nothing a test
 prints can corrupt the message stream.
 
 A host that starts a worker for a single shard (a container) sets
-``PSYDUCK_SHARD_COLLECTION=1``: the worker then collects only that shard's
+``PSYDUCK_SHARD_COLLECTION=1``: the worker then makes only that shard's
 tests (see :class:`~pytest_psyduck.worker.WorkerPlugin`).
 """
 

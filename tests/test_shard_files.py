@@ -56,9 +56,11 @@ def test_no_ids_collect_nothing(tree):
     assert shard_files([], tree) == frozenset()
 
 
-def test_a_session_collects_only_the_shards_files(suite):
-    """Real pytest: files outside the shard are never imported, every conftest is loaded,
-    and a package's ``__init__.py`` still sets its package up."""
+def test_a_session_imports_every_module_but_makes_only_the_shards_tests(suite):
+    """Real pytest: a module outside the shard is imported, in plain pytest's order, and
+    makes no test; every conftest is loaded; a package's ``__init__.py`` sets its
+    package up.  click's pager tests need a submodule that only *another* test module
+    imports, and pass in plain pytest and under pytest-xdist."""
     path = suite(
         {
             "conftest.py": (
@@ -66,25 +68,37 @@ def test_a_session_collects_only_the_shards_files(suite):
                 "from pytest_psyduck.shardfiles import ShardFilter\n"
                 "HERE = Path(__file__).parent\n"
                 "def pytest_configure(config):\n"
-                "    files = {str(HERE / 'pkg' / 'test_wanted.py')}\n"
+                "    files = {str(HERE / 'pkg' / 'test_wanted.py'), str(HERE / 'notes.txt')}\n"
                 "    config.pluginmanager.register(ShardFilter(frozenset(files)))\n"
             ),
-            "test_unwanted.py": "raise SystemExit('test_unwanted.py was imported')\n",
+            "lib/__init__.py": "",
+            "lib/part.py": "",
+            "test_a_imports_part.py": (
+                "import lib.part\n"
+                "def test_outside():\n"
+                "    raise AssertionError('made a test outside the shard')\n"
+                "class TestOutside:\n"
+                "    def test_in_class(self):\n"
+                "        raise AssertionError('made a test outside the shard')\n"
+            ),
             "pkg/__init__.py": "import os\nos.environ['PKG_INIT'] = '1'\n",
             "pkg/conftest.py": "import pytest\n@pytest.fixture\ndef near():\n    return 1\n",
             "pkg/test_wanted.py": (
                 "import os\n"
+                "import lib\n"
                 "def test_wanted(near):\n"
                 "    assert os.environ['PKG_INIT'] == os.environ['ELSEWHERE'] == '1'\n"
+                "    assert lib.part\n"
             ),
-            "pkg/test_other.py": "raise SystemExit('pkg/test_other.py was imported')\n",
             "elsewhere/conftest.py": "import os\nos.environ['ELSEWHERE'] = '1'\n",
+            "notes.txt": ">>> 1\n1\n",
+            "other.txt": ">>> 1\n2\n",
         }
     )
-    done = run_pytest(path, "-p", "no:cacheprovider")
+    done = run_pytest(path, "-p", "no:cacheprovider", "--doctest-glob=*.txt", "-v")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.outcomes() == {"passed": 1}, done.stdout
-    assert "imported" not in done.stdout + done.stderr
+    assert done.outcomes() == {"passed": 2}, done.stdout
+    assert "notes.txt::notes.txt PASSED" in done.stdout
 
 
 NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)

@@ -233,9 +233,9 @@ def container_environment(
     The invoker's passed variables and the variables every worker gets
     (:func:`~farm.hosts.local.worker_environment`: xdist's, the run id; never a
     credential), less those that are the container's own (:data:`CONTAINER_VARIABLES`),
-    then the container's own.  A container that runs one shard collects only
-    that shard's files; one that serves a run's shards collects the suite, as a
-    local worker does.
+    then the container's own.  A container that runs one shard makes only that
+    shard's tests; one that serves a run's shards collects the suite, as a local
+    worker does.
     """
     environment = {
         **{

@@ -1,7 +1,7 @@
-"""A container's worker collects only its shard's files, and stays exactly pytest.
+"""A container's worker makes only its shard's tests, and stays exactly pytest.
 
 Real ``pytest --psyduck`` sessions on the local engine; what a worker imported
-comes back in each test's junit properties.
+and which items it made come back in each test's junit properties.
 """
 
 from __future__ import annotations
@@ -15,16 +15,22 @@ from tests.farm_hosts.hostlib import recorded_session, seed_durations
 
 pytestmark = pytest.mark.docker
 
-#: Each test tells which of the suite's test modules its worker has imported.
+#: Each test tells which of the suite's test modules its worker has imported, and which
+#: tests it made.
 REPORTS_IMPORTS = """
 import sys
 
-def test_{name}(record_property):
+def test_{name}(record_property, request):
     record_property("imported", " ".join(sorted(m for m in sys.modules if m.startswith("test_"))))
+    record_property("made", " ".join(item.name for item in request.session.items))
 """
 
 
-def test_a_container_collects_only_its_shards_files(docker_image, suite, tmp_path):
+def test_a_container_imports_every_module_and_makes_only_its_shards_tests(
+    docker_image, suite, tmp_path
+):
+    """Importing a test module may be what another module's tests need (click's pager
+    tests): a container imports the suite's modules as plain pytest does."""
     names = ["alpha", "beta", "gamma"]
     path = suite(
         {
@@ -53,7 +59,8 @@ def test_a_container_collects_only_its_shards_files(docker_image, suite, tmp_pat
     properties = junit_properties(tmp_path / "out.xml")
     for name in names:
         assert properties[f"test_{name}::test_{name}"] == {
-            "imported": f"test_{name}",
+            "imported": "test_alpha test_beta test_gamma test_other",
+            "made": f"test_{name}",
             "seen_by_other_conftest": "yes",
         }, done.output
     assert set(cases) == {f"test_{n}::test_{n}" for n in names} | {"other.test_other::test_other"}
