@@ -15,7 +15,10 @@ median, which one run on a loaded host does not move.  Tests not seen for
 ``max_age_days`` are dropped.
 
 Writes never touch the event loop: :meth:`History.record` only queues, and a
-thread writes what has queued in one transaction at a time.  The file is a real
+thread writes what has queued in one transaction at a time, after letting
+results gather for :data:`GATHER` seconds: a run's results arrive one by one,
+and a transaction (and a wake-up) per result would take CPU from the workers
+on the farm's machine.  The file is a real
 SQLite database in WAL mode, so reads (estimates, ``psyduck farm status``) go
 on while it writes, and it survives restarts.  A file that cannot be used
 (corrupt, locked by another process, unwritable) raises :class:`HistoryError`
@@ -44,6 +47,11 @@ log = logging.getLogger("psyduck.farm")
 LOCK_TIMEOUT = 5.0
 #: Results written in one transaction at most.
 MAX_WRITE = 5000
+#: Seconds the writer lets results gather before it writes them; :meth:`History.close`
+#: writes at once.
+GATHER = 1.0
+#: Test ids looked up in one statement (SQLite allows 32,766 parameters).
+LOOKUP_CHUNK = 500
 #: Seconds between prunings of tests not seen for ``max_age_days``.
 PRUNE_EVERY = 3600.0
 
@@ -88,6 +96,7 @@ class History:
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"{self.path}: {exc}") from exc
         self._pending: queue.Queue[tuple[str, str, float, float] | None] = queue.Queue()
+        self._closing = threading.Event()
         self._pruned = time.monotonic()
         self._writer = threading.Thread(target=self._write, name="psyduck-history", daemon=True)
         self._writer.start()
@@ -109,6 +118,7 @@ class History:
         db = self._connect()
         try:
             while (first := self._pending.get()) is not None:
+                self._closing.wait(GATHER)
                 batch = [first]
                 while len(batch) < MAX_WRITE:
                     try:
@@ -140,21 +150,19 @@ class History:
 
     def _merge(self, db: sqlite3.Connection, batch: list[tuple[str, str, float, float]]) -> None:
         """Add each duration to its test's recent ones, in one transaction."""
-        added: dict[tuple[str, str], tuple[list[float], float]] = {}
+        added: dict[str, dict[str, tuple[list[float], float]]] = {}
         for project, test, seconds, at in batch:
-            durations, _ = added.get((project, test), ([], 0.0))
+            durations, _ = added.setdefault(project, {}).get(test, ([], 0.0))
             durations.append(seconds)
-            added[(project, test)] = (durations, at)
+            added[project][test] = (durations, at)
         db.execute("BEGIN IMMEDIATE")
-        for (project, test), (durations, at) in added.items():
-            row = db.execute(
-                "SELECT recent FROM durations WHERE project = ? AND test = ?", (project, test)
-            ).fetchone()
-            recent = [*_parse(row[0] if row else ""), *durations][-self.keep :]
-            db.execute(
-                "INSERT OR REPLACE INTO durations VALUES (?, ?, ?, ?, ?)",
-                (project, test, _format(recent), statistics.median(recent), at),
-            )
+        for project, tests in added.items():
+            known = _recent(db, project, list(tests))
+            rows = []
+            for test, (durations, at) in tests.items():
+                recent = [*_parse(known.get(test, "")), *durations][-self.keep :]
+                rows.append((project, test, _format(recent), statistics.median(recent), at))
+            db.executemany("INSERT OR REPLACE INTO durations VALUES (?, ?, ?, ?, ?)", rows)
         db.commit()
 
     def _prune(self, db: sqlite3.Connection) -> None:
@@ -165,6 +173,7 @@ class History:
 
     def close(self) -> None:
         """Write what is queued and stop the writer."""
+        self._closing.set()
         self._pending.put(None)
         self._writer.join(timeout=60)
 
@@ -207,6 +216,21 @@ class History:
         return [
             {"project": p, "test": t, "estimate": e, "runs": len(_parse(r))} for p, t, e, r in rows
         ]
+
+
+def _recent(db: sqlite3.Connection, project: str, tests: list[str]) -> dict[str, str]:
+    """test id → its stored recent durations, for those of *tests* the database has."""
+    found: dict[str, str] = {}
+    for start in range(0, len(tests), LOOKUP_CHUNK):
+        chunk = tests[start : start + LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            db.execute(
+                f"SELECT test, recent FROM durations WHERE project = ? AND test IN ({marks})",
+                (project, *chunk),
+            ).fetchall()
+        )
+    return found
 
 
 def _parse(text: str) -> list[float]:
