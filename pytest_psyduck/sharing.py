@@ -29,6 +29,14 @@ _WORDS = {
 }
 
 
+def _shared(properties: dict[Any, Any], prop: Any) -> Any:
+    """The item's own object for a property equal to one of its item's, else *prop*."""
+    try:
+        return properties.get(prop, prop)
+    except TypeError:  # a value record_property was given that cannot be hashed (a dict)
+        return prop
+
+
 def share_with_item(
     item: pytest.Item, reports: list[pytest.TestReport], paths: dict[str, str]
 ) -> None:
@@ -58,7 +66,7 @@ def share_with_item(
         # A test's reports carry the same keywords (its item's): one dict for all of them.
         keywords = keywords if keywords == shared else shared
         report.keywords = keywords
-        report.user_properties = [properties.get(prop, prop) for prop in report.user_properties]
+        report.user_properties = [_shared(properties, prop) for prop in report.user_properties]
         report.when = _WORDS.get(report.when, report.when)  # type: ignore[assignment]
         report.outcome = _WORDS.get(report.outcome, report.outcome)  # type: ignore[assignment]
         if location is None or report.location != location:

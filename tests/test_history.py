@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from farm.client import FarmClient
 from farm.config import parse_config
-from farm.history import History, HistoryError, project_of
+from farm.history import LOOKUP_CHUNK, History, HistoryError, project_of
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
 from tests.conftest import on_farm, run_pytest, wait_until
 from tests.served import ServedFarm
@@ -77,6 +77,21 @@ def test_any_sequence_of_runs_keeps_the_last_durations_and_their_median(runs, ke
         expected = statistics.median(everything[-keep:])
         assert row["estimate"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
         history.close()
+
+
+def test_a_whole_suites_results_merge_with_what_earlier_runs_stored(tmp_path):
+    """One write of more tests than one lookup holds (:data:`farm.history.LOOKUP_CHUNK`),
+    of two projects, each test's durations appended to its stored ones."""
+    tests = [f"tests/test_m{n % 7}.py::test_{n}" for n in range(3 * LOOKUP_CHUNK + 11)]
+    history = History(tmp_path / "h.sqlite3", keep=3)
+    for run in range(1, 4):
+        for project in ("shop", "blog"):
+            for n, test in enumerate(tests):
+                history.record(project, test, float(run * n))
+        history = _reopen(history)
+    for project in ("shop", "blog"):
+        assert history.estimates(project) == {test: 2.0 * n for n, test in enumerate(tests)}
+    history.close()
 
 
 def test_two_projects_with_the_same_test_ids_do_not_share_durations(tmp_path):
