@@ -55,18 +55,84 @@ LABEL_WORKER = "psyduck.worker"
 LABEL_SLOT = "psyduck.slot"
 LABEL_HOST = "psyduck.host"
 
-#: Runs inside the container before the worker.  A watcher thread ends the
-#: container as soon as its stdin hangs up (the coordinator or its connection
-#: went away), even in the middle of a long shard.  Then the worker module runs
-#: exactly as ``python -m`` would, with the cwd first on sys.path.
-BOOTSTRAP = """\
-import os, runpy, select, sys, threading
+#: Seconds the container's relay lets the worker's frames gather before it passes them on.
+RELAY_LINGER = 0.01
+#: Bytes the relay passes on at once at the most.
+RELAY_BATCH = 1 << 20
+
+#: Runs inside the container before the worker.  It forks: the child runs the
+#: worker module exactly as ``python -m`` would (the cwd first on sys.path), with
+#: a watcher thread that ends it as soon as stdin hangs up (the coordinator or its
+#: connection went away), even in the middle of a long shard; the parent relays
+#: the child's frames to stdout, gathering what comes within ``RELAY_LINGER``
+#: into one write.  A fast suite reports a result every millisecond or so, and
+#: each write to stdout is a message that the container's shim, dockerd (and
+#: over ssh ``docker system dial-stdio``, sshd and paramiko) each handle on the
+#: farm's CPUs; the worker itself writes every frame at once, so a worker killed
+#: mid-shard (the OOM killer picks it, not the small relay) loses nothing it
+#: reported.  The relay passes signals on to the worker, outlives it only to
+#: pass on its last frames (a child of a test still holding the pipe does not
+#: keep it), and exits with the worker's status (128+N for signal N, as a shell).
+BOOTSTRAP = f"""\
+import os, runpy, select, signal, sys, threading, time
 def watch(fd=os.dup(0)):
     poll = select.poll()
     poll.register(fd, 0)
     while not any(event & (select.POLLHUP | select.POLLERR) for _, event in poll.poll()):
         pass
     os._exit(75)
+def send(data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+def relay(fd, worker):
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                   signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(number, lambda number, frame: os.kill(worker, number))
+    os.set_blocking(fd, False)
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    status = None
+    while status is None:
+        batch, until = bytearray(), None
+        while len(batch) < {RELAY_BATCH}:
+            wait = 100 if until is None else max(until - time.monotonic(), 0) * 1000
+            if not poll.poll(wait):
+                if until is not None:
+                    break
+                ended, code = os.waitpid(worker, os.WNOHANG)
+                if ended:
+                    status = code
+                    break
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                status = os.waitpid(worker, 0)[1]
+                break
+            batch += chunk
+            until = until or time.monotonic() + {RELAY_LINGER}
+        send(batch)
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        send(chunk)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)
+frames, worker_end = os.pipe()
+worker = os.fork()
+if worker:
+    os.close(worker_end)
+    relay(frames, worker)
+os.close(frames)
+os.dup2(worker_end, 1)
+os.close(worker_end)
 threading.Thread(target=watch, daemon=True).start()
 sys.argv = sys.argv[1:]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)

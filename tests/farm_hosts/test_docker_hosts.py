@@ -309,3 +309,40 @@ def test_a_strict_suite_without_the_cache_provider_runs_in_containers(docker_ima
     session = psyduck_session(path, "--psyduck-hosts", "docker:2", "--psyduck-image", docker_image)
     assert session.returncode == 0, session.output
     assert "2 passed" in session.output
+
+
+KILLED_MID_SHARD = """
+import os
+import signal
+
+import pytest
+
+@pytest.mark.parametrize("n", range(400))
+def test_quick(n):
+    pass
+
+def test_kills_its_worker():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@pytest.mark.parametrize("n", range(5))
+def test_after(n):
+    pass
+"""
+
+
+def test_a_worker_killed_mid_shard_loses_none_of_the_results_it_sent(docker_image, suite, tmp_path):
+    """The container's relay gathers the worker's frames; the quick tests' results,
+    written just before the kill, still all arrive, and the right test is blamed."""
+    path = suite({"test_killed.py": KILLED_MID_SHARD})
+    done, cases = recorded_session(
+        path, tmp_path / "out.xml", "--psyduck-hosts", "docker:1", "--psyduck-image", docker_image
+    )
+    assert done.returncode == 1, done.output
+    outcome, message = cases.pop("test_killed::test_kills_its_worker")
+    assert outcome == "failure", message
+    assert (
+        "crashed while running test_killed.py::test_kills_its_worker: killed by signal SIGKILL"
+        in (message)
+    )
+    assert {outcome for outcome, _ in cases.values()} == {"passed"}, done.output
+    assert len(cases) == 405
