@@ -10,17 +10,20 @@ from pathlib import Path
 import docker
 import pytest
 
+from farm.hosts.containers import LABEL_HOST
 from farm.hosts.ssh import HostKeyRefused, SshTarget, open_ssh, parse_ssh_spec, ssh_engine
 from tests.conftest import junit_cases, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
     CURRENT_TEST_CONFTEST,
     LIMITS_SUITE_PASSED,
     ROOT,
+    containers_created,
     containers_of,
     current_test_in,
     descendants,
     keygen,
     limits_suite,
+    of_session,
     psyduck_containers,
     psyduck_session,
     recorded_session,
@@ -289,3 +292,21 @@ def test_ssh_hosts_get_code_through_the_api_not_bind_mounts(sshd, client_key, kn
     assert "/usr/lib/python3.11" in set(volumes) - set(shipped), mounts
     assert not any(m["RW"] for m in volumes.values()), mounts
     wait_until(lambda: not volumes_of(process.pid), "the run's volumes to be removed", timeout=30)
+
+
+def test_one_helper_container_ships_the_code_and_psyducks_packages(
+    sshd, client_key, known_hosts, suite
+):
+    """Each helper costs the engine a mount of the image's root filesystem: a session
+    whose image facts are known fills both payload volumes through one helper."""
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    path = suite(SHIPPED)
+    args = ("--psyduck-hosts", server.spec(client_key, known_hosts), "--psyduck-image")
+    first = psyduck_session(path, *args, "psyduck-test:latest")
+    assert first.returncode == 0, first.output
+    with containers_created(f"{LABEL_HOST}={server.host_name}") as created:
+        done = psyduck_session(path, *args, "psyduck-test:latest")
+    assert done.returncode == 0, done.output
+    # The worker's container and one helper (the image was probed by the first session).
+    assert len(of_session(created, done.pid)) == 2, created

@@ -147,7 +147,7 @@ class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
         #: Per image reference: its own ``PYTHONPATH``, which workers extend.
         self._image_paths: dict[str, str] = {}
         #: Payload volumes by name (filled, or being filled), oldest first.
-        self._volumes: dict[str, asyncio.Future[str]] = {}
+        self._volumes: dict[str, asyncio.Future[None]] = {}
         #: Whether workers import the image's Python from volumes (``pythonvolumes``).
         self.python_volumes = python_volumes
         #: Per image reference: ``{directory: volume}`` of its Python installation.

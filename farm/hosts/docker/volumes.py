@@ -4,9 +4,12 @@ A local engine (``docker:N``) shares the coordinator's disk, so psyduck's own
 packages and the run's code are bind-mounted read-only.  An engine on another
 machine (``remote``: ssh hosts) cannot see that disk: there both payloads go
 through the Docker API instead — once per host and content (the snapshot's
-digest, else the run), the coordinator streams a tar of them with
-``put_archive`` into a named volume, through a helper container that is created
-from the run's image (no network, no capabilities) and never started.  The
+digest, else the run), the coordinator streams a gzipped tar of them with
+``put_archive`` into named volumes, through one helper container that mounts
+every volume still to fill, created from the run's image (no network, no
+capabilities) and never started: a helper costs the engine a mount of the
+image's root filesystem, which on drivers such as ``fuse-overlayfs`` is a
+daemon of its own.  The
 volumes are then mounted read-only where the binds would be, carry the farm's
 label, and are removed when the host closes, when a host keeps too many run
 volumes, or by the reaper once their coordinator is gone.
@@ -67,6 +70,10 @@ def payload_tar(sources: Mapping[str, str]) -> IO[bytes]:
     return archive
 
 
+def _inject_key(module_dirs: Mapping[str, str]) -> str:
+    return "\0".join(f"{name}={path}" for name, path in sorted(module_dirs.items()))
+
+
 def volume_name(kind: str, key: str, host: str) -> str:
     """This farm's volume for one payload on one host: farm, host and content key, hashed.
 
@@ -81,8 +88,8 @@ class PayloadVolumes:
     """The part of :class:`~farm.hosts.docker.DockerHost` that ships payloads in volumes."""
 
     name: str
-    #: Payload volumes by name (filled, or being filled), oldest first.
-    _volumes: dict[str, asyncio.Future[str]]
+    #: Payload volumes by name: the fill of each (which may fill several), oldest first.
+    _volumes: dict[str, asyncio.Future[None]]
     _in_background: Callable[[Coroutine[Any, Any, None]], None]
 
     async def _payloads(
@@ -93,47 +100,66 @@ class PayloadVolumes:
         code_dir: str,
         module_dirs: Mapping[str, str],
     ) -> tuple[str, str]:
-        """(volume of psyduck's packages, volume of the run's code) on the engine."""
-        inject = self._inject_volume(engine, image, module_dirs)
-        code = self._volume(
-            engine, image, "code", run.manifest.snapshot or f"run:{run.run_id}", {".": code_dir}
-        )
+        """(volume of psyduck's packages, volume of the run's code) on the engine, filled.
+
+        psyduck's packages get one volume per content, the code one per snapshot
+        (else per run); concurrent shards wait for one upload of each.
+        """
+        code_key = run.manifest.snapshot or f"run:{run.run_id}"
+        inject = volume_name("inject", _inject_key(module_dirs), self.name)
+        code = volume_name("code", code_key, self.name)
         try:
-            return tuple(await asyncio.gather(inject, code))  # type: ignore[return-value]
+            await self._filled(engine, image, {inject: dict(module_dirs), code: {".": code_dir}})
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot ship the run's code: {exc}") from exc
         except TimeoutError as exc:
             raise HostError(f"host {self.name}: shipping the run's code timed out") from exc
+        return inject, code
 
     async def _inject_volume(
         self, engine: Engine, image: str, module_dirs: Mapping[str, str]
     ) -> str:
         """The filled volume of psyduck's packages *module_dirs*, one per content."""
-        key = "\0".join(f"{name}={path}" for name, path in sorted(module_dirs.items()))
-        return await self._volume(engine, image, "inject", key, dict(module_dirs))
+        name = volume_name("inject", _inject_key(module_dirs), self.name)
+        await self._filled(engine, image, {name: dict(module_dirs)})
+        return name
 
-    async def _volume(
-        self, engine: Engine, image: str, kind: str, key: str, sources: dict[str, str]
-    ) -> str:
-        """The filled volume for one payload; concurrent shards wait for one upload."""
-        name = volume_name(kind, key, self.name)
+    async def _filled(
+        self, engine: Engine, image: str, payloads: Mapping[str, Mapping[str, str]]
+    ) -> None:
+        """Once the volumes *payloads* names hold their sources: those neither filled
+        nor being filled are filled together."""
+        unfilled = {name: sources for name, sources in payloads.items() if self._unfilled(name)}
+        if unfilled:
+            filling = asyncio.ensure_future(self._fill_volumes(engine, image, unfilled))
+            for name in unfilled:
+                self._volumes[name] = filling
+            self._in_background(self._trim_volumes(engine))
+        await asyncio.gather(*(asyncio.shield(self._volumes[name]) for name in payloads))
+
+    def _unfilled(self, name: str) -> bool:
+        """Whether volume *name* is neither filled nor being filled (a failed fill is retried)."""
         filling = self._volumes.get(name)
-        if filling is None or (
+        return filling is None or (
             filling.done() and (filling.cancelled() or filling.exception() is not None)
-        ):
-            filling = asyncio.ensure_future(self._fill_volume(engine, image, name, sources))
-            self._volumes[name] = filling
-            if kind == "code":
-                self._in_background(self._trim_volumes(engine))
-        return await asyncio.shield(filling)
+        )
 
-    async def _fill_volume(
-        self, engine: Engine, image: str, name: str, sources: dict[str, str]
-    ) -> str:
+    async def _fill_volumes(
+        self, engine: Engine, image: str, payloads: Mapping[str, Mapping[str, str]]
+    ) -> None:
+        """Create the volumes *payloads* names and fill each with its ``arcname → path``
+        sources, through one helper container and one archive."""
         api = engine.api
         labels = {LABEL_FARM: FARM_ID, LABEL_HOST: self.name}
-        await engine.call(api.create_volume, name, labels=labels)
+        mounts = {name: f"{PAYLOAD_DIR}/{index}" for index, name in enumerate(payloads)}
+        sources = {
+            os.path.normpath(os.path.join(str(index), arcname)): path
+            for index, volume_sources in enumerate(payloads.values())
+            for arcname, path in volume_sources.items()
+        }
         try:
+            for name in payloads:
+                await engine.call(api.create_volume, name, labels=labels)
             helper = await engine.call(
                 api.create_container,
                 image,
@@ -141,7 +167,7 @@ class PayloadVolumes:
                 labels=labels,
                 network_disabled=True,
                 host_config=api.create_host_config(
-                    binds={name: {"bind": PAYLOAD_DIR, "mode": "rw"}},
+                    binds={name: {"bind": path, "mode": "rw"} for name, path in mounts.items()},
                     network_mode="none",
                     cap_drop=["ALL"],
                     security_opt=["no-new-privileges"],
@@ -162,20 +188,21 @@ class PayloadVolumes:
                 finally:
                     archive.close()
                 if not ok:
-                    raise HostError(f"host {self.name}: the engine refused the payload for {name}")
+                    names = ", ".join(payloads)
+                    raise HostError(f"host {self.name}: the engine refused the payload for {names}")
             finally:
                 try:
                     await engine.call(api.remove_container, helper["Id"], force=True)
                 except docker.errors.APIError:
                     pass  # the reaper takes it
         except BaseException:
-            try:
-                await engine.call(api.remove_volume, name, force=True)
-            except Exception:
-                pass  # the reaper takes it
+            for name in payloads:
+                try:
+                    await engine.call(api.remove_volume, name, force=True)
+                except Exception:
+                    pass  # the reaper takes it
             raise
-        log.info("host %s: shipped %s", self.name, name)
-        return name
+        log.info("host %s: shipped %s", self.name, ", ".join(payloads))
 
     async def _trim_volumes(self, engine: Engine) -> None:
         """Remove the oldest run-code volumes beyond :data:`CODE_VOLUMES_KEPT` (if unused)."""
