@@ -64,8 +64,10 @@ RELAY_BATCH = 1 << 20
 #: worker module exactly as ``python -m`` would (the cwd first on sys.path), with
 #: a watcher thread that ends it as soon as stdin hangs up (the coordinator or its
 #: connection went away), even in the middle of a long shard; the parent relays
-#: the child's frames to stdout, gathering what comes within ``RELAY_LINGER``
-#: into one write.  A fast suite reports a result every millisecond or so, and
+#: the child's frames to stdout, at most one write per ``RELAY_LINGER``: a frame
+#: after a quiet spell (``ready``, a shard's first ``started``) goes at once, and
+#: what follows within the linger waits to go in one write.  A fast suite reports
+#: a result every millisecond or so, and
 #: each write to stdout is a message that the container's shim, dockerd (and
 #: over ssh ``docker system dial-stdio``, sshd and paramiko) each handle on the
 #: farm's CPUs; the worker itself writes every frame at once, so a worker killed
@@ -92,7 +94,7 @@ def relay(fd, worker):
     os.set_blocking(fd, False)
     poll = select.poll()
     poll.register(fd, select.POLLIN)
-    status = None
+    status, sent = None, -{RELAY_LINGER}
     while status is None:
         batch, until = bytearray(), None
         while len(batch) < {RELAY_BATCH}:
@@ -113,8 +115,9 @@ def relay(fd, worker):
                 status = os.waitpid(worker, 0)[1]
                 break
             batch += chunk
-            until = until or time.monotonic() + {RELAY_LINGER}
+            until = until or max(time.monotonic(), sent + {RELAY_LINGER})
         send(batch)
+        sent = time.monotonic()
     while True:
         try:
             chunk = os.read(fd, 1 << 16)
