@@ -1,6 +1,6 @@
 """The container bootstrap's relay, with real processes (no engine needed).
 
-Every worker container runs :data:`farm.hosts.containers.BOOTSTRAP`: it forks
+Every worker container runs :data:`farm.hosts.bootstrap.BOOTSTRAP`: it forks
 the worker and relays its frames to stdout, gathering those that come close
 together into one write.  Here its stdout is a SOCK_SEQPACKET socket, so each
 write the relay makes arrives as one packet and can be counted.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.hosts.containers import BOOTSTRAP, RELAY_BATCH
+from farm.hosts.bootstrap import BOOTSTRAP, RELAY_BATCH
 
 WORKERS = {
     # Writes its frames one by one, then dies as the OOM killer would end it.

@@ -30,7 +30,8 @@ from typing import IO, Any
 import docker.errors
 
 from farm.hosts.base import HostError, RunContext
-from farm.hosts.containers import COPY_SKIP, FARM_ID, LABEL_FARM, LABEL_HOST
+from farm.hosts.bootstrap import COPY_SKIP
+from farm.hosts.containers import FARM_ID, LABEL_FARM, LABEL_HOST
 from farm.hosts.docker.engine import Engine, EngineLost, bounded
 
 log = logging.getLogger("psyduck.farm.docker")
