@@ -100,7 +100,7 @@ async def run_one_off(
     ValueError(``start_failed(the engine's words)``) when the engine cannot start
     it and *start_failed* is given; any other refusal of the engine is raised.
     """
-    from farm.hosts.docker.engine import EngineLost, explanation
+    from farm.hosts.docker.engine import explanation
 
     api = engine.api
     created = await engine.call(
@@ -125,10 +125,18 @@ async def run_one_off(
         logs = await engine.call(api.logs, container, stdout=True, stderr=True)
         return status, logs[-PROBE_OUTPUT_LIMIT:]
     finally:
-        try:
-            await engine.call(api.remove_container, container, force=True)
-        except (docker.errors.APIError, EngineLost):
-            pass  # already gone, or the engine with it; the reaper removes labelled leftovers
+        await remove_one_off(engine, container)
+
+
+async def remove_one_off(engine: Engine, container: str) -> None:
+    """Remove a one-off container however it ended; one already gone, or gone with its
+    engine, is left to the reaper (it carries the farm's label)."""
+    from farm.hosts.docker.engine import EngineLost
+
+    try:
+        await engine.call(engine.api.remove_container, container, force=True)
+    except (docker.errors.APIError, EngineLost):
+        pass
 
 
 async def probe_image(

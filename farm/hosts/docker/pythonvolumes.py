@@ -34,8 +34,8 @@ from collections.abc import Iterable
 import docker.errors
 
 from farm.hosts.containers import FARM_ID, LABEL_FARM, owner_is_gone
-from farm.hosts.docker.engine import Engine, EngineLost, explanation
-from farm.images.probe import run_one_off, sealed_host_config
+from farm.hosts.docker.engine import Engine, explanation
+from farm.images.probe import remove_one_off, run_one_off, sealed_host_config
 
 log = logging.getLogger("psyduck.farm.docker")
 
@@ -180,7 +180,7 @@ async def _fill(
             use_config_proxy=False,
             deadline=FILL_TIMEOUT,
         )
-        await _remove_container(engine, created["Id"])
+        await remove_one_off(engine, created["Id"])
         await _copy_directory_times(engine, image, python, volumes)
     except BaseException:
         await _remove(engine, list(volumes.values()))
@@ -223,13 +223,6 @@ async def _copy_directory_times(
     )
     if status != 0:
         raise ValueError(f"copying directory times failed: {output[-2000:]!r}")
-
-
-async def _remove_container(engine: Engine, container: str) -> None:
-    try:
-        await engine.call(engine.api.remove_container, container, force=True)
-    except (docker.errors.APIError, EngineLost):
-        pass  # the reaper removes labelled leftovers
 
 
 async def _remove(engine: Engine, names: list[str]) -> None:
