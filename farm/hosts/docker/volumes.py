@@ -71,10 +71,6 @@ def payload_tar(sources: Mapping[str, str]) -> IO[bytes]:
     return archive
 
 
-def _inject_key(module_dirs: Mapping[str, str]) -> str:
-    return "\0".join(f"{name}={path}" for name, path in sorted(module_dirs.items()))
-
-
 def volume_name(kind: str, key: str, host: str) -> str:
     """This farm's volume for one payload on one host: farm, host and content key, hashed.
 
@@ -107,7 +103,7 @@ class PayloadVolumes:
         (else per run); concurrent shards wait for one upload of each.
         """
         code_key = run.manifest.snapshot or f"run:{run.run_id}"
-        inject = volume_name("inject", _inject_key(module_dirs), self.name)
+        inject = self._inject_name(module_dirs)
         code = volume_name("code", code_key, self.name)
         try:
             await self._filled(engine, image, {inject: dict(module_dirs), code: {".": code_dir}})
@@ -121,9 +117,14 @@ class PayloadVolumes:
         self, engine: Engine, image: str, module_dirs: Mapping[str, str]
     ) -> str:
         """The filled volume of psyduck's packages *module_dirs*, one per content."""
-        name = volume_name("inject", _inject_key(module_dirs), self.name)
+        name = self._inject_name(module_dirs)
         await self._filled(engine, image, {name: dict(module_dirs)})
         return name
+
+    def _inject_name(self, module_dirs: Mapping[str, str]) -> str:
+        """The volume of psyduck's packages *module_dirs* on this host: one per content."""
+        key = "\0".join(f"{name}={path}" for name, path in sorted(module_dirs.items()))
+        return volume_name("inject", key, self.name)
 
     async def _filled(
         self, engine: Engine, image: str, payloads: Mapping[str, Mapping[str, str]]
