@@ -83,6 +83,9 @@ class ShardFilter:
     ) -> None:
         self.files = files
         self.children = children or {}
+        #: Module node id → whether the shard needs its file: asked once per module,
+        #: not once for each name the module holds.
+        self._modules: dict[str, bool] = {}
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pycollect_makeitem(
@@ -90,9 +93,17 @@ class ShardFilter:
     ) -> list[pytest.Item] | None:
         needed = self.children.get(collector.nodeid)
         if needed is None:
-            outside = isinstance(collector, pytest.Module) and not self._needs(collector.path)
-            return [] if outside else None
+            return [] if self._outside(collector) else None
         return None if name in needed else []
+
+    def _outside(self, collector: pytest.Module | pytest.Class) -> bool:
+        """Whether *collector* is a module whose file the shard does not need."""
+        if not isinstance(collector, pytest.Module):
+            return False
+        needed = self._modules.get(collector.nodeid)
+        if needed is None:
+            needed = self._modules[collector.nodeid] = self._needs(collector.path)
+        return not needed
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
