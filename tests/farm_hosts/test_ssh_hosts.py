@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -10,9 +12,22 @@ from pathlib import Path
 import docker
 import pytest
 
-from farm.hosts.containers import LABEL_HOST
-from farm.hosts.ssh import HostKeyRefused, SshTarget, open_ssh, parse_ssh_spec, ssh_engine
-from tests.conftest import junit_cases, run_pytest, wait_until
+from farm.hosts.base import RunContext
+from farm.hosts.containers import LABEL_HOST, LABEL_WORKER
+from farm.hosts.docker import volumes
+from farm.hosts.docker.volumes import payload_tar
+from farm.hosts.ssh import (
+    HostKeyRefused,
+    SshTarget,
+    open_ssh,
+    parse_ssh_spec,
+    ssh_engine,
+    ssh_host,
+)
+from farm.manifest import RunManifest, TestSpec, WorkerSpec
+from farm.packages import WORKER_PACKAGES, package_dirs
+from pytest_psyduck.runmanifest import WORKER_MODULE
+from tests.conftest import SESSION_TIMEOUT, junit_cases, run_pytest, wait_until
 from tests.farm_hosts.hostlib import (
     CURRENT_TEST_CONFTEST,
     LIMITS_SUITE_PASSED,
@@ -310,3 +325,65 @@ def test_one_helper_container_ships_the_code_and_psyducks_packages(
     assert done.returncode == 0, done.output
     # The worker's container and one helper (the image was probed by the first session).
     assert len(of_session(created, done.pid)) == 2, created
+
+
+def test_a_workers_container_is_created_while_its_code_ships_and_starts_once_it_is_in(
+    sshd, client_key, known_hosts, tmp_path, monkeypatch
+):
+    """Shipping the code is on the critical path of a run's first containers, so the
+    worker's container is created meanwhile (it needs only the volumes to exist); it
+    starts, and its worker finds the code, only once the upload is done."""
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_shipped.py").write_text("def test_shipped():\n    pass\n")
+    manifest = RunManifest(
+        tests=(TestSpec(id="test_shipped.py::test_shipped", group="test_shipped.py"),),
+        worker=WorkerSpec(
+            argv=(WORKER_MODULE, "-p", "no:cacheprovider"),
+            cwd=str(project),
+            root=str(project),
+            inject=package_dirs(WORKER_PACKAGES),
+        ),
+        image="psyduck-test:latest",
+    )
+    released = threading.Event()
+    building = threading.Event()
+
+    def held_payload_tar(sources):
+        if str(project) in sources.values():  # the code's (the image check ships only psyduck)
+            building.set()
+            assert released.wait(SESSION_TIMEOUT), "the worker's container was never created"
+        return payload_tar(sources)
+
+    monkeypatch.setattr(volumes, "payload_tar", held_payload_tar)
+    host = ssh_host(server.spec(client_key, known_hosts, slots=1), {"embedded": True})
+
+    def worker_containers() -> list[dict]:
+        on_host = psyduck_containers(psyduck_host=server.host_name)
+        return [c for c in on_host if c["Labels"].get(LABEL_WORKER) == "w0"]
+
+    async def scenario() -> tuple[str, dict]:
+        await host.start()
+        try:
+            starting = asyncio.ensure_future(
+                host.spawn(RunContext("run1", manifest, workers=1), 0, "w0", lambda _: None)
+            )
+            await asyncio.to_thread(wait_until, worker_containers, "the worker's container")
+            state = worker_containers()[0]["State"]
+            released.set()
+            worker = await asyncio.wait_for(starting, SESSION_TIMEOUT)
+            try:
+                return state, await asyncio.wait_for(worker.recv(), SESSION_TIMEOUT)
+            finally:
+                await worker.kill()
+                await worker.wait()
+        finally:
+            released.set()
+            await host.close()
+
+    state, first = asyncio.run(scenario())
+    assert building.is_set()
+    assert state == "created"
+    assert first is not None and first["t"] == "ready", first

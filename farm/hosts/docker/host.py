@@ -48,8 +48,8 @@ from farm.hosts.docker.engine import (
 from farm.hosts.docker.images import ImagePull, ImageSupply
 from farm.hosts.docker.pythonvolumes import python_volumes, reap_python_volumes
 from farm.hosts.docker.spares import Spare, SpareSlots, StartClock
-from farm.hosts.docker.volumes import PayloadVolumes
-from farm.hosts.docker.worker import DockerWorker, discard, start_container
+from farm.hosts.docker.volumes import PayloadVolumes, VolumeFill
+from farm.hosts.docker.worker import DockerWorker, Shipped, discard, start_container
 from farm.hosts.local import default_cache_dir
 from farm.images.check import Expectation, Verdict
 from farm.images.probefacts import ProbeFacts
@@ -147,7 +147,7 @@ class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
         #: Per image reference: its own ``PYTHONPATH``, which workers extend.
         self._image_paths: dict[str, str] = {}
         #: Payload volumes by name (filled, or being filled), oldest first.
-        self._volumes: dict[str, asyncio.Future[None]] = {}
+        self._volumes: dict[str, VolumeFill] = {}
         #: Whether workers import the image's Python from volumes (``pythonvolumes``).
         self.python_volumes = python_volumes
         #: Per image reference: ``{directory: volume}`` of its Python installation.
@@ -250,7 +250,8 @@ class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
         await asyncio.gather(*self._background)
         volumes, self._volumes = self._volumes, {}
         if volumes and self._engine is not None and self._engine.alive:
-            await asyncio.gather(*volumes.values(), return_exceptions=True)
+            fills = {id(fill): fill.task for fill in volumes.values() if fill.task is not None}
+            await asyncio.gather(*fills.values(), return_exceptions=True)
             try:
                 await self._remove_volumes(self._engine, list(volumes), patience=10.0)
             except EngineLost:
@@ -300,11 +301,13 @@ class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
         self, run: RunContext, slot: int, worker_id: str, on_output: OutputHandler
     ) -> DockerWorker:
         engine = await self._ensure_engine()
-        plan, limits, limits_for = await self._plan_worker(engine, run, slot, worker_id)
+        plan, limits, limits_for, shipped = await self._plan_worker(engine, run, slot, worker_id)
         # Not interruptible: a create cancelled halfway would leave a container nobody
         # knows about, so a cancelled caller hands the finished worker to discard.
         starting = asyncio.ensure_future(
-            start_container(engine, plan, limits, limits_for, on_output, self._in_background)
+            start_container(
+                engine, plan, limits, limits_for, on_output, self._in_background, shipped
+            )
         )
         try:
             return await asyncio.shield(starting)
@@ -316,9 +319,10 @@ class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
 
     async def _plan_worker(
         self, engine: Engine, run: RunContext, slot: int, worker_id: str
-    ) -> tuple[ContainerPlan, Limits, Callable[[Sequence[TestSpec]], Limits]]:
-        """The container a worker of *run* gets on *slot*, and its limits (the host's
-        share until its shard is known)."""
+    ) -> tuple[ContainerPlan, Limits, Callable[[Sequence[TestSpec]], Limits], Shipped]:
+        """The container a worker of *run* gets on *slot*, its limits (the host's share
+        until its shard is known), and the wait for the payloads it mounts (None when
+        it mounts none: the container may start once that wait is over)."""
         image = run.manifest.image or self.image
         if not image:
             raise HostError(
@@ -330,9 +334,9 @@ class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
         image_pythonpath = await self._image_pythonpath(engine, image)
         code_dir, code_root = await self._code_dir(run)
         user = _owner(code_dir)
-        inject_volume = None
+        inject_volume = shipped = None
         if self.remote:
-            inject_volume, code_dir = await self._payloads(
+            inject_volume, code_dir, shipped = await self._payloads(
                 engine, run, image, code_dir, module_dirs
             )
         limits_for = self._limits_for(engine)
@@ -355,7 +359,7 @@ class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
             scope=self.container_scope,
             python_volumes=pythons,
         )
-        return plan, limits, limits_for
+        return plan, limits, limits_for, shipped
 
     async def _python_dirs(self, engine: Engine, image: str) -> dict[str, str]:
         """``{directory: volume}`` of *image*'s Python installation, once per image.

@@ -30,7 +30,7 @@ from typing import Any
 from farm.hosts.base import OutputHandler, RunContext, WorkerConnection
 from farm.hosts.containers import ContainerPlan, Limits
 from farm.hosts.docker.engine import Engine
-from farm.hosts.docker.worker import DockerWorker, discard
+from farm.hosts.docker.worker import DockerWorker, Shipped, discard
 from farm.manifest import TestSpec
 
 log = logging.getLogger("psyduck.farm.docker")
@@ -125,7 +125,7 @@ class SpareSlots:
     _create_worker: Callable[[RunContext, int, str, OutputHandler], Awaitable[DockerWorker]]
     _plan_worker: Callable[
         [Engine, RunContext, int, str],
-        Awaitable[tuple[ContainerPlan, Limits, Callable[[Sequence[TestSpec]], Limits]]],
+        Awaitable[tuple[ContainerPlan, Limits, Callable[[Sequence[TestSpec]], Limits], Shipped]],
     ]
 
     async def spawn(

@@ -13,18 +13,24 @@ daemon of its own.  The
 volumes are then mounted read-only where the binds would be, carry the farm's
 label, and are removed when the host closes, when a host keeps too many run
 volumes, or by the reaper once their coordinator is gone.
+
+A fill is on the critical path of a run's first containers, so its steps
+overlap: the archive is built while the volumes and the helper are created,
+and the workers' containers are created (they need only the volumes to exist)
+while the archive uploads; they start once it is in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import IO, Any
 
 import docker.errors
@@ -71,6 +77,12 @@ def payload_tar(sources: Mapping[str, str]) -> IO[bytes]:
     return archive
 
 
+def _close_unused_archive(building: asyncio.Future[IO[bytes]]) -> None:
+    """Close the archive a failed fill built but never uploaded."""
+    if not building.cancelled() and building.exception() is None:
+        building.result().close()
+
+
 def volume_name(kind: str, key: str, host: str) -> str:
     """This farm's volume for one payload on one host: farm, host and content key, hashed.
 
@@ -81,12 +93,30 @@ def volume_name(kind: str, key: str, host: str) -> str:
     return f"psyduck-{kind}-{digest}"
 
 
+class VolumeFill:
+    """One fill of one or more payload volumes: *created* once they exist (a container
+    may mount them then), *task* once they hold their sources."""
+
+    def __init__(self) -> None:
+        self.created: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Its failure is also the task's, which is what a caller is told.
+        self.created.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.task: asyncio.Future[None] | None = None
+
+    def failed(self) -> bool:
+        """Whether it ended without filling (the next run's fill retries)."""
+        task = self.task
+        return (
+            task is not None and task.done() and (task.cancelled() or task.exception() is not None)
+        )
+
+
 class PayloadVolumes:
     """The part of :class:`~farm.hosts.docker.DockerHost` that ships payloads in volumes."""
 
     name: str
     #: Payload volumes by name: the fill of each (which may fill several), oldest first.
-    _volumes: dict[str, asyncio.Future[None]]
+    _volumes: dict[str, VolumeFill]
     _in_background: Callable[[Coroutine[Any, Any, None]], None]
 
     async def _payloads(
@@ -96,8 +126,10 @@ class PayloadVolumes:
         image: str,
         code_dir: str,
         module_dirs: Mapping[str, str],
-    ) -> tuple[str, str]:
-        """(volume of psyduck's packages, volume of the run's code) on the engine, filled.
+    ) -> tuple[str, str, Callable[[], Awaitable[None]]]:
+        """(volume of psyduck's packages, volume of the run's code, a wait for their
+        fill), once both volumes exist: a container may mount them before the fill is
+        done, and start once it is.
 
         psyduck's packages get one volume per content, the code one per snapshot
         (else per run); concurrent shards wait for one upload of each.
@@ -105,20 +137,28 @@ class PayloadVolumes:
         code_key = run.manifest.snapshot or f"run:{run.run_id}"
         inject = self._inject_name(module_dirs)
         code = volume_name("code", code_key, self.name)
+        fills = self._fills(engine, image, {inject: dict(module_dirs), code: {".": code_dir}})
+        await self._shipping([fill.created for fill in fills])
+        return inject, code, functools.partial(self._shipping, [fill.task for fill in fills])
+
+    async def _shipping(self, steps: list[asyncio.Future[None] | None]) -> None:
+        """Wait for a step of shipping the run's code (the same for every fill); a
+        failure is the host's."""
         try:
-            await self._filled(engine, image, {inject: dict(module_dirs), code: {".": code_dir}})
+            await asyncio.gather(*(asyncio.shield(step) for step in steps if step is not None))
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot ship the run's code: {exc}") from exc
         except TimeoutError as exc:
             raise HostError(f"host {self.name}: shipping the run's code timed out") from exc
-        return inject, code
 
     async def _inject_volume(
         self, engine: Engine, image: str, module_dirs: Mapping[str, str]
     ) -> str:
         """The filled volume of psyduck's packages *module_dirs*, one per content."""
         name = self._inject_name(module_dirs)
-        await self._filled(engine, image, {name: dict(module_dirs)})
+        (fill,) = self._fills(engine, image, {name: dict(module_dirs)})
+        assert fill.task is not None
+        await asyncio.shield(fill.task)
         return name
 
     def _inject_name(self, module_dirs: Mapping[str, str]) -> str:
@@ -126,31 +166,34 @@ class PayloadVolumes:
         key = "\0".join(f"{name}={path}" for name, path in sorted(module_dirs.items()))
         return volume_name("inject", key, self.name)
 
-    async def _filled(
+    def _fills(
         self, engine: Engine, image: str, payloads: Mapping[str, Mapping[str, str]]
-    ) -> None:
-        """Once the volumes *payloads* names hold their sources: those neither filled
-        nor being filled are filled together."""
-        unfilled = {name: sources for name, sources in payloads.items() if self._unfilled(name)}
+    ) -> list[VolumeFill]:
+        """The fills of the volumes *payloads* names; those neither filled nor being
+        filled (or whose fill failed) start now, together."""
+        unfilled = {
+            name: sources
+            for name, sources in payloads.items()
+            if name not in self._volumes or self._volumes[name].failed()
+        }
         if unfilled:
-            filling = asyncio.ensure_future(self._fill_volumes(engine, image, unfilled))
+            fill = VolumeFill()
+            fill.task = asyncio.ensure_future(self._fill_volumes(engine, image, unfilled, fill))
             for name in unfilled:
-                self._volumes[name] = filling
+                self._volumes[name] = fill
             self._in_background(self._trim_volumes(engine))
-        await asyncio.gather(*(asyncio.shield(self._volumes[name]) for name in payloads))
-
-    def _unfilled(self, name: str) -> bool:
-        """Whether volume *name* is neither filled nor being filled (a failed fill is retried)."""
-        filling = self._volumes.get(name)
-        return filling is None or (
-            filling.done() and (filling.cancelled() or filling.exception() is not None)
-        )
+        return list({id(self._volumes[name]): self._volumes[name] for name in payloads}.values())
 
     async def _fill_volumes(
-        self, engine: Engine, image: str, payloads: Mapping[str, Mapping[str, str]]
+        self,
+        engine: Engine,
+        image: str,
+        payloads: Mapping[str, Mapping[str, str]],
+        fill: VolumeFill,
     ) -> None:
-        """Create the volumes *payloads* names and fill each with its ``arcname → path``
-        sources, through one helper container and one archive."""
+        """Create the volumes *payloads* names (resolving *fill*'s ``created``), then fill
+        each with its ``arcname → path`` sources through one helper container and one
+        archive, built meanwhile."""
         api = engine.api
         labels = {LABEL_FARM: FARM_ID, LABEL_HOST: self.name}
         mounts = {name: f"{PAYLOAD_DIR}/{index}" for index, name in enumerate(payloads)}
@@ -159,9 +202,14 @@ class PayloadVolumes:
             for index, volume_sources in enumerate(payloads.values())
             for arcname, path in volume_sources.items()
         }
+        building = asyncio.ensure_future(
+            bounded(asyncio.to_thread(payload_tar, sources), PAYLOAD_TIMEOUT)
+        )
         try:
-            for name in payloads:
-                await engine.call(api.create_volume, name, labels=labels)
+            await asyncio.gather(
+                *(engine.call(api.create_volume, name, labels=labels) for name in payloads)
+            )
+            fill.created.set_result(None)
             helper = await engine.call(
                 api.create_container,
                 image,
@@ -178,7 +226,7 @@ class PayloadVolumes:
                 use_config_proxy=False,
             )
             try:
-                archive = await bounded(asyncio.to_thread(payload_tar, sources), PAYLOAD_TIMEOUT)
+                archive = await building
                 try:
                     ok = await engine.call(
                         api.put_archive,
@@ -197,7 +245,13 @@ class PayloadVolumes:
                     await engine.call(api.remove_container, helper["Id"], force=True)
                 except docker.errors.APIError:
                     pass  # the reaper takes it
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                fill.created.cancel()
+            elif not fill.created.done():
+                fill.created.set_exception(exc)
+            building.add_done_callback(_close_unused_archive)
+            building.cancel()
             for name in payloads:
                 try:
                     await engine.call(api.remove_volume, name, force=True)
@@ -208,7 +262,11 @@ class PayloadVolumes:
 
     async def _trim_volumes(self, engine: Engine) -> None:
         """Remove the oldest run-code volumes beyond :data:`CODE_VOLUMES_KEPT` (if unused)."""
-        code = [n for n, f in self._volumes.items() if n.startswith("psyduck-code-") and f.done()]
+        code = [
+            name
+            for name, fill in self._volumes.items()
+            if name.startswith("psyduck-code-") and fill.task is not None and fill.task.done()
+        ]
         old = code[: max(len(code) - CODE_VOLUMES_KEPT, 0)]
         try:
             for name in await self._remove_volumes(engine, old):

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import struct
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import docker.errors
@@ -342,6 +342,10 @@ class DockerWorker(WorkerConnection):
         return not self._exit.done() and not self._eof.is_set()
 
 
+#: A wait for the payloads a container mounts to be shipped (None: nothing to wait for).
+Shipped = Callable[[], Awaitable[None]] | None
+
+
 async def start_container(
     engine: Engine,
     plan: ContainerPlan,
@@ -349,8 +353,10 @@ async def start_container(
     limits_for: Callable[[Sequence[TestSpec]], Limits],
     on_output: OutputHandler,
     background: Callable[[Coroutine[Any, Any, None]], None],
+    shipped: Shipped = None,
 ) -> DockerWorker:
-    """Create the container of *plan*, attach to it, and start it: its worker, reading.
+    """Create the container of *plan*, attach to it, and start it once *shipped*: its
+    worker, reading.  The create overlaps the shipping of what the container mounts.
 
     A container that fails on the way is removed again; so is one whose caller
     is cancelled, once this has finished (see :func:`discard`).
@@ -382,6 +388,8 @@ async def start_container(
         worker = DockerWorker(engine, container, stream, limits, on_output, limits_for, background)
         engine.register(container, worker)
         worker.start_reading()
+        if shipped is not None:
+            await shipped()
         await engine.call(api.start, container)
     except BaseException:
         engine.unregister(container)
