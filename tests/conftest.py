@@ -113,6 +113,29 @@ def junit_cases(path: Path) -> dict[str, tuple[str, str]]:
     return cases
 
 
+def project_of_thousands_of_files(root: Path) -> Path:
+    """A project of 3,040 files: 40 test modules reading a 3,000-file data tree whose tree
+    manifest (some 400 KB) and files must all arrive whole on the farm's hosts."""
+    project = root / "proj"
+    for i in range(3000):
+        target = project / "data" / f"d{i % 30:02d}" / f"item-{i:05d}.txt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"{i}\n" + "x" * (i % 700))
+    for m in range(40):
+        (project / "tests" / f"test_m{m:02d}.py").parent.mkdir(parents=True, exist_ok=True)
+        (project / "tests" / f"test_m{m:02d}.py").write_text(
+            "import pathlib\n"
+            "import pytest\n\n"
+            "DATA = pathlib.Path(__file__).parents[1] / 'data'\n\n"
+            "@pytest.mark.parametrize('i', range(" + str(m) + ", 3000, 40))\n"
+            "def test_item(i):\n"
+            "    text = (DATA / f'd{i % 30:02d}' / f'item-{i:05d}.txt').read_text()\n"
+            "    assert text == f'{i}\\n' + 'x' * (i % 700)\n"
+            "    assert i % 997 != 996\n"
+        )
+    return project
+
+
 @pytest.fixture
 def suite(tmp_path: Path):
     """Write a test suite: ``suite({"test_a.py": "...", ...})`` returns its directory."""

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from farm.config import ConfigError, parse_config
-from tests.conftest import on_farm, run_pytest, start_pytest, wait_until
+from tests.conftest import (
+    on_farm,
+    project_of_thousands_of_files,
+    run_pytest,
+    start_pytest,
+    wait_until,
+)
 
 
 def _free_port() -> int:
@@ -205,29 +211,6 @@ def test_a_remote_run_ships_its_snapshot_through_the_farms_pokedex(tmp_path, sui
         proc.wait(timeout=30)
 
 
-def _project_of_thousands_of_files(root: Path) -> Path:
-    """A project of 3,040 files: 40 test modules reading a 3,000-file data tree whose tree
-    manifest (some 400 KB) and files must all arrive whole on the farm's hosts."""
-    project = root / "proj"
-    for i in range(3000):
-        target = project / "data" / f"d{i % 30:02d}" / f"item-{i:05d}.txt"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(f"{i}\n" + "x" * (i % 700))
-    for m in range(40):
-        (project / "tests" / f"test_m{m:02d}.py").parent.mkdir(parents=True, exist_ok=True)
-        (project / "tests" / f"test_m{m:02d}.py").write_text(
-            "import pathlib\n"
-            "import pytest\n\n"
-            "DATA = pathlib.Path(__file__).parents[1] / 'data'\n\n"
-            "@pytest.mark.parametrize('i', range(" + str(m) + ", 3000, 40))\n"
-            "def test_item(i):\n"
-            "    text = (DATA / f'd{i % 30:02d}' / f'item-{i:05d}.txt').read_text()\n"
-            "    assert text == f'{i}\\n' + 'x' * (i % 700)\n"
-            "    assert i % 997 != 996\n"
-        )
-    return project
-
-
 def test_a_project_of_thousands_of_files_runs_on_a_served_farm_as_plainly(tmp_path):
     """Its snapshot crosses the farm's pokedex whole (a tree manifest of hundreds of KB),
     twice in a row (the second time from what the farm's hosts already have)."""
@@ -238,7 +221,7 @@ def test_a_project_of_thousands_of_files_runs_on_a_served_farm_as_plainly(tmp_pa
         f'[farm]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{tmp_path / "token"}"\n\n'
         f'[[hosts]]\nurl = "local"\nslots = 2\n\n[pokedex]\ndata = "{tmp_path / "store"}"\n'
     )
-    project = _project_of_thousands_of_files(tmp_path)
+    project = project_of_thousands_of_files(tmp_path)
     plain = run_pytest(project, "-p", "no:cacheprovider")
     assert plain.outcomes() == {"passed": 2997, "failed": 3}, plain.stdout[-2000:]
     url, proc = serve_farm(config, port, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})

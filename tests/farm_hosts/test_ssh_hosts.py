@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from farm.hosts.base import RunContext
+from farm.hosts.base import HostError, RunContext
 from farm.hosts.containers import LABEL_HOST, LABEL_WORKER
 from farm.hosts.docker import volumes
 from farm.hosts.docker.volumes import payload_tar
@@ -27,7 +27,13 @@ from farm.hosts.ssh import (
 from farm.manifest import RunManifest, TestSpec, WorkerSpec
 from farm.packages import WORKER_PACKAGES, package_dirs
 from pytest_psyduck.runmanifest import WORKER_MODULE
-from tests.conftest import SESSION_TIMEOUT, junit_cases, run_pytest, wait_until
+from tests.conftest import (
+    SESSION_TIMEOUT,
+    junit_cases,
+    project_of_thousands_of_files,
+    run_pytest,
+    wait_until,
+)
 from tests.farm_hosts.hostlib import (
     CURRENT_TEST_CONFTEST,
     LIMITS_SUITE_PASSED,
@@ -327,14 +333,8 @@ def test_one_helper_container_ships_the_code_and_psyducks_packages(
     assert len(of_session(created, done.pid)) == 2, created
 
 
-def test_a_workers_container_is_created_while_its_code_ships_and_starts_once_it_is_in(
-    sshd, client_key, known_hosts, tmp_path, monkeypatch
-):
-    """Shipping the code is on the critical path of a run's first containers, so the
-    worker's container is created meanwhile (it needs only the volumes to exist); it
-    starts, and its worker finds the code, only once the upload is done."""
-    server = sshd("127.0.0.2")
-    known_hosts.write_text(server.known_hosts_line())
+def one_test_run(tmp_path: Path) -> tuple[Path, RunContext]:
+    """A project of one test, and a run of it as the plugin would submit it."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_shipped.py").write_text("def test_shipped():\n    pass\n")
@@ -348,6 +348,18 @@ def test_a_workers_container_is_created_while_its_code_ships_and_starts_once_it_
         ),
         image="psyduck-test:latest",
     )
+    return project, RunContext("run1", manifest, workers=1)
+
+
+def test_a_workers_container_is_created_while_its_code_ships_and_starts_once_it_is_in(
+    sshd, client_key, known_hosts, tmp_path, monkeypatch
+):
+    """Shipping the code is on the critical path of a run's first containers, so the
+    worker's container is created meanwhile (it needs only the volumes to exist); it
+    starts, and its worker finds the code, only once the upload is done."""
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    project, run = one_test_run(tmp_path)
     released = threading.Event()
     building = threading.Event()
 
@@ -367,9 +379,7 @@ def test_a_workers_container_is_created_while_its_code_ships_and_starts_once_it_
     async def scenario() -> tuple[str, dict]:
         await host.start()
         try:
-            starting = asyncio.ensure_future(
-                host.spawn(RunContext("run1", manifest, workers=1), 0, "w0", lambda _: None)
-            )
+            starting = asyncio.ensure_future(host.spawn(run, 0, "w0", lambda _: None))
             await asyncio.to_thread(wait_until, worker_containers, "the worker's container")
             state = worker_containers()[0]["State"]
             released.set()
@@ -387,3 +397,61 @@ def test_a_workers_container_is_created_while_its_code_ships_and_starts_once_it_
     assert building.is_set()
     assert state == "created"
     assert first is not None and first["t"] == "ready", first
+
+
+def test_a_failed_upload_leaves_no_container_or_volume_behind(
+    sshd, client_key, known_hosts, tmp_path, monkeypatch
+):
+    """The worker's container already exists when its code fails to ship: the host
+    says why, and neither it, the helper nor the run's volumes stay on the engine."""
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    project, run = one_test_run(tmp_path)
+
+    def failing_payload_tar(sources):
+        if str(project) in sources.values():
+            raise OSError(28, "No space left on device")
+        return payload_tar(sources)
+
+    monkeypatch.setattr(volumes, "payload_tar", failing_payload_tar)
+    host = ssh_host(server.spec(client_key, known_hosts, slots=1), {"embedded": True})
+
+    async def scenario() -> str:
+        await host.start()
+        try:
+            with pytest.raises(HostError) as error:
+                await asyncio.wait_for(host.spawn(run, 0, "w0", lambda _: None), SESSION_TIMEOUT)
+            return str(error.value)
+        finally:
+            await host.close()
+
+    message = asyncio.run(scenario())
+    assert "cannot ship the run's code" in message and "No space left" in message, message
+    assert psyduck_containers(psyduck_host=server.host_name) == []
+    with docker.APIClient(timeout=30) as api:
+        left = api.volumes(filters={"label": f"{LABEL_HOST}={server.host_name}"})["Volumes"]
+    assert [
+        v["Name"] for v in left or [] if v["Name"].startswith(("psyduck-code-", "psyduck-inject-"))
+    ] == []
+
+
+def test_a_project_of_thousands_of_files_runs_over_ssh_as_plainly(
+    sshd, client_key, known_hosts, tmp_path
+):
+    """3,040 files (40 test modules and a 3,000-file data tree, each test reading its
+    file) reach an ssh host's engine in one gzipped archive, and every container
+    imports all 40 modules: the session ends as plain pytest's does."""
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    project = project_of_thousands_of_files(tmp_path)
+    plain = run_pytest(project, "-p", "no:cacheprovider", "-rf")
+    assert plain.outcomes() == {"passed": 2997, "failed": 3}, plain.stdout[-2000:]
+    args = ("--psyduck-hosts", server.spec(client_key, known_hosts), "--psyduck-image")
+    done = psyduck_session(project, *args, "psyduck-test:latest", "-rf")
+    assert done.returncode == plain.returncode == 1, done.output[-3000:]
+
+    def failed(output: str) -> list[str]:
+        return sorted(line for line in output.splitlines() if line.startswith("FAILED "))
+
+    assert failed(done.output) == failed(plain.stdout), done.output[-3000:]
+    assert "3 failed, 2997 passed" in done.output.splitlines()[-1], done.output[-3000:]

@@ -142,14 +142,16 @@ class PayloadVolumes:
         return inject, code, functools.partial(self._shipping, [fill.task for fill in fills])
 
     async def _shipping(self, steps: list[asyncio.Future[None] | None]) -> None:
-        """Wait for a step of shipping the run's code (the same for every fill); a
-        failure is the host's."""
+        """Wait for one step (creating the volumes, or filling them) of every fill the
+        run's code and psyduck's packages need; a failure is the host's."""
         try:
             await asyncio.gather(*(asyncio.shield(step) for step in steps if step is not None))
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot ship the run's code: {exc}") from exc
         except TimeoutError as exc:
             raise HostError(f"host {self.name}: shipping the run's code timed out") from exc
+        except OSError as exc:  # archiving it on the farm's disk
+            raise HostError(f"host {self.name}: cannot ship the run's code: {exc}") from exc
 
     async def _inject_volume(
         self, engine: Engine, image: str, module_dirs: Mapping[str, str]
