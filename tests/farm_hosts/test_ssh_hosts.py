@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import threading
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -455,3 +456,39 @@ def test_a_project_of_thousands_of_files_runs_over_ssh_as_plainly(
 
     assert failed(done.output) == failed(plain.stdout), done.output[-3000:]
     assert "3 failed, 2997 passed" in done.output.splitlines()[-1], done.output[-3000:]
+
+
+def test_every_container_of_a_session_mounts_one_copy_of_its_code(
+    sshd, client_key, known_hosts, suite, tmp_path
+):
+    """Three shards on one slot: the container warmed while the session collected and
+    the spares after it mount one code volume, filled once, so every test of the run
+    sees the same copy of the code."""
+    server = sshd("127.0.0.2")
+    known_hosts.write_text(server.known_hosts_line())
+    names = ["alpha", "beta", "gamma"]
+    path = suite({f"test_{n}.py": f"def test_{n}():\n    pass\n" for n in names})
+    seed_durations(path, {f"test_{n}.py::test_{n}": 6.5 for n in names})
+    events = subprocess.Popen(
+        [
+            *("docker", "events", "--filter", "type=volume", "--filter", "event=create"),
+            *("--format", "{{.Actor.ID}}"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with containers_created("psyduck.worker") as created:
+            done, _ = recorded_session(
+                path,
+                tmp_path / "out.xml",
+                *("--psyduck-hosts", server.spec(client_key, known_hosts, slots=1)),
+                *("--psyduck-image", "psyduck-test:latest"),
+            )
+    finally:
+        events.terminate()
+        volumes_created, _ = events.communicate(timeout=30)
+    assert done.returncode == 0 and "3 passed" in done.output, done.output
+    assert len(of_session(created, done.pid)) == 3, created
+    code = {name for name in volumes_created.split() if name.startswith("psyduck-code-")}
+    assert len(code) == 1, volumes_created

@@ -4,7 +4,7 @@ A local engine (``docker:N``) shares the coordinator's disk, so psyduck's own
 packages and the run's code are bind-mounted read-only.  An engine on another
 machine (``remote``: ssh hosts) cannot see that disk: there both payloads go
 through the Docker API instead — once per host and content (the snapshot's
-digest, else the run), the coordinator streams a gzipped tar of them with
+digest, else the run, or on the embedded farm its session), the coordinator streams a gzipped tar of them with
 ``put_archive`` into named volumes, through one helper container that mounts
 every volume still to fill, created from the run's image (no network, no
 capabilities) and never started: a helper costs the engine a mount of the
@@ -115,6 +115,7 @@ class PayloadVolumes:
     """The part of :class:`~farm.hosts.docker.DockerHost` that ships payloads in volumes."""
 
     name: str
+    embedded: bool
     #: Payload volumes by name: the fill of each (which may fill several), oldest first.
     _volumes: dict[str, VolumeFill]
     _in_background: Callable[[Coroutine[Any, Any, None]], None]
@@ -131,10 +132,13 @@ class PayloadVolumes:
         fill), once both volumes exist: a container may mount them before the fill is
         done, and start once it is.
 
-        psyduck's packages get one volume per content, the code one per snapshot
-        (else per run); concurrent shards wait for one upload of each.
+        psyduck's packages get one volume per content, the code one per snapshot,
+        else per run; concurrent shards wait for one upload of each.  The embedded
+        farm serves one session: the containers started while it collected (warm),
+        the run's and their spares all mount one copy of the code, taken as it began.
         """
-        code_key = run.manifest.snapshot or f"run:{run.run_id}"
+        per_run = "session" if self.embedded else f"run:{run.run_id}"
+        code_key = run.manifest.snapshot or per_run
         inject = self._inject_name(module_dirs)
         code = volume_name("code", code_key, self.name)
         fills = self._fills(engine, image, {inject: dict(module_dirs), code: {".": code_dir}})
