@@ -4,15 +4,15 @@ A local engine (``docker:N``) shares the coordinator's disk, so psyduck's own
 packages and the run's code are bind-mounted read-only.  An engine on another
 machine (``remote``: ssh hosts) cannot see that disk: there both payloads go
 through the Docker API instead — once per host and content (the snapshot's
-digest, else the run, or on the embedded farm its session), the coordinator streams a gzipped tar of them with
-``put_archive`` into named volumes, through one helper container that mounts
-every volume still to fill, created from the run's image (no network, no
-capabilities) and never started: a helper costs the engine a mount of the
-image's root filesystem, which on drivers such as ``fuse-overlayfs`` is a
-daemon of its own.  The
-volumes are then mounted read-only where the binds would be, carry the farm's
-label, and are removed when the host closes, when a host keeps too many run
-volumes, or by the reaper once their coordinator is gone.
+digest, else the run, or on the embedded farm its session), the coordinator
+streams a gzipped tar of them with ``put_archive`` into named volumes, through
+one helper container that mounts every volume still to fill, created from the
+run's image (no network, no capabilities) and never started: a helper costs the
+engine a mount of the image's root filesystem, which on drivers such as
+``fuse-overlayfs`` is a daemon of its own.  The volumes are then mounted
+read-only where the binds would be, carry the farm's label, and are removed
+when the host closes, when a host keeps too many run volumes, or by the reaper
+once their coordinator is gone.
 
 A fill is on the critical path of a run's first containers, so its steps
 overlap: the archive is built while the volumes and the helper are created,
