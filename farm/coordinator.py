@@ -406,7 +406,6 @@ class Coordinator(SlotLoop, WorkerTalk, HostFaults):
     def _crashed(self, run: Run, test_id: str, message: str) -> None:
         self._report(run, test_id, {"t": "crashed", "id": test_id, "message": message})
 
-    # -- slots -----------------------------------------------------------------
     # -- introspection ---------------------------------------------------------
     def status(self) -> dict[str, Any]:
         now = asyncio.get_running_loop().time()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .client import Client, PokedexError
     from .retention import Policy
-    from .server import RunningNode, start_node
+    from .starting import RunningNode, start_node
     from .syncclient import SyncClient
 
 __all__ = ["Client", "PokedexError", "Policy", "RunningNode", "SyncClient", "start_node"]
@@ -28,8 +28,8 @@ _HOMES = {
     "PokedexError": "client",
     "SyncClient": "syncclient",
     "Policy": "retention",
-    "RunningNode": "server",
-    "start_node": "server",
+    "RunningNode": "starting",
+    "start_node": "starting",
 }
 
 

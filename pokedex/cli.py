@@ -39,7 +39,7 @@ from . import units
 from .client import PokedexError
 from .refquorum import TOMBSTONE_GRACE
 from .retention import DEFAULT_GRACE, DEFAULT_KEEP_RECENT, Policy
-from .server import start_node
+from .starting import start_node
 from .syncclient import SyncClient
 
 EXIT_UNDER_REPLICATED = 3
