@@ -11,7 +11,12 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.conftest import junit_cases, run_pytest
-from tests.farm_hosts.hostlib import recorded_session, seed_durations
+from tests.farm_hosts.hostlib import (
+    containers_created,
+    of_session,
+    recorded_session,
+    seed_durations,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -64,6 +69,42 @@ def test_a_container_imports_every_module_and_makes_only_its_shards_tests(
             "seen_by_other_conftest": "yes",
         }, done.output
     assert set(cases) == {f"test_{n}::test_{n}" for n in names} | {"other.test_other::test_other"}
+
+
+def test_two_thousand_modules_run_in_containers_as_plainly(docker_image, tmp_path):
+    """Real size: 2,000 test modules in 20 directories, 4,000 tests, four failing.
+    Every container imports all 2,000 modules (as plain pytest does) and makes only its
+    shard's items; the session's junit cases are plain pytest's."""
+    root = tmp_path / "big"
+    for i in range(2000):
+        module = root / "tests" / f"pkg{i // 100:02d}" / f"test_m{i:04d}.py"
+        module.parent.mkdir(parents=True, exist_ok=True)
+        module.write_text(
+            "import pytest\n\n"
+            f"@pytest.mark.parametrize('n', [{i}, {i + 1}])\n"
+            "def test_value(n):\n"
+            "    assert n % 997 != 996\n"
+        )
+    plain = run_pytest(root, "-p", "no:cacheprovider", f"--junitxml={tmp_path / 'plain.xml'}")
+    assert plain.outcomes() == {"passed": 3996, "failed": 4}, plain.stdout[-2000:]
+    # Timed, so that the run is cut into shards for both slots.
+    seed_durations(
+        root,
+        {
+            f"tests/pkg{i // 100:02d}/test_m{i:04d}.py::test_value[{n}]": 0.01
+            for i in range(2000)
+            for n in (i, i + 1)
+        },
+    )
+    with containers_created("psyduck.worker") as created:
+        done, cases = recorded_session(
+            root,
+            *(tmp_path / "farm.xml", "--psyduck-hosts", "docker:2"),
+            *("--psyduck-image", docker_image),
+        )
+    assert done.returncode == plain.returncode == 1, done.output[-3000:]
+    assert cases == junit_cases(tmp_path / "plain.xml"), done.output[-3000:]
+    assert len(of_session(created, done.pid)) >= 2, created
 
 
 def junit_properties(path) -> dict[str, dict[str, str]]:
