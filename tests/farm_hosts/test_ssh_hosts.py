@@ -377,7 +377,7 @@ def test_a_workers_container_is_created_while_its_code_ships_and_starts_once_it_
         on_host = psyduck_containers(psyduck_host=server.host_name)
         return [c for c in on_host if c["Labels"].get(LABEL_WORKER) == "w0"]
 
-    async def scenario() -> tuple[str, dict]:
+    async def scenario() -> tuple[str, list[dict | None]]:
         await host.start()
         try:
             starting = asyncio.ensure_future(host.spawn(run, 0, "w0", lambda _: None))
@@ -386,7 +386,12 @@ def test_a_workers_container_is_created_while_its_code_ships_and_starts_once_it_
             released.set()
             worker = await asyncio.wait_for(starting, SESSION_TIMEOUT)
             try:
-                return state, await asyncio.wait_for(worker.recv(), SESSION_TIMEOUT)
+                await worker.send({"t": "run", "tests": [{"id": "test_shipped.py::test_shipped"}]})
+                await worker.send({"t": "drain"})
+                said: list[dict | None] = []
+                while not said or (said[-1] is not None and said[-1]["t"] != "result"):
+                    said.append(await asyncio.wait_for(worker.recv(), SESSION_TIMEOUT))
+                return state, said
             finally:
                 await worker.kill()
                 await worker.wait()
@@ -394,10 +399,12 @@ def test_a_workers_container_is_created_while_its_code_ships_and_starts_once_it_
             released.set()
             await host.close()
 
-    state, first = asyncio.run(scenario())
+    state, said = asyncio.run(scenario())
     assert building.is_set()
     assert state == "created"
-    assert first is not None and first["t"] == "ready", first
+    kinds = [message and message["t"] for message in said]
+    assert kinds[0] == "ready" and kinds[-1] == "result", said  # not "missing": the code was in
+    assert said[-1] is not None and said[-1]["id"] == "test_shipped.py::test_shipped"
 
 
 def test_a_failed_upload_leaves_no_container_or_volume_behind(
