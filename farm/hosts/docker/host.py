@@ -250,7 +250,7 @@ class DockerHost(ImageSupply, PayloadVolumes, SpareSlots, Host):
         await asyncio.gather(*self._background)
         volumes, self._volumes = self._volumes, {}
         if volumes and self._engine is not None and self._engine.alive:
-            fills = {id(fill): fill.task for fill in volumes.values() if fill.task is not None}
+            fills = {id(fill): fill.task for fill in volumes.values()}
             await asyncio.gather(*fills.values(), return_exceptions=True)
             try:
                 await self._remove_volumes(self._engine, list(volumes), patience=10.0)

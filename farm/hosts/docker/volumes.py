@@ -31,6 +31,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import IO, Any
 
 import docker.errors
@@ -93,22 +94,18 @@ def volume_name(kind: str, key: str, host: str) -> str:
     return f"psyduck-{kind}-{digest}"
 
 
+@dataclass(frozen=True)
 class VolumeFill:
     """One fill of one or more payload volumes: *created* once they exist (a container
     may mount them then), *task* once they hold their sources."""
 
-    def __init__(self) -> None:
-        self.created: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Its failure is also the task's, which is what a caller is told.
-        self.created.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.task: asyncio.Future[None] | None = None
+    created: asyncio.Future[None]
+    task: asyncio.Future[None]
 
     def failed(self) -> bool:
         """Whether it ended without filling (the next run's fill retries)."""
         task = self.task
-        return (
-            task is not None and task.done() and (task.cancelled() or task.exception() is not None)
-        )
+        return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 class PayloadVolumes:
@@ -145,11 +142,11 @@ class PayloadVolumes:
         await self._shipping([fill.created for fill in fills])
         return inject, code, functools.partial(self._shipping, [fill.task for fill in fills])
 
-    async def _shipping(self, steps: list[asyncio.Future[None] | None]) -> None:
+    async def _shipping(self, steps: list[asyncio.Future[None]]) -> None:
         """Wait for one step (creating the volumes, or filling them) of every fill the
         run's code and psyduck's packages need; a failure is the host's."""
         try:
-            await asyncio.gather(*(asyncio.shield(step) for step in steps if step is not None))
+            await asyncio.gather(*(asyncio.shield(step) for step in steps))
         except docker.errors.APIError as exc:
             raise HostError(f"host {self.name}: cannot ship the run's code: {exc}") from exc
         except TimeoutError as exc:
@@ -163,7 +160,6 @@ class PayloadVolumes:
         """The filled volume of psyduck's packages *module_dirs*, one per content."""
         name = self._inject_name(module_dirs)
         (fill,) = self._fills(engine, image, {name: dict(module_dirs)})
-        assert fill.task is not None
         await asyncio.shield(fill.task)
         return name
 
@@ -183,8 +179,11 @@ class PayloadVolumes:
             if name not in self._volumes or self._volumes[name].failed()
         }
         if unfilled:
-            fill = VolumeFill()
-            fill.task = asyncio.ensure_future(self._fill_volumes(engine, image, unfilled, fill))
+            created = asyncio.get_running_loop().create_future()
+            # Its failure is also the task's, which is what a caller is told.
+            created.add_done_callback(lambda f: f.cancelled() or f.exception())
+            task = asyncio.ensure_future(self._fill_volumes(engine, image, unfilled, created))
+            fill = VolumeFill(created, task)
             for name in unfilled:
                 self._volumes[name] = fill
             self._in_background(self._trim_volumes(engine))
@@ -195,9 +194,9 @@ class PayloadVolumes:
         engine: Engine,
         image: str,
         payloads: Mapping[str, Mapping[str, str]],
-        fill: VolumeFill,
+        created: asyncio.Future[None],
     ) -> None:
-        """Create the volumes *payloads* names (resolving *fill*'s ``created``), then fill
+        """Create the volumes *payloads* names (then resolve *created*), then fill
         each with its ``arcname → path`` sources through one helper container and one
         archive, built meanwhile."""
         api = engine.api
@@ -215,7 +214,7 @@ class PayloadVolumes:
             await asyncio.gather(
                 *(engine.call(api.create_volume, name, labels=labels) for name in payloads)
             )
-            fill.created.set_result(None)
+            created.set_result(None)
             helper = await engine.call(
                 api.create_container,
                 image,
@@ -253,9 +252,9 @@ class PayloadVolumes:
                     pass  # the reaper takes it
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
-                fill.created.cancel()
-            elif not fill.created.done():
-                fill.created.set_exception(exc)
+                created.cancel()
+            elif not created.done():
+                created.set_exception(exc)
             building.add_done_callback(_close_unused_archive)
             building.cancel()
             for name in payloads:
@@ -271,7 +270,7 @@ class PayloadVolumes:
         code = [
             name
             for name, fill in self._volumes.items()
-            if name.startswith("psyduck-code-") and fill.task is not None and fill.task.done()
+            if name.startswith("psyduck-code-") and fill.task.done()
         ]
         old = code[: max(len(code) - CODE_VOLUMES_KEPT, 0)]
         try:
